@@ -1,0 +1,2 @@
+//! errscope: error telemetry for Rust services.
+#![warn(missing_docs)]

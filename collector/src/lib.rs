@@ -1,0 +1,2 @@
+//! errscope-collector: ingestion, grouping, storage and the JSON API.
+#![warn(missing_docs)]
