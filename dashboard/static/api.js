@@ -1,0 +1,74 @@
+// The collector's JSON API (collector/API.md). Cookie authentication; every
+// mutation carries X-Errscope-Request so a cross-site form cannot forge it.
+
+export class ApiError extends Error {
+  constructor(status, detail) {
+    super(detail || `HTTP ${status}`);
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+let onUnauthorized = () => {};
+
+/** Registers what to do when the session is missing or expired. */
+export function setUnauthorizedHandler(fn) {
+  onUnauthorized = fn;
+}
+
+export async function request(method, path, body) {
+  const headers = { Accept: 'application/json' };
+  const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
+  if (method !== 'GET' && method !== 'HEAD') {
+    headers['X-Errscope-Request'] = '1';
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body ?? {});
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, 'The collector cannot be reached.');
+  }
+  if (res.status === 204) return null;
+  let data = null;
+  const text = await res.text();
+  if (text) {
+    try { data = JSON.parse(text); } catch { data = null; }
+  }
+  if (!res.ok) {
+    const detail = data && typeof data.detail === 'string' ? data.detail : `HTTP ${res.status}`;
+    const err = new ApiError(res.status, detail);
+    if (res.status === 401 && !path.startsWith('/auth/')) onUnauthorized(err);
+    throw err;
+  }
+  return data;
+}
+
+const get = (path) => request('GET', path);
+const enc = encodeURIComponent;
+
+function qs(params) {
+  const u = new URLSearchParams();
+  for (const [k, v] of Object.entries(params || {})) {
+    if (v !== undefined && v !== null && v !== '') u.set(k, v);
+  }
+  const s = u.toString();
+  return s ? `?${s}` : '';
+}
+
+export const api = {
+  login: (username, password) => request('POST', '/auth/login', { username, password }),
+  logout: () => request('POST', '/auth/logout', {}),
+  session: () => get('/api/0/session/'),
+  projects: () => get('/api/0/projects/'),
+  createProject: (name) => request('POST', '/api/0/projects/', { name }),
+  stats: (pid) => get(`/api/0/projects/${enc(pid)}/stats/`),
+  classes: (pid, status) => get(`/api/0/projects/${enc(pid)}/classes/${qs({ status })}`),
+  issues: (pid, params) => get(`/api/0/projects/${enc(pid)}/issues/${qs(params)}`),
+  issue: (id) => get(`/api/0/issues/${enc(id)}/`),
+  setStatus: (id, status) => request('PUT', `/api/0/issues/${enc(id)}/`, { status }),
+  issueEvents: (id, params) => get(`/api/0/issues/${enc(id)}/events/${qs(params)}`),
+  event: (pid, eventId) => get(`/api/0/projects/${enc(pid)}/events/${enc(eventId)}/`),
+  tagValues: (pid, key) => get(`/api/0/projects/${enc(pid)}/tags/${enc(key)}/values/`),
+};

@@ -1,0 +1,168 @@
+// errscope dashboard: boot, client-side routing (History API) and the live loop.
+import { h } from './dom.js';
+import { api, setUnauthorizedHandler } from './api.js';
+import {
+  state, live, mountShell, renderHeader, setHeaderVisible, setNavigate,
+  storedProject, errorBox, loading,
+} from './shell.js';
+import { classesView } from './views/classes.js';
+import { issuesView } from './views/issues.js';
+import { issueView } from './views/issue.js';
+import { loginView } from './views/login.js';
+import { projectsView } from './views/projects.js';
+
+const routes = [
+  { re: /^\/login\/?$/, view: loginView, bare: true },
+  { re: /^\/$/, view: classesView, nav: 'classes' },
+  { re: /^\/issues\/?$/, view: issuesView, nav: 'issues' },
+  { re: /^\/issues\/(\d+)\/?$/, view: issueView, nav: 'issues', keys: ['id'] },
+  { re: /^\/issues\/(\d+)\/events\/([0-9a-fA-F-]{32,36})\/?$/, view: issueView, nav: 'issues', keys: ['id', 'eventId'] },
+  { re: /^\/classes\/(.+?)\/?$/, redirect: (m) => `/issues?class=${m[1]}` },
+  { re: /^\/projects\/?$/, view: projectsView, nav: 'projects' },
+];
+
+function notFound(ctx) {
+  ctx.main.replaceChildren(h('section', { class: 'empty' },
+    h('h1', null, 'Page not found'),
+    h('p', null, h('a', { href: '/' }, 'Back to the error classes'))));
+  return {};
+}
+
+const app = document.getElementById('app');
+const main = mountShell(app);
+let current = null; // { route, view handle }
+let generation = 0;
+let booted = false;
+
+function navigate(path, { replace = false } = {}) {
+  if (replace) history.replaceState(null, '', path);
+  else history.pushState(null, '', path);
+  route({ focus: !replace });
+}
+setNavigate(navigate);
+
+setUnauthorizedHandler(() => {
+  state.user = null;
+  if (location.pathname !== '/login') {
+    navigate(`/login?next=${encodeURIComponent(location.pathname + location.search)}`, { replace: true });
+  }
+});
+
+async function ensureSession() {
+  if (state.user) return true;
+  try {
+    const [session, projects] = await Promise.all([api.session(), api.projects()]);
+    state.user = session && session.username ? session.username : 'admin';
+    state.projects = projects || [];
+    const stored = storedProject();
+    state.pid = state.projects.some((p) => String(p.id) === stored) ? stored
+      : (state.projects[0] ? String(state.projects[0].id) : null);
+    return true;
+  } catch (e) {
+    if (e.status === 401) return false; // the unauthorized handler redirects
+    main.replaceChildren(errorBox(e));
+    return false;
+  }
+}
+
+async function route({ focus = false } = {}) {
+  const gen = ++generation;
+  const url = new URL(location.href);
+  let params = {};
+  let r = null;
+  for (const cand of routes) {
+    const m = url.pathname.match(cand.re);
+    if (!m) continue;
+    if (cand.redirect) {
+      navigate(cand.redirect(m), { replace: true });
+      return;
+    }
+    r = cand;
+    (cand.keys || []).forEach((k, i) => { params[k] = decodeURIComponent(m[i + 1]); });
+    break;
+  }
+  const view = r ? r.view : notFound;
+  const ctx = {
+    main,
+    params,
+    query: url.searchParams,
+    url,
+    alive: () => gen === generation,
+    navigate,
+  };
+
+  if (!r || !r.bare) {
+    setHeaderVisible(true);
+    if (!(await ensureSession())) return;
+    if (gen !== generation) return;
+    renderHeader(r ? r.nav : '');
+  } else {
+    setHeaderVisible(false);
+  }
+
+  // Same view, new parameters (filters, another event of the issue): let the
+  // view update in place so focus and open toggles survive.
+  if (current && current.view === view && current.handle && current.handle.update
+      && current.handle.accepts && current.handle.accepts(ctx)) {
+    current.ctx = ctx;
+    await current.handle.update(ctx);
+    return;
+  }
+
+  if (current && current.handle && current.handle.destroy) current.handle.destroy();
+  current = { view, handle: null, ctx };
+  if (booted) main.replaceChildren(loading());
+  booted = true;
+  let handle = null;
+  try {
+    handle = await view(ctx);
+  } catch (e) {
+    if (gen === generation && e.status !== 401) main.replaceChildren(errorBox(e));
+    return;
+  }
+  if (gen !== generation) return;
+  current.handle = handle || {};
+  const heading = main.querySelector('h1');
+  document.title = heading ? `${heading.textContent} · errscope` : 'errscope';
+  if (focus) {
+    window.scrollTo(0, 0);
+    (heading || main).setAttribute('tabindex', '-1');
+    (heading || main).focus({ preventScroll: true });
+  }
+}
+
+live.onChange = async () => {
+  if (current && current.handle && current.handle.refresh && current.ctx.alive()) {
+    await current.handle.refresh();
+  }
+};
+
+// Same-origin links navigate without a reload.
+document.addEventListener('click', (e) => {
+  if (e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
+  const a = e.target.closest('a[href]');
+  if (!a || a.target || a.hasAttribute('download')) return;
+  const url = new URL(a.href, location.href);
+  if (url.origin !== location.origin) return;
+  if (url.pathname.startsWith('/api/') || url.pathname.startsWith('/assets/') || url.pathname.startsWith('/auth/')) return;
+  if (url.hash && url.pathname === location.pathname && url.search === location.search) return;
+  e.preventDefault();
+  navigate(url.pathname + url.search);
+});
+
+// "/" focuses the page's search box, as in most developer tools.
+document.addEventListener('keydown', (e) => {
+  if (e.key !== '/' || e.metaKey || e.ctrlKey || e.altKey) return;
+  const t = e.target;
+  if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+  const search = document.querySelector('input[type=search]');
+  if (search) {
+    e.preventDefault();
+    search.focus();
+    search.select();
+  }
+});
+
+window.addEventListener('popstate', () => route());
+route();
+live.start();

@@ -1,0 +1,82 @@
+// SVG charts built with createElementNS (no library, no HTML strings).
+import { h, s } from './dom.js';
+import { int } from './format.js';
+
+/**
+ * A 24-point sparkline. `values` oldest first, the last one is the current hour.
+ * Returns an <svg> with role=img and a text label of the total.
+ */
+export function sparkline(values, { width = 96, height = 24, kind = '' } = {}) {
+  const vals = Array.isArray(values) && values.length ? values.map((v) => Number(v) || 0) : new Array(24).fill(0);
+  const max = Math.max(1, ...vals);
+  const total = vals.reduce((a, b) => a + b, 0);
+  const step = vals.length > 1 ? width / (vals.length - 1) : width;
+  const pad = 2;
+  const y = (v) => (height - pad - (v / max) * (height - 2 * pad)).toFixed(1);
+  const pts = vals.map((v, i) => `${(i * step).toFixed(1)},${y(v)}`);
+  const area = `M0,${height} L${pts.join(' L')} L${width},${height} Z`;
+  const svg = s('svg', {
+    class: ['spark', kind && `spark-${kind}`],
+    viewBox: `0 0 ${width} ${height}`,
+    width, height,
+    role: 'img',
+    'aria-label': `${int(total)} events in the last 24 hours`,
+    preserveAspectRatio: 'none',
+  },
+  s('title', null, `${int(total)} events in the last 24 h`),
+  s('path', { class: 'spark-area', d: area }),
+  s('polyline', { class: 'spark-line', points: pts.join(' ') }));
+  return svg;
+}
+
+/**
+ * A bar chart of events per hour. `values` oldest first; the last bar is the
+ * hour that contains `end` (a Date). Each bar has a <title> tooltip. The SVG
+ * stretches to its container's width; day labels are HTML so they do not
+ * stretch with it.
+ */
+export function hourlyBars(values, { end = new Date(), height = 110 } = {}) {
+  const vals = (values || []).map((v) => Number(v) || 0);
+  const n = Math.max(vals.length, 1);
+  const slot = 10;
+  const barW = 7;
+  const width = n * slot;
+  const max = Math.max(1, ...vals);
+  const total = vals.reduce((a, b) => a + b, 0);
+  const endHour = new Date(end);
+  endHour.setUTCMinutes(0, 0, 0);
+  const svg = s('svg', {
+    class: 'bars',
+    viewBox: `0 0 ${width} ${height}`,
+    preserveAspectRatio: 'none',
+    height,
+    role: 'img',
+    'aria-label': `${int(total)} events over the last ${Math.round(n / 24)} days, at most ${int(max)} in one hour`,
+  });
+  for (const f of [0.5, 1]) {
+    const gy = (height - f * (height - 2)).toFixed(1);
+    svg.appendChild(s('line', { class: 'bars-grid', x1: 0, x2: width, y1: gy, y2: gy }));
+  }
+  const labels = h('div', { class: 'bars-labels', 'aria-hidden': 'true' });
+  vals.forEach((v, i) => {
+    const hour = new Date(endHour.getTime() - (n - 1 - i) * 3600e3);
+    const x = i * slot;
+    if (hour.getUTCHours() === 0) {
+      svg.appendChild(s('line', { class: 'bars-day', x1: x, x2: x, y1: 0, y2: height }));
+      if (i < n - 12) {
+        labels.appendChild(h('span', { class: Math.round(i / 24) % 3 ? 'lbl-sec' : null, style: { left: `${(100 * i) / n}%` } },
+          hour.toLocaleDateString('en-US', { month: 'short', day: 'numeric', timeZone: 'UTC' })));
+      }
+    }
+    const bh = v > 0 ? Math.max(2, (v / max) * (height - 2)) : 0;
+    svg.appendChild(s('g', { class: 'bar' },
+      s('title', null, `${hour.toISOString().slice(0, 13).replace('T', ' ')}:00 UTC: ${int(v)} event${v === 1 ? '' : 's'}`),
+      s('rect', { class: 'bar-hit', x, y: 0, width: slot, height }),
+      v > 0 ? s('rect', { class: 'bar-fill', x: x + 1, y: (height - bh).toFixed(1), width: barW, height: bh.toFixed(1) }) : null));
+  });
+  return h('figure', { class: 'chart' },
+    h('div', { class: 'chart-head' },
+      h('span', { class: 'chart-max' }, `max ${int(max)}/h`)),
+    svg,
+    labels);
+}

@@ -1,0 +1,189 @@
+// One event, rendered as text: exception chain, backtrace, tags, domain,
+// contexts, breadcrumbs and the raw JSON. Every string here comes from the
+// event and is attacker-controlled: it only ever reaches the DOM as a Text node.
+import { h } from '../dom.js';
+import { absolute, clock } from '../format.js';
+import { levelBadge, timeAgo } from '../shell.js';
+
+const str = (v) => (v === null || v === undefined ? '' : typeof v === 'string' ? v : JSON.stringify(v));
+
+function section(title, ...body) {
+  return h('section', { class: 'card ev-section' }, h('h3', { class: 'card-title' }, title), body);
+}
+
+function kvTable(entries, cls = '') {
+  const rows = entries.filter(([, v]) => v !== undefined && v !== null && v !== '');
+  if (!rows.length) return null;
+  return h('table', { class: ['kv', cls] }, h('tbody', null, rows.map(([k, v]) =>
+    h('tr', null, h('th', { scope: 'row' }, k), h('td', null, typeof v === 'object' && v instanceof Node ? v : str(v))))));
+}
+
+/** Sentry sends tags as an object or as [[key, value], ...]. */
+export function tagPairs(tags) {
+  if (!tags) return [];
+  if (Array.isArray(tags)) return tags.filter((t) => Array.isArray(t) && t.length >= 2).map(([k, v]) => [str(k), str(v)]);
+  if (typeof tags === 'object') return Object.entries(tags).map(([k, v]) => [k, str(v)]);
+  return [];
+}
+
+function exceptionValues(ev) {
+  const ex = ev.exception;
+  if (!ex) return [];
+  const vals = Array.isArray(ex) ? ex : Array.isArray(ex.values) ? ex.values : [];
+  return vals.filter((v) => v && typeof v === 'object');
+}
+
+function messageOf(ev) {
+  if (typeof ev.message === 'string') return ev.message;
+  if (ev.message && typeof ev.message === 'object') return str(ev.message.formatted || ev.message.message);
+  if (ev.logentry) return str(ev.logentry.formatted || ev.logentry.message);
+  return '';
+}
+
+function frameRow(f) {
+  const loc = [];
+  const file = f.filename || f.abs_path;
+  if (file) loc.push(str(file));
+  const line = f.lineno ? `:${f.lineno}${f.colno ? `:${f.colno}` : ''}` : '';
+  const sub = [];
+  if (f.module && f.module !== f.function) sub.push(h('span', { class: 'frame-module' }, str(f.module)));
+  if (f.abs_path && f.abs_path !== f.filename) sub.push(h('span', { class: 'frame-path', title: str(f.abs_path) }, str(f.abs_path)));
+  if (f.instruction_addr) sub.push(h('span', { class: 'frame-addr' }, str(f.instruction_addr)));
+  return h('li', { class: ['frame', f.in_app ? 'in-app' : 'lib'] },
+    h('div', { class: 'frame-main' },
+      h('span', { class: 'frame-fn' }, str(f.function) || '<unknown>'),
+      loc.length ? h('span', { class: 'frame-loc' }, ' ', h('span', { class: 'frame-at' }, 'at '), loc[0], line) : null,
+      f.in_app ? h('span', { class: 'frame-tag' }, 'in app') : null),
+    sub.length ? h('div', { class: 'frame-sub' }, sub) : null);
+}
+
+/** Frames newest first; runs of library frames fold behind a toggle when in-app frames exist. */
+function stacktrace(frames) {
+  const list = frames.slice().reverse();
+  const hasInApp = list.some((f) => f.in_app);
+  const ol = h('ol', { class: 'frames' });
+  let run = [];
+  const flush = () => {
+    if (!run.length) return;
+    if (!hasInApp) {
+      run.forEach((f) => ol.appendChild(frameRow(f)));
+    } else {
+      const inner = h('ol', { class: 'frames-folded', hidden: true }, run.map(frameRow));
+      const n = run.length;
+      const label = () => (inner.hidden ? `Show ${n} library frame${n === 1 ? '' : 's'}` : `Hide ${n} library frame${n === 1 ? '' : 's'}`);
+      const btn = h('button', { type: 'button', class: 'frames-toggle', 'aria-expanded': 'false' }, label());
+      btn.addEventListener('click', () => {
+        inner.hidden = !inner.hidden;
+        btn.setAttribute('aria-expanded', String(!inner.hidden));
+        btn.textContent = label();
+      });
+      ol.appendChild(h('li', { class: 'frame-group' }, btn, inner));
+    }
+    run = [];
+  };
+  for (const f of list) {
+    if (f.in_app) { flush(); ol.appendChild(frameRow(f)); } else run.push(f);
+  }
+  flush();
+  const inApp = list.filter((f) => f.in_app).length;
+  const allBtn = hasInApp && inApp < list.length
+    ? h('button', { type: 'button', class: 'btn btn-small btn-quiet' }, 'Expand all')
+    : null;
+  if (allBtn) {
+    allBtn.addEventListener('click', () => {
+      const toggles = [...ol.querySelectorAll('.frames-toggle')];
+      const open = toggles.some((b) => b.getAttribute('aria-expanded') === 'false');
+      for (const b of toggles) if ((b.getAttribute('aria-expanded') === 'false') === open) b.click();
+      allBtn.textContent = open ? 'Collapse library frames' : 'Expand all';
+    });
+  }
+  return h('div', { class: 'stack' },
+    h('div', { class: 'stack-head' },
+      h('span', { class: 'muted' }, `${list.length} frame${list.length === 1 ? '' : 's'}, ${inApp} in app · most recent call first`),
+      allBtn),
+    ol);
+}
+
+function exceptionChain(values) {
+  // Sentry lists the innermost exception last; show the outermost first.
+  const chain = values.slice().reverse();
+  return h('div', { class: 'chain' }, chain.map((ex, i) => {
+    const mech = ex.mechanism && typeof ex.mechanism === 'object' ? ex.mechanism : null;
+    const frames = ex.stacktrace && Array.isArray(ex.stacktrace.frames) ? ex.stacktrace.frames.filter((f) => f && typeof f === 'object') : [];
+    return h('div', { class: 'exc' },
+      i > 0 ? h('div', { class: 'exc-cause' }, 'caused by') : null,
+      h('div', { class: 'exc-head' },
+        h('span', { class: 'exc-type mono' }, str(ex.type) || 'Error'),
+        mech && mech.handled === false ? h('span', { class: 'badge kind-programmer' }, 'unhandled') : null,
+        mech && mech.type ? h('span', { class: 'badge badge-quiet mono', title: 'mechanism' }, str(mech.type)) : null),
+      ex.value ? h('p', { class: 'exc-value' }, str(ex.value)) : null,
+      mech && mech.data && typeof mech.data === 'object' && Object.keys(mech.data).length
+        ? kvTable(Object.entries(mech.data), 'kv-small') : null,
+      frames.length ? stacktrace(frames) : null);
+  }));
+}
+
+function breadcrumbs(ev) {
+  const b = ev.breadcrumbs;
+  const list = Array.isArray(b) ? b : b && Array.isArray(b.values) ? b.values : [];
+  if (!list.length) return null;
+  return section(`Breadcrumbs (${list.length})`, h('div', { class: 'table-wrap' }, h('table', { class: 'table crumbs' },
+    h('thead', null, h('tr', null, h('th', { scope: 'col' }, 'Time (UTC)'), h('th', { scope: 'col' }, 'Level'), h('th', { scope: 'col' }, 'Category'), h('th', { scope: 'col' }, 'Message'))),
+    h('tbody', null, list.filter((c) => c && typeof c === 'object').map((c) => h('tr', null,
+      h('td', { class: 'mono num nowrap', title: absolute(c.timestamp) }, clock(c.timestamp)),
+      h('td', null, levelBadge(c.level || 'info')),
+      h('td', { class: 'mono' }, str(c.category || c.type)),
+      h('td', { class: 'crumb-msg' }, str(c.message) || (c.data ? JSON.stringify(c.data) : ''))))))));
+}
+
+function domainSection(ev) {
+  const d = ev.contexts && ev.contexts.domain;
+  if (!d || typeof d !== 'object') return null;
+  const tags = tagPairs(d.tags);
+  const data = d.data && typeof d.data === 'object' ? Object.entries(d.data) : [];
+  return section('Domain',
+    h('p', { class: 'domain-name' }, h('span', { class: 'muted' }, 'name '), h('span', { class: 'mono' }, str(d.name) || '—')),
+    tags.length ? h('ul', { class: 'tags' }, tags.map(([k, v]) => h('li', { class: 'tag' }, h('span', { class: 'tag-k' }, k), h('span', { class: 'tag-v' }, v)))) : null,
+    data.length ? kvTable(data) : null);
+}
+
+function contextsSection(ev) {
+  const ctxs = ev.contexts && typeof ev.contexts === 'object' ? Object.entries(ev.contexts).filter(([k, v]) => k !== 'domain' && v && typeof v === 'object') : [];
+  if (!ctxs.length) return null;
+  return section('Contexts', h('div', { class: 'ctx-grid' }, ctxs.map(([name, c]) => h('div', { class: 'ctx' },
+    h('h4', null, name),
+    kvTable(Object.entries(c).filter(([k]) => k !== 'type'), 'kv-small')))));
+}
+
+/** Everything about one event. `head` is put above the exception. */
+export function renderEvent(ev, head) {
+  const values = exceptionValues(ev);
+  const msg = messageOf(ev);
+  const tags = tagPairs(ev.tags);
+  const raw = h('pre', { class: 'code raw' });
+  const details = h('details', { class: 'card raw-json' }, h('summary', null, 'Raw event JSON'), raw);
+  details.addEventListener('toggle', () => {
+    if (details.open && !raw.firstChild) raw.textContent = JSON.stringify(ev, null, 2);
+  });
+  const facts = kvTable([
+    ['event id', h('span', { class: 'mono' }, str(ev.event_id))],
+    ['time', ev.timestamp ? h('span', null, absolute(ev.timestamp), ' (', timeAgo(ev.timestamp), ')') : null],
+    ['level', ev.level ? levelBadge(ev.level) : null],
+    ['release', ev.release],
+    ['environment', ev.environment],
+    ['server', ev.server_name],
+    ['platform', ev.platform],
+  ], 'kv-small');
+  return h('div', { class: 'event' },
+    head,
+    values.length
+      ? section('Exception', msg && !values.some((v) => v.value === msg) ? h('p', { class: 'ev-message' }, msg) : null, exceptionChain(values))
+      : section('Message', h('p', { class: 'ev-message' }, msg || '(no message)')),
+    h('div', { class: 'ev-two' },
+      section('Event', facts),
+      tags.length ? section('Tags', h('ul', { class: 'tags' }, tags.map(([k, v]) => h('li', { class: 'tag' }, h('span', { class: 'tag-k' }, k), h('span', { class: 'tag-v' }, v))))) : null),
+    domainSection(ev),
+    breadcrumbs(ev),
+    contextsSection(ev),
+    details);
+}

@@ -1,0 +1,181 @@
+// Issue detail: header and actions, 14-day hourly chart, top tag values,
+// and one event (the latest by default) with older/newer navigation.
+import { h } from '../dom.js';
+import { api } from '../api.js';
+import { hourlyBars } from '../charts.js';
+import { int, compact } from '../format.js';
+import {
+  state, href, kindBadge, levelBadge, regressionBadge, timeAgo,
+  errorBox, toast, selectProject, renderHeader,
+} from '../shell.js';
+import { renderEvent } from './event.js';
+
+const TAG_ORDER = ['environment', 'release', 'server_name', 'domain'];
+const TAG_LABEL = { server_name: 'server' };
+
+function tagSummary(tags) {
+  const keys = Object.keys(tags || {}).filter((k) => Array.isArray(tags[k]) && tags[k].length);
+  keys.sort((a, b) => {
+    const ia = TAG_ORDER.indexOf(a); const ib = TAG_ORDER.indexOf(b);
+    return (ia < 0 ? 99 : ia) - (ib < 0 ? 99 : ib) || a.localeCompare(b);
+  });
+  if (!keys.length) return h('p', { class: 'muted' }, 'No tags yet.');
+  return h('div', { class: 'tag-dist' }, keys.map((k) => {
+    const vals = tags[k];
+    const total = vals.reduce((a, v) => a + (Number(v.count) || 0), 0) || 1;
+    return h('div', { class: 'tag-key' },
+      h('h4', null, TAG_LABEL[k] || k),
+      h('ul', null, vals.map((v) => {
+        const pct = Math.round((100 * (Number(v.count) || 0)) / total);
+        return h('li', { class: 'tag-val', title: `${v.value}: ${int(v.count)} (${pct}%)` },
+          h('span', { class: 'tag-bar', style: { width: `${pct}%` } }),
+          h('span', { class: 'tag-val-name' }, String(v.value)),
+          h('span', { class: 'tag-val-pct num' }, `${pct}%`));
+      })));
+  }));
+}
+
+export async function issueView(ctx) {
+  const id = ctx.params.id;
+  let eventId = ctx.params.eventId || null;
+  let issue = null;
+  let shownEventId = null;
+
+  const headSlot = h('div', { class: 'issue-head' });
+  const chartSlot = h('section', { class: 'card chart-card' });
+  const tagsSlot = h('aside', { class: 'card issue-aside', 'aria-label': 'Tag values' });
+  const eventSlot = h('div', { class: 'event-slot' });
+
+  async function setStatus(status, btn) {
+    btn.disabled = true;
+    try {
+      const updated = await api.setStatus(id, status);
+      issue = { ...issue, ...(updated || { status }) };
+      renderHead();
+      toast(status === 'resolved' ? 'Resolved. A new event will reopen it as a regression.' : status === 'muted' ? 'Muted.' : 'Reopened.');
+    } catch (e) {
+      if (e.status !== 401) toast(`Could not change the status: ${e.detail || e.message}`, 'toast-error');
+      btn.disabled = false;
+    }
+  }
+
+  function actionButtons() {
+    const b = (label, status, cls) => {
+      const btn = h('button', { type: 'button', class: ['btn', cls], 'data-action': status }, label);
+      btn.addEventListener('click', () => setStatus(status, btn));
+      return btn;
+    };
+    if (issue.status === 'resolved') return [b('Reopen', 'unresolved')];
+    if (issue.status === 'muted') return [b('Unmute', 'unresolved'), b('Resolve', 'resolved', 'btn-primary')];
+    return [b('Resolve', 'resolved', 'btn-primary'), b('Mute', 'muted')];
+  }
+
+  function renderHead() {
+    const last24 = (issue.hourly || []).reduce((a, v) => a + (Number(v) || 0), 0);
+    headSlot.replaceChildren(
+      h('nav', { class: 'crumbs-nav', 'aria-label': 'Breadcrumb' },
+        h('a', { href: '/' }, 'Classes'), h('span', { 'aria-hidden': 'true' }, ' / '),
+        h('a', { class: 'mono', href: href('/issues', { class: issue.class }) }, issue.class), h('span', { 'aria-hidden': 'true' }, ' / '),
+        h('span', { 'aria-current': 'page' }, `#${issue.id}`)),
+      h('div', { class: 'issue-head-row' },
+        h('div', { class: 'issue-head-text' },
+          h('h1', { class: 'issue-h1' }, issue.title || '(no title)'),
+          h('div', { class: 'issue-meta' },
+            kindBadge(issue.kind), levelBadge(issue.level),
+            h('span', { class: 'status-now badge badge-quiet', 'data-status': issue.status }, issue.status),
+            regressionBadge(issue.is_regression),
+            issue.culprit ? h('span', { class: 'culprit mono', title: 'Top in-app frame' }, issue.culprit) : null)),
+        h('div', { class: 'actions' }, actionButtons())),
+      h('dl', { class: 'facts' },
+        h('div', null, h('dt', null, 'Events'), h('dd', { class: 'num', title: int(issue.count) }, int(issue.count))),
+        h('div', null, h('dt', null, 'Last 24 h'), h('dd', { class: 'num' }, compact(last24))),
+        h('div', null, h('dt', null, 'First seen'), h('dd', null, timeAgo(issue.first_seen))),
+        h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen)))));
+  }
+
+  function renderChart() {
+    chartSlot.replaceChildren(
+      h('h2', { class: 'card-title' }, 'Events per hour, last 14 days'),
+      hourlyBars(issue.hourly_14d || []));
+  }
+
+  async function loadEvent(force = false) {
+    const want = eventId || issue.latest_event_id;
+    if (!want) {
+      eventSlot.replaceChildren(h('section', { class: 'card' }, h('p', { class: 'muted' }, 'No stored event for this issue (older events are evicted by retention; counts stay exact).')));
+      shownEventId = null;
+      return;
+    }
+    if (!force && want === shownEventId) return;
+    let ev;
+    try {
+      ev = await api.event(issue.project_id, want);
+    } catch (e) {
+      if (e.status === 401) throw e;
+      if (ctx.alive()) eventSlot.replaceChildren(errorBox(e));
+      return;
+    }
+    if (!ctx.alive()) return;
+    shownEventId = want;
+    const isLatest = !eventId || want === issue.latest_event_id;
+    const nav = h('nav', { class: 'event-nav', 'aria-label': 'Events of this issue' },
+      ev.previous_event_id
+        ? h('a', { class: 'btn btn-small', href: `/issues/${id}/events/${ev.previous_event_id}`, rel: 'prev' }, '← Older')
+        : h('span', { class: 'btn btn-small', 'aria-disabled': 'true' }, '← Older'),
+      ev.next_event_id
+        ? h('a', { class: 'btn btn-small', href: `/issues/${id}/events/${ev.next_event_id}`, rel: 'next' }, 'Newer →')
+        : h('span', { class: 'btn btn-small', 'aria-disabled': 'true' }, 'Newer →'),
+      isLatest ? null : h('a', { class: 'btn btn-small', href: `/issues/${id}` }, 'Latest'));
+    const head = h('div', { class: 'event-head' },
+      h('h2', null, isLatest ? 'Latest event' : 'Event', ' ', h('span', { class: 'mono muted event-id' }, String(ev.event_id || want).slice(0, 12))),
+      ev.timestamp ? timeAgo(ev.timestamp) : null,
+      nav);
+    eventSlot.replaceChildren(renderEvent(ev, head));
+  }
+
+  async function loadIssue() {
+    const next = await api.issue(id);
+    if (!ctx.alive()) return false;
+    issue = next;
+    if (issue.project_id && String(issue.project_id) !== String(state.pid) && state.projects.some((p) => String(p.id) === String(issue.project_id))) {
+      selectProject(String(issue.project_id));
+      renderHeader();
+    }
+    return true;
+  }
+
+  try {
+    if (!(await loadIssue())) return {};
+  } catch (e) {
+    if (e.status === 404) {
+      ctx.main.replaceChildren(h('section', { class: 'empty' }, h('h1', null, `Issue #${id} does not exist`), h('p', null, h('a', { href: '/issues' }, 'Back to the issues'))));
+      return {};
+    }
+    throw e;
+  }
+  renderHead();
+  renderChart();
+  tagsSlot.replaceChildren(h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
+  await loadEvent();
+  if (!ctx.alive()) return {};
+  ctx.main.replaceChildren(h('div', { class: 'page issue-page' },
+    headSlot, chartSlot,
+    h('div', { class: 'issue-grid' }, eventSlot, tagsSlot)));
+
+  return {
+    async refresh() {
+      if (!(await loadIssue())) return;
+      renderHead();
+      renderChart();
+      tagsSlot.replaceChildren(h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
+      await loadEvent();
+    },
+    accepts: (next) => next.params.id === id,
+    async update(next) {
+      ctx = { ...ctx, alive: next.alive };
+      eventId = next.params.eventId || null;
+      await loadEvent();
+      eventSlot.querySelector('h2')?.focus?.();
+    },
+  };
+}
