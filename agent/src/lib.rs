@@ -1,2 +1,112 @@
 //! errscope: error telemetry for Rust services.
+//!
+//! The agent records panics and operational errors with their backtraces and the
+//! request (domain) they happened in, durably into a local SQLite outbox, in Sentry's
+//! event JSON shape, ready to ship to an errscope collector or any Sentry-compatible
+//! server.
+//!
+//! # Quickstart
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! # #[derive(Debug)] struct Order;
+//! # async fn load_order(_id: u64) -> std::io::Result<Order> { Ok(Order) }
+//! # async fn handler(rid: u64) -> u16 {
+//! // Once, at the start of main. Reads ERRSCOPE_DSN, ERRSCOPE_DATABASE, ERRSCOPE_RELEASE,
+//! // ERRSCOPE_ENVIRONMENT and ERRSCOPE_SAMPLE_RATE.
+//! let guard = errscope::init(
+//!     errscope::Options::from_env()
+//!         .release("shop@1.4.0")
+//!         .environment("production"),
+//! );
+//!
+//! // Per request: a domain whose tags go with every event captured inside it.
+//! let domain = errscope::Domain::new("GET /orders/:id").tag("request_id", rid);
+//! let status = match domain.run(load_order(7)).await {
+//!     Ok(Ok(_order)) => 200,
+//!     Ok(Err(err)) => {
+//!         // An operational error: type, message, source chain, io::ErrorKind, os code.
+//!         let id: errscope::EventId = errscope::capture_error(&err);
+//!         eprintln!("load_order failed, event {id}");
+//!         502
+//!     }
+//!     // A panic inside the domain: recorded (committed before the hook returned).
+//!     Err(panic) => {
+//!         eprintln!("bug, event {}", panic.event_id);
+//!         500
+//!     }
+//! };
+//! errscope::capture_message("disk almost full", errscope::Level::Warning);
+//! errscope::spawn(async { /* runs in the same domain */ });
+//! guard.flush(Duration::from_secs(2));
+//! # status
+//! # }
+//! ```
+//!
+//! # How it works
+//!
+//! - [`capture_error`] costs the caller a few microseconds: a storm check, the error
+//!   chain as strings, the unresolved stack addresses and a snapshot of the current
+//!   domain go over a bounded queue to the agent's thread (`errscope-worker`), which
+//!   resolves symbols (cached per address), builds the event, applies `before_send`,
+//!   scrubs secrets and writes each batch in one SQLite transaction. A full queue drops
+//!   the capture and counts it, in [`stats`] and in the outbox's `discards` table.
+//! - The panic hook records the message, location, thread, stack and domain and waits
+//!   for the commit (at most [`Options::panic_timeout`]) before the previous hook runs,
+//!   so `panic = "abort"` builds lose nothing.
+//! - Error storms: per fingerprint (error type, call site, I/O error kind) only the first
+//!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
+//!   full; the rest are counted exactly into the outbox's `counts` table (the
+//!   collector's `errscope.counts` items).
+//! - The outbox (schema in the `store` module docs) is bounded by
+//!   [`Options::max_events`] and [`Options::max_bytes`]; the oldest events go first,
+//!   counted as `cache_overflow` discards. An outbox that cannot be opened degrades to
+//!   memory with one line on stderr.
+//! - Nothing in the agent panics its host: failures degrade with a line on stderr
+//!   starting with `errscope:`.
+//!
+//! # Event shape
+//!
+//! `exception.values` holds one entry per link of the `source()` chain, the captured
+//! error first and the innermost cause last; the last entry carries the stack trace
+//! (Sentry-compatible servers treat the last value as the main exception). An
+//! `std::io::Error` link has `mechanism.data.io_error_kind` (e.g. `ConnectionReset`),
+//! `mechanism.data.raw_os_error` and `mechanism.meta.errno` (`{"number": 104, "name":
+//! "ECONNRESET"}`). Panics are one exception of type `panic`, `mechanism.handled:
+//! false`, level `fatal`, with the location in `mechanism.data`.
 #![warn(missing_docs)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod capture;
+mod client;
+mod domain;
+mod event;
+mod hook;
+mod options;
+mod rand;
+mod scrub;
+mod store;
+mod storm;
+mod time;
+mod trace;
+mod worker;
+
+pub use crate::capture::{AsDynError, capture_error, capture_message};
+pub use crate::client::{Guard, Stats, init, stats};
+pub use crate::domain::{
+    Domain, DomainExt, DomainPanic, DomainRun, InDomain, add_breadcrumb, spawn, with_domain,
+};
+pub use crate::event::{
+    Breadcrumb, Errno, Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Sdk,
+    Stacktrace, Thread, Values,
+};
+pub use crate::options::{BeforeSend, Dsn, DsnError, Options};
+
+/// Writes one `errscope:` line to stderr, ignoring a closed stderr (`eprintln!` would
+/// panic there).
+pub(crate) fn warn(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "errscope: {msg}");
+}

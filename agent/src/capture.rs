@@ -1,0 +1,203 @@
+//! The error sink: [`capture_error`] and [`capture_message`].
+//!
+//! On the caller's thread only what cannot wait is done: the storm check, the error
+//! chain as strings (the error is borrowed), the unresolved backtrace and the domain
+//! snapshot. The rest happens on the agent's thread.
+
+use std::any::type_name;
+use std::error::Error;
+use std::io;
+use std::panic::Location;
+
+use crate::client;
+use crate::event::{EventId, Level};
+
+/// At most this many links of a `source()` chain are recorded.
+const MAX_CHAIN: usize = 32;
+
+/// One link of an error chain, as captured on the caller's thread.
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    pub(crate) ty: String,
+    pub(crate) value: String,
+    pub(crate) io: Option<IoInfo>,
+}
+
+/// What a `std::io::Error` link adds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IoInfo {
+    pub(crate) kind: io::ErrorKind,
+    pub(crate) raw_os_error: Option<i32>,
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T: std::error::Error + 'static> Sealed for T {}
+    impl Sealed for dyn std::error::Error + 'static {}
+    impl Sealed for dyn std::error::Error + Send + 'static {}
+    impl Sealed for dyn std::error::Error + Send + Sync + 'static {}
+}
+
+/// Anything [`capture_error`] takes: every `E: std::error::Error + 'static`, and
+/// `dyn Error` (so `capture_error(&*boxed)` works for a `Box<dyn Error + Send + Sync>`).
+/// Sealed; implemented by errscope only.
+pub trait AsDynError: sealed::Sealed {
+    /// The error as a trait object.
+    fn as_dyn_error(&self) -> &(dyn Error + 'static);
+}
+
+impl<T: Error + 'static> AsDynError for T {
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+impl AsDynError for dyn Error + 'static {
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+impl AsDynError for dyn Error + Send + 'static {
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+impl AsDynError for dyn Error + Send + Sync + 'static {
+    fn as_dyn_error(&self) -> &(dyn Error + 'static) {
+        self
+    }
+}
+
+/// Records an operational error with its whole `source()` chain, the stack of the caller
+/// and the current domain. Returns the event's id, or the id of the stored event it was
+/// counted against during an error storm, or [`EventId::nil`] when errscope is not
+/// initialized or the event was sampled out or dropped (drops are counted in
+/// [`stats`](crate::stats) and in the store).
+///
+/// Costs the caller a few microseconds; symbols, scrubbing and SQLite happen on the
+/// agent's thread.
+///
+/// ```
+/// let err = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+/// let id = errscope::capture_error(&err);
+/// assert!(id.is_nil()); // not initialized in this example
+/// ```
+#[track_caller]
+pub fn capture_error<E: ?Sized + AsDynError>(err: &E) -> EventId {
+    let location = Location::caller();
+    client::capture_error(err.as_dyn_error(), type_name::<E>(), location)
+}
+
+/// Records a message at the given level, with the caller's stack and the current domain.
+#[track_caller]
+pub fn capture_message(message: &str, level: Level) -> EventId {
+    client::capture_message(message, level, Location::caller())
+}
+
+/// The I/O error kind of the first `std::io::Error` in the chain (no formatting: cheap).
+pub(crate) fn first_io_kind(err: &(dyn Error + 'static)) -> Option<io::ErrorKind> {
+    let mut cur = Some(err);
+    for _ in 0..MAX_CHAIN {
+        let e = cur?;
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io.kind());
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// The error and its sources, outermost first (the order of `source()`).
+pub(crate) fn walk_chain(err: &(dyn Error + 'static), top_type: &str) -> Vec<Link> {
+    let mut links = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if links.len() >= MAX_CHAIN {
+            break;
+        }
+        let io = e.downcast_ref::<io::Error>().map(|io| IoInfo {
+            kind: io.kind(),
+            raw_os_error: io.raw_os_error(),
+        });
+        let ty = if io.is_some() {
+            "std::io::Error".to_owned()
+        } else if links.is_empty() && !top_type.starts_with("dyn ") {
+            top_type.to_owned()
+        } else {
+            type_from_debug(e)
+        };
+        links.push(Link {
+            ty,
+            value: e.to_string(),
+            io,
+        });
+        cur = e.source();
+    }
+    links
+}
+
+/// For a source behind `&dyn Error` the concrete type is not available; its `Debug`
+/// output usually starts with the type name (`ParseIntError { kind: .. }`).
+fn type_from_debug(e: &dyn Error) -> String {
+    let debug = format!("{e:?}");
+    let name: String = debug
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+        .collect();
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        "Error".to_owned()
+    } else {
+        name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Outer(io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("ldap bind failed")
+        }
+    }
+
+    impl Error for Outer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn walks_the_chain_and_reads_io_details() {
+        let err = Outer(io::Error::from_raw_os_error(104));
+        let links = walk_chain(&err, type_name::<Outer>());
+        assert_eq!(links.len(), 2);
+        assert_eq!(links[0].ty, "errscope::capture::tests::Outer");
+        assert_eq!(links[0].value, "ldap bind failed");
+        assert_eq!(links[1].ty, "std::io::Error");
+        let io = links[1].io.expect("io info");
+        assert_eq!(io.kind, io::ErrorKind::ConnectionReset);
+        assert_eq!(io.raw_os_error, Some(104));
+        assert_eq!(first_io_kind(&err), Some(io::ErrorKind::ConnectionReset));
+    }
+
+    #[test]
+    fn dyn_errors_get_a_type_from_debug() {
+        let parse = "x".parse::<u32>().expect_err("not a number");
+        let boxed: Box<dyn Error + Send + Sync> = Box::new(parse);
+        let links = walk_chain(
+            boxed.as_ref().as_dyn_error(),
+            type_name::<dyn Error + Send + Sync>(),
+        );
+        assert_eq!(links[0].ty, "ParseIntError");
+        let plain: Box<dyn Error> = "plain message".into();
+        let links = walk_chain(plain.as_ref(), type_name::<dyn Error>());
+        assert_eq!(links[0].ty, "Error");
+        assert_eq!(links[0].value, "plain message");
+    }
+}

@@ -1,0 +1,351 @@
+//! The running agent: [`init`], the [`Guard`], the capture entry points behind
+//! `capture_error`/`capture_message`, and [`stats`].
+
+use std::error::Error;
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::capture::{first_io_kind, walk_chain};
+use crate::domain;
+use crate::event::{EventId, Level};
+use crate::options::Options;
+use crate::storm::{Admission, Storm, StormKey};
+use crate::trace::{InApp, RawTrace};
+use crate::warn;
+use crate::worker::{self, Msg, Payload, Record};
+
+static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
+
+/// Counters shared by the host's threads and the agent's thread.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) captured: AtomicU64,
+    pub(crate) stored: AtomicU64,
+    pub(crate) storm_counted: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) dropped_sample_rate: AtomicU64,
+    pub(crate) dropped_before_send: AtomicU64,
+    pub(crate) evicted: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) degraded: AtomicBool,
+    /// Drops on the host's threads not yet written to the store's `discards`.
+    pub(crate) pending_queue_full: AtomicU64,
+    pub(crate) pending_sample_rate: AtomicU64,
+}
+
+/// What the agent's thread needs of the configuration.
+pub(crate) struct Shared {
+    pub(crate) options: Options,
+    pub(crate) in_app: InApp,
+    pub(crate) counters: Counters,
+    pub(crate) storm: Storm,
+    pub(crate) server_name: Option<String>,
+}
+
+pub(crate) struct Client {
+    pub(crate) shared: Arc<Shared>,
+    tx: Sender<Msg>,
+}
+
+/// Counters of the running agent, since `init`. All zero when not initialized.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `capture_error`/`capture_message` calls recorded, in full or counted.
+    pub captured: u64,
+    /// Panics recorded by the hook.
+    pub panics: u64,
+    /// Events committed to the outbox (or, when degraded, to memory).
+    pub stored: u64,
+    /// Occurrences counted against a stored event during error storms.
+    pub storm_counted: u64,
+    /// Captures dropped because the queue was full (stored as `queue_overflow` discards).
+    pub dropped_queue_full: u64,
+    /// Captures dropped by the sample rate.
+    pub dropped_sample_rate: u64,
+    /// Events dropped by `before_send`.
+    pub dropped_before_send: u64,
+    /// Old events evicted to keep the outbox within its bounds.
+    pub evicted: u64,
+    /// The outbox file could not be used and events are kept in memory.
+    pub degraded: bool,
+}
+
+/// The agent's counters.
+#[must_use]
+pub fn stats() -> Stats {
+    let Some(client) = current() else {
+        return Stats::default();
+    };
+    let c = &client.shared.counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    Stats {
+        captured: get(&c.captured),
+        panics: get(&c.panics),
+        stored: get(&c.stored),
+        storm_counted: get(&c.storm_counted),
+        dropped_queue_full: get(&c.dropped_queue_full),
+        dropped_sample_rate: get(&c.dropped_sample_rate),
+        dropped_before_send: get(&c.dropped_before_send),
+        evicted: get(&c.evicted),
+        degraded: c.degraded.load(Ordering::Relaxed),
+    }
+}
+
+pub(crate) fn current() -> Option<Arc<Client>> {
+    CLIENT
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(Arc::clone)
+}
+
+fn with_client<R>(f: impl FnOnce(&Client) -> R) -> Option<R> {
+    CLIENT
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_deref()
+        .map(f)
+}
+
+/// Starts the agent: installs the panic hook (once per process) and starts the agent's
+/// thread, which opens the outbox. Cheap: no symbols are loaded and no file is opened
+/// on the calling thread.
+///
+/// A second call while a [`Guard`] is alive warns on stderr and returns an inert guard;
+/// the first configuration stays in force. After the first guard is dropped, `init` may
+/// be called again.
+pub fn init(options: Options) -> Guard {
+    let mut slot = CLIENT.write().unwrap_or_else(PoisonError::into_inner);
+    if slot.is_some() {
+        warn(format_args!(
+            "init called while already initialized; keeping the first configuration"
+        ));
+        return Guard { client: None };
+    }
+    let server_name = options.server_name.clone().or_else(|| {
+        hostname::get()
+            .ok()
+            .map(|h| h.to_string_lossy().into_owned())
+    });
+    let shared = Arc::new(Shared {
+        in_app: InApp::new(&options.in_app_include, &options.in_app_exclude),
+        storm: Storm::new(options.storm_burst, options.storm_window),
+        counters: Counters::default(),
+        server_name,
+        options,
+    });
+    let Some(tx) = worker::start(Arc::clone(&shared)) else {
+        return Guard { client: None };
+    };
+    let client = Arc::new(Client { shared, tx });
+    *slot = Some(Arc::clone(&client));
+    drop(slot);
+    crate::hook::install();
+    Guard {
+        client: Some(client),
+    }
+}
+
+/// Keeps the agent running; dropping it flushes pending events (waiting at most
+/// [`Options::shutdown_timeout`]) and stops the agent's thread.
+#[must_use = "dropping the guard stops errscope; keep it alive for the whole program"]
+#[derive(Debug)]
+pub struct Guard {
+    client: Option<Arc<Client>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    /// Waits until every event captured before this call is committed, with storm counts
+    /// swept, or until `timeout` passes. Returns whether everything was committed.
+    /// An inert guard (from a second `init`) flushes the running agent.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        match &self.client {
+            Some(client) => client.flush(timeout),
+            None => current().is_some_and(|c| c.flush(timeout)),
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let timeout = client.shared.options.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
+        client.flush(timeout);
+        {
+            let mut slot = CLIENT.write().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                *slot = None;
+            }
+        }
+        // Let the agent's thread close the file; bounded, never hangs the host.
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        if client
+            .tx
+            .send_deadline(Msg::Shutdown(ack_tx), deadline)
+            .is_ok()
+        {
+            let _ = ack_rx.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(100)));
+        }
+    }
+}
+
+impl Client {
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
+        if worker::is_worker_thread() {
+            // Waiting for ourselves would only time out.
+            return false;
+        }
+        let deadline = Instant::now() + timeout;
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        if self.tx.send_deadline(Msg::Flush(ack_tx), deadline).is_err() {
+            return false;
+        }
+        ack_rx.recv_deadline(deadline).is_ok()
+    }
+
+    fn sampled_out(&self, id: EventId) -> bool {
+        let rate = self.shared.options.sample_rate;
+        if rate >= 1.0 {
+            return false;
+        }
+        let draw = (id.low_bits() >> 11) as f64 / (1u64 << 53) as f64;
+        if draw < rate {
+            return false;
+        }
+        let c = &self.shared.counters;
+        c.dropped_sample_rate.fetch_add(1, Ordering::Relaxed);
+        c.pending_sample_rate.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The caller-thread half of a capture: storm check, then the record to the queue.
+    fn capture(&self, key: StormKey, level: Level, payload: impl FnOnce() -> Payload) -> EventId {
+        let event_id = EventId::new();
+        if self.sampled_out(event_id) {
+            return EventId::nil();
+        }
+        let counters = &self.shared.counters;
+        let storm = &self.shared.storm;
+        if let Admission::Counted(rep) = storm.admit(key, Instant::now()) {
+            counters.captured.fetch_add(1, Ordering::Relaxed);
+            counters.storm_counted.fetch_add(1, Ordering::Relaxed);
+            return rep;
+        }
+        let record = Record {
+            event_id,
+            timestamp: crate::time::now_epoch(),
+            level,
+            payload: payload(),
+            trace: Some(RawTrace::capture()),
+            domain: domain::current().map(|d| d.snapshot()),
+            thread: std::thread::current().name().map(str::to_owned),
+        };
+        match self.tx.try_send(Msg::Record(Box::new(record), None)) {
+            Ok(()) => {
+                storm.queued(key, event_id);
+                counters.captured.fetch_add(1, Ordering::Relaxed);
+                event_id
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                if let Some(rep) = storm.fold(key) {
+                    counters.captured.fetch_add(1, Ordering::Relaxed);
+                    counters.storm_counted.fetch_add(1, Ordering::Relaxed);
+                    return rep;
+                }
+                counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                counters.pending_queue_full.fetch_add(1, Ordering::Relaxed);
+                EventId::nil()
+            }
+        }
+    }
+
+    /// Records a panic and waits (bounded) until it is committed.
+    pub(crate) fn capture_panic(
+        &self,
+        message: String,
+        location: Option<(String, u32, u32)>,
+    ) -> Option<EventId> {
+        let event_id = EventId::new();
+        let record = Record {
+            event_id,
+            timestamp: crate::time::now_epoch(),
+            level: Level::Fatal,
+            payload: Payload::Panic { message, location },
+            trace: Some(RawTrace::capture()),
+            domain: domain::current().map(|d| d.snapshot()),
+            thread: std::thread::current().name().map(str::to_owned),
+        };
+        self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + self.shared.options.panic_timeout;
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        if self
+            .tx
+            .send_deadline(Msg::Record(Box::new(record), Some(ack_tx)), deadline)
+            .is_err()
+        {
+            warn(format_args!(
+                "could not record a panic: the agent's queue stayed full or the agent stopped"
+            ));
+            return None;
+        }
+        if ack_rx.recv_deadline(deadline).is_err() {
+            warn(format_args!(
+                "a panic was queued but not committed within {:?}",
+                self.shared.options.panic_timeout
+            ));
+        }
+        Some(event_id)
+    }
+}
+
+pub(crate) fn capture_error(
+    err: &(dyn Error + 'static),
+    ty: &'static str,
+    location: &'static Location<'static>,
+) -> EventId {
+    with_client(|client| {
+        let key = StormKey {
+            ty,
+            location,
+            io_kind: first_io_kind(err),
+        };
+        client.capture(key, Level::Error, || Payload::Error {
+            chain: walk_chain(err, ty),
+            location,
+        })
+    })
+    .unwrap_or_else(EventId::nil)
+}
+
+pub(crate) fn capture_message(
+    message: &str,
+    level: Level,
+    location: &'static Location<'static>,
+) -> EventId {
+    with_client(|client| {
+        let key = StormKey {
+            ty: "message",
+            location,
+            io_kind: None,
+        };
+        client.capture(key, level, || Payload::Message {
+            text: message.to_owned(),
+            location,
+        })
+    })
+    .unwrap_or_else(EventId::nil)
+}

@@ -1,0 +1,405 @@
+//! Domains: a named scope (a request, a job) with tags, context and breadcrumbs that every
+//! capture inside it picks up, and that turns a panic inside it into an error value.
+//!
+//! The current domain lives in a thread-local that [`Domain::run_sync`] sets for the
+//! duration of a call and that the futures of [`Domain::run`] and
+//! [`DomainExt::in_current_domain`] set for the duration of each `poll` (the way
+//! `tracing`'s `Instrumented` enters a span). This works on any executor, follows a task
+//! across the worker threads of a multi-threaded runtime, and always makes the innermost
+//! domain the current one.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::event::{Breadcrumb, EventId};
+
+/// Breadcrumbs kept per domain; older ones are dropped.
+const MAX_BREADCRUMBS: usize = 100;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Domain>> = const { RefCell::new(None) };
+    /// The id of the last panic the hook recorded on this thread, for `DomainPanic`.
+    static LAST_PANIC: std::cell::Cell<Option<EventId>> = const { std::cell::Cell::new(None) };
+}
+
+/// The data of a domain at one moment; captures take a cheap snapshot (an `Arc` clone).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DomainData {
+    pub(crate) name: String,
+    pub(crate) tags: BTreeMap<String, String>,
+    pub(crate) context: BTreeMap<String, Value>,
+    pub(crate) breadcrumbs: VecDeque<Breadcrumb>,
+}
+
+/// A named scope whose tags, context and breadcrumbs go with every event captured inside.
+///
+/// Cloning is cheap and clones share the data. A domain created inside another inherits
+/// the parent's tags, context and breadcrumbs at that moment.
+///
+/// ```
+/// # async fn handle() -> Result<u32, std::io::Error> { Ok(1) }
+/// # async fn demo() {
+/// let domain = errscope::Domain::new("GET /orders/:id").tag("request_id", 42);
+/// match domain.run(handle()).await {
+///     Ok(Ok(order)) => { /* 200 */ }
+///     Ok(Err(e)) => { errscope::capture_error(&e); /* 502 */ }
+///     Err(panic) => { /* 500, quote panic.event_id */ }
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Domain {
+    data: Arc<Mutex<Arc<DomainData>>>,
+}
+
+impl fmt::Debug for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let data = self.snapshot();
+        f.debug_struct("Domain")
+            .field("name", &data.name)
+            .field("tags", &data.tags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Domain {
+    /// A new domain; inside another domain it starts with a copy of the parent's data.
+    #[must_use]
+    pub fn new(name: impl Into<String>) -> Self {
+        let mut data = current()
+            .map(|parent| DomainData::clone(&parent.snapshot()))
+            .unwrap_or_default();
+        data.name = name.into();
+        Self {
+            data: Arc::new(Mutex::new(Arc::new(data))),
+        }
+    }
+
+    /// The domain the calling code runs in, if any.
+    #[must_use]
+    pub fn current() -> Option<Self> {
+        current()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut DomainData)) {
+        let mut guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        f(Arc::make_mut(&mut guard));
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<DomainData> {
+        Arc::clone(&self.data.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The domain's name.
+    #[must_use]
+    pub fn name(&self) -> String {
+        self.snapshot().name.clone()
+    }
+
+    /// Adds a tag (builder form of [`set_tag`](Self::set_tag)).
+    #[must_use]
+    pub fn tag(self, key: impl Into<String>, value: impl fmt::Display) -> Self {
+        self.set_tag(key, value);
+        self
+    }
+
+    /// Sets a tag on this domain; later captures carry it.
+    pub fn set_tag(&self, key: impl Into<String>, value: impl fmt::Display) {
+        let (key, value) = (key.into(), value.to_string());
+        self.update(|d| {
+            d.tags.insert(key, value);
+        });
+    }
+
+    /// Adds a context entry (builder form of [`set_context`](Self::set_context)).
+    #[must_use]
+    pub fn context(self, key: impl Into<String>, value: impl Serialize) -> Self {
+        self.set_context(key, value);
+        self
+    }
+
+    /// Sets a context entry, stored under `contexts.<key>` of each event. Values under
+    /// secret-looking keys are scrubbed before storage.
+    pub fn set_context(&self, key: impl Into<String>, value: impl Serialize) {
+        let key = key.into();
+        let value = serde_json::to_value(value).unwrap_or(Value::Null);
+        self.update(|d| {
+            d.context.insert(key, value);
+        });
+    }
+
+    /// Records a breadcrumb (the last 100 are kept).
+    pub fn add_breadcrumb(&self, crumb: Breadcrumb) {
+        self.update(|d| {
+            if d.breadcrumbs.len() >= MAX_BREADCRUMBS {
+                d.breadcrumbs.pop_front();
+            }
+            d.breadcrumbs.push_back(crumb);
+        });
+    }
+
+    /// Runs `f` inside this domain. A panic in `f` is recorded (with this domain's data,
+    /// committed before this returns) and returned as [`DomainPanic`].
+    pub fn run_sync<T>(&self, f: impl FnOnce() -> T) -> Result<T, DomainPanic> {
+        let _enter = Enter::new(self.clone());
+        LAST_PANIC.with(|p| p.set(None));
+        catch_unwind(AssertUnwindSafe(f)).map_err(|payload| self.panicked(&*payload))
+    }
+
+    /// Runs a future inside this domain: each poll sees it as the current domain. A panic
+    /// while polling is recorded and returned as [`DomainPanic`].
+    pub fn run<F: Future>(&self, fut: F) -> DomainRun<F> {
+        DomainRun {
+            fut: Box::pin(fut),
+            domain: self.clone(),
+        }
+    }
+
+    fn panicked(&self, payload: &(dyn std::any::Any + Send)) -> DomainPanic {
+        DomainPanic {
+            event_id: LAST_PANIC.with(|p| p.take()).unwrap_or_else(EventId::nil),
+            message: panic_message(payload),
+            domain: self.name(),
+        }
+    }
+}
+
+/// The message of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+/// Called by the panic hook with the id of the event it recorded.
+pub(crate) fn set_last_panic(id: EventId) {
+    let _ = LAST_PANIC.try_with(|p| p.set(Some(id)));
+}
+
+/// The current domain: the innermost `run`, `run_sync` or `in_current_domain` scope.
+pub(crate) fn current() -> Option<Domain> {
+    CURRENT
+        .try_with(|c| c.try_borrow().ok()?.clone())
+        .ok()
+        .flatten()
+}
+
+/// Makes a domain current until dropped, then restores the previous one.
+struct Enter {
+    prev: Option<Domain>,
+}
+
+impl Enter {
+    fn new(domain: Domain) -> Self {
+        let prev = CURRENT
+            .try_with(|c| c.try_borrow_mut().ok().map(|mut c| c.replace(domain)))
+            .ok()
+            .flatten()
+            .flatten();
+        Self { prev }
+    }
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        let _ = CURRENT.try_with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                *c = prev;
+            }
+        });
+    }
+}
+
+/// A panic caught by [`Domain::run`] or [`Domain::run_sync`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DomainPanic {
+    /// The id of the stored panic event (nil when errscope is not initialized).
+    pub event_id: EventId,
+    /// The panic message.
+    pub message: String,
+    /// The name of the domain.
+    pub domain: String,
+}
+
+impl fmt::Display for DomainPanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "panic in {}: {} (event {})",
+            self.domain, self.message, self.event_id
+        )
+    }
+}
+
+impl std::error::Error for DomainPanic {}
+
+/// The future of [`Domain::run`].
+#[must_use = "futures do nothing unless polled"]
+pub struct DomainRun<F> {
+    // Boxed so that this type is `Unpin` without unsafe pin projection.
+    fut: Pin<Box<F>>,
+    domain: Domain,
+}
+
+impl<F> fmt::Debug for DomainRun<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DomainRun")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for DomainRun<F> {
+    type Output = Result<F::Output, DomainPanic>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let _enter = Enter::new(this.domain.clone());
+        LAST_PANIC.with(|p| p.set(None));
+        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(this.domain.panicked(&*payload))),
+        }
+    }
+}
+
+/// A future that runs inside a domain (see [`DomainExt`]).
+#[must_use = "futures do nothing unless polled"]
+pub struct InDomain<F> {
+    fut: Pin<Box<F>>,
+    domain: Option<Domain>,
+}
+
+impl<F> fmt::Debug for InDomain<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InDomain")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for InDomain<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let _enter = this.domain.clone().map(Enter::new);
+        this.fut.as_mut().poll(cx)
+    }
+}
+
+/// Carries a domain into futures that run elsewhere (spawned tasks, `select!` arms).
+pub trait DomainExt: Future + Sized {
+    /// Runs this future in the domain current *now* (if any), wherever it is polled.
+    fn in_current_domain(self) -> InDomain<Self> {
+        InDomain {
+            fut: Box::pin(self),
+            domain: current(),
+        }
+    }
+
+    /// Runs this future in `domain`. Unlike [`Domain::run`], panics are not caught here.
+    fn in_domain(self, domain: &Domain) -> InDomain<Self> {
+        InDomain {
+            fut: Box::pin(self),
+            domain: Some(domain.clone()),
+        }
+    }
+}
+
+impl<F: Future> DomainExt for F {}
+
+/// `tokio::spawn` that carries the current domain into the task: captures and panics in
+/// the task carry the domain's data. Must be called inside a tokio runtime.
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut.in_current_domain())
+}
+
+/// Calls `f` with the current domain, if there is one.
+pub fn with_domain<R>(f: impl FnOnce(&Domain) -> R) -> Option<R> {
+    current().map(|d| f(&d))
+}
+
+/// Adds a breadcrumb to the current domain; without one, the breadcrumb is dropped.
+pub fn add_breadcrumb(crumb: Breadcrumb) {
+    if let Some(d) = current() {
+        d.add_breadcrumb(crumb);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_domains_inherit_and_restore() {
+        assert!(current().is_none());
+        let outer = Domain::new("outer").tag("a", 1).tag("b", "x");
+        let r = outer.run_sync(|| {
+            assert_eq!(current().map(|d| d.name()).as_deref(), Some("outer"));
+            let inner = Domain::new("inner").tag("b", "y");
+            inner
+                .run_sync(|| {
+                    let d = current().map(|d| d.snapshot());
+                    let d = d.as_deref().cloned().unwrap_or_default();
+                    assert_eq!(d.name, "inner");
+                    assert_eq!(d.tags.get("a").map(String::as_str), Some("1"));
+                    assert_eq!(d.tags.get("b").map(String::as_str), Some("y"));
+                })
+                .is_ok()
+        });
+        assert_eq!(r.ok(), Some(true));
+        assert!(current().is_none());
+        // The parent is not changed by the child.
+        assert_eq!(
+            outer.snapshot().tags.get("b").map(String::as_str),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn snapshots_do_not_see_later_changes() {
+        let d = Domain::new("d").tag("k", "before");
+        let snap = d.snapshot();
+        d.set_tag("k", "after");
+        assert_eq!(snap.tags.get("k").map(String::as_str), Some("before"));
+        assert_eq!(
+            d.snapshot().tags.get("k").map(String::as_str),
+            Some("after")
+        );
+    }
+
+    #[test]
+    fn breadcrumbs_are_bounded() {
+        let d = Domain::new("d");
+        for i in 0..150 {
+            d.add_breadcrumb(Breadcrumb::new(format!("step {i}")));
+        }
+        let snap = d.snapshot();
+        assert_eq!(snap.breadcrumbs.len(), MAX_BREADCRUMBS);
+        assert_eq!(
+            snap.breadcrumbs.front().and_then(|b| b.message.as_deref()),
+            Some("step 50")
+        );
+    }
+}

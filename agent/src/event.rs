@@ -1,0 +1,377 @@
+//! The Sentry protocol types errscope stores: one [`Event`] per error or panic.
+//!
+//! Field names and shapes follow Sentry's event payload, so the errscope collector
+//! and any Sentry-compatible server read the stored JSON as is.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+
+/// The id of an event: 32 lowercase hex digits on the wire (a UUID v4 without dashes).
+///
+/// Ids are assigned on the caller's thread, so [`capture_error`](crate::capture_error)
+/// can return one before the event is written.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EventId(uuid::Uuid);
+
+impl EventId {
+    /// A fresh random id.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(crate::rand::uuid_v4())
+    }
+
+    /// The all-zero id, returned when errscope is not initialized or an event was dropped.
+    #[must_use]
+    pub const fn nil() -> Self {
+        Self(uuid::Uuid::nil())
+    }
+
+    /// Whether this is the all-zero id.
+    #[must_use]
+    pub fn is_nil(&self) -> bool {
+        self.0.is_nil()
+    }
+
+    /// 64 random bits of the id, used for sampling decisions.
+    pub(crate) fn low_bits(self) -> u64 {
+        // Truncation is the point: the low 64 bits of a v4 UUID are random
+        // except for the two variant bits, which sit in the high half of them.
+        self.0.as_u128() as u64
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.simple(), f)
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({})", self.0.simple())
+    }
+}
+
+impl FromStr for EventId {
+    type Err = uuid::Error;
+
+    /// Parses 32 hex digits (dashes are accepted too).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0.simple())
+    }
+}
+
+/// How severe an event is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Debugging information.
+    Debug,
+    /// Informational.
+    Info,
+    /// Something that may need attention.
+    Warning,
+    /// An operational error (the default of [`capture_error`](crate::capture_error)).
+    #[default]
+    Error,
+    /// A programmer error that ended a thread or the process (panics).
+    Fatal,
+}
+
+/// One stored event, in Sentry's event JSON shape.
+///
+/// A [`before_send`](crate::Options::before_send) hook receives it and may change any
+/// field or drop it. Empty collections are left out of the JSON.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Event {
+    /// 32 hex digits.
+    pub event_id: EventId,
+    /// Seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// Severity.
+    pub level: Level,
+    /// Always `"native"`.
+    pub platform: String,
+    /// The message of [`capture_message`](crate::capture_message) events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The service's release, e.g. `shop@1.4.0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// The deployment environment, e.g. `production`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// The host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The error chain or the panic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exception: Option<Values<Exception>>,
+    /// For message events: the capturing thread with its stack.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<Values<Thread>>,
+    /// Tags: the domain's and `domain` (its name).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Contexts: `os`, `runtime`, `thread`, `domain` and the domain's own context entries.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub contexts: BTreeMap<String, Value>,
+    /// The domain's breadcrumbs, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breadcrumbs: Option<Values<Breadcrumb>>,
+    /// Free-form extra data.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Value>,
+    /// The SDK that made the event.
+    pub sdk: Sdk,
+}
+
+/// Sentry's `{"values": [...]}` wrapper.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Values<T> {
+    /// The items, in protocol order.
+    pub values: Vec<T>,
+}
+
+/// One link of an error chain, or a panic.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Exception {
+    /// The concrete type name, e.g. `std::io::Error`, or `panic`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The `Display` text of the error, or the panic message.
+    pub value: String,
+    /// How the error was caught.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<Mechanism>,
+    /// Where it happened, oldest frame first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacktrace: Option<Stacktrace>,
+}
+
+/// A thread and its stack (used for message events, which have no exception).
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Thread {
+    /// The thread's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Whether this thread made the event.
+    pub current: bool,
+    /// Whether this thread crashed.
+    pub crashed: bool,
+    /// Its stack, oldest frame first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacktrace: Option<Stacktrace>,
+}
+
+/// How an exception was caught.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Mechanism {
+    /// `capture_error`, `capture_message` or `panic`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `true` for operational errors the program handled, `false` for panics.
+    pub handled: bool,
+    /// For `std::io::Error`: `io_error_kind` and `raw_os_error`; for panics, the location.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, Value>,
+    /// The OS error number, for `std::io::Error`s that carry one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<MechanismMeta>,
+}
+
+/// Operating-system details of an exception.
+#[derive(Clone, Debug, Serialize)]
+pub struct MechanismMeta {
+    /// The `errno` value.
+    pub errno: Errno,
+}
+
+/// An OS error number and its symbolic name.
+#[derive(Clone, Debug, Serialize)]
+pub struct Errno {
+    /// e.g. 104.
+    pub number: i32,
+    /// e.g. `ECONNRESET`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A stack trace, oldest frame first (Sentry's order).
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Stacktrace {
+    /// The frames.
+    pub frames: Vec<Frame>,
+}
+
+/// One stack frame. Inlined functions get a frame of their own with the same address.
+#[derive(Clone, Debug, Serialize, Default)]
+#[non_exhaustive]
+pub struct Frame {
+    /// Demangled function name without the `::h…` hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    /// The function's module path, e.g. `shop::ldap`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// A short source path (`src/main.rs`, `tokio-1.54.1/src/...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// The full source path as recorded in the debug info.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abs_path: Option<String>,
+    /// 1-based line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lineno: Option<u32>,
+    /// 1-based column.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colno: Option<u32>,
+    /// Whether the frame belongs to the application rather than std or a dependency.
+    pub in_app: bool,
+    /// The instruction address, `0x…`.
+    pub instruction_addr: String,
+}
+
+/// A breadcrumb: something that happened before the event.
+#[derive(Clone, Debug, Serialize)]
+#[non_exhaustive]
+pub struct Breadcrumb {
+    /// Seconds since the Unix epoch.
+    pub timestamp: f64,
+    /// Sentry's breadcrumb type, `default` unless set.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// A dotted category such as `db.query`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Severity.
+    pub level: Level,
+    /// What happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Structured data.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, Value>,
+}
+
+impl Breadcrumb {
+    /// A breadcrumb with a message, level `info`, stamped now.
+    #[must_use]
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            timestamp: crate::time::now_epoch(),
+            ty: "default".to_owned(),
+            category: None,
+            level: Level::Info,
+            message: Some(message.into()),
+            data: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the category.
+    #[must_use]
+    pub fn category(mut self, category: impl Into<String>) -> Self {
+        self.category = Some(category.into());
+        self
+    }
+
+    /// Sets the level.
+    #[must_use]
+    pub fn level(mut self, level: Level) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// Adds a data entry. A value that cannot be serialized is stored as `null`.
+    #[must_use]
+    pub fn data(mut self, key: impl Into<String>, value: impl Serialize) -> Self {
+        self.data.insert(
+            key.into(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+        self
+    }
+}
+
+/// The SDK that made an event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sdk {
+    /// `errscope`.
+    pub name: String,
+    /// The crate version.
+    pub version: String,
+}
+
+impl Default for Sdk {
+    fn default() -> Self {
+        Self {
+            name: "errscope".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}
+
+impl Event {
+    /// An empty event of the given level, stamped now.
+    pub(crate) fn new(event_id: EventId, timestamp: f64, level: Level) -> Self {
+        Self {
+            event_id,
+            timestamp,
+            level,
+            platform: "native".to_owned(),
+            message: None,
+            release: None,
+            environment: None,
+            server_name: None,
+            exception: None,
+            threads: None,
+            tags: BTreeMap::new(),
+            contexts: BTreeMap::new(),
+            breadcrumbs: None,
+            extra: BTreeMap::new(),
+            sdk: Sdk::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_id_is_32_hex_and_round_trips() {
+        let id = EventId::new();
+        let s = id.to_string();
+        assert_eq!(s.len(), 32);
+        assert!(s.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(s.parse::<EventId>().ok(), Some(id));
+        assert_ne!(EventId::new(), id);
+        assert_eq!(serde_json::to_value(id).ok(), Some(Value::String(s)));
+    }
+
+    #[test]
+    fn levels_serialize_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&Level::Warning).ok().as_deref(),
+            Some("\"warning\"")
+        );
+        assert_eq!(
+            serde_json::to_string(&Level::Fatal).ok().as_deref(),
+            Some("\"fatal\"")
+        );
+    }
+}

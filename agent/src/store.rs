@@ -1,0 +1,500 @@
+//! The outbox: a SQLite file (WAL, numbered migrations, one writer) holding events, storm
+//! counts and discard counters until a shipper sends them. If the file cannot be opened
+//! or written, the outbox degrades to a bounded in-memory buffer with one stderr line.
+//!
+//! Schema (version 1), read by the shipper:
+//!
+//! | table | columns |
+//! |---|---|
+//! | `events` | `id INTEGER PRIMARY KEY AUTOINCREMENT`, `event_id TEXT UNIQUE`, `created_at REAL`, `payload BLOB` (event JSON), `size INTEGER` |
+//! | `counts` | `id TEXT PRIMARY KEY` (32 hex), `event_id TEXT`, `count INTEGER`, `start REAL`, `end REAL` — the `errscope.counts` items |
+//! | `discards` | `reason TEXT`, `category TEXT`, `quantity INTEGER`, primary key (`reason`, `category`) — client report counters |
+//! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT` |
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::storm::CountRecord;
+
+/// Numbered migrations; `PRAGMA user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        payload BLOB NOT NULL,
+        size INTEGER NOT NULL
+    );
+    CREATE TABLE counts (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        start REAL NOT NULL,
+        \"end\" REAL NOT NULL
+    );
+    CREATE INDEX counts_event_id ON counts (event_id);
+    CREATE TABLE discards (
+        reason TEXT NOT NULL,
+        category TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        PRIMARY KEY (reason, category)
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
+];
+
+/// Why the outbox could not be opened or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum StoreError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("cannot migrate {path} to schema {version}: {source}")]
+    Migrate {
+        path: PathBuf,
+        version: usize,
+        source: rusqlite::Error,
+    },
+    #[error("{path} has schema version {found}, newer than this agent's {known}")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("cannot write to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// One serialized event ready to store.
+#[derive(Clone, Debug)]
+pub(crate) struct Row {
+    pub(crate) event_id: String,
+    pub(crate) created_at: f64,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Discard counters: `(reason, category) -> quantity`.
+pub(crate) type Discards = BTreeMap<(&'static str, &'static str), u64>;
+
+/// What one write did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct WriteOutcome {
+    /// Events newly stored (duplicates of stored ids are ignored).
+    pub(crate) stored: u64,
+    /// Old events evicted to stay within bounds.
+    pub(crate) evicted: u64,
+}
+
+/// Bounds of the outbox.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    pub(crate) max_events: u64,
+    pub(crate) max_bytes: u64,
+}
+
+/// The SQLite outbox.
+pub(crate) struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    bounds: Bounds,
+    rows: u64,
+    bytes: u64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the file.
+    pub(crate) fn open(path: &Path, bounds: Bounds, sync_full: bool) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        // `journal_mode` answers with a row; this also fails early on a corrupt file.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(open_err)?;
+        conn.execute_batch(if sync_full {
+            "PRAGMA synchronous = FULL;"
+        } else {
+            "PRAGMA synchronous = NORMAL;"
+        })
+        .map_err(open_err)?;
+        migrate(&mut conn, path)?;
+        let (rows, bytes): (i64, i64) = conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM events",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(open_err)?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+            bounds,
+            rows: u64::try_from(rows).unwrap_or(0),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        })
+    }
+
+    /// Writes events, counts and discard counters in one transaction, evicting the
+    /// oldest events past the bounds (their loss goes into `discards` too).
+    pub(crate) fn write(
+        &mut self,
+        rows: &[Row],
+        counts: &[CountRecord],
+        discards: &Discards,
+    ) -> Result<WriteOutcome, StoreError> {
+        let write_err = |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(write_err)?;
+        let mut outcome = WriteOutcome::default();
+        let mut added_bytes = 0u64;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO events (event_id, created_at, payload, size)
+                     VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(write_err)?;
+            for row in rows {
+                let size = row.payload.len() as u64;
+                let n = insert
+                    .execute(params![
+                        row.event_id,
+                        row.created_at,
+                        row.payload,
+                        i64::try_from(size).unwrap_or(i64::MAX)
+                    ])
+                    .map_err(write_err)?;
+                if n > 0 {
+                    outcome.stored += 1;
+                    added_bytes += size;
+                }
+            }
+            let mut insert_count = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO counts (id, event_id, count, start, \"end\")
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(write_err)?;
+            for c in counts {
+                insert_count
+                    .execute(params![
+                        c.id,
+                        c.event_id.to_string(),
+                        i64::try_from(c.count).unwrap_or(i64::MAX),
+                        c.start,
+                        c.end
+                    ])
+                    .map_err(write_err)?;
+            }
+        }
+        let mut discards = discards.clone();
+        let rows_after = self.rows + outcome.stored;
+        let bytes_after = self.bytes + added_bytes;
+        let (evicted, evicted_bytes, lost_counts) =
+            evict(&tx, rows_after, bytes_after, self.bounds).map_err(write_err)?;
+        if evicted > 0 {
+            *discards.entry(("cache_overflow", "error")).or_default() += evicted + lost_counts;
+        }
+        add_discards(&tx, &discards).map_err(write_err)?;
+        tx.commit().map_err(write_err)?;
+        outcome.evicted = evicted;
+        self.rows = rows_after - evicted;
+        self.bytes = bytes_after.saturating_sub(evicted_bytes);
+        Ok(outcome)
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let applied = usize::try_from(version).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (idx, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let number = idx + 1;
+        let err = |source| StoreError::Migrate {
+            path: path.to_owned(),
+            version: number,
+            source,
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if usize::try_from(now).unwrap_or(0) >= number {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(err)?;
+        // PRAGMA takes no parameters; `number` is our own constant index.
+        tx.execute_batch(&format!("PRAGMA user_version = {number}"))
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Deletes the oldest events until the bounds hold. Returns (events, bytes, occurrences
+/// of counts that referenced them).
+fn evict(
+    tx: &rusqlite::Transaction<'_>,
+    rows: u64,
+    bytes: u64,
+    bounds: Bounds,
+) -> rusqlite::Result<(u64, u64, u64)> {
+    if rows <= bounds.max_events && bytes <= bounds.max_bytes {
+        return Ok((0, 0, 0));
+    }
+    let mut stmt = tx.prepare_cached("SELECT id, size FROM events ORDER BY id")?;
+    let mut iter = stmt.query([])?;
+    let (mut n, mut freed, mut last_id) = (0u64, 0u64, None::<i64>);
+    while rows - n > bounds.max_events || bytes.saturating_sub(freed) > bounds.max_bytes {
+        let Some(row) = iter.next()? else { break };
+        let id: i64 = row.get(0)?;
+        let size: i64 = row.get(1)?;
+        n += 1;
+        freed += u64::try_from(size).unwrap_or(0);
+        last_id = Some(id);
+    }
+    drop(iter);
+    let Some(last_id) = last_id else {
+        return Ok((0, 0, 0));
+    };
+    let lost: i64 = tx
+        .query_row(
+            "SELECT coalesce(sum(count), 0) FROM counts WHERE event_id IN
+             (SELECT event_id FROM events WHERE id <= ?1)",
+            [last_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    tx.execute(
+        "DELETE FROM counts WHERE event_id IN (SELECT event_id FROM events WHERE id <= ?1)",
+        [last_id],
+    )?;
+    tx.execute("DELETE FROM events WHERE id <= ?1", [last_id])?;
+    Ok((n, freed, u64::try_from(lost).unwrap_or(0)))
+}
+
+fn add_discards(tx: &rusqlite::Transaction<'_>, discards: &Discards) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO discards (reason, category, quantity) VALUES (?1, ?2, ?3)
+         ON CONFLICT (reason, category) DO UPDATE SET quantity = quantity + excluded.quantity",
+    )?;
+    for ((reason, category), qty) in discards {
+        if *qty > 0 {
+            stmt.execute(params![
+                reason,
+                category,
+                i64::try_from(*qty).unwrap_or(i64::MAX)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// The in-memory fallback: bounded like the file, lost at exit.
+#[derive(Default)]
+pub(crate) struct MemoryStore {
+    events: VecDeque<Row>,
+    bytes: u64,
+    pub(crate) counts: Vec<CountRecord>,
+    pub(crate) discards: Discards,
+}
+
+impl MemoryStore {
+    pub(crate) fn write(
+        &mut self,
+        rows: Vec<Row>,
+        counts: Vec<CountRecord>,
+        discards: &Discards,
+        bounds: Bounds,
+    ) -> WriteOutcome {
+        let mut outcome = WriteOutcome::default();
+        for row in rows {
+            self.bytes += row.payload.len() as u64;
+            self.events.push_back(row);
+            outcome.stored += 1;
+        }
+        self.counts.extend(counts);
+        for (k, v) in discards {
+            *self.discards.entry(*k).or_default() += v;
+        }
+        while self.events.len() as u64 > bounds.max_events || self.bytes > bounds.max_bytes {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes = self.bytes.saturating_sub(old.payload.len() as u64);
+            let mut lost = 0;
+            self.counts.retain(|c| {
+                let keep = c.event_id.to_string() != old.event_id;
+                if !keep {
+                    lost += c.count;
+                }
+                keep
+            });
+            outcome.evicted += 1;
+            *self
+                .discards
+                .entry(("cache_overflow", "error"))
+                .or_default() += 1 + lost;
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventId;
+
+    fn row(i: usize, size: usize) -> Row {
+        Row {
+            event_id: format!("{i:032x}"),
+            created_at: i as f64,
+            payload: vec![b'x'; size],
+        }
+    }
+
+    fn count_rows(conn: &Connection, table: &str) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn migrates_writes_and_evicts_oldest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub/outbox.db");
+        let bounds = Bounds {
+            max_events: 10,
+            max_bytes: 1_000_000,
+        };
+        let mut store = SqliteStore::open(&path, bounds, false).expect("open");
+        let rows: Vec<_> = (0..25).map(|i| row(i, 100)).collect();
+        let counts = vec![CountRecord {
+            id: "c".repeat(32),
+            event_id: format!("{:032x}", 3).parse::<EventId>().expect("id"),
+            count: 7,
+            start: 1.0,
+            end: 2.0,
+        }];
+        let out = store
+            .write(&rows, &counts, &Discards::new())
+            .expect("write");
+        assert_eq!(
+            out,
+            WriteOutcome {
+                stored: 25,
+                evicted: 15
+            }
+        );
+        let conn = Connection::open(&path).expect("reopen");
+        assert_eq!(count_rows(&conn, "events"), 10);
+        assert_eq!(
+            count_rows(&conn, "counts"),
+            0,
+            "count of an evicted event goes"
+        );
+        let oldest: String = conn
+            .query_row("SELECT event_id FROM events ORDER BY id LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .expect("oldest");
+        assert_eq!(oldest, format!("{:032x}", 15));
+        let lost: i64 = conn
+            .query_row(
+                "SELECT quantity FROM discards WHERE reason = 'cache_overflow'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("discards");
+        assert_eq!(lost, 15 + 7);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        drop(store);
+        // Reopening keeps the data and the running totals.
+        let mut again = SqliteStore::open(
+            &path,
+            Bounds {
+                max_events: 10,
+                max_bytes: 1450,
+            },
+            false,
+        )
+        .expect("reopen store");
+        assert_eq!((again.rows, again.bytes), (10, 1000));
+        let out = again
+            .write(&[row(100, 600)], &[], &Discards::new())
+            .expect("write");
+        assert_eq!(
+            out.evicted, 2,
+            "bytes bound: 1600 > 1450 until two old rows go"
+        );
+    }
+
+    #[test]
+    fn corrupt_file_fails_to_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.db");
+        std::fs::write(&path, vec![0x5a; 8192]).expect("write garbage");
+        let err = SqliteStore::open(
+            &path,
+            Bounds {
+                max_events: 1,
+                max_bytes: 1,
+            },
+            false,
+        );
+        assert!(
+            matches!(err, Err(StoreError::Open { .. })),
+            "{:?}",
+            err.err()
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! Backtraces: a cheap unresolved capture on the caller's thread, and resolution into
+//! Sentry frames on the agent's thread with a per-address cache.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use crate::event::Frame;
+
+/// At most this many addresses are captured.
+const MAX_FRAMES: usize = 128;
+
+/// Instruction addresses of a stack, newest first, not yet resolved to symbols.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawTrace {
+    ips: Vec<usize>,
+}
+
+impl RawTrace {
+    /// Walks the current stack. Costs a few microseconds; resolves nothing.
+    #[inline(never)]
+    pub(crate) fn capture() -> Self {
+        let mut ips = Vec::with_capacity(48);
+        let mut push = |frame: &backtrace::Frame| {
+            ips.push(frame.ip() as usize);
+            ips.len() < MAX_FRAMES
+        };
+        #[cfg(unix)]
+        {
+            // SAFETY: `trace_unsynchronized` is unsafe only because some platform
+            // unwinders (Windows' dbghelp) are not thread-safe; on Unix it walks the
+            // stack with the system unwinder, which is. The callback does not unwind.
+            unsafe { backtrace::trace_unsynchronized(&mut push) }
+        }
+        #[cfg(not(unix))]
+        backtrace::trace(&mut push);
+        Self { ips }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.ips.len()
+    }
+}
+
+/// One resolved symbol at an address (an address yields several when inlined).
+#[derive(Clone, Debug, Default)]
+struct Symbol {
+    function: Option<String>,
+    abs_path: Option<String>,
+    lineno: Option<u32>,
+    colno: Option<u32>,
+}
+
+/// Which frames belong to the application.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct InApp {
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+/// Crates whose frames are never in-app.
+const NOT_IN_APP: &[&str] = &[
+    "std",
+    "core",
+    "alloc",
+    "errscope",
+    "backtrace",
+    "tokio",
+    "hyper",
+    "hyper_util",
+    "futures",
+    "futures_util",
+    "futures_core",
+    "tower",
+    "axum",
+    "test",
+    "panic_unwind",
+    "panic_abort",
+];
+
+impl InApp {
+    pub(crate) fn new(include: &[String], exclude: &[String]) -> Self {
+        Self {
+            include: include.to_vec(),
+            exclude: exclude.to_vec(),
+        }
+    }
+
+    fn is_in_app(&self, function: Option<&str>, abs_path: Option<&str>) -> bool {
+        let Some(function) = function else {
+            return false;
+        };
+        let krate = crate_of(function);
+        if NOT_IN_APP.contains(&krate) || self.exclude.iter().any(|p| krate.starts_with(p)) {
+            return false;
+        }
+        if self.include.iter().any(|p| krate.starts_with(p)) {
+            return true;
+        }
+        if !self.include.is_empty() {
+            return false;
+        }
+        match abs_path {
+            Some(path) => !is_dependency_path(path),
+            None => false,
+        }
+    }
+}
+
+/// Source paths of std and of crates from a registry or git checkout.
+fn is_dependency_path(path: &str) -> bool {
+    path.starts_with("/rustc/")
+        || path.contains("/.cargo/registry/")
+        || path.contains("/.cargo/git/")
+        || path.contains("/cargo/registry/")
+        || path.contains("/lib/rustlib/src/")
+}
+
+/// The crate a demangled function name belongs to: `shop` for `shop::ldap::bind` and for
+/// `<shop::Conn as core::fmt::Debug>::fmt`.
+fn crate_of(function: &str) -> &str {
+    let mut s = function.trim_start_matches('<');
+    for prefix in ["&mut ", "&", "dyn ", "impl "] {
+        s = s.trim_start_matches(prefix);
+    }
+    let end = s
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
+/// Frames at the top of a stack that belong to the agent, the unwinder or the panic
+/// machinery, not to the code that failed.
+fn is_machinery(function: Option<&str>) -> bool {
+    let Some(f) = function else {
+        // Unresolved frames at the very top are the unwinder's own.
+        return true;
+    };
+    const PREFIXES: &[&str] = &[
+        "errscope::trace::RawTrace::capture",
+        "errscope::capture::",
+        "errscope::hook::",
+        "errscope::client::",
+        "backtrace::",
+        "std::panicking",
+        "std::panic::",
+        "core::panicking",
+        "core::panic::",
+        "std::sys::backtrace",
+        "std::sys_common::backtrace",
+        "std::rt::begin_panic",
+        "rust_begin_unwind",
+        "__rustc::rust_begin_unwind",
+        "rust_panic",
+        "__rust_",
+        "_Unwind_",
+        "core::option::unwrap_failed",
+        "core::option::expect_failed",
+        "core::result::unwrap_failed",
+        "core::option::Option<T>::unwrap",
+        "core::option::Option<T>::expect",
+        "core::result::Result<T,E>::unwrap",
+        "core::result::Result<T,E>::expect",
+        "<alloc::boxed::Box<F,A> as core::ops::function::Fn<Args>>::call",
+    ];
+    PREFIXES.iter().any(|p| f.starts_with(p))
+}
+
+/// Demangles a symbol and drops the `::h0123…` hash (and v0 crate disambiguators).
+pub(crate) fn demangle(raw: &str) -> String {
+    match rustc_demangle::try_demangle(raw) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => strip_hash(raw).to_owned(),
+    }
+}
+
+/// Strips a trailing legacy hash from an already demangled name.
+fn strip_hash(name: &str) -> &str {
+    if let Some((head, hash)) = name.rsplit_once("::h")
+        && hash.len() == 16
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return head;
+    }
+    name
+}
+
+/// `shop::ldap` for `shop::ldap::bind::{{closure}}`; none for trait impls and C symbols.
+fn module_of(function: &str) -> Option<String> {
+    if function.starts_with('<') {
+        return None;
+    }
+    let mut path = function;
+    while let Some(stripped) = path.strip_suffix("::{{closure}}") {
+        path = stripped;
+    }
+    let (module, _) = path.rsplit_once("::")?;
+    (!module.is_empty()).then(|| module.to_owned())
+}
+
+/// A short display path: `src/main.rs`, `tokio-1.54.1/src/runtime/...`, `library/std/...`.
+fn short_path(abs: &str) -> String {
+    if let Some(idx) = abs.find("/registry/src/") {
+        // .../registry/src/<index-dir>/<crate-version>/src/x.rs
+        let rest = &abs[idx + "/registry/src/".len()..];
+        if let Some((_, tail)) = rest.split_once('/') {
+            return tail.to_owned();
+        }
+    }
+    if let Some(rest) = abs.strip_prefix("/rustc/")
+        && let Some((_, tail)) = rest.split_once('/')
+    {
+        return tail.to_owned();
+    }
+    if let Ok(cwd) = std::env::current_dir()
+        && let Ok(rel) = std::path::Path::new(abs).strip_prefix(&cwd)
+    {
+        return rel.display().to_string();
+    }
+    abs.to_owned()
+}
+
+/// Resolves addresses to frames, remembering every address it has seen.
+///
+/// Symbol tables are loaded lazily by the `backtrace` crate on the first resolution, on
+/// the agent's thread, so `init` costs nothing here.
+#[derive(Default)]
+pub(crate) struct Resolver {
+    cache: HashMap<usize, Arc<[Symbol]>>,
+}
+
+impl Resolver {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    fn symbols(&mut self, ip: usize) -> Arc<[Symbol]> {
+        if let Some(hit) = self.cache.get(&ip) {
+            return Arc::clone(hit);
+        }
+        let mut symbols = Vec::new();
+        backtrace::resolve(ip as *mut c_void, |sym| {
+            let function = sym
+                .name()
+                .and_then(|n| std::str::from_utf8(n.as_bytes()).ok().map(demangle));
+            symbols.push(Symbol {
+                function,
+                abs_path: sym.filename().map(|p| p.display().to_string()),
+                lineno: sym.lineno(),
+                colno: sym.colno(),
+            });
+        });
+        if symbols.is_empty() {
+            symbols.push(Symbol::default());
+        }
+        let symbols: Arc<[Symbol]> = symbols.into();
+        // Addresses come from a bounded set of code; the bound is a safety net.
+        if self.cache.len() > 100_000 {
+            self.cache.clear();
+        }
+        self.cache.insert(ip, Arc::clone(&symbols));
+        symbols
+    }
+
+    /// Resolves, trims the machinery frames from the top, marks in-app frames and returns
+    /// them oldest first, as Sentry wants them.
+    pub(crate) fn frames(&mut self, trace: &RawTrace, in_app: &InApp) -> Vec<Frame> {
+        let mut newest_first: Vec<(usize, Symbol)> = Vec::with_capacity(trace.ips.len());
+        for &ip in &trace.ips {
+            for sym in self.symbols(ip).iter() {
+                newest_first.push((ip, sym.clone()));
+            }
+        }
+        build_frames(newest_first, in_app)
+    }
+}
+
+fn build_frames(newest_first: Vec<(usize, Symbol)>, in_app: &InApp) -> Vec<Frame> {
+    let skip = newest_first
+        .iter()
+        .take_while(|(_, s)| is_machinery(s.function.as_deref()))
+        .count();
+    // If everything looks like machinery (no symbols at all), keep the whole stack.
+    let skip = if skip == newest_first.len() { 0 } else { skip };
+    newest_first
+        .into_iter()
+        .skip(skip)
+        .rev()
+        .map(|(ip, sym)| Frame {
+            in_app: in_app.is_in_app(sym.function.as_deref(), sym.abs_path.as_deref()),
+            module: sym.function.as_deref().and_then(module_of),
+            filename: sym.abs_path.as_deref().map(short_path),
+            function: sym.function,
+            abs_path: sym.abs_path,
+            lineno: sym.lineno,
+            colno: sym.colno,
+            instruction_addr: format!("{ip:#x}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sym(function: &str, path: &str) -> Symbol {
+        Symbol {
+            function: Some(function.to_owned()),
+            abs_path: Some(path.to_owned()),
+            lineno: Some(1),
+            colno: Some(1),
+        }
+    }
+
+    #[test]
+    fn demangling_strips_hashes() {
+        assert_eq!(
+            demangle("_ZN4shop4ldap4bind17h0123456789abcdefE"),
+            "shop::ldap::bind"
+        );
+        assert_eq!(
+            demangle("shop::ldap::bind::h0123456789abcdef"),
+            "shop::ldap::bind"
+        );
+        assert_eq!(demangle("memcpy"), "memcpy");
+    }
+
+    #[test]
+    fn crates_and_modules() {
+        assert_eq!(crate_of("shop::ldap::bind"), "shop");
+        assert_eq!(crate_of("<shop::Conn as core::fmt::Debug>::fmt"), "shop");
+        assert_eq!(crate_of("<&mut shop::Conn as std::io::Read>::read"), "shop");
+        assert_eq!(
+            module_of("shop::ldap::bind::{{closure}}").as_deref(),
+            Some("shop::ldap")
+        );
+        assert_eq!(module_of("main"), None);
+    }
+
+    #[test]
+    fn trims_machinery_and_marks_in_app() {
+        let stack = vec![
+            (
+                1,
+                sym(
+                    "backtrace::backtrace::trace_unsynchronized",
+                    "/home/u/.cargo/registry/src/idx/backtrace-0.3.77/src/backtrace/mod.rs",
+                ),
+            ),
+            (2, sym("errscope::hook::record", "/work/agent/src/hook.rs")),
+            (
+                3,
+                sym(
+                    "std::panicking::rust_panic_with_hook",
+                    "/rustc/abc/library/std/src/panicking.rs",
+                ),
+            ),
+            (
+                4,
+                sym(
+                    "core::panicking::panic_fmt",
+                    "/rustc/abc/library/core/src/panicking.rs",
+                ),
+            ),
+            (5, sym("shop::ldap::bind", "/srv/shop/src/ldap.rs")),
+            (
+                6,
+                sym(
+                    "tokio::runtime::task::poll",
+                    "/home/u/.cargo/registry/src/idx/tokio-1.54.1/src/runtime/task.rs",
+                ),
+            ),
+            (
+                7,
+                sym(
+                    "errscope::domain::Run<F>::poll",
+                    "/work/agent/src/domain.rs",
+                ),
+            ),
+            (8, sym("shop::main", "/srv/shop/src/main.rs")),
+        ];
+        let frames = build_frames(stack, &InApp::default());
+        let names: Vec<_> = frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "shop::main",
+                "errscope::domain::Run<F>::poll",
+                "tokio::runtime::task::poll",
+                "shop::ldap::bind"
+            ]
+        );
+        let in_app: Vec<_> = frames.iter().map(|f| f.in_app).collect();
+        assert_eq!(in_app, [true, false, false, true]);
+        assert_eq!(
+            frames[2].filename.as_deref(),
+            Some("tokio-1.54.1/src/runtime/task.rs")
+        );
+        assert_eq!(frames[3].instruction_addr, "0x5");
+
+        let only_shop = InApp::new(&["shop".to_owned()], &[]);
+        assert!(only_shop.is_in_app(Some("shop::x"), None));
+        assert!(!only_shop.is_in_app(Some("other::x"), Some("/srv/other/src/x.rs")));
+        let no_shop = InApp::new(&[], &["shop".to_owned()]);
+        assert!(!no_shop.is_in_app(Some("shop::x"), Some("/srv/shop/src/x.rs")));
+    }
+
+    #[inline(never)]
+    fn recurse(n: u32) -> RawTrace {
+        if n == 0 {
+            RawTrace::capture()
+        } else {
+            let t = recurse(n - 1);
+            std::hint::black_box(t)
+        }
+    }
+
+    #[test]
+    fn resolves_a_real_stack_with_our_function_in_it() {
+        let trace = recurse(3);
+        assert!(trace.len() >= 4);
+        let mut resolver = Resolver::new();
+        let frames = resolver.frames(&trace, &InApp::default());
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.function.as_deref() == Some("errscope::trace::tests::recurse")),
+            "{frames:#?}"
+        );
+        let again = resolver.frames(&trace, &InApp::default());
+        assert_eq!(frames.len(), again.len());
+        assert!(resolver.cache.len() <= trace.len());
+    }
+}

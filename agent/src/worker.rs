@@ -1,0 +1,481 @@
+//! The agent's thread (`errscope-worker`): drains the queue, resolves symbols, builds,
+//! filters and scrubs events, and writes each batch in one transaction (group commit)
+//! before acknowledging the panics and flushes that wait for it.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde_json::{Value, json};
+
+use crate::capture::Link;
+use crate::client::Shared;
+use crate::domain::DomainData;
+use crate::event::{
+    Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
+};
+use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore};
+use crate::trace::{RawTrace, Resolver};
+use crate::warn;
+
+/// How often the worker wakes up to sweep finished storm windows.
+const TICK: Duration = Duration::from_millis(500);
+/// At most this many records per transaction.
+const MAX_BATCH: usize = 1024;
+
+thread_local! {
+    static IS_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread is the agent's own.
+pub(crate) fn is_worker_thread() -> bool {
+    IS_WORKER.try_with(Cell::get).unwrap_or(false)
+}
+
+/// What the host's threads send.
+pub(crate) enum Msg {
+    /// A capture; panics carry a sender to be told when it is committed.
+    Record(Box<Record>, Option<Sender<()>>),
+    /// Commit everything before this and sweep all storm counts, then answer.
+    Flush(Sender<()>),
+    /// Like `Flush`, then close the outbox and stop.
+    Shutdown(Sender<()>),
+}
+
+/// A capture as taken on the caller's thread.
+pub(crate) struct Record {
+    pub(crate) event_id: EventId,
+    pub(crate) timestamp: f64,
+    pub(crate) level: Level,
+    pub(crate) payload: Payload,
+    pub(crate) trace: Option<RawTrace>,
+    pub(crate) domain: Option<Arc<DomainData>>,
+    pub(crate) thread: Option<String>,
+}
+
+pub(crate) enum Payload {
+    Error {
+        chain: Vec<Link>,
+        location: &'static std::panic::Location<'static>,
+    },
+    Message {
+        text: String,
+        location: &'static std::panic::Location<'static>,
+    },
+    Panic {
+        message: String,
+        location: Option<(String, u32, u32)>,
+    },
+}
+
+/// Starts the agent's thread; `None` (with a warning) if the OS refuses a thread.
+pub(crate) fn start(shared: Arc<Shared>) -> Option<Sender<Msg>> {
+    let (tx, rx) = crossbeam_channel::bounded(shared.options.queue_size);
+    match std::thread::Builder::new()
+        .name("errscope-worker".to_owned())
+        .spawn(move || run(&shared, &rx))
+    {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            warn(format_args!(
+                "cannot start the agent's thread: {e}; nothing will be recorded"
+            ));
+            None
+        }
+    }
+}
+
+enum Outbox {
+    Sqlite(SqliteStore),
+    Memory(MemoryStore),
+}
+
+fn default_database() -> PathBuf {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "app".to_owned());
+    match dirs::data_local_dir() {
+        Some(dir) => dir.join("errscope").join(format!("{program}-outbox.db")),
+        None => PathBuf::from("errscope-outbox.db"),
+    }
+}
+
+impl Outbox {
+    fn open(shared: &Shared) -> Self {
+        let path = shared
+            .options
+            .database
+            .clone()
+            .unwrap_or_else(default_database);
+        match SqliteStore::open(&path, bounds(shared), shared.options.sync_full) {
+            Ok(store) => Self::Sqlite(store),
+            Err(e) => {
+                warn(format_args!(
+                    "{e}; keeping events in memory instead (they are lost at exit)"
+                ));
+                shared.counters.degraded.store(true, Ordering::Relaxed);
+                Self::Memory(MemoryStore::default())
+            }
+        }
+    }
+}
+
+fn bounds(shared: &Shared) -> Bounds {
+    Bounds {
+        max_events: shared.options.max_events,
+        max_bytes: shared.options.max_bytes,
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    records: Vec<Record>,
+    acks: Vec<Sender<()>>,
+    flushes: Vec<Sender<()>>,
+    shutdown: Option<Sender<()>>,
+}
+
+impl Batch {
+    /// Adds a message; returns whether to stop draining (a flush or shutdown waits).
+    fn push(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Record(rec, ack) => {
+                self.records.push(*rec);
+                self.acks.extend(ack);
+                self.records.len() >= MAX_BATCH
+            }
+            Msg::Flush(ack) => {
+                self.flushes.push(ack);
+                true
+            }
+            Msg::Shutdown(ack) => {
+                self.shutdown = Some(ack);
+                true
+            }
+        }
+    }
+}
+
+fn run(shared: &Shared, rx: &Receiver<Msg>) {
+    IS_WORKER.with(|w| w.set(true));
+    let mut outbox = Outbox::open(shared);
+    let mut resolver = Resolver::new();
+    let os = os_context();
+    loop {
+        let mut batch = Batch::default();
+        let disconnected = match rx.recv_timeout(TICK) {
+            Ok(msg) => {
+                if !batch.push(msg) {
+                    while let Ok(msg) = rx.try_recv() {
+                        if batch.push(msg) {
+                            break;
+                        }
+                    }
+                }
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let sweep_all = disconnected || !batch.flushes.is_empty() || batch.shutdown.is_some();
+        // Nothing the agent does may take the host down: a bug here loses a batch, says
+        // so once per batch, and the thread goes on.
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            process(
+                shared,
+                &mut outbox,
+                &mut resolver,
+                &os,
+                &mut batch,
+                sweep_all,
+            );
+        }));
+        if outcome.is_err() {
+            warn(format_args!(
+                "internal error while writing a batch of events"
+            ));
+        }
+        for ack in batch.acks.drain(..) {
+            let _ = ack.try_send(());
+        }
+        for ack in batch.flushes.drain(..) {
+            let _ = ack.try_send(());
+        }
+        if let Some(ack) = batch.shutdown.take() {
+            drop(outbox);
+            let _ = ack.try_send(());
+            return;
+        }
+        if disconnected {
+            return;
+        }
+    }
+}
+
+fn process(
+    shared: &Shared,
+    outbox: &mut Outbox,
+    resolver: &mut Resolver,
+    os: &Value,
+    batch: &mut Batch,
+    sweep_all: bool,
+) {
+    let counters = &shared.counters;
+    let mut discards = Discards::new();
+    let mut rows = Vec::with_capacity(batch.records.len());
+    for record in std::mem::take(&mut batch.records) {
+        let event = build_event(record, shared, resolver, os);
+        let Some(mut event) = apply_before_send(shared, event) else {
+            counters.dropped_before_send.fetch_add(1, Ordering::Relaxed);
+            *discards.entry(("before_send", "error")).or_default() += 1;
+            continue;
+        };
+        if shared.options.scrub {
+            crate::scrub::scrub_event(&mut event);
+        }
+        match serde_json::to_vec(&event) {
+            Ok(payload) => rows.push(Row {
+                event_id: event.event_id.to_string(),
+                created_at: event.timestamp,
+                payload,
+            }),
+            Err(e) => warn(format_args!(
+                "cannot serialize event {}: {e}",
+                event.event_id
+            )),
+        }
+    }
+    let counts = shared.storm.sweep(Instant::now(), sweep_all);
+    let queue_full = counters.pending_queue_full.swap(0, Ordering::Relaxed);
+    if queue_full > 0 {
+        *discards.entry(("queue_overflow", "error")).or_default() += queue_full;
+    }
+    let sampled = counters.pending_sample_rate.swap(0, Ordering::Relaxed);
+    if sampled > 0 {
+        *discards.entry(("sample_rate", "error")).or_default() += sampled;
+    }
+    if rows.is_empty() && counts.is_empty() && discards.is_empty() {
+        return;
+    }
+    let outcome = match outbox {
+        Outbox::Sqlite(store) => match store.write(&rows, &counts, &discards) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                warn(format_args!(
+                    "{e}; keeping events in memory from now on (they are lost at exit)"
+                ));
+                counters.degraded.store(true, Ordering::Relaxed);
+                let mut memory = MemoryStore::default();
+                let outcome = memory.write(rows, counts, &discards, bounds(shared));
+                *outbox = Outbox::Memory(memory);
+                outcome
+            }
+        },
+        Outbox::Memory(memory) => memory.write(rows, counts, &discards, bounds(shared)),
+    };
+    counters.stored.fetch_add(outcome.stored, Ordering::Relaxed);
+    counters
+        .evicted
+        .fetch_add(outcome.evicted, Ordering::Relaxed);
+}
+
+fn apply_before_send(shared: &Shared, event: Event) -> Option<Event> {
+    let Some(hook) = shared.options.before_send.as_ref() else {
+        return Some(event);
+    };
+    let backup = event.clone();
+    match catch_unwind(AssertUnwindSafe(|| hook(event))) {
+        Ok(result) => result,
+        Err(_) => {
+            warn(format_args!(
+                "before_send panicked; storing event {} unchanged",
+                backup.event_id
+            ));
+            Some(backup)
+        }
+    }
+}
+
+/// Turns a capture into a Sentry event.
+fn build_event(record: Record, shared: &Shared, resolver: &mut Resolver, os: &Value) -> Event {
+    let options = &shared.options;
+    let mut event = Event::new(record.event_id, record.timestamp, record.level);
+    event.release.clone_from(&options.release);
+    event.environment.clone_from(&options.environment);
+    event.server_name.clone_from(&shared.server_name);
+    let stacktrace = record
+        .trace
+        .as_ref()
+        .map(|t| resolver.frames(t, &shared.in_app))
+        .filter(|frames| !frames.is_empty())
+        .map(|frames| Stacktrace { frames });
+    match record.payload {
+        Payload::Error { chain, location } => {
+            let mut values: Vec<Exception> = chain.into_iter().map(exception_of).collect();
+            // The root cause comes last and carries the stack: Sentry-compatible servers
+            // take the last value as the event's main exception.
+            if let Some(last) = values.last_mut() {
+                last.stacktrace = stacktrace;
+            }
+            event.exception = Some(Values { values });
+            event
+                .extra
+                .insert("capture_location".to_owned(), json!(location.to_string()));
+        }
+        Payload::Message { text, location } => {
+            event.message = Some(text);
+            event
+                .extra
+                .insert("capture_location".to_owned(), json!(location.to_string()));
+            if let Some(st) = stacktrace {
+                event.threads = Some(Values {
+                    values: vec![crate::event::Thread {
+                        name: record.thread.clone(),
+                        current: true,
+                        crashed: false,
+                        stacktrace: Some(st),
+                    }],
+                });
+            }
+        }
+        Payload::Panic { message, location } => {
+            let mut data = BTreeMap::new();
+            if let Some((file, line, column)) = location {
+                data.insert("file".to_owned(), json!(file));
+                data.insert("line".to_owned(), json!(line));
+                data.insert("column".to_owned(), json!(column));
+            }
+            event.exception = Some(Values {
+                values: vec![Exception {
+                    ty: "panic".to_owned(),
+                    value: message,
+                    mechanism: Some(Mechanism {
+                        ty: "panic".to_owned(),
+                        handled: false,
+                        data,
+                        meta: None,
+                    }),
+                    stacktrace,
+                }],
+            });
+        }
+    }
+    event.contexts.insert("os".to_owned(), os.clone());
+    event.contexts.insert(
+        "runtime".to_owned(),
+        json!({"type": "runtime", "name": "rustc", "version": env!("ERRSCOPE_RUSTC_VERSION")}),
+    );
+    event.contexts.insert(
+        "thread".to_owned(),
+        json!({"type": "thread", "name": record.thread}),
+    );
+    if let Some(domain) = record.domain {
+        for (k, v) in &domain.context {
+            let value = if v.is_object() {
+                v.clone()
+            } else {
+                json!({ "value": v })
+            };
+            event.contexts.insert(k.clone(), value);
+        }
+        event.contexts.insert(
+            "domain".to_owned(),
+            json!({"type": "domain", "name": domain.name}),
+        );
+        event.tags.extend(domain.tags.clone());
+        event.tags.insert("domain".to_owned(), domain.name.clone());
+        if !domain.breadcrumbs.is_empty() {
+            event.breadcrumbs = Some(Values {
+                values: domain.breadcrumbs.iter().cloned().collect(),
+            });
+        }
+    }
+    event
+}
+
+fn exception_of(link: Link) -> Exception {
+    let mut data = BTreeMap::new();
+    let mut meta = None;
+    if let Some(io) = link.io {
+        data.insert("io_error_kind".to_owned(), json!(format!("{:?}", io.kind)));
+        if let Some(code) = io.raw_os_error {
+            data.insert("raw_os_error".to_owned(), json!(code));
+            meta = Some(MechanismMeta {
+                errno: Errno {
+                    number: code,
+                    name: errno_name(code).map(str::to_owned),
+                },
+            });
+        }
+    }
+    Exception {
+        ty: link.ty,
+        value: link.value,
+        mechanism: Some(Mechanism {
+            ty: "capture_error".to_owned(),
+            handled: true,
+            data,
+            meta,
+        }),
+        stacktrace: None,
+    }
+}
+
+/// Symbolic names of the errno values services meet most.
+#[cfg(unix)]
+fn errno_name(code: i32) -> Option<&'static str> {
+    let names: &[(i32, &str)] = &[
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::EINTR, "EINTR"),
+        (libc::EIO, "EIO"),
+        (libc::EBADF, "EBADF"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EACCES, "EACCES"),
+        (libc::EEXIST, "EEXIST"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::EMFILE, "EMFILE"),
+        (libc::ENOSPC, "ENOSPC"),
+        (libc::EPIPE, "EPIPE"),
+        (libc::EADDRINUSE, "EADDRINUSE"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ENETDOWN, "ENETDOWN"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ECONNABORTED, "ECONNABORTED"),
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ENOTCONN, "ENOTCONN"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    ];
+    names
+        .iter()
+        .find(|(n, _)| *n == code)
+        .map(|(_, name)| *name)
+}
+
+#[cfg(not(unix))]
+fn errno_name(_code: i32) -> Option<&'static str> {
+    None
+}
+
+/// The `os` context, read once per agent thread.
+fn os_context() -> Value {
+    let name = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "macOS",
+        "windows" => "Windows",
+        other => other,
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_owned());
+    json!({"type": "os", "name": name, "kernel_version": kernel, "arch": std::env::consts::ARCH})
+}
