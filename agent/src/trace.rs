@@ -162,9 +162,40 @@ fn is_machinery(function: Option<&str>) -> bool {
         "core::option::Option<T>::expect",
         "core::result::Result<T,E>::unwrap",
         "core::result::Result<T,E>::expect",
-        "<alloc::boxed::Box<F,A> as core::ops::function::Fn<Args>>::call",
+        "<alloc::boxed::Box<",
     ];
     PREFIXES.iter().any(|p| f.starts_with(p))
+}
+
+/// Frames of std, core, alloc, the unwinder and the agent: the glue between machinery
+/// frames (`Option::map` in a debug build, `Box<dyn Fn>::call` for the hook).
+fn is_runtime(function: Option<&str>) -> bool {
+    match function {
+        None => true,
+        Some(f) => {
+            f.starts_with("rust_")
+                || f.starts_with("_Unwind")
+                || matches!(
+                    crate_of(f),
+                    "std" | "core" | "alloc" | "errscope" | "backtrace" | "__rustc"
+                )
+        }
+    }
+}
+
+/// How many frames to trim from the top: up to the deepest machinery frame that is reached
+/// from the top through runtime frames only (the first application frame stops the scan).
+fn machinery_on_top(newest_first: &[(usize, Symbol)]) -> usize {
+    let mut cut = 0;
+    for (idx, (_, sym)) in newest_first.iter().enumerate() {
+        let f = sym.function.as_deref();
+        if is_machinery(f) {
+            cut = idx + 1;
+        } else if !is_runtime(f) {
+            break;
+        }
+    }
+    cut
 }
 
 /// Demangles a symbol and drops the `::h0123…` hash (and v0 crate disambiguators).
@@ -277,10 +308,7 @@ impl Resolver {
 }
 
 fn build_frames(newest_first: Vec<(usize, Symbol)>, in_app: &InApp) -> Vec<Frame> {
-    let skip = newest_first
-        .iter()
-        .take_while(|(_, s)| is_machinery(s.function.as_deref()))
-        .count();
+    let skip = machinery_on_top(&newest_first);
     // If everything looks like machinery (no symbols at all), keep the whole stack.
     let skip = if skip == newest_first.len() { 0 } else { skip };
     newest_first

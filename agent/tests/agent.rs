@@ -1,0 +1,523 @@
+//! Integration tests of the agent: real SQLite files in temp dirs, real sockets, real
+//! child processes.
+
+mod util;
+
+use std::error::Error;
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use util::{Outbox, contains, functions, options, serial};
+
+const FLUSH: Duration = Duration::from_secs(10);
+
+/// An error of the host application wrapping the I/O error of its LDAP socket.
+#[derive(Debug)]
+struct LdapError {
+    op: &'static str,
+    source: io::Error,
+}
+
+impl fmt::Display for LdapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ldap {} failed", self.op)
+    }
+}
+
+impl Error for LdapError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// Closes the socket with an RST: SO_LINGER on with a zero timeout.
+fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid open socket fd, a pointer to a live `linger` and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt SO_LINGER");
+    drop(stream);
+}
+
+/// A read from a socket whose loopback peer reset the connection.
+fn connection_reset() -> io::Error {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    reset(server);
+    // An idle client connection whose server went away: the next read sees the RST
+    // (a write first would consume the error and leave the read an EOF).
+    std::thread::sleep(Duration::from_millis(50));
+    let mut buf = [0u8; 64];
+    match client.read(&mut buf) {
+        Err(e) => e,
+        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    }
+}
+
+#[inline(never)]
+fn ldap_bind() -> Result<(), LdapError> {
+    Err(LdapError {
+        op: "bind",
+        source: connection_reset(),
+    })
+}
+
+#[test]
+fn econnreset_from_a_real_socket_is_stored_with_kind_and_os_code() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let err = ldap_bind().expect_err("the peer reset the socket");
+    assert_eq!(err.source.kind(), io::ErrorKind::ConnectionReset);
+    let id = errscope::capture_error(&err);
+    assert!(!id.is_nil());
+    assert!(guard.flush(FLUSH));
+
+    let event = outbox.event(&id.to_string()).expect("event stored");
+    assert_eq!(event["level"], "error");
+    assert_eq!(event["platform"], "native");
+    assert_eq!(event["release"], "shop@1.4.0");
+    assert_eq!(event["environment"], "test");
+    assert!(event["server_name"].is_string());
+    assert!(event["timestamp"].as_f64().is_some_and(|t| t > 1.7e9));
+    let values = event["exception"]["values"].as_array().expect("values");
+    assert_eq!(values.len(), 2, "{values:#?}");
+    assert_eq!(values[0]["type"], "agent::LdapError");
+    assert_eq!(values[0]["value"], "ldap bind failed");
+    assert_eq!(
+        values[0]["mechanism"],
+        json!({"type": "capture_error", "handled": true})
+    );
+    let io = &values[1];
+    assert_eq!(io["type"], "std::io::Error");
+    assert!(
+        io["value"]
+            .as_str()
+            .is_some_and(|v| v.contains("(os error 104)")),
+        "{io}"
+    );
+    assert_eq!(io["mechanism"]["handled"], true);
+    assert_eq!(io["mechanism"]["data"]["io_error_kind"], "ConnectionReset");
+    assert_eq!(io["mechanism"]["data"]["raw_os_error"], 104);
+    assert_eq!(
+        io["mechanism"]["meta"]["errno"],
+        json!({"number": 104, "name": "ECONNRESET"})
+    );
+
+    // The stack: oldest first, this test's frame in it and in-app, no agent frame on top,
+    // hashes stripped.
+    let frames = io["stacktrace"]["frames"].as_array().expect("frames");
+    let names = functions(io);
+    let top = frames.last().expect("a frame");
+    assert_eq!(
+        top["function"], "agent::econnreset_from_a_real_socket_is_stored_with_kind_and_os_code",
+        "{names:#?}"
+    );
+    assert_eq!(top["in_app"], true);
+    assert!(top["lineno"].as_u64().is_some_and(|l| l > 0));
+    assert!(
+        top["filename"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("tests/agent.rs")),
+        "{top}"
+    );
+    assert!(
+        top["instruction_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("0x"))
+    );
+    assert!(
+        names.iter().all(|n| !n.starts_with("errscope::capture")),
+        "{names:#?}"
+    );
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.contains("::h") || !n.ends_with(|c: char| c.is_ascii_hexdigit()))
+    );
+    assert!(
+        frames.iter().any(|f| f["in_app"] == false),
+        "std frames are not in-app"
+    );
+    for key in ["os", "runtime", "thread"] {
+        assert!(event["contexts"][key].is_object(), "context {key}: {event}");
+    }
+    assert_eq!(event["sdk"]["name"], "errscope");
+    drop(guard);
+}
+
+#[inline(never)]
+async fn load_order(id: u32) -> Result<u32, LdapError> {
+    tokio::task::yield_now().await;
+    errscope::add_breadcrumb(errscope::Breadcrumb::new("looking up order").category("db"));
+    let err = LdapError {
+        op: "search",
+        source: io::Error::from(io::ErrorKind::TimedOut),
+    };
+    // A nested call deep below the handler reports and carries the request's domain.
+    errscope::with_domain(|d| d.set_tag("order_id", id));
+    errscope::capture_error(&err);
+    Err(err)
+}
+
+#[test]
+fn domain_data_reaches_spawned_panics_and_nested_captures() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let domain = errscope::Domain::new("GET /orders/:id").tag("request_id", "r-42");
+    let result: Result<(), errscope::DomainPanic> = rt.block_on(domain.run(async {
+        let spawned = errscope::spawn(async {
+            // A nested domain inherits the request's tags.
+            let inner = errscope::Domain::new("pricing").tag("step", "tax");
+            inner
+                .run(async { panic!("tax table missing") })
+                .await
+                .expect_err("the panic is caught")
+        });
+        let inner_panic = spawned.await.expect("the task itself returns");
+        let _ = load_order(7).await;
+        let plain = errscope::spawn(async { panic!("spawned task died") });
+        assert!(plain.await.expect_err("panicked").is_panic());
+        assert!(!inner_panic.event_id.is_nil());
+        panic!("handler bug: {}", inner_panic.message);
+    }));
+    let panic = result.expect_err("run returns the panic");
+    assert_eq!(panic.message, "handler bug: tax table missing");
+    assert_eq!(panic.domain, "GET /orders/:id");
+    assert!(guard.flush(FLUSH));
+
+    let events = outbox.events();
+    let by_value = |v: &str| {
+        events
+            .iter()
+            .find(|e| e["exception"]["values"][0]["value"] == v)
+            .unwrap_or_else(|| panic!("no event {v:?} in {events:#?}"))
+            .clone()
+    };
+    // run() returned the id of the stored panic event.
+    let handler = outbox
+        .event(&panic.event_id.to_string())
+        .expect("panic event stored");
+    assert_eq!(handler["level"], "fatal");
+    assert_eq!(handler["exception"]["values"][0]["type"], "panic");
+    assert_eq!(
+        handler["exception"]["values"][0]["mechanism"]["handled"],
+        false
+    );
+    assert_eq!(handler["tags"]["request_id"], "r-42");
+    assert_eq!(handler["tags"]["domain"], "GET /orders/:id");
+    assert_eq!(handler["contexts"]["domain"]["name"], "GET /orders/:id");
+
+    let nested = by_value("tax table missing");
+    assert_eq!(nested["tags"]["request_id"], "r-42");
+    assert_eq!(nested["tags"]["step"], "tax");
+    assert_eq!(nested["tags"]["domain"], "pricing");
+
+    let spawned = by_value("spawned task died");
+    assert_eq!(spawned["tags"]["request_id"], "r-42");
+    assert!(
+        spawned["contexts"]["thread"]["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("tokio")),
+        "{}",
+        spawned["contexts"]["thread"]
+    );
+    let frames = functions(&spawned["exception"]["values"][0]);
+    assert!(
+        frames
+            .last()
+            .is_some_and(|f| f.starts_with("agent::domain_data_reaches")),
+        "panic machinery trimmed from the top: {frames:#?}"
+    );
+
+    let captured = by_value("ldap search failed");
+    assert_eq!(captured["level"], "error");
+    assert_eq!(captured["tags"]["request_id"], "r-42");
+    assert_eq!(captured["tags"]["order_id"], "7");
+    assert_eq!(
+        captured["breadcrumbs"]["values"][0]["message"],
+        "looking up order"
+    );
+    let io = &captured["exception"]["values"][1];
+    assert_eq!(io["mechanism"]["data"]["io_error_kind"], "TimedOut");
+    assert!(io["mechanism"]["data"].get("raw_os_error").is_none());
+    assert!(
+        functions(io)
+            .iter()
+            .any(|f| f == "agent::load_order::{{closure}}"),
+        "{:#?}",
+        functions(io)
+    );
+    drop(guard);
+}
+
+#[test]
+fn run_sync_returns_the_stored_panic() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let domain = errscope::Domain::new("job: reindex").tag("job_id", 9);
+    let err = domain
+        .run_sync(|| -> u32 {
+            let v: Vec<u32> = Vec::new();
+            v[3]
+        })
+        .expect_err("index out of bounds");
+    assert!(
+        err.message.contains("index out of bounds"),
+        "{}",
+        err.message
+    );
+    // Committed before the hook returned: visible without a flush.
+    let event = outbox
+        .event(&err.event_id.to_string())
+        .expect("committed before return");
+    assert_eq!(event["tags"]["job_id"], "9");
+    let data = &event["exception"]["values"][0]["mechanism"]["data"];
+    assert!(
+        data["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("tests/agent.rs")),
+        "{data}"
+    );
+    assert!(data["line"].as_u64().is_some());
+    assert_eq!(errscope::stats().panics, 1);
+    drop(guard);
+}
+
+#[inline(never)]
+fn fail_often(n: usize) {
+    for _ in 0..n {
+        let err = io::Error::from_raw_os_error(libc::ECONNRESET);
+        errscope::capture_error(&err);
+    }
+}
+
+#[test]
+fn an_error_storm_is_stored_bounded_and_counted_exactly() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    // A small queue: exactness must not depend on the queue having room.
+    let guard = errscope::init(options(&outbox).queue_size(2));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| fail_often(2_500));
+        }
+    });
+    assert!(guard.flush(FLUSH));
+    let events = outbox.events();
+    let counts = outbox.counts();
+    let counted: i64 = counts.iter().map(|c| c.2).sum();
+    let dropped = outbox.discards("queue_overflow");
+    assert!(events.len() <= 10, "{} rows", events.len());
+    assert_eq!(events.len() as i64 + counted + dropped, 10_000);
+    assert_eq!(
+        dropped, 0,
+        "drops of a known fingerprint are counted, not lost"
+    );
+    for (id, event_id, count, start, end) in &counts {
+        assert_eq!(id.len(), 32);
+        assert!(*count > 0 && start <= end);
+        assert!(
+            events.iter().any(|e| e["event_id"] == event_id.as_str()),
+            "counts refer to a stored event"
+        );
+    }
+    let stats = errscope::stats();
+    assert_eq!(stats.captured, 10_000);
+    assert_eq!(stats.storm_counted as i64, counted);
+    drop(guard);
+}
+
+#[test]
+fn secrets_in_a_domain_never_reach_the_file() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let domain = errscope::Domain::new("POST /login")
+        .context(
+            "request",
+            json!({
+                "url": "https://ann:pa55word@shop.example/login",
+                "headers": {"Authorization": "Bearer tok-SEKRIT-123", "Accept": "text/html"},
+                "form": {"user": "ann", "password": "hunter2-SEKRIT"},
+                "note": "card 4111 1111 1111 1111"
+            }),
+        )
+        .tag("session_id", "sess-SEKRIT");
+    let id = domain
+        .run_sync(|| errscope::capture_message("login failed", errscope::Level::Warning))
+        .expect("no panic");
+    assert!(guard.flush(FLUSH));
+    let event = outbox.event(&id.to_string()).expect("stored");
+    let request = &event["contexts"]["request"];
+    assert_eq!(request["headers"]["Authorization"], "[Filtered]");
+    assert_eq!(request["headers"]["Accept"], "text/html");
+    assert_eq!(request["form"]["password"], "[Filtered]");
+    assert_eq!(request["form"]["user"], "ann");
+    assert_eq!(request["url"], "https://ann:[Filtered]@shop.example/login");
+    assert_eq!(request["note"], "card [Filtered]");
+    assert_eq!(event["tags"]["session_id"], "[Filtered]");
+    assert_eq!(event["level"], "warning");
+    assert_eq!(event["message"], "login failed");
+    drop(guard);
+    let raw = outbox.raw_bytes();
+    assert!(!raw.is_empty());
+    for secret in ["SEKRIT", "pa55word", "4111 1111"] {
+        assert!(!contains(&raw, secret), "{secret} reached the file");
+    }
+}
+
+#[test]
+fn a_full_store_evicts_the_oldest_and_counts_the_loss() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(
+        options(&outbox)
+            .max_events(20)
+            .storm(1_000, Duration::from_secs(60)),
+    );
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(errscope::capture_message(
+            &format!("event {i}"),
+            errscope::Level::Info,
+        ));
+        if i % 10 == 9 {
+            assert!(guard.flush(FLUSH));
+        }
+    }
+    let events = outbox.events();
+    assert_eq!(events.len(), 20);
+    assert_eq!(events[0]["message"], "event 80", "the oldest went first");
+    assert_eq!(outbox.discards("cache_overflow"), 80);
+    assert_eq!(errscope::stats().evicted, 80);
+    drop(guard);
+}
+
+#[test]
+fn an_unusable_store_degrades_to_memory_and_the_host_keeps_running() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, b"x").expect("write");
+    for path in [not_a_dir.join("outbox.db"), {
+        let corrupt = dir.path().join("corrupt.db");
+        std::fs::write(&corrupt, vec![0x42; 16 * 1024]).expect("write");
+        corrupt
+    }] {
+        let guard = errscope::init(errscope::Options::new().database(&path));
+        let id = errscope::capture_error(&io::Error::other("still running"));
+        assert!(!id.is_nil());
+        assert!(guard.flush(FLUSH));
+        let stats = errscope::stats();
+        assert!(stats.degraded, "{path:?}");
+        assert_eq!(stats.stored, 1);
+        drop(guard);
+    }
+}
+
+#[test]
+fn before_send_can_edit_drop_and_panic_without_harm() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard =
+        errscope::init(
+            options(&outbox).before_send(|mut event| match event.message.as_deref() {
+                Some("drop me") => None,
+                Some("panic") => panic!("before_send bug"),
+                _ => {
+                    event.tags.insert("edited".into(), "yes".into());
+                    Some(event)
+                }
+            }),
+        );
+    let kept = errscope::capture_message("keep me", errscope::Level::Info);
+    let dropped = errscope::capture_message("drop me", errscope::Level::Info);
+    let survived = errscope::capture_message("panic", errscope::Level::Info);
+    assert!(guard.flush(FLUSH));
+    assert_eq!(
+        outbox.event(&kept.to_string()).expect("kept")["tags"]["edited"],
+        "yes"
+    );
+    assert!(outbox.event(&dropped.to_string()).is_none());
+    assert!(
+        outbox.event(&survived.to_string()).is_some(),
+        "stored unchanged"
+    );
+    assert_eq!(outbox.discards("before_send"), 1);
+    assert_eq!(errscope::stats().dropped_before_send, 1);
+    drop(guard);
+}
+
+#[test]
+fn a_second_init_does_not_break_the_first() {
+    let _serial = serial();
+    let first = Outbox::new();
+    let second = Outbox::new();
+    let guard = errscope::init(options(&first));
+    let inert = errscope::init(options(&second));
+    let id = errscope::capture_message("to the first", errscope::Level::Info);
+    assert!(
+        inert.flush(FLUSH),
+        "an inert guard flushes the running agent"
+    );
+    drop(inert);
+    let later = errscope::capture_message("still the first", errscope::Level::Info);
+    assert!(guard.flush(FLUSH));
+    assert!(first.event(&id.to_string()).is_some());
+    assert!(first.event(&later.to_string()).is_some());
+    assert!(!second.path.exists());
+    drop(guard);
+    assert!(errscope::capture_message("after shutdown", errscope::Level::Info).is_nil());
+    assert_eq!(errscope::stats(), errscope::Stats::default());
+}
+
+#[test]
+fn sampling_drops_and_counts() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox).sample_rate(0.0));
+    assert!(errscope::capture_message("never", errscope::Level::Info).is_nil());
+    assert!(guard.flush(FLUSH));
+    assert!(outbox.events().is_empty());
+    assert_eq!(outbox.discards("sample_rate"), 1);
+    drop(guard);
+}
+
+#[test]
+fn dyn_errors_are_accepted() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let boxed: Box<dyn Error + Send + Sync> = Box::new("x".parse::<u8>().expect_err("nan"));
+    let id = errscope::capture_error(&*boxed);
+    assert!(guard.flush(FLUSH));
+    let event = outbox.event(&id.to_string()).expect("stored");
+    assert_eq!(event["exception"]["values"][0]["type"], "ParseIntError");
+    let _: Value = event;
+    drop(guard);
+}
