@@ -1,5 +1,5 @@
 // errscope dashboard: boot, client-side routing (History API) and the live loop.
-import { h } from './dom.js';
+import { h, replace } from './dom.js';
 import { api, setUnauthorizedHandler } from './api.js';
 import {
   state, live, mountShell, renderHeader, setHeaderVisible, setNavigate,
@@ -22,7 +22,7 @@ const routes = [
 ];
 
 function notFound(ctx) {
-  ctx.main.replaceChildren(h('section', { class: 'empty' },
+  replace(ctx.main, h('section', { class: 'empty' },
     h('h1', null, 'Page not found'),
     h('p', null, h('a', { href: '/' }, 'Back to the error classes'))));
   return {};
@@ -60,7 +60,7 @@ async function ensureSession() {
     return true;
   } catch (e) {
     if (e.status === 401) return false; // the unauthorized handler redirects
-    main.replaceChildren(errorBox(e));
+    replace(main, errorBox(e));
     return false;
   }
 }
@@ -111,13 +111,13 @@ async function route({ focus = false } = {}) {
 
   if (current && current.handle && current.handle.destroy) current.handle.destroy();
   current = { view, handle: null, ctx };
-  if (booted) main.replaceChildren(loading());
+  if (booted) replace(main, loading());
   booted = true;
   let handle = null;
   try {
     handle = await view(ctx);
   } catch (e) {
-    if (gen === generation && e.status !== 401) main.replaceChildren(errorBox(e));
+    if (gen === generation && e.status !== 401) replace(main, errorBox(e));
     return;
   }
   if (gen !== generation) return;

@@ -1,6 +1,6 @@
 // Application state, the header (navigation, project switcher, live
 // indicator, theme toggle) and the small UI pieces every page shares.
-import { h } from './dom.js';
+import { h, replace } from './dom.js';
 import { api } from './api.js';
 import { ago, absolute } from './format.js';
 
@@ -201,7 +201,7 @@ export function mountShell(root) {
     header.projectSlot,
     header.nav,
     h('div', { class: 'topbar-right' }, header.liveEl, themeButton(), header.userSlot));
-  root.replaceChildren(header.el, main);
+  replace(root, header.el, main);
   header.el.querySelector('.skip').addEventListener('click', (e) => {
     e.preventDefault();
     main.focus();
@@ -218,7 +218,7 @@ export function renderHeader(active) {
   if (active !== undefined) header.active = active;
   const a = header.active;
   const link = (path, text, key) => h('a', { href: path, 'aria-current': a === key ? 'page' : null }, text);
-  header.nav.replaceChildren(
+  replace(header.nav, 
     link('/', 'Classes', 'classes'),
     link('/issues', 'Issues', 'issues'),
     link('/projects', 'Setup', 'projects'));
@@ -229,10 +229,10 @@ export function renderHeader(active) {
       selectProject(sel.value);
       navigate('/');
     });
-    header.projectSlot.replaceChildren(sel);
+    replace(header.projectSlot, sel);
   } else {
     const p = project();
-    header.projectSlot.replaceChildren(p ? h('span', { class: 'project-name' }, p.name) : '');
+    replace(header.projectSlot, p ? h('span', { class: 'project-name' }, p.name) : '');
   }
   if (state.user) {
     const out = h('button', { type: 'button', class: 'btn btn-quiet btn-small' }, 'Log out');
@@ -241,7 +241,7 @@ export function renderHeader(active) {
       state.user = null;
       navigate('/login');
     });
-    header.userSlot.replaceChildren(h('span', { class: 'user muted' }, state.user), out);
+    replace(header.userSlot, h('span', { class: 'user muted' }, state.user), out);
   } else {
     header.userSlot.replaceChildren();
   }
@@ -260,6 +260,10 @@ export const live = {
   timer: null,
   running: false,
   reset() { this.seq = null; this.stats = null; },
+  /** A view loaded its data together with these stats: changes after them count. */
+  observe(st) {
+    if (st && typeof st.seq === 'number') { this.seq = st.seq; this.stats = st; }
+  },
   start() {
     if (this.running) return;
     this.running = true;

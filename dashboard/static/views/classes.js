@@ -1,5 +1,5 @@
 // Home page: the project's error classes, programmer vs operational.
-import { h } from '../dom.js';
+import { h, replace } from '../dom.js';
 import { api } from '../api.js';
 import { sparkline } from '../charts.js';
 import { int, compact } from '../format.js';
@@ -19,9 +19,11 @@ export async function classesView(ctx) {
   const root = h('div', { class: 'page' });
 
   async function load() {
-    const [classes, stats] = await Promise.all([api.classes(pid, status), api.stats(pid).catch(() => live.stats)]);
+    const statsP = api.stats(pid).catch(() => null);
+    const [classes, stats] = await Promise.all([api.classes(pid, status), statsP]);
     if (!ctx.alive()) return;
-    render(classes || [], stats);
+    render(classes || [], stats || live.stats);
+    live.observe(stats);
   }
 
   function render(classes, stats) {
@@ -81,11 +83,11 @@ export async function classesView(ctx) {
           h('td', { class: 'when' }, timeAgo(c.last_seen)),
           h('td', { class: 'spark-col' }, sparkline(c.hourly, { kind: c.kind === 'programmer' ? 'programmer' : 'operational' })))))));
     }
-    root.replaceChildren(head, summary, notice, body);
+    replace(root, head, summary, notice, body);
   }
 
   await load();
   if (!ctx.alive()) return {};
-  ctx.main.replaceChildren(root);
+  replace(ctx.main, root);
   return { refresh: load };
 }

@@ -1,12 +1,12 @@
 // Issue detail: header and actions, 14-day hourly chart, top tag values,
 // and one event (the latest by default) with older/newer navigation.
-import { h } from '../dom.js';
+import { h, replace } from '../dom.js';
 import { api } from '../api.js';
 import { hourlyBars } from '../charts.js';
 import { int, compact } from '../format.js';
 import {
   state, href, kindBadge, levelBadge, regressionBadge, timeAgo,
-  errorBox, toast, selectProject, renderHeader,
+  errorBox, toast, selectProject, renderHeader, live,
 } from '../shell.js';
 import { renderEvent } from './event.js';
 
@@ -72,7 +72,7 @@ export async function issueView(ctx) {
 
   function renderHead() {
     const last24 = (issue.hourly || []).reduce((a, v) => a + (Number(v) || 0), 0);
-    headSlot.replaceChildren(
+    replace(headSlot, 
       h('nav', { class: 'crumbs-nav', 'aria-label': 'Breadcrumb' },
         h('a', { href: '/' }, 'Classes'), h('span', { 'aria-hidden': 'true' }, ' / '),
         h('a', { class: 'mono', href: href('/issues', { class: issue.class }) }, issue.class), h('span', { 'aria-hidden': 'true' }, ' / '),
@@ -94,7 +94,7 @@ export async function issueView(ctx) {
   }
 
   function renderChart() {
-    chartSlot.replaceChildren(
+    replace(chartSlot, 
       h('h2', { class: 'card-title' }, 'Events per hour, last 14 days'),
       hourlyBars(issue.hourly_14d || []));
   }
@@ -102,7 +102,7 @@ export async function issueView(ctx) {
   async function loadEvent(force = false) {
     const want = eventId || issue.latest_event_id;
     if (!want) {
-      eventSlot.replaceChildren(h('section', { class: 'card' }, h('p', { class: 'muted' }, 'No stored event for this issue (older events are evicted by retention; counts stay exact).')));
+      replace(eventSlot, h('section', { class: 'card' }, h('p', { class: 'muted' }, 'No stored event for this issue (older events are evicted by retention; counts stay exact).')));
       shownEventId = null;
       return;
     }
@@ -112,7 +112,7 @@ export async function issueView(ctx) {
       ev = await api.event(issue.project_id, want);
     } catch (e) {
       if (e.status === 401) throw e;
-      if (ctx.alive()) eventSlot.replaceChildren(errorBox(e));
+      if (ctx.alive()) replace(eventSlot, errorBox(e));
       return;
     }
     if (!ctx.alive()) return;
@@ -130,13 +130,15 @@ export async function issueView(ctx) {
       h('h2', null, isLatest ? 'Latest event' : 'Event', ' ', h('span', { class: 'mono muted event-id' }, String(ev.event_id || want).slice(0, 12))),
       ev.timestamp ? timeAgo(ev.timestamp) : null,
       nav);
-    eventSlot.replaceChildren(renderEvent(ev, head));
+    replace(eventSlot, renderEvent(ev, head));
   }
 
   async function loadIssue() {
+    const statsP = api.stats(state.pid).catch(() => null);
     const next = await api.issue(id);
     if (!ctx.alive()) return false;
     issue = next;
+    statsP.then((st) => { if (ctx.alive() && String(issue.project_id) === String(state.pid)) live.observe(st); });
     if (issue.project_id && String(issue.project_id) !== String(state.pid) && state.projects.some((p) => String(p.id) === String(issue.project_id))) {
       selectProject(String(issue.project_id));
       renderHeader();
@@ -148,17 +150,17 @@ export async function issueView(ctx) {
     if (!(await loadIssue())) return {};
   } catch (e) {
     if (e.status === 404) {
-      ctx.main.replaceChildren(h('section', { class: 'empty' }, h('h1', null, `Issue #${id} does not exist`), h('p', null, h('a', { href: '/issues' }, 'Back to the issues'))));
+      replace(ctx.main, h('section', { class: 'empty' }, h('h1', null, `Issue #${id} does not exist`), h('p', null, h('a', { href: '/issues' }, 'Back to the issues'))));
       return {};
     }
     throw e;
   }
   renderHead();
   renderChart();
-  tagsSlot.replaceChildren(h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
+  replace(tagsSlot, h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
   await loadEvent();
   if (!ctx.alive()) return {};
-  ctx.main.replaceChildren(h('div', { class: 'page issue-page' },
+  replace(ctx.main, h('div', { class: 'page issue-page' },
     headSlot, chartSlot,
     h('div', { class: 'issue-grid' }, eventSlot, tagsSlot)));
 
@@ -167,7 +169,7 @@ export async function issueView(ctx) {
       if (!(await loadIssue())) return;
       renderHead();
       renderChart();
-      tagsSlot.replaceChildren(h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
+      replace(tagsSlot, h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
       await loadEvent();
     },
     accepts: (next) => next.params.id === id,

@@ -1,12 +1,12 @@
 // Issue list: for one class or for everything, with filters, sort and
 // cursor pagination (the collector pages with an opaque cursor).
-import { h } from '../dom.js';
+import { h, replace } from '../dom.js';
 import { api } from '../api.js';
 import { sparkline } from '../charts.js';
 import { int, compact } from '../format.js';
 import {
   state, project, href, kindBadge, levelBadge, statusBadge, regressionBadge,
-  timeAgo, noErrorsYet, emptyState, errorBox,
+  timeAgo, noErrorsYet, emptyState, errorBox, live,
 } from '../shell.js';
 
 const STATUSES = [['unresolved', 'Unresolved'], ['resolved', 'Resolved'], ['muted', 'Muted'], ['all', 'All']];
@@ -74,9 +74,9 @@ export async function issuesView(ctx) {
 
   function syncControls() {
     const cls = params.class;
-    title.replaceChildren(cls ? h('span', { class: 'mono' }, cls) : 'Issues');
-    sub.replaceChildren(cls ? [h('a', { href: '/' }, 'All classes'), ' · issues of this class'] : 'Every issue of the project');
-    statusNav.replaceChildren(...STATUSES.map(([k, t]) => h('a', { href: toUrl(params, { status: k, cursor: '' }), 'aria-current': k === params.status ? 'page' : null }, t)));
+    replace(title, cls ? h('span', { class: 'mono' }, cls) : 'Issues');
+    replace(sub, cls ? [h('a', { href: '/' }, 'All classes'), ' · issues of this class'] : 'Every issue of the project');
+    replace(statusNav, ...STATUSES.map(([k, t]) => h('a', { href: toUrl(params, { status: k, cursor: '' }), 'aria-current': k === params.status ? 'page' : null }, t)));
     if (document.activeElement !== search) search.value = params.query;
     level.value = params.level;
     for (const [k, sel] of [['environment', environment], ['release', release]]) {
@@ -92,17 +92,19 @@ export async function issuesView(ctx) {
     q.cursor = params.cursor;
     q.limit = 50;
     let res;
+    const statsP = api.stats(pid).catch(() => null);
     try {
       res = await api.issues(pid, q);
     } catch (e) {
       if (!ctx.alive()) return;
       if (e.status === 401) throw e;
-      listSlot.replaceChildren(errorBox(e));
+      replace(listSlot, errorBox(e));
       pager.replaceChildren();
       return;
     }
     if (!ctx.alive()) return;
     renderList(res.data || [], res.next_cursor || null);
+    statsP.then((st) => { if (ctx.alive()) live.observe(st); });
   }
 
   function filtered() {
@@ -117,11 +119,11 @@ export async function issuesView(ctx) {
 
     if (!issues.length) {
       if (params.cursor) {
-        listSlot.replaceChildren(emptyState('No more issues', h('p', null, h('a', { href: toUrl(params, { cursor: '' }) }, 'Back to the first page'))));
+        replace(listSlot, emptyState('No more issues', h('p', null, h('a', { href: toUrl(params, { cursor: '' }) }, 'Back to the first page'))));
       } else if (!filtered()) {
-        listSlot.replaceChildren(noErrorsYet(project()));
+        replace(listSlot, noErrorsYet(project()));
       } else {
-        listSlot.replaceChildren(emptyState('No issues match these filters',
+        replace(listSlot, emptyState('No issues match these filters',
           h('p', { class: 'muted' }, 'Try another status, or ',
             h('a', { href: href('/issues', { class: params.class, status: 'all' }) }, 'show every issue' + (params.class ? ' of this class' : '')), '.')));
       }
@@ -145,7 +147,7 @@ export async function issuesView(ctx) {
     h('td', { class: 'when' }, h('span', { class: 'when-label' }, 'last '), timeAgo(i.last_seen)),
     h('td', { class: 'when when-first' }, h('span', { class: 'when-label' }, 'first '), timeAgo(i.first_seen)),
     h('td', { class: 'spark-col' }, sparkline(i.hourly, { kind: i.kind === 'programmer' ? 'programmer' : 'operational' }))));
-    listSlot.replaceChildren(h('div', { class: 'table-wrap' }, h('table', { class: 'table issues' },
+    replace(listSlot, h('div', { class: 'table-wrap' }, h('table', { class: 'table issues' },
       h('thead', null, h('tr', null,
         h('th', { scope: 'col' }, 'Issue'),
         h('th', { scope: 'col' }, 'Level'),
@@ -155,7 +157,7 @@ export async function issuesView(ctx) {
         h('th', { scope: 'col', class: 'spark-col' }, '24 h'))),
       h('tbody', null, rows))));
     const first = (info[1] - 1) * 50 + 1;
-    pager.replaceChildren(
+    replace(pager, 
       params.cursor
         ? h('a', { class: 'btn', href: toUrl(params, { cursor: info[0] || '' }), rel: 'prev' }, '← Previous')
         : h('span', { class: 'btn', 'aria-disabled': 'true' }, '← Previous'),
@@ -169,7 +171,7 @@ export async function issuesView(ctx) {
   syncControls();
   await load();
   if (!ctx.alive()) return {};
-  ctx.main.replaceChildren(h('div', { class: 'page' },
+  replace(ctx.main, h('div', { class: 'page' },
     h('div', { class: 'page-head' }, h('div', null, title, sub), statusNav),
     filters, listSlot, pager));
 

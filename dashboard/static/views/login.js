@@ -1,5 +1,5 @@
 // Sign-in page: POST /auth/login sets the HttpOnly session cookie.
-import { h } from '../dom.js';
+import { h, replace } from '../dom.js';
 import { api } from '../api.js';
 import { state, safeNext } from '../shell.js';
 
@@ -42,7 +42,7 @@ export async function loginView(ctx) {
       submit.textContent = 'Sign in';
     }
   });
-  ctx.main.replaceChildren(h('div', { class: 'login' },
+  replace(ctx.main, h('div', { class: 'login' },
     h('section', { class: 'login-card' },
       h('div', { class: 'login-brand' }, h('img', { src: '/assets/favicon.svg', alt: '', width: 28, height: 28 }), h('span', null, 'errscope')),
       h('h1', null, 'Sign in'),

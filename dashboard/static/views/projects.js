@@ -1,5 +1,5 @@
 // Setup: each project's DSN and the lines that link the agent; new projects.
-import { h } from '../dom.js';
+import { h, replace } from '../dom.js';
 import { api } from '../api.js';
 import { state, dsnField, snippet, selectProject, renderHeader, toast } from '../shell.js';
 
@@ -27,7 +27,7 @@ export async function projectsView(ctx) {
         btn.disabled = false;
       }
     });
-    root.replaceChildren(
+    replace(root, 
       h('div', { class: 'page-head' }, h('div', null,
         h('h1', null, 'Setup'),
         h('p', { class: 'muted page-sub' }, 'Each project has its own DSN. Give it to the agent in the service you want to watch.'))),
@@ -47,6 +47,6 @@ export async function projectsView(ctx) {
   state.projects = await api.projects();
   if (!ctx.alive()) return {};
   render();
-  ctx.main.replaceChildren(root);
+  replace(ctx.main, root);
   return {};
 }

@@ -1,0 +1,336 @@
+// End-to-end: the real collector, real Sentry envelopes over HTTP, the
+// dashboard in headless Chromium.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Collector, ADMIN_PASSWORD } from './lib/collector.mjs';
+import { send, panicEvent, ioEvent, reqwestEvent, uniqueEvent, xssEvent, XSS } from './lib/events.mjs';
+import { launch, watch, loginByApi, screenshot } from './lib/browser.mjs';
+
+const LIVE_MS = 10_000; // polling is every 2 s; allow for a slow machine
+
+describe('dashboard against a real collector', () => {
+  let collector;
+  let project;
+  let browser;
+  let context;
+  let page;
+  let seen;
+  let panicIssue;
+
+  before(async () => {
+    collector = await Collector.start();
+    project = await collector.project(1);
+    browser = await launch();
+    context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    page = await context.newPage();
+    seen = watch(page);
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (collector) await collector.stop();
+  });
+
+  it('serves the app with a Content-Security-Policy that forbids inline scripts', async () => {
+    for (const p of ['/', '/login', '/issues/12', '/classes/panic']) {
+      const res = await fetch(collector.base + p);
+      assert.equal(res.status, 200, `${p} status`);
+      assert.match(res.headers.get('content-type') || '', /text\/html/, `${p} content type`);
+      const csp = res.headers.get('content-security-policy') || '';
+      assert.match(csp, /script-src 'self'(;|$)/, `${p} CSP: ${csp}`);
+      assert.match(csp, /default-src 'self'/);
+      assert.match(csp, /frame-ancestors 'none'/);
+      assert.doesNotMatch(csp, /unsafe-inline|unsafe-eval/);
+      const html = await res.text();
+      assert.match(html, /<script type="module" src="\/assets\/app\.js"><\/script>/);
+      assert.doesNotMatch(html.replace(/<script[^>]*src="[^"]+"[^>]*><\/script>/g, ''), /<script/i, 'no inline script in index.html');
+    }
+    const js = await fetch(`${collector.base}/assets/app.js`);
+    assert.equal(js.status, 200);
+    assert.match(js.headers.get('content-type') || '', /javascript/, 'module scripts need a JavaScript MIME type');
+    const css = await fetch(`${collector.base}/assets/app.css`);
+    assert.match(css.headers.get('content-type') || '', /text\/css/);
+    const anon = await fetch(`${collector.base}/api/0/projects/`);
+    assert.equal(anon.status, 401, 'the API needs a session');
+  });
+
+  it('logs in (wrong password refused) and shows the DSN while there are no errors', async () => {
+    await page.goto(`${collector.base}/`);
+    await page.waitForURL(/\/login/);
+    await page.fill('#login-pass', 'not the password');
+    await page.click('form button[type=submit]');
+    await page.getByText('Wrong username or password.').waitFor();
+    await screenshot(page, 'login-1280-light');
+
+    await page.fill('#login-pass', ADMIN_PASSWORD);
+    await page.press('#login-pass', 'Enter');
+    await page.waitForURL(`${collector.base}/`);
+    await page.getByRole('heading', { name: 'No errors yet — here is your DSN' }).waitFor();
+    assert.equal(await page.locator('.dsn-value').first().textContent(), project.dsn);
+    assert.ok((await page.locator('.snippet pre').textContent()).includes(`errscope::init(errscope::Options::new().dsn("${project.dsn}"))`));
+
+    const cookie = (await context.cookies()).find((c) => c.name === 'errscope_session');
+    assert.ok(cookie, 'session cookie set');
+    assert.equal(cookie.httpOnly, true);
+    assert.equal(cookie.sameSite, 'Strict');
+    await screenshot(page, 'empty-1280-light');
+  });
+
+  it('shows the classes live as the first events arrive, programmer and operational apart', async () => {
+    // The empty page is still open: the first events must appear without a reload.
+    await page.evaluate(() => { window.__noReload = true; });
+    await send(collector, project, [panicEvent(), panicEvent(), panicEvent({ environment: 'staging', server: 'web-2' })]);
+    await send(collector, project, [ioEvent(), ioEvent()], { gzip: true });
+    await send(collector, project, reqwestEvent());
+    await page.locator('tr.class-row').nth(2).waitFor({ timeout: LIVE_MS });
+    assert.equal(await page.evaluate(() => window.__noReload), true, 'no reload happened');
+
+    const classes = await collector.api('/api/0/projects/1/classes/?status=unresolved');
+    assert.equal(classes.length, 3, JSON.stringify(classes));
+    assert.ok(classes.some((c) => c.class === 'panic' && c.kind === 'programmer'), 'a panic class of kind programmer');
+    for (const c of classes) {
+      const row = page.locator('tr.class-row', { has: page.locator('a.class-name', { hasText: c.class }) });
+      await row.waitFor();
+      assert.equal(await row.locator('a.class-name').textContent(), c.class);
+      assert.equal(await row.locator('.badge').textContent(), c.kind === 'programmer' ? 'Programmer' : 'Operational');
+      assert.equal(await row.locator('td[data-label=issues]').textContent(), String(c.issues));
+      assert.equal(await row.locator('svg.spark polyline').count(), 1);
+    }
+    const panicRow = page.locator('tr.class-row', { has: page.locator('a.class-name', { hasText: /^panic$/ }) });
+    assert.match(await panicRow.getAttribute('class'), /kind-row-programmer/);
+    await screenshot(page, 'classes-1280-light');
+  });
+
+  it('opens a class: its issue list', async () => {
+    await page.locator('a.class-name', { hasText: /^panic$/ }).click();
+    await page.waitForURL(/\/issues\?class=panic/);
+    await page.locator('tr.issue-row').first().waitFor();
+    const api = await collector.api('/api/0/projects/1/issues/?class=panic');
+    assert.equal(api.data.length, 1);
+    panicIssue = api.data[0];
+    assert.equal(await page.locator('tr.issue-row').count(), 1);
+    const row = page.locator('tr.issue-row').first();
+    assert.equal(await row.locator('a.issue-title').textContent(), panicIssue.title);
+    assert.equal(await row.locator('.count-cell').textContent(), '3');
+    assert.equal(await row.locator('.culprit').textContent(), panicIssue.culprit);
+    assert.match(panicIssue.culprit, /checkout/, 'culprit is the top in-app frame');
+    assert.equal(await page.locator('main h1').textContent(), 'panic');
+
+    // Everything: three issues; the filters narrow it.
+    await page.goto(`${collector.base}/issues`);
+    await page.locator('tr.issue-row').nth(2).waitFor();
+    assert.equal(await page.locator('tr.issue-row').count(), 3);
+    await page.selectOption('select[name=environment]', 'staging');
+    await page.waitForURL(/environment=staging/);
+    await page.waitForFunction(() => document.querySelectorAll('tr.issue-row').length === 2);
+    await page.keyboard.press('/');
+    assert.equal(await page.evaluate(() => document.activeElement.getAttribute('type')), 'search', '"/" focuses the search box');
+    await page.keyboard.type('payments');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/query=payments/);
+    await page.waitForFunction(() => document.querySelectorAll('tr.issue-row').length === 1);
+    assert.match(await page.locator('a.issue-title').textContent(), /error sending request/);
+  });
+
+  it('opens an issue: chart, tags, exception chain outermost first, backtrace with in-app frames and library frames folded', async () => {
+    const io = (await collector.api('/api/0/projects/1/issues/?query=ldap')).data[0];
+    assert.ok(io, 'the io issue exists');
+    await page.goto(`${collector.base}/issues`);
+    await page.locator('a.issue-title', { hasText: io.title }).click();
+    await page.waitForURL(`${collector.base}/issues/${io.id}`);
+    await page.locator('.exc').first().waitFor();
+    assert.equal(await page.locator('main h1').textContent(), io.title);
+    assert.equal(await page.locator('svg.bars g.bar').count(), 336, '14 days of hourly bars');
+    await page.locator('.tag-key', { hasText: 'environment' }).getByText('production').waitFor();
+
+    // Sentry lists the root cause first; the page shows the outermost error first.
+    const types = await page.locator('.exc-type').allTextContents();
+    assert.deepEqual(types, ['shop::ldap::BindError', 'std::io::Error']);
+    assert.equal(await page.locator('.exc-cause').count(), 1);
+
+    const inApp = page.locator('.frame.in-app');
+    assert.equal(await inApp.count(), 3);
+    assert.deepEqual(await inApp.locator('.frame-fn').allTextContents(), ['shop::ldap::bind', 'shop::auth::login', 'shop::main']);
+    for (let i = 0; i < 3; i++) assert.ok(await inApp.nth(i).isVisible());
+    const lib = page.locator('.frames-folded .frame');
+    assert.equal(await lib.count(), 4);
+    for (let i = 0; i < 4; i++) assert.equal(await lib.nth(i).isVisible(), false, 'library frames are collapsed');
+    const toggle = page.locator('.frames-toggle').last();
+    assert.equal(await toggle.getAttribute('aria-expanded'), 'false');
+    await toggle.focus();
+    await page.keyboard.press('Enter');
+    assert.equal(await toggle.getAttribute('aria-expanded'), 'true');
+    await page.locator('.frame-fn', { hasText: 'tokio::runtime::runtime::Runtime::block_on' }).waitFor({ state: 'visible' });
+
+    // Domain context, breadcrumbs, raw JSON.
+    await page.locator('.domain-name', { hasText: 'auth' }).waitFor();
+    await page.locator('.crumb-msg', { hasText: 'slow query: 812 ms' }).waitFor();
+    await page.locator('.raw-json summary').click();
+    await page.locator('pre.raw', { hasText: '"event_id"' }).waitFor();
+    const raw = JSON.parse(await page.locator('pre.raw').textContent());
+    assert.equal(raw.issue_id, io.id);
+
+    // Older/newer navigation between the two events of the issue.
+    await page.locator('a', { hasText: '← Older' }).click();
+    await page.waitForURL(new RegExp(`/issues/${io.id}/events/[0-9a-f]{32}$`));
+    await page.getByRole('heading', { name: /^Event / }).waitFor();
+    await page.locator('a', { hasText: 'Newer →' }).click();
+    await page.getByRole('heading', { name: /^Latest event/ }).waitFor();
+  });
+
+  it('resolves an issue, and a new event reopens it as a regression, live', async () => {
+    await page.goto(`${collector.base}/issues/${panicIssue.id}`);
+    await page.locator('.frame.in-app').first().waitFor();
+    await screenshot(page, 'issue-1280-light');
+    await page.getByRole('button', { name: 'Resolve' }).click();
+    await page.locator('.status-now[data-status=resolved]').waitFor();
+    await page.getByRole('button', { name: 'Reopen' }).waitFor();
+    assert.equal((await collector.api(`/api/0/issues/${panicIssue.id}/`)).status, 'resolved');
+
+    await send(collector, project, panicEvent());
+    const after = await collector.api(`/api/0/issues/${panicIssue.id}/`);
+    assert.equal(after.status, 'unresolved');
+    assert.equal(after.is_regression, true);
+    // The open page notices by itself.
+    await page.locator('.issue-head .badge.regression').waitFor({ timeout: LIVE_MS });
+    await page.locator('.status-now[data-status=unresolved]').waitFor();
+    assert.equal(await page.locator('.facts dd').first().textContent(), '4');
+    await page.goto(`${collector.base}/issues`);
+    const row = page.locator(`tr.issue-row[data-issue-id="${panicIssue.id}"]`);
+    await row.locator('.badge.regression').waitFor();
+  });
+
+  it('shows a new issue live on the issue list, without a reload', async () => {
+    await page.goto(`${collector.base}/issues`);
+    await page.locator('tr.issue-row').first().waitFor();
+    await page.evaluate(() => { window.__noReload = true; });
+    const before = await page.locator('tr.issue-row').count();
+    await page.waitForTimeout(2500); // let the poller see the current seq first
+    await send(collector, project, uniqueEvent('nightly_export'));
+    await page.locator('a.issue-title', { hasText: 'job nightly_export failed' }).waitFor({ timeout: LIVE_MS });
+    assert.equal(await page.locator('tr.issue-row').count(), before + 1);
+    assert.equal(await page.evaluate(() => window.__noReload), true);
+    assert.match(await page.locator('tr.issue-row').first().getAttribute('class'), /row-new/);
+    await screenshot(page, 'issues-1280-light');
+  });
+
+  for (const bypassCSP of [false, true]) {
+    it(`renders hostile event strings as literal text and runs nothing${bypassCSP ? ' (even with the CSP disabled)' : ''}`, async () => {
+      const ev = xssEvent();
+      await send(collector, project, ev);
+      const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, bypassCSP });
+      await loginByApi(ctx, collector.base);
+      const p = await ctx.newPage();
+      const s = watch(p);
+      try {
+        const stored = await collector.api(`/api/0/projects/1/events/${ev.event_id}/`);
+        await p.goto(`${collector.base}/issues/${stored.issue_id}`);
+        await p.locator('.exc-type').first().waitFor();
+        assert.equal(await p.locator('.exc-type').first().textContent(), XSS.type);
+        assert.equal(await p.locator('.exc-value').first().textContent(), XSS.value);
+        assert.ok((await p.locator('.ev-message').allTextContents()).includes(XSS.message), 'message shown literally');
+        assert.ok((await p.locator('.frame-fn').allTextContents()).includes(XSS.fn), 'function name shown literally');
+        assert.ok((await p.locator('.frame-loc').allTextContents()).some((t) => t.includes(XSS.file)));
+        assert.ok((await p.locator('.tag-v').allTextContents()).includes(XSS.tag), 'tag value shown literally');
+        assert.ok((await p.locator('.tag-k').allTextContents()).includes(XSS.tagKey), 'tag key shown literally');
+        assert.ok((await p.locator('.crumb-msg').allTextContents()).includes(XSS.crumb), 'breadcrumb shown literally');
+        assert.equal(await p.locator('.domain-name .mono').textContent(), XSS.domain);
+        await p.locator('.raw-json summary').click();
+        await p.locator('pre.raw', { hasText: '"event_id"' }).waitFor();
+        assert.ok((await p.locator('pre.raw').textContent()).includes(JSON.stringify(XSS.message).slice(1, -1)));
+
+        // The list and the classes show the same strings as text too.
+        const issue = await collector.api(`/api/0/issues/${stored.issue_id}/`);
+        await p.goto(`${collector.base}/issues?status=all&class=${encodeURIComponent(issue.class)}`);
+        await p.locator('a.issue-title').first().waitFor();
+        assert.equal(await p.locator('a.issue-title').first().textContent(), issue.title);
+        await p.goto(`${collector.base}/?status=all`);
+        await p.locator('a.class-name', { hasText: issue.class }).waitFor();
+        await p.waitForTimeout(500);
+
+        const injected = await p.evaluate(() => ({
+          xss: window.__xss,
+          scripts: [...document.scripts].map((x) => x.getAttribute('src')),
+          imgs: document.querySelectorAll('img[src="x"], iframe, svg[onload], [onerror], [onload]').length,
+          bold: document.querySelectorAll('main b').length,
+        }));
+        assert.equal(injected.xss, undefined, 'no payload ran');
+        assert.deepEqual(injected.scripts, ['/assets/theme.js', '/assets/app.js']);
+        assert.equal(injected.imgs, 0, 'no element was created from event data');
+        assert.equal(injected.bold, 0);
+        assert.deepEqual(s.dialogs, [], 'no dialog opened');
+        assert.deepEqual(s.errors, [], 'no page error');
+        assert.deepEqual(s.console.filter((m) => !/favicon/.test(m)), [], 'nothing logged to the console');
+      } finally {
+        await ctx.close();
+      }
+    });
+  }
+
+  it('refuses a cookie-authenticated mutation without the CSRF header', async () => {
+    const status = await page.evaluate(async (id) => {
+      const r = await fetch(`/api/0/issues/${id}/`, { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: '{"status":"muted"}' });
+      return r.status;
+    }, panicIssue.id);
+    assert.equal(status, 403);
+    assert.equal((await collector.api(`/api/0/issues/${panicIssue.id}/`)).status, 'unresolved');
+  });
+
+  it('shows the setup page with each project\'s DSN, and switches projects', async () => {
+    await page.goto(`${collector.base}/projects`);
+    await page.locator('.project-card').first().waitFor();
+    assert.equal(await page.locator('.project-card .dsn-value').first().textContent(), project.dsn);
+    await page.fill('#new-project', 'billing');
+    await page.click('form.inline-form button[type=submit]');
+    await page.locator('.project-card h2', { hasText: 'billing' }).waitFor();
+    // With two projects the header gets a switcher; the new project is empty.
+    await page.locator('select.project-select').waitFor();
+    await page.getByRole('link', { name: 'Classes' }).click();
+    await page.getByRole('heading', { name: 'No errors yet — here is your DSN' }).waitFor();
+    await page.selectOption('select.project-select', '1');
+    await page.locator('tr.class-row').first().waitFor();
+    await screenshot(page, 'setup-1280-light');
+  });
+
+  it('saves screenshots of each main page at 1280 px and 390 px, light and dark', async () => {
+    const pages = [
+      ['login', '/login'],
+      ['classes', '/'],
+      ['issues', '/issues'],
+      ['issue', `/issues/${panicIssue.id}`],
+      ['setup', '/projects'],
+    ];
+    for (const [width, height] of [[1280, 900], [390, 844]]) {
+      for (const colorScheme of ['light', 'dark']) {
+        const ctx = await browser.newContext({ viewport: { width, height }, colorScheme });
+        const p = await ctx.newPage();
+        const s = watch(p);
+        await p.goto(`${collector.base}/login`);
+        await p.locator('#login-pass').waitFor();
+        await screenshot(p, `login-${width}-${colorScheme}`);
+        await loginByApi(ctx, collector.base);
+        for (const [name, path] of pages.slice(1)) {
+          await p.goto(collector.base + path);
+          await p.locator('main h1').waitFor();
+          await p.waitForLoadState('networkidle');
+          // The page fits the viewport's width: nothing scrolls sideways.
+          const overflow = await p.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+          assert.ok(overflow <= 0, `${name} at ${width}px overflows by ${overflow}px`);
+          await screenshot(p, `${name}-${width}-${colorScheme}`);
+        }
+        assert.deepEqual(s.errors, []);
+        await ctx.close();
+      }
+    }
+  });
+
+  it('logs out', async () => {
+    await page.goto(`${collector.base}/`);
+    await page.getByRole('button', { name: 'Log out' }).click();
+    await page.waitForURL(/\/login/);
+    const status = await page.evaluate(async () => (await fetch('/api/0/session/')).status);
+    assert.equal(status, 401);
+    assert.deepEqual(seen.dialogs, []);
+    assert.deepEqual(seen.errors, []);
+  });
+});
