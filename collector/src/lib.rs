@@ -1,2 +1,114 @@
-//! errscope-collector: ingestion, grouping, storage and the JSON API.
+//! errscope-collector: receives events from errscope agents and Sentry SDKs, groups them
+//! into issues, stores them in SQLite and serves the JSON API and the dashboard.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use errscope_collector::{Config, app, start};
+//! let started = start(Config::new("./errscope-data"))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! axum::serve(listener, app(started.state.clone())).await?;
+//! started.state.writer.shutdown();
+//! # Ok(()) }
+//! ```
+//!
+//! The HTTP contract is `collector/API.md`. Architecture, by module:
+//!
+//! - [`ingest`]: Sentry envelope and store endpoints (auth, bounded decompression,
+//!   framing, validation);
+//! - [`grouping`]: class, fingerprint and normalization;
+//! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
+//! - [`api`]: the dashboard's JSON API and session;
+//! - [`dashboard`]: the embedded web UI;
+//! - [`metrics`]: Prometheus counters; [`state`]: configuration and shared state.
 #![warn(missing_docs)]
+#![warn(clippy::print_stdout)]
+
+pub mod api;
+pub mod dashboard;
+pub mod grouping;
+pub mod ingest;
+pub mod metrics;
+pub mod state;
+pub mod store;
+pub mod time;
+
+pub use state::{AppState, Config, Started, start};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+/// The collector's HTTP routes.
+pub fn app(state: AppState) -> Router {
+    let ingest = Router::new()
+        .route(
+            "/api/{project_id}/envelope/",
+            post(ingest::envelope_handler).options(ingest::preflight),
+        )
+        .route(
+            "/api/{project_id}/envelope",
+            post(ingest::envelope_handler).options(ingest::preflight),
+        )
+        .route(
+            "/api/{project_id}/store/",
+            post(ingest::store_handler).options(ingest::preflight),
+        )
+        .route(
+            "/api/{project_id}/store",
+            post(ingest::store_handler).options(ingest::preflight),
+        )
+        .layer(axum::middleware::map_response(ingest::ingest_headers));
+    let api = Router::new()
+        .route("/api/0/session/", get(api::session_info))
+        .route(
+            "/api/0/projects/",
+            get(api::list_projects).post(api::create_project),
+        )
+        .route("/api/0/projects/{pid}/", get(api::get_project))
+        .route("/api/0/projects/{pid}/stats/", get(api::project_stats))
+        .route("/api/0/projects/{pid}/classes/", get(api::classes))
+        .route("/api/0/projects/{pid}/issues/", get(api::list_issues))
+        .route(
+            "/api/0/projects/{pid}/events/{event_id}/",
+            get(api::get_event),
+        )
+        .route(
+            "/api/0/projects/{pid}/tags/{key}/values/",
+            get(api::tag_values),
+        )
+        .route(
+            "/api/0/issues/{id}/",
+            get(api::get_issue).put(api::update_issue),
+        )
+        .route("/api/0/issues/{id}/events/", get(api::issue_events))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_auth,
+        ));
+    Router::new()
+        .merge(ingest)
+        .merge(api)
+        .route("/auth/login", post(api::login))
+        .route("/auth/logout", post(api::logout))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/", get(dashboard::root))
+        .route("/assets/{*path}", get(dashboard::asset))
+        .fallback(dashboard::fallback)
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    axum::Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let mut resp = state.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}

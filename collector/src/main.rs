@@ -1,1 +1,210 @@
-fn main() {}
+//! The `errscope-collector` binary: `serve` and `project create`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use errscope_collector::store::writer::Retention;
+use errscope_collector::{Config, app, start, state, store};
+
+#[derive(Parser)]
+#[command(
+    name = "errscope-collector",
+    version,
+    about = "errscope's collector: ingestion, grouping, storage, API and dashboard"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ingestion, the API and the dashboard.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "ERRSCOPE_LISTEN", default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Data directory (holds the SQLite database).
+        #[arg(long, env = "ERRSCOPE_DATA", default_value = "./errscope-data")]
+        data: PathBuf,
+        /// Base URL SDKs use to reach this collector (for DSNs); default: the listen address.
+        #[arg(long, env = "ERRSCOPE_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Per-project limit in events per minute (off when absent).
+        #[arg(long, env = "ERRSCOPE_RATE_LIMIT")]
+        rate_limit: Option<u64>,
+        /// Full events kept per issue.
+        #[arg(long, env = "ERRSCOPE_MAX_EVENTS_PER_ISSUE", default_value_t = 100)]
+        max_events_per_issue: i64,
+        /// Days full events are kept.
+        #[arg(long, env = "ERRSCOPE_RETENTION_DAYS", default_value_t = 30)]
+        retention_days: i64,
+        /// Requests the writer queue holds before answering 503.
+        #[arg(long, env = "ERRSCOPE_QUEUE", default_value_t = 1024)]
+        queue: usize,
+    },
+    /// Manage projects.
+    Project {
+        #[command(subcommand)]
+        command: ProjectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Create a project and print its DSN.
+    Create {
+        /// The project's name.
+        name: String,
+        /// Data directory.
+        #[arg(long, env = "ERRSCOPE_DATA", default_value = "./errscope-data")]
+        data: PathBuf,
+        /// Base URL for the DSN.
+        #[arg(
+            long,
+            env = "ERRSCOPE_PUBLIC_URL",
+            default_value = "http://127.0.0.1:8000"
+        )]
+        public_url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ERRSCOPE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Project {
+            command:
+                ProjectCommand::Create {
+                    name,
+                    data,
+                    public_url,
+                },
+        } => {
+            let conn = store::open_and_migrate(&data).context("opening the database")?;
+            let p = store::create_project(&conn, name.trim())
+                .context("creating the project (is the name taken?)")?;
+            let mut config = Config::new(data);
+            config.public_url = public_url;
+            let base = config.public_url.trim_end_matches('/');
+            let (scheme, host) = base.split_once("://").unwrap_or(("http", base));
+            println!("project {} created: id {}", p.name, p.id);
+            println!("DSN: {scheme}://{}@{host}/{}", p.key, p.id);
+            Ok(())
+        }
+        Command::Serve {
+            listen,
+            data,
+            public_url,
+            rate_limit,
+            max_events_per_issue,
+            retention_days,
+            queue,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                let addr = listener.local_addr()?;
+                let mut config = Config::new(data);
+                config.public_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
+                config.rate_limit_per_minute = rate_limit;
+                config.retention = Retention {
+                    max_events_per_issue,
+                    retention_days,
+                };
+                config.queue_capacity = queue.max(1);
+                config.admin_token = env_secret("ERRSCOPE_ADMIN_TOKEN");
+                config.admin_password = env_secret("ERRSCOPE_ADMIN_PASSWORD");
+                let started = tokio::task::spawn_blocking(move || start(config))
+                    .await?
+                    .context("opening the database")?;
+                let s = &started.state;
+                println!("listening on http://{addr}");
+                println!("dashboard: {}/", s.config.public_url.trim_end_matches('/'));
+                if started.first_start {
+                    let projects = s.reads.run(store::list_projects).await?;
+                    if let Some(p) = projects.first() {
+                        println!("project {} DSN: {}", p.name, s.dsn(p));
+                    }
+                }
+                match &started.generated.password {
+                    Some(pw) => println!(
+                        "admin login: user {} password {pw} (shown once; stored hashed)",
+                        state::ADMIN_USER
+                    ),
+                    None if s.config.admin_password.is_some() => println!(
+                        "admin login: user {} password from ERRSCOPE_ADMIN_PASSWORD",
+                        state::ADMIN_USER
+                    ),
+                    None => {}
+                }
+                if let Some(t) = &started.generated.token {
+                    println!("admin API token: {t} (shown once; stored hashed)");
+                }
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                axum::serve(listener, app(started.state.clone()))
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await?;
+                // Stop accepting happened above; commit what was accepted, then exit.
+                started.state.writer.shutdown();
+                let handle = started.writer_thread;
+                tokio::task::spawn_blocking(move || handle.join())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+                eprintln!("shut down cleanly");
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

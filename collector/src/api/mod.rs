@@ -1,0 +1,77 @@
+//! The JSON API the dashboard uses (`/api/0/...`) and the dashboard session (`/auth/...`).
+//!
+//! Every `/api/0/` request needs `Authorization: Bearer <admin token>` or the session
+//! cookie; with the cookie, a request that is not `GET`/`HEAD` must also carry
+//! `X-Errscope-Request: 1`, which a cross-site form cannot set.
+
+mod handlers;
+mod session;
+
+pub use handlers::*;
+pub use session::{SESSION_COOKIE, login, logout, require_auth, session_info};
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// Why an API request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 403.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404.
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503.
+    #[error("the collector is busy; retry after 1 s")]
+    Busy,
+    /// 500.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::QueueFull => ApiError::Busy,
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!("api request failed: {detail}");
+        } else {
+            tracing::debug!("api request rejected ({status}): {self}");
+        }
+        let mut resp = (status, axum::Json(json!({ "detail": self.to_string() }))).into_response();
+        if matches!(self, ApiError::Busy) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,809 @@
+//! The writer thread: the only connection that writes, with group commit.
+//!
+//! Requests hand a [`Job`] to a bounded queue with `try_send` (a full queue is a 503,
+//! never a silent drop) and wait on a oneshot for the answer. The thread takes one job,
+//! drains up to [`MAX_BATCH_JOBS`] more that are already waiting, runs them all in one
+//! transaction, commits, and only then answers each of them. Under load one fsync covers
+//! hundreds of events.
+//!
+//! # Bounds
+//!
+//! - Samples: at most `max_events_per_issue` full events per issue (the first one and
+//!   the newest ones); counts stay exact because they live on the issue and its hourly
+//!   buckets, not in the samples. Events older than `retention_days` are deleted.
+//! - Idempotency: an event id is remembered (in `event_ids`) for [`DEDUP_WINDOW_MS`]
+//!   (24 h) or the newest [`DEDUP_MAX_IDS`] (1,000,000) events, whichever is shorter;
+//!   a retry inside that window is answered 200 and not counted again. A retry of an event
+//!   whose sample is still stored is recognised for as long as the sample is kept.
+//! - Tags: at most [`MAX_TAG_VALUES_PER_ISSUE`] distinct values per issue and key and
+//!   [`MAX_TAG_VALUES_PER_PROJECT`] per project and key; later values count as `(other)`.
+//! - Aggregate counts whose event never arrives are dropped after 24 h; applied count ids
+//!   are remembered for 7 days.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::oneshot;
+
+use super::StoreError;
+use crate::metrics::Metrics;
+use crate::time::{HOUR_MS, hour_of, now_ms};
+
+/// Jobs drained into one transaction at most.
+pub const MAX_BATCH_JOBS: usize = 512;
+/// Events in one transaction at most (a batch closes early when it reaches this).
+pub const MAX_BATCH_EVENTS: usize = 4096;
+/// How long an event id is remembered for idempotency.
+pub const DEDUP_WINDOW_MS: i64 = 24 * HOUR_MS;
+/// How many event ids are remembered at most.
+pub const DEDUP_MAX_IDS: i64 = 1_000_000;
+/// Distinct tag values kept per issue and key.
+pub const MAX_TAG_VALUES_PER_ISSUE: i64 = 100;
+/// Distinct tag values kept per project and key.
+pub const MAX_TAG_VALUES_PER_PROJECT: i64 = 1000;
+const OTHER: &str = "(other)";
+
+/// Retention settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Full events kept per issue.
+    pub max_events_per_issue: i64,
+    /// Days full events are kept.
+    pub retention_days: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_events_per_issue: 100,
+            retention_days: 30,
+        }
+    }
+}
+
+/// An event ready to store: validated, grouped and (maybe) compressed.
+#[derive(Debug, Clone)]
+pub struct PreparedEvent {
+    /// 32 lowercase hex digits.
+    pub event_id: String,
+    /// Grouping result.
+    pub grouping: crate::grouping::Grouping,
+    /// `error`, `warning`, ...
+    pub level: String,
+    /// Environment, if any.
+    pub environment: Option<String>,
+    /// Release, if any.
+    pub release: Option<String>,
+    /// When it happened (epoch ms).
+    pub timestamp: i64,
+    /// When it arrived (epoch ms).
+    pub received: i64,
+    /// Tags to index, `(key, value)`.
+    pub tags: Vec<(String, String)>,
+    /// 0 = JSON, 1 = zlib-compressed JSON.
+    pub encoding: u8,
+    /// The event JSON as received.
+    pub data: Vec<u8>,
+}
+
+/// A client report line: events an SDK discarded.
+#[derive(Debug, Clone)]
+pub struct Discard {
+    /// `queue_overflow`, `ratelimit_backoff`, ...
+    pub reason: String,
+    /// `error`, `transaction`, ...
+    pub category: String,
+    /// How many.
+    pub quantity: i64,
+}
+
+/// An `errscope.counts` record.
+#[derive(Debug, Clone)]
+pub struct CountRecord {
+    /// Unique id, applied at most once.
+    pub id: String,
+    /// An event of the same fingerprint.
+    pub event_id: String,
+    /// Occurrences to add.
+    pub count: i64,
+    /// Start of the counted interval (epoch ms).
+    pub start: i64,
+    /// End of the counted interval (epoch ms).
+    pub end: i64,
+}
+
+/// Everything one ingestion request stores.
+#[derive(Debug, Default)]
+pub struct IngestJob {
+    /// The project.
+    pub project_id: i64,
+    /// Events, in request order.
+    pub events: Vec<PreparedEvent>,
+    /// Client report discards.
+    pub discards: Vec<Discard>,
+    /// Aggregate counts.
+    pub counts: Vec<CountRecord>,
+}
+
+type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Exec = Box<dyn FnOnce(&Transaction<'_>) -> Deliver + Send>;
+
+enum Job {
+    Ingest(IngestJob, oneshot::Sender<Result<(), StoreError>>),
+    Exec(Exec),
+    Shutdown,
+}
+
+/// A handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn` with a queue of `capacity` jobs.
+    pub fn start(
+        conn: Connection,
+        capacity: usize,
+        retention: Retention,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(Writer, JoinHandle<()>)> {
+        let (tx, rx) = sync_channel(capacity);
+        let m = metrics.clone();
+        let handle = std::thread::Builder::new()
+            .name("errscope-writer".into())
+            .spawn(move || WriterThread::new(conn, retention, m).run(rx))?;
+        Ok((Writer { tx, metrics }, handle))
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        self.metrics.queue_depth.fetch_add(1, Relaxed);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.metrics.queue_depth.fetch_sub(1, Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => StoreError::QueueFull,
+                    TrySendError::Disconnected(_) => StoreError::WriterGone,
+                })
+            }
+        }
+    }
+
+    /// Stores an ingestion job; returns once it is committed.
+    pub async fn ingest(&self, job: IngestJob) -> Result<(), StoreError> {
+        let (ack, rx) = oneshot::channel();
+        self.send(Job::Ingest(job, ack))?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Runs `f` inside the writer's next transaction (in a savepoint, rolled back if `f`
+    /// fails); returns its result once the transaction is committed.
+    pub async fn exec<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (ack, rx) = oneshot::channel::<Result<T, StoreError>>();
+        self.send(Job::Exec(Box::new(move |tx| {
+            let r = (|| {
+                tx.execute_batch("SAVEPOINT exec")?;
+                let r = f(tx);
+                let end = if r.is_ok() {
+                    "RELEASE exec"
+                } else {
+                    "ROLLBACK TO exec; RELEASE exec"
+                };
+                tx.execute_batch(end)?;
+                r
+            })();
+            Box::new(move |committed: Result<(), String>| {
+                let _ = ack.send(match committed {
+                    Ok(()) => r,
+                    Err(e) => Err(StoreError::Task(e)),
+                });
+            })
+        })))?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Asks the thread to finish the jobs queued so far and stop.
+    pub fn shutdown(&self) {
+        // A blocking send: shutdown must not be lost to a full queue.
+        let _ = self.tx.send(Job::Shutdown);
+    }
+}
+
+/// Per-issue changes accumulated over a batch.
+#[derive(Default)]
+struct IssueDelta {
+    count: i64,
+    last_seen: i64,
+    first_seen: i64,
+    latest: Option<(String, String, String, String)>, // event id, level, title, culprit
+    project_id: i64,
+    samples_added: bool,
+}
+
+#[derive(Default)]
+struct ProjectDelta {
+    events: i64,
+    seq: i64,
+    last_seen: i64,
+}
+
+#[derive(Default)]
+struct Batch {
+    issues: HashMap<i64, IssueDelta>,
+    hourly: HashMap<(i64, i64), i64>,
+    issue_tags: HashMap<(i64, String, String), i64>,
+    project_tags: HashMap<(i64, String, String), i64>,
+    projects: HashMap<i64, ProjectDelta>,
+    events_stored: u64,
+    duplicates: u64,
+}
+
+struct WriterThread {
+    conn: Connection,
+    retention: Retention,
+    metrics: Arc<Metrics>,
+    issue_ids: HashMap<(i64, String), i64>,
+    pending_possible: bool,
+    last_prune: Instant,
+    last_hourly_prune: Instant,
+}
+
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl WriterThread {
+    fn new(conn: Connection, retention: Retention, metrics: Arc<Metrics>) -> Self {
+        let pending_possible = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM pending_counts)", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(true);
+        let long_ago = Instant::now()
+            .checked_sub(PRUNE_EVERY * 2)
+            .unwrap_or_else(Instant::now);
+        WriterThread {
+            conn,
+            retention,
+            metrics,
+            issue_ids: HashMap::new(),
+            pending_possible,
+            last_prune: long_ago,
+            last_hourly_prune: long_ago,
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Job>) {
+        self.prune();
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_prune();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut jobs = Vec::new();
+            let mut shutdown = false;
+            let mut events = 0;
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Shutdown => shutdown = true,
+                    Job::Ingest(ref j, _) => {
+                        events += j.events.len();
+                        jobs.push(job);
+                    }
+                    job => jobs.push(job),
+                }
+                if !shutdown && jobs.len() < MAX_BATCH_JOBS && events < MAX_BATCH_EVENTS {
+                    next = rx.try_recv().ok();
+                }
+            }
+            let n = jobs.len() as i64 + i64::from(shutdown);
+            self.metrics.queue_depth.fetch_sub(n, Relaxed);
+            self.process(jobs);
+            if shutdown {
+                // Everything queued before the shutdown request has been committed.
+                break;
+            }
+            self.maybe_prune();
+        }
+        tracing::debug!("writer stopped");
+    }
+
+    fn process(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let mut acks = Vec::new();
+        let mut execs = Vec::new();
+        let result = (|| -> Result<Batch, StoreError> {
+            let tx = self.conn.transaction()?;
+            let mut batch = Batch::default();
+            for job in jobs {
+                match job {
+                    Job::Ingest(job, ack) => {
+                        apply_ingest(
+                            &tx,
+                            &mut batch,
+                            &mut self.issue_ids,
+                            &mut self.pending_possible,
+                            &job,
+                        )?;
+                        acks.push(ack);
+                    }
+                    Job::Exec(f) => execs.push(f(&tx)),
+                    Job::Shutdown => {}
+                }
+            }
+            flush(&tx, &batch, &self.retention)?;
+            tx.commit()?;
+            Ok(batch)
+        })();
+        match result {
+            Ok(batch) => {
+                self.metrics.commit(started.elapsed());
+                self.metrics
+                    .events_accepted
+                    .fetch_add(batch.events_stored, Relaxed);
+                self.metrics
+                    .events_duplicate
+                    .fetch_add(batch.duplicates, Relaxed);
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
+                for deliver in execs {
+                    deliver(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!("writer transaction failed: {e}");
+                // Cached issue ids may refer to rows that were rolled back.
+                self.issue_ids.clear();
+                for ack in acks {
+                    let _ = ack.send(Err(StoreError::Task(e.to_string())));
+                }
+                for deliver in execs {
+                    deliver(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn maybe_prune(&mut self) {
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.prune();
+        }
+    }
+
+    /// Deletes expired samples, dedup ids and counts, each in short transactions.
+    fn prune(&mut self) {
+        self.last_prune = Instant::now();
+        let now = now_ms();
+        let cutoff = now - self.retention.retention_days * 24 * HOUR_MS;
+        let hourly = self.last_hourly_prune.elapsed() >= Duration::from_secs(3600);
+        let r = (|| -> Result<(), StoreError> {
+            loop {
+                let n = self.conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received < ?1 ORDER BY received LIMIT 5000)",
+                    [cutoff],
+                )?;
+                if n < 5000 {
+                    break;
+                }
+            }
+            self.conn.execute(
+                "DELETE FROM event_ids WHERE rowid < (SELECT max(rowid) FROM event_ids) - ?1",
+                [DEDUP_MAX_IDS],
+            )?;
+            let first_young: Option<i64> = self
+                .conn
+                .query_row(
+                    "SELECT rowid FROM event_ids WHERE received >= ?1 ORDER BY rowid LIMIT 1",
+                    [now - DEDUP_WINDOW_MS],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match first_young {
+                Some(rowid) => self
+                    .conn
+                    .execute("DELETE FROM event_ids WHERE rowid < ?1", [rowid])?,
+                None => self.conn.execute(
+                    "DELETE FROM event_ids WHERE received < ?1",
+                    [now - DEDUP_WINDOW_MS],
+                )?,
+            };
+            self.conn.execute(
+                "DELETE FROM applied_counts WHERE received < ?1",
+                [now - 7 * 24 * HOUR_MS],
+            )?;
+            self.conn.execute(
+                "DELETE FROM pending_counts WHERE received < ?1",
+                [now - DEDUP_WINDOW_MS],
+            )?;
+            self.pending_possible =
+                self.conn
+                    .query_row("SELECT EXISTS (SELECT 1 FROM pending_counts)", [], |r| {
+                        r.get(0)
+                    })?;
+            if hourly {
+                let keep_hours = (self.retention.retention_days * 24).max(14 * 24 + 1);
+                self.conn.execute(
+                    "DELETE FROM issue_hourly WHERE hour < ?1",
+                    [hour_of(now) - keep_hours],
+                )?;
+            }
+            Ok(())
+        })();
+        if hourly {
+            self.last_hourly_prune = Instant::now();
+        }
+        if let Err(e) = r {
+            tracing::error!("pruning failed: {e}");
+        }
+    }
+}
+
+fn apply_ingest(
+    tx: &Transaction<'_>,
+    batch: &mut Batch,
+    issue_ids: &mut HashMap<(i64, String), i64>,
+    pending_possible: &mut bool,
+    job: &IngestJob,
+) -> Result<(), StoreError> {
+    let pid = job.project_id;
+    for ev in &job.events {
+        let fresh = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO event_ids (project_id, event_id, issue_id, received) VALUES (?1, ?2, 0, ?3)",
+            )?
+            .execute(params![pid, ev.event_id, ev.received])?;
+        let sample_exists = fresh == 1
+            && tx
+                .prepare_cached("SELECT 1 FROM events WHERE project_id = ?1 AND event_id = ?2")?
+                .exists(params![pid, ev.event_id])?;
+        if fresh == 0 || sample_exists {
+            batch.duplicates += 1;
+            continue;
+        }
+        let g = &ev.grouping;
+        let key = (pid, g.fingerprint.clone());
+        let issue_id = match issue_ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                let found: Option<i64> = tx
+                    .prepare_cached(
+                        "SELECT id FROM issues WHERE project_id = ?1 AND fingerprint = ?2",
+                    )?
+                    .query_row(params![pid, g.fingerprint], |r| r.get(0))
+                    .optional()?;
+                let id = match found {
+                    Some(id) => id,
+                    None => {
+                        tx.prepare_cached(
+                            "INSERT INTO issues (project_id, fingerprint, class, kind, title, culprit, level, count, first_seen, last_seen)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8)",
+                        )?
+                        .execute(params![pid, g.fingerprint, g.class, g.kind.as_str(), g.title, g.culprit, ev.level, ev.timestamp])?;
+                        tx.last_insert_rowid()
+                    }
+                };
+                if issue_ids.len() > 100_000 {
+                    issue_ids.clear();
+                }
+                issue_ids.insert(key, id);
+                id
+            }
+        };
+        tx.prepare_cached(
+            "UPDATE event_ids SET issue_id = ?3 WHERE project_id = ?1 AND event_id = ?2",
+        )?
+        .execute(params![pid, ev.event_id, issue_id])?;
+        tx.prepare_cached(
+            "INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level, message, environment, release, encoding, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            pid, ev.event_id, issue_id, ev.timestamp, ev.received, ev.level, g.message,
+            ev.environment, ev.release, ev.encoding, ev.data
+        ])?;
+        batch.events_stored += 1;
+        let d = batch.issues.entry(issue_id).or_insert_with(|| IssueDelta {
+            first_seen: i64::MAX,
+            project_id: pid,
+            ..Default::default()
+        });
+        d.count += 1;
+        d.last_seen = d.last_seen.max(ev.timestamp);
+        d.first_seen = d.first_seen.min(ev.timestamp);
+        d.latest = Some((
+            ev.event_id.clone(),
+            ev.level.clone(),
+            g.title.clone(),
+            g.culprit.clone(),
+        ));
+        d.samples_added = true;
+        *batch
+            .hourly
+            .entry((issue_id, hour_of(ev.timestamp)))
+            .or_default() += 1;
+        for (k, v) in &ev.tags {
+            *batch
+                .issue_tags
+                .entry((issue_id, k.clone(), v.clone()))
+                .or_default() += 1;
+            *batch
+                .project_tags
+                .entry((pid, k.clone(), v.clone()))
+                .or_default() += 1;
+        }
+        let p = batch.projects.entry(pid).or_default();
+        p.events += 1;
+        p.seq += 1;
+        p.last_seen = p.last_seen.max(ev.timestamp);
+
+        if *pending_possible {
+            let pending: Vec<(String, i64, i64, i64)> = tx
+                .prepare_cached(
+                    "SELECT id, count, start_ms, end_ms FROM pending_counts WHERE project_id = ?1 AND event_id = ?2",
+                )?
+                .query_map(params![pid, ev.event_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, count, start, end) in pending {
+                tx.prepare_cached("DELETE FROM pending_counts WHERE id = ?1")?
+                    .execute([&id])?;
+                add_count(batch, pid, issue_id, count, start, end);
+            }
+        }
+    }
+    for d in &job.discards {
+        tx.prepare_cached(
+            "INSERT INTO discards (project_id, reason, category, quantity) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (project_id, reason, category) DO UPDATE SET quantity = quantity + excluded.quantity",
+        )?
+        .execute(params![pid, d.reason, d.category, d.quantity])?;
+    }
+    if !job.discards.is_empty() {
+        batch.projects.entry(pid).or_default().seq += 1;
+    }
+    for c in &job.counts {
+        let fresh = tx
+            .prepare_cached("INSERT OR IGNORE INTO applied_counts (id, received) VALUES (?1, ?2)")?
+            .execute(params![c.id, now_ms()])?;
+        if fresh == 0 {
+            continue;
+        }
+        let issue: Option<i64> = tx
+            .prepare_cached("SELECT issue_id FROM event_ids WHERE project_id = ?1 AND event_id = ?2 AND issue_id != 0")?
+            .query_row(params![pid, c.event_id], |r| r.get(0))
+            .optional()?;
+        let issue = match issue {
+            Some(i) => Some(i),
+            None => tx
+                .prepare_cached(
+                    "SELECT issue_id FROM events WHERE project_id = ?1 AND event_id = ?2",
+                )?
+                .query_row(params![pid, c.event_id], |r| r.get(0))
+                .optional()?,
+        };
+        match issue {
+            Some(issue_id) => add_count(batch, pid, issue_id, c.count, c.start, c.end),
+            None => {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO pending_counts (id, project_id, event_id, count, start_ms, end_ms, received)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![c.id, pid, c.event_id, c.count, c.start, c.end, now_ms()])?;
+                *pending_possible = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds `count` occurrences to an issue, spread over the hours of `[start, end]`.
+fn add_count(batch: &mut Batch, pid: i64, issue_id: i64, count: i64, start: i64, end: i64) {
+    if count <= 0 {
+        return;
+    }
+    let end = end.max(start);
+    let d = batch.issues.entry(issue_id).or_insert_with(|| IssueDelta {
+        first_seen: i64::MAX,
+        project_id: pid,
+        ..Default::default()
+    });
+    d.count += count;
+    d.last_seen = d.last_seen.max(end);
+    for (hour, n) in spread(count, start, end) {
+        *batch.hourly.entry((issue_id, hour)).or_default() += n;
+    }
+    let p = batch.projects.entry(pid).or_default();
+    p.events += count;
+    p.seq += 1;
+    p.last_seen = p.last_seen.max(end);
+}
+
+/// Splits `count` over the hour buckets of `[start, end]` in proportion to overlap.
+/// The parts always sum to `count`.
+pub fn spread(count: i64, start: i64, end: i64) -> Vec<(i64, i64)> {
+    let end = end.max(start);
+    let (h0, h1) = (hour_of(start), hour_of(end));
+    if h0 == h1 || h1 - h0 > 24 * 400 {
+        return vec![(h1, count)];
+    }
+    let total = (end - start).max(1) as i128;
+    let mut out = Vec::new();
+    let mut given = 0i64;
+    for h in h0..=h1 {
+        let lo = (h * HOUR_MS).max(start);
+        let hi = ((h + 1) * HOUR_MS).min(end);
+        let share = if h == h1 {
+            count - given
+        } else {
+            ((hi - lo).max(0) as i128 * count as i128 / total) as i64
+        };
+        given += share;
+        if share > 0 {
+            out.push((h, share));
+        }
+    }
+    out
+}
+
+/// Applies a batch's accumulated deltas and enforces the per-issue sample cap.
+fn flush(tx: &Transaction<'_>, batch: &Batch, retention: &Retention) -> Result<(), StoreError> {
+    for (issue_id, d) in &batch.issues {
+        let (latest_id, level, title, culprit) = match &d.latest {
+            Some((a, b, c, e)) => (
+                Some(a.as_str()),
+                Some(b.as_str()),
+                Some(c.as_str()),
+                Some(e.as_str()),
+            ),
+            None => (None, None, None, None),
+        };
+        tx.prepare_cached(
+            "UPDATE issues SET
+                count = count + ?2,
+                last_seen = max(last_seen, ?3),
+                first_seen = min(first_seen, ?4),
+                latest_event_id = coalesce(?5, latest_event_id),
+                level = coalesce(?6, level),
+                title = coalesce(?7, title),
+                culprit = coalesce(?8, culprit),
+                is_regression = CASE WHEN status = 'resolved' THEN 1 ELSE is_regression END,
+                status = CASE WHEN status = 'resolved' THEN 'unresolved' ELSE status END
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            issue_id,
+            d.count,
+            d.last_seen,
+            d.first_seen.min(d.last_seen),
+            latest_id,
+            level,
+            title,
+            culprit
+        ])?;
+        let _ = d.project_id;
+        if d.samples_added {
+            let n: i64 = tx
+                .prepare_cached("SELECT count(*) FROM events WHERE issue_id = ?1")?
+                .query_row([issue_id], |r| r.get(0))?;
+            let excess = n - retention.max_events_per_issue.max(1);
+            if excess > 0 {
+                // Keep the first sample, drop the oldest of the rest.
+                tx.prepare_cached(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE issue_id = ?1 ORDER BY id LIMIT ?2 OFFSET 1)",
+                )?
+                .execute(params![issue_id, excess])?;
+            }
+        }
+    }
+    for ((issue_id, hour), n) in &batch.hourly {
+        tx.prepare_cached(
+            "INSERT INTO issue_hourly (issue_id, hour, count) VALUES (?1, ?2, ?3)
+             ON CONFLICT (issue_id, hour) DO UPDATE SET count = count + excluded.count",
+        )?
+        .execute(params![issue_id, hour, n])?;
+    }
+    for ((issue_id, k, v), n) in &batch.issue_tags {
+        bump_tag(
+            tx,
+            "issue_tags",
+            "issue_id",
+            *issue_id,
+            k,
+            v,
+            *n,
+            MAX_TAG_VALUES_PER_ISSUE,
+        )?;
+    }
+    for ((pid, k, v), n) in &batch.project_tags {
+        bump_tag(
+            tx,
+            "project_tags",
+            "project_id",
+            *pid,
+            k,
+            v,
+            *n,
+            MAX_TAG_VALUES_PER_PROJECT,
+        )?;
+    }
+    for (pid, d) in &batch.projects {
+        tx.prepare_cached(
+            "UPDATE projects SET events = events + ?2, seq = seq + ?3,
+                last_seen = CASE WHEN ?4 > 0 THEN max(coalesce(last_seen, 0), ?4) ELSE last_seen END
+             WHERE id = ?1",
+        )?
+        .execute(params![pid, d.events, d.seq, d.last_seen])?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bump_tag(
+    tx: &Transaction<'_>,
+    table: &str,
+    owner_col: &str,
+    owner: i64,
+    key: &str,
+    value: &str,
+    n: i64,
+    cap: i64,
+) -> Result<(), StoreError> {
+    // Table and column names come from the two call sites above, never from input.
+    let update = format!(
+        "UPDATE {table} SET count = count + ?4 WHERE {owner_col} = ?1 AND key = ?2 AND value = ?3"
+    );
+    if tx
+        .prepare_cached(&update)?
+        .execute(params![owner, key, value, n])?
+        > 0
+    {
+        return Ok(());
+    }
+    let distinct: i64 = tx
+        .prepare_cached(&format!(
+            "SELECT count(*) FROM {table} WHERE {owner_col} = ?1 AND key = ?2"
+        ))?
+        .query_row(params![owner, key], |r| r.get(0))?;
+    let value = if distinct >= cap { OTHER } else { value };
+    tx.prepare_cached(&format!(
+        "INSERT INTO {table} ({owner_col}, key, value, count) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT ({owner_col}, key, value) DO UPDATE SET count = count + excluded.count"
+    ))?
+    .execute(params![owner, key, value, n])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_sums_to_count() {
+        let h = HOUR_MS;
+        assert_eq!(spread(10, 5 * h + 10, 5 * h + 20), vec![(5, 10)]);
+        let parts = spread(100, 5 * h + h / 2, 7 * h + h / 2);
+        assert_eq!(parts.iter().map(|p| p.1).sum::<i64>(), 100);
+        assert_eq!(parts, vec![(5, 25), (6, 50), (7, 25)]);
+        assert_eq!(spread(7, 10 * h, 9 * h), vec![(10, 7)]);
+    }
+}

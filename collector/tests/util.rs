@@ -1,0 +1,195 @@
+//! Helpers for the end-to-end tests: a collector on 127.0.0.1:0 over a fresh data dir.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use errscope_collector::{AppState, Config, app, start};
+use serde_json::{Value, json};
+
+pub(crate) const TOKEN: &str = "test-admin-token";
+pub(crate) const PASSWORD: &str = "test-admin-password";
+
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) key: String,
+    pub(crate) state: AppState,
+    pub(crate) http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) async fn server() -> Server {
+    server_with(|_| {}).await
+}
+
+pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let mut config = Config::new(dir.path());
+    config.public_url = format!("http://{addr}");
+    config.admin_token = Some(TOKEN.into());
+    config.admin_password = Some(PASSWORD.into());
+    tweak(&mut config);
+    let started = tokio::task::spawn_blocking(move || start(config))
+        .await
+        .unwrap()
+        .expect("start");
+    let state = started.state.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = app(state.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let key = {
+        let projects = state
+            .reads
+            .run(errscope_collector::store::list_projects)
+            .await
+            .unwrap();
+        projects[0].key.clone()
+    };
+    Server {
+        base: format!("http://{addr}"),
+        key,
+        state,
+        http: reqwest::Client::new(),
+        _dir: dir,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl Server {
+    pub(crate) fn auth(&self) -> String {
+        format!(
+            "Sentry sentry_version=7, sentry_key={}, sentry_client=test/1.0",
+            self.key
+        )
+    }
+
+    pub(crate) async fn post_envelope(&self, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/1/envelope/", self.base))
+            .header("x-sentry-auth", self.auth())
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn api(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        self.state.writer.shutdown();
+    }
+}
+
+pub(crate) fn event_id(n: u64) -> String {
+    format!("{n:032x}")
+}
+
+/// An event the way SDKs build one: exception chain with in-app frames.
+pub(crate) fn event(id: &str, function: &str, value: &str) -> Value {
+    json!({
+        "event_id": id,
+        "timestamp": 1.7e9,
+        "platform": "python",
+        "level": "error",
+        "environment": "production",
+        "release": "shop@1.0",
+        "server_name": "web-1",
+        "tags": {"domain": "checkout"},
+        "exception": {"values": [{
+            "type": "KeyError",
+            "value": value,
+            "mechanism": {"type": "generic", "handled": true},
+            "stacktrace": {"frames": [
+                {"function": "main", "module": "shop.app", "filename": "app.py", "lineno": 10, "in_app": true},
+                {"function": function, "module": "shop.cart", "filename": "cart.py", "lineno": 42, "in_app": true}
+            ]}
+        }]}
+    })
+}
+
+/// An envelope with `length`-less items.
+pub(crate) fn envelope(events: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let first = events
+        .first()
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap_or("");
+    writeln!(
+        out,
+        "{}",
+        json!({"event_id": first, "sent_at": "2026-11-22T10:00:00Z"})
+    )
+    .unwrap();
+    for e in events {
+        writeln!(out, "{}", json!({"type": "event"})).unwrap();
+        writeln!(out, "{e}").unwrap();
+    }
+    out
+}
+
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A hand-written HTTP/1.1 request with `Transfer-Encoding: chunked`.
+pub(crate) async fn raw_chunked_post(
+    base: &str,
+    path: &str,
+    body: &[u8],
+    chunk: usize,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\nContent-Type: application/x-sentry-envelope\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for c in body.chunks(chunk) {
+        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        req.extend_from_slice(c);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    sock.write_all(&req).await.unwrap();
+    let mut resp = Vec::new();
+    sock.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
