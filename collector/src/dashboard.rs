@@ -86,3 +86,25 @@ pub async fn fallback(method: Method, uri: Uri) -> Response {
 pub async fn root() -> Response {
     index()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn assets_do_not_escape_the_folder() {
+        for path in [
+            "/assets/../Cargo.toml",
+            "/assets/../../collector/Cargo.toml",
+            "/assets//etc/passwd",
+        ] {
+            let r = asset(Uri::from_static(path)).await;
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        assert_eq!(
+            asset(Uri::from_static("/assets/index.html")).await.status(),
+            StatusCode::OK
+        );
+        assert_eq!(content_type("a/b.js"), "text/javascript; charset=utf-8");
+    }
+}

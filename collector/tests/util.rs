@@ -193,3 +193,58 @@ pub(crate) async fn raw_chunked_post(
         .unwrap_or(0);
     (status, text)
 }
+
+/// The collector binary running as a child process.
+pub(crate) struct Child {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) base: String,
+    pub(crate) dsn: Option<String>,
+    pub(crate) stdout: Vec<String>,
+}
+
+/// Starts `errscope-collector serve --listen 127.0.0.1:0` on `data`, waiting for its
+/// `listening on` line.
+pub(crate) async fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(extra)
+        .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
+        .env("ERRSCOPE_ADMIN_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the collector");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = Vec::new();
+    let mut base = None;
+    let mut dsn = None;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    // The env password makes `serve` always print an `admin login` line, after the others.
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .expect("collector start timed out");
+        let Some(line) = line.unwrap() else { break };
+        if let Some(b) = line.strip_prefix("listening on ") {
+            base = Some(b.to_owned());
+        }
+        if let Some(d) = line.split("DSN: ").nth(1) {
+            dsn = Some(d.to_owned());
+        }
+        let done = line.starts_with("admin login");
+        stdout.push(line);
+        if done {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Child {
+        child,
+        base: base.expect("a `listening on` line"),
+        dsn,
+        stdout,
+    }
+}
