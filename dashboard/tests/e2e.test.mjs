@@ -99,6 +99,9 @@ describe('dashboard against a real collector', () => {
     const panicRow = page.locator('tr.class-row', { has: page.locator('a.class-name', { hasText: /^panic$/ }) });
     assert.match(await panicRow.getAttribute('class'), /kind-row-programmer/);
     await screenshot(page, 'classes-1280-light');
+    // API.md: an io error link with mechanism.data.io_error_kind is classed by its kind.
+    assert.ok(classes.some((c) => c.class === 'std::io::Error: ConnectionReset' && c.kind === 'operational'),
+      `an io class "std::io::Error: ConnectionReset" of kind operational, got ${JSON.stringify(classes.map((c) => c.class))}`);
   });
 
   it('opens a class: its issue list', async () => {
@@ -235,6 +238,7 @@ describe('dashboard against a real collector', () => {
         assert.ok((await p.locator('.tag-k').allTextContents()).includes(XSS.tagKey), 'tag key shown literally');
         assert.ok((await p.locator('.crumb-msg').allTextContents()).includes(XSS.crumb), 'breadcrumb shown literally');
         assert.equal(await p.locator('.domain-name .mono').textContent(), XSS.domain);
+        assert.ok((await p.locator('.tag-val-name').allTextContents()).includes(XSS.domain), 'top tag value shown literally');
         await p.locator('.raw-json summary').click();
         await p.locator('pre.raw', { hasText: '"event_id"' }).waitFor();
         assert.ok((await p.locator('pre.raw').textContent()).includes(JSON.stringify(XSS.message).slice(1, -1)));

@@ -115,7 +115,9 @@ function exceptionChain(values) {
       h('div', { class: 'exc-head' },
         h('span', { class: 'exc-type mono' }, str(ex.type) || 'Error'),
         mech && mech.handled === false ? h('span', { class: 'badge kind-programmer' }, 'unhandled') : null,
-        mech && mech.type ? h('span', { class: 'badge badge-quiet mono', title: 'mechanism' }, str(mech.type)) : null),
+        mech && mech.type ? h('span', { class: 'badge badge-quiet mono', title: 'mechanism' }, str(mech.type)) : null,
+        mech && mech.meta && mech.meta.errno && mech.meta.errno.name
+          ? h('span', { class: 'badge badge-quiet mono', title: 'errno' }, `${str(mech.meta.errno.name)} ${str(mech.meta.errno.number)}`) : null),
       ex.value ? h('p', { class: 'exc-value' }, str(ex.value)) : null,
       mech && mech.data && typeof mech.data === 'object' && Object.keys(mech.data).length
         ? kvTable(Object.entries(mech.data), 'kv-small') : null,

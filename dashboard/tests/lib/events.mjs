@@ -26,7 +26,7 @@ function base({ level = 'error', release = 'shop@1.4.2', environment = 'producti
     release,
     environment,
     server_name: server,
-    tags: { region: 'eu-west-1' },
+    tags: { region: 'eu-west-1', domain: 'checkout' },
     contexts: {
       os: { type: 'os', name: 'Linux', version: '6.1.0-27-amd64' },
       runtime: { type: 'runtime', name: 'rustc', version: '1.83.0' },
@@ -72,7 +72,15 @@ export function ioEvent(opts = {}) {
   const ev = base({ server: 'web-2', ...opts });
   ev.exception = {
     values: [
-      { type: 'std::io::Error', value: 'connection reset by peer (os error 104)', mechanism: { type: 'chained', handled: true, data: { io_kind: 'ConnectionReset' } } },
+      {
+        type: 'std::io::Error',
+        value: 'connection reset by peer (os error 104)',
+        mechanism: {
+          type: 'chained', handled: true,
+          data: { io_error_kind: 'ConnectionReset', raw_os_error: 104 },
+          meta: { errno: { number: 104, name: 'ECONNRESET' } },
+        },
+      },
       {
         type: 'shop::ldap::BindError',
         value: `ldap bind failed for uid=${Math.floor(Math.random() * 1e6)}`,
@@ -90,6 +98,7 @@ export function ioEvent(opts = {}) {
     ],
   };
   ev.contexts.domain = { name: 'auth', tags: { directory: 'corp' }, data: { attempt: 2 } };
+  ev.tags.domain = 'auth';
   return ev;
 }
 
@@ -105,6 +114,7 @@ export function reqwestEvent(opts = {}) {
     }],
   };
   ev.contexts.domain = { name: 'payments', tags: { provider: 'acme' }, data: {} };
+  ev.tags.domain = 'payments';
   return ev;
 }
 
@@ -152,7 +162,7 @@ export function xssEvent(opts = {}) {
       },
     }],
   };
-  ev.tags = { payload: XSS.tag, [XSS.tagKey]: 'v' };
+  ev.tags = { payload: XSS.tag, [XSS.tagKey]: 'v', domain: XSS.domain };
   ev.breadcrumbs.values.push({ timestamp: Date.now() / 1000, category: 'xss', level: 'error', message: XSS.crumb });
   ev.contexts.domain = { name: XSS.domain, tags: { t: XSS.tag }, data: { d: XSS.message } };
   return ev;
