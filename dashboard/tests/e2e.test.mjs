@@ -173,12 +173,19 @@ describe('dashboard against a real collector', () => {
     const raw = JSON.parse(await page.locator('pre.raw').textContent());
     assert.equal(raw.issue_id, io.id);
 
+    // The sidebar lists the issue's events, newest first, the one shown marked.
+    const listed = page.locator('.event-list a');
+    assert.equal(await listed.count(), 2);
+    assert.equal(await listed.first().getAttribute('aria-current'), 'true');
+
     // Older/newer navigation between the two events of the issue.
     await page.locator('a', { hasText: '← Older' }).click();
     await page.waitForURL(new RegExp(`/issues/${io.id}/events/[0-9a-f]{32}$`));
     await page.getByRole('heading', { name: /^Event / }).waitFor();
+    assert.equal(await listed.nth(1).getAttribute('aria-current'), 'true');
     await page.locator('a', { hasText: 'Newer →' }).click();
     await page.getByRole('heading', { name: /^Latest event/ }).waitFor();
+    assert.equal(await listed.first().getAttribute('aria-current'), 'true');
   });
 
   it('resolves an issue, and a new event reopens it as a regression, live', async () => {

@@ -43,8 +43,52 @@ export async function issueView(ctx) {
 
   const headSlot = h('div', { class: 'issue-head' });
   const chartSlot = h('section', { class: 'card chart-card' });
-  const tagsSlot = h('aside', { class: 'card issue-aside', 'aria-label': 'Tag values' });
+  const tagsSlot = h('section', { class: 'card', 'aria-label': 'Tag values' });
   const eventSlot = h('div', { class: 'event-slot' });
+  const eventsSlot = h('section', { class: 'card events-card', 'aria-label': 'Recent events' });
+  let eventsList = [];
+  let eventsCursor = null;
+
+  function renderEvents() {
+    const current = shownEventId;
+    const more = eventsCursor ? h('button', { type: 'button', class: 'btn btn-small btn-quiet' }, 'Older events') : null;
+    if (more) {
+      more.addEventListener('click', async () => {
+        more.disabled = true;
+        try {
+          const res = await api.issueEvents(id, { limit: 10, cursor: eventsCursor });
+          eventsList = eventsList.concat(res.data || []);
+          eventsCursor = res.next_cursor || null;
+          renderEvents();
+        } catch (e) {
+          if (e.status !== 401) toast(`Could not load events: ${e.detail || e.message}`, 'toast-error');
+          more.disabled = false;
+        }
+      });
+    }
+    replace(eventsSlot,
+      h('h2', { class: 'card-title' }, 'Recent events'),
+      eventsList.length
+        ? h('ol', { class: 'event-list' }, eventsList.map((e) => h('li', null,
+          h('a', { href: `/issues/${id}/events/${e.event_id}`, 'aria-current': e.event_id === current ? 'true' : null },
+            h('span', { class: 'event-list-when' }, timeAgo(e.timestamp)),
+            h('span', { class: 'event-list-meta muted' }, [e.environment, e.release].filter(Boolean).join(' · ') || String(e.event_id).slice(0, 8))))))
+        : h('p', { class: 'muted' }, 'No stored events.'),
+      more);
+  }
+
+  async function loadEvents() {
+    try {
+      const res = await api.issueEvents(id, { limit: 10 });
+      if (!ctx.alive()) return;
+      eventsList = res.data || [];
+      eventsCursor = res.next_cursor || null;
+      renderEvents();
+    } catch (e) {
+      if (e.status === 401) throw e;
+      replace(eventsSlot, h('h2', { class: 'card-title' }, 'Recent events'), errorBox(e));
+    }
+  }
 
   async function setStatus(status, btn) {
     btn.disabled = true;
@@ -158,11 +202,12 @@ export async function issueView(ctx) {
   renderHead();
   renderChart();
   replace(tagsSlot, h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
-  await loadEvent();
+  await Promise.all([loadEvent(), loadEvents()]);
   if (!ctx.alive()) return {};
+  renderEvents();
   replace(ctx.main, h('div', { class: 'page issue-page' },
     headSlot, chartSlot,
-    h('div', { class: 'issue-grid' }, eventSlot, tagsSlot)));
+    h('div', { class: 'issue-grid' }, eventSlot, h('div', { class: 'issue-aside' }, tagsSlot, eventsSlot))));
 
   return {
     async refresh() {
@@ -170,13 +215,15 @@ export async function issueView(ctx) {
       renderHead();
       renderChart();
       replace(tagsSlot, h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
-      await loadEvent();
+      await Promise.all([loadEvent(), loadEvents()]);
+      renderEvents();
     },
     accepts: (next) => next.params.id === id,
     async update(next) {
       ctx = { ...ctx, alive: next.alive };
       eventId = next.params.eventId || null;
       await loadEvent();
+      renderEvents();
       eventSlot.querySelector('h2')?.focus?.();
     },
   };
