@@ -345,3 +345,23 @@ describe('dashboard against a real collector', () => {
     assert.deepEqual(seen.errors, []);
   });
 });
+
+describe('dashboard source', () => {
+  it('never parses strings as HTML or code, and index.html has nothing inline', async () => {
+    const { readdir, readFile } = await import('node:fs/promises');
+    const path = await import('node:path');
+    const root = new URL('../static/', import.meta.url).pathname;
+    const files = (await readdir(root, { recursive: true })).filter((f) => /\.(js|html)$/.test(f));
+    assert.ok(files.length >= 10, `found ${files.length} files`);
+    for (const f of files) {
+      const src = (await readFile(path.join(root, f), 'utf8')).replace(/^\s*\/\/.*$/gm, '');
+      for (const bad of [/\.innerHTML\b/, /\.outerHTML\b/, /insertAdjacentHTML/, /document\.write/, /\beval\(/, /new Function\(/, /createContextualFragment/, /DOMParser/]) {
+        assert.doesNotMatch(src, bad, `${f} uses ${bad}`);
+      }
+    }
+    const html = await readFile(path.join(root, 'index.html'), 'utf8');
+    assert.doesNotMatch(html, /\sstyle=/, 'no inline style attributes');
+    assert.doesNotMatch(html, /\son[a-z]+=/i, 'no inline event handlers');
+    assert.doesNotMatch(html, /<script(?![^>]*\ssrc=)[^>]*>/, 'no inline scripts');
+  });
+});

@@ -47,9 +47,10 @@ export async function issuesView(ctx) {
   const environment = mkSelect('environment', 'Environment', [['', 'Any environment']]);
   const release = mkSelect('release', 'Release', [['', 'Any release']]);
   const sort = mkSelect('sort', 'Sort by', SORTS.map(([k, t]) => [k, `Sort: ${t}`]));
+  const clear = h('a', { class: 'btn btn-quiet', href: '/issues' }, 'Clear');
   const filters = h('form', { class: 'filters', role: 'search' },
     search, level, environment, release, sort,
-    h('button', { type: 'submit', class: 'btn' }, 'Filter'));
+    h('button', { type: 'submit', class: 'btn' }, 'Filter'), clear);
   const listSlot = h('div', { class: 'list-slot', 'aria-live': 'off' });
   const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' });
 
@@ -87,6 +88,8 @@ export async function issuesView(ctx) {
       sel.value = params[k];
     }
     sort.value = params.sort;
+    clear.hidden = !['level', 'environment', 'release', 'query'].some((k) => params[k]);
+    clear.setAttribute('href', toUrl({ status: params.status, class: params.class, sort: params.sort }));
   }
 
   async function load() {
