@@ -93,7 +93,7 @@ describe('dashboard against a real collector', () => {
       await row.waitFor();
       assert.equal(await row.locator('a.class-name').textContent(), c.class);
       assert.equal(await row.locator('.badge').textContent(), c.kind === 'programmer' ? 'Programmer' : 'Operational');
-      assert.equal(await row.locator('td[data-label=issues]').textContent(), String(c.issues));
+      assert.equal(await row.locator('td.issues-cell').textContent(), String(c.issues));
       assert.equal(await row.locator('svg.spark polyline').count(), 1);
     }
     const panicRow = page.locator('tr.class-row', { has: page.locator('a.class-name', { hasText: /^panic$/ }) });

@@ -5,6 +5,8 @@ import { sparkline } from '../charts.js';
 import { int, compact } from '../format.js';
 import { state, project, href, kindBadge, timeAgo, noErrorsYet, emptyState, live } from '../shell.js';
 
+const plural = (n, one, many) => `${int(n)} ${n === 1 ? one : many}`;
+
 const STATUSES = [
   ['unresolved', 'Unresolved'],
   ['all', 'All'],
@@ -46,11 +48,11 @@ export async function classesView(ctx) {
       h('div', { class: 'stat stat-programmer' },
         h('span', { class: 'stat-label' }, 'Programmer errors'),
         h('span', { class: 'stat-value num' }, int(sum(prog, 'events'))),
-        h('span', { class: 'stat-note' }, `${prog.length} class${prog.length === 1 ? '' : 'es'}, ${int(sum(prog, 'issues'))} issues`)),
+        h('span', { class: 'stat-note' }, `${plural(prog.length, 'class', 'classes')}, ${plural(sum(prog, 'issues'), 'issue', 'issues')}`)),
       h('div', { class: 'stat stat-operational' },
         h('span', { class: 'stat-label' }, 'Operational errors'),
         h('span', { class: 'stat-value num' }, int(sum(oper, 'events'))),
-        h('span', { class: 'stat-note' }, `${oper.length} class${oper.length === 1 ? '' : 'es'}, ${int(sum(oper, 'issues'))} issues`)));
+        h('span', { class: 'stat-note' }, `${plural(oper.length, 'class', 'classes')}, ${plural(sum(oper, 'issues'), 'issue', 'issues')}`)));
 
     const notice = discarded.length
       ? h('p', { class: 'notice' }, 'Agents discarded ',
@@ -78,8 +80,8 @@ export async function classesView(ctx) {
           h('td', { class: 'class-cell' },
             h('a', { class: 'class-name', href: href('/issues', { class: c.class, status: issueStatus }) }, c.class)),
           h('td', { class: 'kind-cell' }, kindBadge(c.kind)),
-          h('td', { class: 'r num', 'data-label': 'issues' }, int(c.issues)),
-          h('td', { class: 'r num', 'data-label': 'events', title: int(c.events) }, compact(c.events)),
+          h('td', { class: 'r num issues-cell', 'data-label': c.issues === 1 ? 'issue' : 'issues' }, int(c.issues)),
+          h('td', { class: 'r num', 'data-label': c.events === 1 ? 'event' : 'events', title: int(c.events) }, compact(c.events)),
           h('td', { class: 'when' }, timeAgo(c.last_seen)),
           h('td', { class: 'spark-col' }, sparkline(c.hourly, { kind: c.kind === 'programmer' ? 'programmer' : 'operational' })))))));
     }

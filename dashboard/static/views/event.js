@@ -157,6 +157,15 @@ function contextsSection(ev) {
     kvTable(Object.entries(c).filter(([k]) => k !== 'type'), 'kv-small')))));
 }
 
+/** A thread's stack when the event has no exception stack (e.g. a message with attach_stacktrace). */
+function threadStack(ev) {
+  const th = ev.threads && Array.isArray(ev.threads.values) ? ev.threads.values : [];
+  const t = th.find((x) => x && x.crashed && x.stacktrace) || th.find((x) => x && x.current && x.stacktrace) || th.find((x) => x && x.stacktrace);
+  const frames = t && Array.isArray(t.stacktrace.frames) ? t.stacktrace.frames.filter((f) => f && typeof f === 'object') : [];
+  if (!frames.length) return null;
+  return section(`Stack trace${t.name ? ` of thread ${str(t.name)}` : ''}`, stacktrace(frames));
+}
+
 /** Everything about one event. `head` is put above the exception. */
 export function renderEvent(ev, head) {
   const values = exceptionValues(ev);
@@ -181,6 +190,7 @@ export function renderEvent(ev, head) {
     values.length
       ? section('Exception', msg && !values.some((v) => v.value === msg) ? h('p', { class: 'ev-message' }, msg) : null, exceptionChain(values))
       : section('Message', h('p', { class: 'ev-message' }, msg || '(no message)')),
+    values.some((v) => v.stacktrace && Array.isArray(v.stacktrace.frames) && v.stacktrace.frames.length) ? null : threadStack(ev),
     h('div', { class: 'ev-two' },
       section('Event', facts),
       tags.length ? section('Tags', h('ul', { class: 'tags' }, tags.map(([k, v]) => h('li', { class: 'tag' }, h('span', { class: 'tag-k' }, k), h('span', { class: 'tag-v' }, v))))) : null),
