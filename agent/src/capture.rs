@@ -109,9 +109,25 @@ pub(crate) fn first_io_kind(err: &(dyn Error + 'static)) -> Option<io::ErrorKind
     None
 }
 
-/// The error and its sources, outermost first (the order of `source()`).
+/// The error and its sources, outermost first (the order of `source()`). A panicking
+/// `Display`, `Debug` or `source()` of the host's error ends the chain with a note
+/// instead of unwinding out of `capture_error`.
 pub(crate) fn walk_chain(err: &(dyn Error + 'static), top_type: &str) -> Vec<Link> {
     let mut links = Vec::new();
+    let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        walk_chain_into(err, top_type, &mut links);
+    }));
+    if walked.is_err() {
+        links.push(Link {
+            ty: "errscope::CaptureFailed".to_owned(),
+            value: "formatting this error panicked".to_owned(),
+            io: None,
+        });
+    }
+    links
+}
+
+fn walk_chain_into(err: &(dyn Error + 'static), top_type: &str, links: &mut Vec<Link>) {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if links.len() >= MAX_CHAIN {
@@ -135,7 +151,6 @@ pub(crate) fn walk_chain(err: &(dyn Error + 'static), top_type: &str) -> Vec<Lin
         });
         cur = e.source();
     }
-    links
 }
 
 /// For a source behind `&dyn Error` the concrete type is not available; its `Debug`
@@ -184,6 +199,24 @@ mod tests {
         assert_eq!(io.kind, io::ErrorKind::ConnectionReset);
         assert_eq!(io.raw_os_error, Some(104));
         assert_eq!(first_io_kind(&err), Some(io::ErrorKind::ConnectionReset));
+    }
+
+    #[derive(Debug)]
+    struct Rude;
+
+    impl std::fmt::Display for Rude {
+        fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            panic!("Display of Rude panicked")
+        }
+    }
+
+    impl Error for Rude {}
+
+    #[test]
+    fn a_panicking_display_does_not_escape() {
+        let links = walk_chain(&Rude, type_name::<Rude>());
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].ty, "errscope::CaptureFailed");
     }
 
     #[test]

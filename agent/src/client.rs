@@ -104,12 +104,10 @@ pub(crate) fn current() -> Option<Arc<Client>> {
         .map(Arc::clone)
 }
 
+/// Runs `f` with the running client. The lock is not held while `f` runs: `f` calls the
+/// host's `Display` and `source()` impls, and a panic there re-enters through the hook.
 fn with_client<R>(f: impl FnOnce(&Client) -> R) -> Option<R> {
-    CLIENT
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_deref()
-        .map(f)
+    current().map(|client| f(&client))
 }
 
 /// Starts the agent: installs the panic hook (once per process) and starts the agent's

@@ -27,8 +27,11 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 fn is_secret_key(key: &str) -> bool {
-    let lower = key.to_ascii_lowercase();
-    SECRET_KEYS.iter().any(|s| lower.contains(s))
+    let key = key.as_bytes();
+    SECRET_KEYS.iter().any(|s| {
+        key.windows(s.len())
+            .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+    })
 }
 
 /// Scrubs everything free-form in an event.

@@ -234,6 +234,20 @@ impl SqliteStore {
         self.bytes = bytes_after.saturating_sub(evicted_bytes);
         Ok(outcome)
     }
+
+    /// Makes the file unable to grow, as on a full disk.
+    #[cfg(test)]
+    pub(crate) fn limit_pages_for_test(&mut self) {
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap_or(1);
+        let _ = self
+            .conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
+                r.get::<_, i64>(0)
+            });
+    }
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

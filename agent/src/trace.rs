@@ -91,30 +91,60 @@ impl InApp {
         let Some(function) = function else {
             return false;
         };
-        let krate = crate_of(function);
-        if NOT_IN_APP.contains(&krate) || self.exclude.iter().any(|p| krate.starts_with(p)) {
+        // Only Rust sources of this program: not std, dependencies, the agent, or C (libc's
+        // `start_thread`).
+        if abs_path
+            .is_some_and(|p| is_dependency_path(p) || is_agent_path(p) || !p.ends_with(".rs"))
+        {
             return false;
         }
-        if self.include.iter().any(|p| krate.starts_with(p)) {
-            return true;
+        // Inlined frames of a `line-tables-only` build have a bare name (`{closure#0}`,
+        // `call_once<F>`): no crate to judge by, so the source path decides.
+        if function.contains("::") {
+            let krate = crate_of(function);
+            if NOT_IN_APP.contains(&krate) || self.exclude.iter().any(|p| krate.starts_with(p)) {
+                return false;
+            }
+            if self.include.iter().any(|p| krate.starts_with(p)) {
+                return true;
+            }
+            if !self.include.is_empty() {
+                return false;
+            }
         }
-        if !self.include.is_empty() {
-            return false;
-        }
-        match abs_path {
-            Some(path) => !is_dependency_path(path),
-            None => false,
-        }
+        abs_path.is_some()
     }
 }
 
 /// Source paths of std and of crates from a registry or git checkout.
 fn is_dependency_path(path: &str) -> bool {
-    path.starts_with("/rustc/")
+    is_std_path(path)
         || path.contains("/.cargo/registry/")
         || path.contains("/.cargo/git/")
         || path.contains("/cargo/registry/")
+}
+
+/// Source paths of std, core and alloc.
+fn is_std_path(path: &str) -> bool {
+    path.starts_with("/rustc/")
+        || path.starts_with("library/")
         || path.contains("/lib/rustlib/src/")
+}
+
+/// This crate's own sources, wherever it was built from.
+const AGENT_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
+
+fn is_agent_path(path: &str) -> bool {
+    path.starts_with(AGENT_SRC)
+}
+
+/// Source files whose frames on top of a stack are the capture or the panic machinery.
+fn is_machinery_path(path: &str) -> bool {
+    (is_agent_path(path) && !path.ends_with("/domain.rs"))
+        || path.contains("/backtrace-0.")
+        || path.ends_with("library/std/src/panicking.rs")
+        || path.ends_with("library/core/src/panicking.rs")
+        || path.ends_with("library/std/src/sys/backtrace.rs")
 }
 
 /// The crate a demangled function name belongs to: `shop` for `shop::ldap::bind` and for
@@ -169,7 +199,10 @@ fn is_machinery(function: Option<&str>) -> bool {
 
 /// Frames of std, core, alloc, the unwinder and the agent: the glue between machinery
 /// frames (`Option::map` in a debug build, `Box<dyn Fn>::call` for the hook).
-fn is_runtime(function: Option<&str>) -> bool {
+fn is_runtime(function: Option<&str>, path: Option<&str>) -> bool {
+    if path.is_some_and(|p| is_std_path(p) || is_agent_path(p) || p.contains("/backtrace-0.")) {
+        return true;
+    }
     match function {
         None => true,
         Some(f) => {
@@ -183,15 +216,31 @@ fn is_runtime(function: Option<&str>) -> bool {
     }
 }
 
+/// How to treat a frame at the top of a stack.
+#[derive(Clone, Copy, Debug, Default)]
+struct TopClass {
+    /// The agent's capture, the unwinder or the panic machinery: trimmed.
+    machinery: bool,
+    /// std or agent glue between machinery frames: trimmed if machinery lies below it.
+    runtime: bool,
+}
+
+fn classify(function: Option<&str>, path: Option<&str>) -> TopClass {
+    let machinery = is_machinery(function) || path.is_some_and(is_machinery_path);
+    TopClass {
+        machinery,
+        runtime: machinery || is_runtime(function, path),
+    }
+}
+
 /// How many frames to trim from the top: up to the deepest machinery frame that is reached
 /// from the top through runtime frames only (the first application frame stops the scan).
-fn machinery_on_top(newest_first: &[(usize, Symbol)]) -> usize {
+fn machinery_on_top(newest_first: &[TopClass]) -> usize {
     let mut cut = 0;
-    for (idx, (_, sym)) in newest_first.iter().enumerate() {
-        let f = sym.function.as_deref();
-        if is_machinery(f) {
+    for (idx, class) in newest_first.iter().enumerate() {
+        if class.machinery {
             cut = idx + 1;
-        } else if !is_runtime(f) {
+        } else if !class.runtime {
             break;
         }
     }
@@ -231,7 +280,7 @@ fn module_of(function: &str) -> Option<String> {
 }
 
 /// A short display path: `src/main.rs`, `tokio-1.54.1/src/runtime/...`, `library/std/...`.
-fn short_path(abs: &str) -> String {
+fn short_path(abs: &str, cwd: Option<&std::path::Path>) -> String {
     if let Some(idx) = abs.find("/registry/src/") {
         // .../registry/src/<index-dir>/<crate-version>/src/x.rs
         let rest = &abs[idx + "/registry/src/".len()..];
@@ -244,29 +293,42 @@ fn short_path(abs: &str) -> String {
     {
         return tail.to_owned();
     }
-    if let Ok(cwd) = std::env::current_dir()
-        && let Ok(rel) = std::path::Path::new(abs).strip_prefix(&cwd)
+    if let Some(cwd) = cwd
+        && let Ok(rel) = std::path::Path::new(abs).strip_prefix(cwd)
     {
         return rel.display().to_string();
     }
     abs.to_owned()
 }
 
-/// Resolves addresses to frames, remembering every address it has seen.
+/// A frame ready to serialize, with its classification for trimming.
+#[derive(Clone, Debug)]
+struct CachedFrame {
+    frame: Frame,
+    class: TopClass,
+}
+
+/// Resolves addresses to frames, remembering every address it has seen: an address is
+/// resolved, demangled, shortened and classified once; later events clone the frames.
 ///
 /// Symbol tables are loaded lazily by the `backtrace` crate on the first resolution, on
 /// the agent's thread, so `init` costs nothing here.
-#[derive(Default)]
 pub(crate) struct Resolver {
-    cache: HashMap<usize, Arc<[Symbol]>>,
+    in_app: InApp,
+    cwd: Option<std::path::PathBuf>,
+    cache: HashMap<usize, Arc<[CachedFrame]>>,
 }
 
 impl Resolver {
-    pub(crate) fn new() -> Self {
-        Self::default()
+    pub(crate) fn new(in_app: InApp) -> Self {
+        Self {
+            in_app,
+            cwd: std::env::current_dir().ok(),
+            cache: HashMap::new(),
+        }
     }
 
-    fn symbols(&mut self, ip: usize) -> Arc<[Symbol]> {
+    fn resolve(&mut self, ip: usize) -> Arc<[CachedFrame]> {
         if let Some(hit) = self.cache.get(&ip) {
             return Arc::clone(hit);
         }
@@ -285,46 +347,56 @@ impl Resolver {
         if symbols.is_empty() {
             symbols.push(Symbol::default());
         }
-        let symbols: Arc<[Symbol]> = symbols.into();
+        let frames: Arc<[CachedFrame]> = symbols
+            .into_iter()
+            .map(|sym| self.to_frame(ip, sym))
+            .collect();
         // Addresses come from a bounded set of code; the bound is a safety net.
         if self.cache.len() > 100_000 {
             self.cache.clear();
         }
-        self.cache.insert(ip, Arc::clone(&symbols));
-        symbols
+        self.cache.insert(ip, Arc::clone(&frames));
+        frames
     }
 
-    /// Resolves, trims the machinery frames from the top, marks in-app frames and returns
-    /// them oldest first, as Sentry wants them.
-    pub(crate) fn frames(&mut self, trace: &RawTrace, in_app: &InApp) -> Vec<Frame> {
-        let mut newest_first: Vec<(usize, Symbol)> = Vec::with_capacity(trace.ips.len());
-        for &ip in &trace.ips {
-            for sym in self.symbols(ip).iter() {
-                newest_first.push((ip, sym.clone()));
-            }
+    fn to_frame(&self, ip: usize, sym: Symbol) -> CachedFrame {
+        let function = sym.function.as_deref();
+        let path = sym.abs_path.as_deref();
+        CachedFrame {
+            class: classify(function, path),
+            frame: Frame {
+                in_app: self.in_app.is_in_app(function, path),
+                module: function.and_then(module_of),
+                filename: path.map(|p| short_path(p, self.cwd.as_deref())),
+                function: sym.function,
+                abs_path: sym.abs_path,
+                lineno: sym.lineno,
+                colno: sym.colno,
+                instruction_addr: format!("{ip:#x}"),
+            },
         }
-        build_frames(newest_first, in_app)
+    }
+
+    /// Resolves, trims the machinery frames from the top, and returns the frames oldest
+    /// first, as Sentry wants them.
+    pub(crate) fn frames(&mut self, trace: &RawTrace) -> Vec<Frame> {
+        let per_ip: Vec<Arc<[CachedFrame]>> =
+            trace.ips.iter().map(|&ip| self.resolve(ip)).collect();
+        let newest_first: Vec<&CachedFrame> = per_ip.iter().flat_map(|f| f.iter()).collect();
+        trim_and_order(&newest_first)
     }
 }
 
-fn build_frames(newest_first: Vec<(usize, Symbol)>, in_app: &InApp) -> Vec<Frame> {
-    let skip = machinery_on_top(&newest_first);
+fn trim_and_order(newest_first: &[&CachedFrame]) -> Vec<Frame> {
+    let classes: Vec<TopClass> = newest_first.iter().map(|f| f.class).collect();
+    let skip = machinery_on_top(&classes);
     // If everything looks like machinery (no symbols at all), keep the whole stack.
     let skip = if skip == newest_first.len() { 0 } else { skip };
     newest_first
-        .into_iter()
+        .iter()
         .skip(skip)
         .rev()
-        .map(|(ip, sym)| Frame {
-            in_app: in_app.is_in_app(sym.function.as_deref(), sym.abs_path.as_deref()),
-            module: sym.function.as_deref().and_then(module_of),
-            filename: sym.abs_path.as_deref().map(short_path),
-            function: sym.function,
-            abs_path: sym.abs_path,
-            lineno: sym.lineno,
-            colno: sym.colno,
-            instruction_addr: format!("{ip:#x}"),
-        })
+        .map(|f| f.frame.clone())
         .collect()
 }
 
@@ -364,6 +436,53 @@ mod tests {
             Some("shop::ldap")
         );
         assert_eq!(module_of("main"), None);
+    }
+
+    fn trim(stack: Vec<(usize, Symbol)>) -> Vec<Frame> {
+        let resolver = Resolver::new(InApp::default());
+        let cached: Vec<CachedFrame> = stack
+            .into_iter()
+            .map(|(ip, sym)| resolver.to_frame(ip, sym))
+            .collect();
+        let refs: Vec<&CachedFrame> = cached.iter().collect();
+        trim_and_order(&refs)
+    }
+
+    #[test]
+    fn trims_inlined_frames_with_bare_names_by_path() {
+        let agent = |file: &str| format!("{AGENT_SRC}{file}");
+        let stack = vec![
+            (
+                1,
+                sym(
+                    "trace",
+                    "/home/u/.cargo/registry/src/idx/backtrace-0.3.77/src/backtrace/libunwind.rs",
+                ),
+            ),
+            (2, sym("capture", &agent("trace.rs"))),
+            (3, sym("map<T>", "/rustc/abc/library/core/src/option.rs")),
+            (
+                4,
+                sym("capture_error<std::io::error::Error>", &agent("capture.rs")),
+            ),
+            (5, sym("{closure#0}", "/srv/shop/src/main.rs")),
+            (
+                6,
+                sym(
+                    "call_once<F>",
+                    "/rustc/abc/library/core/src/ops/function.rs",
+                ),
+            ),
+        ];
+        let frames = trim(stack);
+        let names: Vec<_> = frames
+            .iter()
+            .filter_map(|f| f.function.as_deref())
+            .collect();
+        assert_eq!(names, ["call_once<F>", "{closure#0}"]);
+        assert!(!frames[0].in_app);
+        assert!(frames[1].in_app);
+        assert_eq!(frames[1].filename.as_deref(), Some("/srv/shop/src/main.rs"));
     }
 
     #[test]
@@ -408,7 +527,7 @@ mod tests {
             ),
             (8, sym("shop::main", "/srv/shop/src/main.rs")),
         ];
-        let frames = build_frames(stack, &InApp::default());
+        let frames = trim(stack);
         let names: Vec<_> = frames
             .iter()
             .filter_map(|f| f.function.as_deref())
@@ -451,16 +570,41 @@ mod tests {
     fn resolves_a_real_stack_with_our_function_in_it() {
         let trace = recurse(3);
         assert!(trace.len() >= 4);
-        let mut resolver = Resolver::new();
-        let frames = resolver.frames(&trace, &InApp::default());
+        let mut resolver = Resolver::new(InApp::default());
+        // Everything here is the agent's own source, which `frames` trims from the top of
+        // a stack; look at the resolved frames themselves.
+        let resolved: Vec<Frame> = trace
+            .ips
+            .iter()
+            .flat_map(|&ip| {
+                resolver
+                    .resolve(ip)
+                    .iter()
+                    .map(|f| f.frame.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let ours: Vec<_> = resolved
+            .iter()
+            .filter(|f| f.function.as_deref() == Some("errscope::trace::tests::recurse"))
+            .collect();
+        assert!(ours.len() >= 3, "{resolved:#?}");
+        assert!(ours.iter().all(|f| {
+            f.filename
+                .as_deref()
+                .is_some_and(|p| p.ends_with("src/trace.rs"))
+        }));
         assert!(
-            frames
-                .iter()
-                .any(|f| f.function.as_deref() == Some("errscope::trace::tests::recurse")),
-            "{frames:#?}"
+            ours.iter().all(|f| !f.in_app),
+            "the agent's frames are not in-app"
         );
-        let again = resolver.frames(&trace, &InApp::default());
-        assert_eq!(frames.len(), again.len());
-        assert!(resolver.cache.len() <= trace.len());
+        let cached = resolver.cache.len();
+        assert!(cached <= trace.len());
+        let _ = resolver.frames(&trace);
+        assert_eq!(
+            resolver.cache.len(),
+            cached,
+            "the second pass hits the cache"
+        );
     }
 }

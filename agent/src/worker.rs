@@ -20,6 +20,7 @@ use crate::event::{
     Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
 };
 use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore};
+use crate::storm::CountRecord;
 use crate::trace::{RawTrace, Resolver};
 use crate::warn;
 
@@ -162,10 +163,34 @@ impl Batch {
     }
 }
 
-fn run(shared: &Shared, rx: &Receiver<Msg>) {
+/// What the builder hands the writer: one transaction's worth, and who waits for it.
+#[derive(Default)]
+struct Job {
+    rows: Vec<Row>,
+    counts: Vec<CountRecord>,
+    discards: Discards,
+    acks: Vec<Sender<()>>,
+    shutdown: Option<Sender<()>>,
+}
+
+/// The builder: drains the queue, turns records into rows, hands them to the writer.
+fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
     IS_WORKER.with(|w| w.set(true));
-    let mut outbox = Outbox::open(shared);
-    let mut resolver = Resolver::new();
+    // Two jobs in flight: the builder prepares the next batch while the writer commits.
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<Job>(2);
+    let writer = {
+        let shared = Arc::clone(shared);
+        std::thread::Builder::new()
+            .name("errscope-writer".to_owned())
+            .spawn(move || write_loop(&shared, &jobs_rx))
+    };
+    if let Err(e) = writer {
+        warn(format_args!(
+            "cannot start the agent's writer thread: {e}; nothing will be recorded"
+        ));
+        return;
+    }
+    let mut resolver = Resolver::new(shared.in_app.clone());
     let os = os_context();
     loop {
         let mut batch = Batch::default();
@@ -185,47 +210,66 @@ fn run(shared: &Shared, rx: &Receiver<Msg>) {
         };
         let sweep_all = disconnected || !batch.flushes.is_empty() || batch.shutdown.is_some();
         // Nothing the agent does may take the host down: a bug here loses a batch, says
-        // so once per batch, and the thread goes on.
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            process(
-                shared,
-                &mut outbox,
-                &mut resolver,
-                &os,
-                &mut batch,
-                sweep_all,
-            );
+        // so, and the thread goes on.
+        let built = catch_unwind(AssertUnwindSafe(|| {
+            build_job(shared, &mut resolver, &os, &mut batch, sweep_all)
         }));
-        if outcome.is_err() {
+        let mut job = built.unwrap_or_else(|_| {
             warn(format_args!(
-                "internal error while writing a batch of events"
+                "internal error while preparing a batch of events"
             ));
-        }
-        for ack in batch.acks.drain(..) {
-            let _ = ack.try_send(());
-        }
-        for ack in batch.flushes.drain(..) {
-            let _ = ack.try_send(());
-        }
-        if let Some(ack) = batch.shutdown.take() {
-            drop(outbox);
-            let _ = ack.try_send(());
+            Job::default()
+        });
+        job.acks.append(&mut batch.acks);
+        job.acks.append(&mut batch.flushes);
+        job.shutdown = batch.shutdown.take();
+        let stop = job.shutdown.is_some() || disconnected;
+        let idle = job.rows.is_empty()
+            && job.counts.is_empty()
+            && job.discards.is_empty()
+            && job.acks.is_empty()
+            && job.shutdown.is_none();
+        if !idle && jobs_tx.send(job).is_err() {
+            // The writer is gone (it only stops on shutdown): nothing left to do.
             return;
         }
-        if disconnected {
+        if stop {
             return;
         }
     }
 }
 
-fn process(
+/// The writer: commits each job in one transaction, then answers whoever waits.
+fn write_loop(shared: &Shared, jobs: &Receiver<Job>) {
+    IS_WORKER.with(|w| w.set(true));
+    let mut outbox = Outbox::open(shared);
+    while let Ok(mut job) = jobs.recv() {
+        let written = catch_unwind(AssertUnwindSafe(|| {
+            write_job(shared, &mut outbox, &mut job);
+        }));
+        if written.is_err() {
+            warn(format_args!(
+                "internal error while writing a batch of events"
+            ));
+        }
+        for ack in job.acks.drain(..) {
+            let _ = ack.try_send(());
+        }
+        if let Some(ack) = job.shutdown.take() {
+            drop(outbox);
+            let _ = ack.try_send(());
+            return;
+        }
+    }
+}
+
+fn build_job(
     shared: &Shared,
-    outbox: &mut Outbox,
     resolver: &mut Resolver,
     os: &Value,
     batch: &mut Batch,
     sweep_all: bool,
-) {
+) -> Job {
     let counters = &shared.counters;
     let mut discards = Discards::new();
     let mut rows = Vec::with_capacity(batch.records.len());
@@ -239,8 +283,9 @@ fn process(
         if shared.options.scrub {
             crate::scrub::scrub_event(&mut event);
         }
-        match serde_json::to_vec(&event) {
-            Ok(payload) => rows.push(Row {
+        let mut payload = Vec::with_capacity(8 * 1024);
+        match serde_json::to_writer(&mut payload, &event) {
+            Ok(()) => rows.push(Row {
                 event_id: event.event_id.to_string(),
                 created_at: event.timestamp,
                 payload,
@@ -260,11 +305,23 @@ fn process(
     if sampled > 0 {
         *discards.entry(("sample_rate", "error")).or_default() += sampled;
     }
-    if rows.is_empty() && counts.is_empty() && discards.is_empty() {
+    Job {
+        rows,
+        counts,
+        discards,
+        ..Job::default()
+    }
+}
+
+fn write_job(shared: &Shared, outbox: &mut Outbox, job: &mut Job) {
+    let counters = &shared.counters;
+    if job.rows.is_empty() && job.counts.is_empty() && job.discards.is_empty() {
         return;
     }
+    let rows = std::mem::take(&mut job.rows);
+    let counts = std::mem::take(&mut job.counts);
     let outcome = match outbox {
-        Outbox::Sqlite(store) => match store.write(&rows, &counts, &discards) {
+        Outbox::Sqlite(store) => match store.write(&rows, &counts, &job.discards) {
             Ok(outcome) => outcome,
             Err(e) => {
                 warn(format_args!(
@@ -272,12 +329,12 @@ fn process(
                 ));
                 counters.degraded.store(true, Ordering::Relaxed);
                 let mut memory = MemoryStore::default();
-                let outcome = memory.write(rows, counts, &discards, bounds(shared));
+                let outcome = memory.write(rows, counts, &job.discards, bounds(shared));
                 *outbox = Outbox::Memory(memory);
                 outcome
             }
         },
-        Outbox::Memory(memory) => memory.write(rows, counts, &discards, bounds(shared)),
+        Outbox::Memory(memory) => memory.write(rows, counts, &job.discards, bounds(shared)),
     };
     counters.stored.fetch_add(outcome.stored, Ordering::Relaxed);
     counters
@@ -312,7 +369,7 @@ fn build_event(record: Record, shared: &Shared, resolver: &mut Resolver, os: &Va
     let stacktrace = record
         .trace
         .as_ref()
-        .map(|t| resolver.frames(t, &shared.in_app))
+        .map(|t| resolver.frames(t))
         .filter(|frames| !frames.is_empty())
         .map(|frames| Stacktrace { frames });
     match record.payload {
@@ -478,4 +535,82 @@ fn os_context() -> Value {
         .ok()
         .map(|s| s.trim().to_owned());
     json!({"type": "os", "name": name, "kernel_version": kernel, "arch": std::env::consts::ARCH})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Options;
+    use crate::storm::Storm;
+    use crate::trace::InApp;
+
+    fn shared(options: Options) -> Shared {
+        Shared {
+            in_app: InApp::default(),
+            storm: Storm::new(5, Duration::from_secs(10)),
+            counters: crate::client::Counters::default(),
+            server_name: Some("host-1".to_owned()),
+            options,
+        }
+    }
+
+    fn record(text: &str) -> Record {
+        Record {
+            event_id: EventId::new(),
+            timestamp: crate::time::now_epoch(),
+            level: Level::Info,
+            payload: Payload::Message {
+                text: text.to_owned(),
+                location: std::panic::Location::caller(),
+            },
+            trace: None,
+            domain: None,
+            thread: Some("t".to_owned()),
+        }
+    }
+
+    #[test]
+    fn a_full_disk_degrades_to_memory_without_losing_the_batch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("full.db");
+        let shared = shared(Options::new().database(&path));
+        let mut outbox = Outbox::open(&shared);
+        let Outbox::Sqlite(store) = &mut outbox else {
+            panic!("the file opens");
+        };
+        // Simulate a full disk: the file may not grow past its current size.
+        store.limit_pages_for_test();
+        let big = "y".repeat(64 * 1024);
+        let mut batch = Batch::default();
+        for _ in 0..4 {
+            batch.records.push(record(&big));
+        }
+        let mut resolver = Resolver::new(InApp::default());
+        let mut job = build_job(&shared, &mut resolver, &os_context(), &mut batch, true);
+        write_job(&shared, &mut outbox, &mut job);
+        assert!(matches!(outbox, Outbox::Memory(_)));
+        assert!(shared.counters.degraded.load(Ordering::Relaxed));
+        assert_eq!(shared.counters.stored.load(Ordering::Relaxed), 4);
+        // And later batches keep going to memory.
+        batch.records.push(record("after"));
+        let mut job = build_job(&shared, &mut resolver, &os_context(), &mut batch, true);
+        write_job(&shared, &mut outbox, &mut job);
+        assert_eq!(shared.counters.stored.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn events_carry_release_server_and_message() {
+        let shared = shared(Options::new().release("r@1").environment("e"));
+        let mut resolver = Resolver::new(InApp::default());
+        let event = build_event(record("hello"), &shared, &mut resolver, &os_context());
+        let json = serde_json::to_value(&event).expect("json");
+        assert_eq!(json["message"], "hello");
+        assert_eq!(json["release"], "r@1");
+        assert_eq!(json["environment"], "e");
+        assert_eq!(json["server_name"], "host-1");
+        assert_eq!(json["platform"], "native");
+        assert_eq!(json["contexts"]["thread"]["name"], "t");
+        assert_eq!(json["contexts"]["runtime"]["name"], "rustc");
+        assert!(json.get("exception").is_none());
+    }
 }
