@@ -3,7 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Collector, ADMIN_PASSWORD } from './lib/collector.mjs';
-import { send, panicEvent, ioEvent, reqwestEvent, uniqueEvent, xssEvent, XSS } from './lib/events.mjs';
+import { send, sendClientReport, panicEvent, ioEvent, reqwestEvent, uniqueEvent, xssEvent, XSS } from './lib/events.mjs';
 import { launch, watch, loginByApi, screenshot } from './lib/browser.mjs';
 
 const LIVE_MS = 10_000; // polling is every 2 s; allow for a slow machine
@@ -96,6 +96,16 @@ describe('dashboard against a real collector', () => {
       assert.equal(await row.locator('td.issues-cell').textContent(), String(c.issues));
       assert.equal(await row.locator('svg.spark polyline').count(), 1);
     }
+    // The header's live dot says polling works; client reports show as a quiet notice.
+    await page.locator('.live[data-state=ok]').waitFor();
+    await sendClientReport(collector, project, [{ reason: 'queue_overflow', category: 'error', quantity: 12 }]);
+    await page.reload();
+    await page.locator('.notice', { hasText: '12 errors (queue_overflow)' }).waitFor();
+    // Keyboard: the first Tab reaches the skip link, which shows itself.
+    await page.keyboard.press('Tab');
+    assert.equal(await page.evaluate(() => document.activeElement.textContent), 'Skip to content');
+    assert.ok(await page.locator('a.skip').isVisible());
+
     const panicRow = page.locator('tr.class-row', { has: page.locator('a.class-name', { hasText: /^panic$/ }) });
     assert.match(await panicRow.getAttribute('class'), /kind-row-programmer/);
     await screenshot(page, 'classes-1280-light');
@@ -208,6 +218,24 @@ describe('dashboard against a real collector', () => {
     await page.goto(`${collector.base}/issues`);
     const row = page.locator(`tr.issue-row[data-issue-id="${panicIssue.id}"]`);
     await row.locator('.badge.regression').waitFor();
+  });
+
+  it('mutes an issue: it leaves the unresolved list and shows under Muted', async () => {
+    const rq = (await collector.api('/api/0/projects/1/issues/?class=reqwest::Error')).data[0];
+    await page.goto(`${collector.base}/issues/${rq.id}`);
+    await page.getByRole('button', { name: 'Mute' }).click();
+    await page.getByRole('button', { name: 'Unmute' }).waitFor();
+    assert.equal((await collector.api(`/api/0/issues/${rq.id}/`)).status, 'muted');
+    await page.goto(`${collector.base}/issues`);
+    await page.locator('tr.issue-row').first().waitFor();
+    assert.equal(await page.locator(`tr.issue-row[data-issue-id="${rq.id}"]`).count(), 0);
+    await page.getByRole('link', { name: 'Muted' }).click();
+    await page.waitForURL(/status=muted/);
+    await page.locator(`tr.issue-row[data-issue-id="${rq.id}"] .badge.status-muted`).waitFor();
+    await page.goto(`${collector.base}/issues/${rq.id}`);
+    await page.getByRole('button', { name: 'Unmute' }).click();
+    await page.getByRole('button', { name: 'Mute' }).waitFor();
+    assert.equal((await collector.api(`/api/0/issues/${rq.id}/`)).status, 'unresolved');
   });
 
   it('shows a new issue live on the issue list, without a reload', async () => {
@@ -333,6 +361,25 @@ describe('dashboard against a real collector', () => {
         await ctx.close();
       }
     }
+  });
+
+  it('switches between light and dark and remembers it', async () => {
+    await page.goto(`${collector.base}/`);
+    await page.locator('main h1').waitFor();
+    const bg = () => page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const btn = page.locator('.topbar .icon-btn');
+    await btn.click(); // auto -> light
+    assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'light');
+    const light = await bg();
+    await btn.click(); // light -> dark
+    assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), 'dark');
+    const dark = await bg();
+    assert.notEqual(light, dark);
+    await page.reload();
+    await page.locator('main h1').waitFor();
+    assert.equal(await bg(), dark, 'the choice survives a reload');
+    await btn.click(); // dark -> auto
+    assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), undefined);
   });
 
   it('logs out', async () => {

@@ -197,3 +197,15 @@ export async function send(collector, project, events, { gzip = false } = {}) {
   if (res.status !== 200) throw new Error(`envelope rejected: HTTP ${res.status} ${text}`);
   return JSON.parse(text || '{}');
 }
+
+/** Sends a client report: events the SDK had to drop. */
+export async function sendClientReport(collector, project, discarded) {
+  const item = JSON.stringify({ timestamp: Date.now() / 1000, discarded_events: discarded });
+  const body = `${JSON.stringify({ dsn: project.dsn, sent_at: iso() })}\n${JSON.stringify({ type: 'client_report', length: Buffer.byteLength(item) })}\n${item}\n`;
+  const res = await fetch(`${collector.base}/api/${project.id}/envelope/`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/x-sentry-envelope', 'X-Sentry-Auth': `Sentry sentry_key=${project.key}, sentry_version=7` },
+    body,
+  });
+  if (res.status !== 200) throw new Error(`client report rejected: HTTP ${res.status} ${await res.text()}`);
+}
