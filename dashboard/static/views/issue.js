@@ -171,7 +171,7 @@ export async function issueView(ctx) {
         : h('span', { class: 'btn btn-small', 'aria-disabled': 'true' }, 'Newer →'),
       isLatest ? null : h('a', { class: 'btn btn-small', href: `/issues/${id}` }, 'Latest'));
     const head = h('div', { class: 'event-head' },
-      h('h2', null, isLatest ? 'Latest event' : 'Event', ' ', h('span', { class: 'mono muted event-id' }, String(ev.event_id || want).slice(0, 12))),
+      h('h2', { tabindex: '-1' }, isLatest ? 'Latest event' : 'Event', ' ', h('span', { class: 'mono muted event-id' }, String(ev.event_id || want).slice(0, 12))),
       ev.timestamp ? timeAgo(ev.timestamp) : null,
       nav);
     replace(eventSlot, renderEvent(ev, head));
