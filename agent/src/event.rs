@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The id of an event: 32 lowercase hex digits on the wire (a UUID v4 without dashes).
 ///
@@ -212,10 +214,46 @@ pub struct Errno {
 }
 
 /// A stack trace, oldest frame first (Sentry's order).
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Stacktrace {
     /// The frames.
     pub frames: Vec<Frame>,
+    /// The same frames serialized once per address by the resolver's cache, used instead
+    /// of `frames` when no `before_send` hook needs typed frames.
+    pub(crate) raw: Vec<Arc<RawValue>>,
+}
+
+impl Stacktrace {
+    /// A stack trace of these frames, oldest first.
+    #[must_use]
+    pub fn new(frames: Vec<Frame>) -> Self {
+        Self {
+            frames,
+            raw: Vec::new(),
+        }
+    }
+
+    pub(crate) fn from_raw(raw: Vec<Arc<RawValue>>) -> Self {
+        Self {
+            frames: Vec::new(),
+            raw,
+        }
+    }
+}
+
+impl Serialize for Stacktrace {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = serializer.serialize_struct("Stacktrace", 1)?;
+        if self.frames.is_empty() && !self.raw.is_empty() {
+            let raw: Vec<&RawValue> = self.raw.iter().map(|r| &**r).collect();
+            st.serialize_field("frames", &raw)?;
+        } else {
+            st.serialize_field("frames", &self.frames)?;
+        }
+        st.end()
+    }
 }
 
 /// One stack frame. Inlined functions get a frame of their own with the same address.

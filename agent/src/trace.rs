@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
+
 use crate::event::Frame;
 
 /// At most this many addresses are captured.
@@ -305,6 +307,8 @@ fn short_path(abs: &str, cwd: Option<&std::path::Path>) -> String {
 #[derive(Clone, Debug)]
 struct CachedFrame {
     frame: Frame,
+    /// `frame` as JSON, serialized once.
+    json: Arc<RawValue>,
     class: TopClass,
 }
 
@@ -362,32 +366,45 @@ impl Resolver {
     fn to_frame(&self, ip: usize, sym: Symbol) -> CachedFrame {
         let function = sym.function.as_deref();
         let path = sym.abs_path.as_deref();
-        CachedFrame {
-            class: classify(function, path),
-            frame: Frame {
-                in_app: self.in_app.is_in_app(function, path),
-                module: function.and_then(module_of),
-                filename: path.map(|p| short_path(p, self.cwd.as_deref())),
-                function: sym.function,
-                abs_path: sym.abs_path,
-                lineno: sym.lineno,
-                colno: sym.colno,
-                instruction_addr: format!("{ip:#x}"),
-            },
-        }
+        let class = classify(function, path);
+        let frame = Frame {
+            in_app: self.in_app.is_in_app(function, path),
+            module: function.and_then(module_of),
+            filename: path.map(|p| short_path(p, self.cwd.as_deref())),
+            function: sym.function,
+            abs_path: sym.abs_path,
+            lineno: sym.lineno,
+            colno: sym.colno,
+            instruction_addr: format!("{ip:#x}"),
+        };
+        // A `Frame` always serializes (strings, numbers, a bool); `null` is a safe fallback.
+        let json = serde_json::value::to_raw_value(&frame)
+            .ok()
+            .map(Arc::from)
+            .unwrap_or_else(|| Arc::from(RawValue::NULL.to_owned()));
+        CachedFrame { frame, json, class }
     }
 
     /// Resolves, trims the machinery frames from the top, and returns the frames oldest
     /// first, as Sentry wants them.
     pub(crate) fn frames(&mut self, trace: &RawTrace) -> Vec<Frame> {
+        self.map_frames(trace, |f| f.frame.clone())
+    }
+
+    /// Like [`frames`](Self::frames), as JSON serialized once per address.
+    pub(crate) fn raw_frames(&mut self, trace: &RawTrace) -> Vec<Arc<RawValue>> {
+        self.map_frames(trace, |f| Arc::clone(&f.json))
+    }
+
+    fn map_frames<T>(&mut self, trace: &RawTrace, f: impl Fn(&CachedFrame) -> T) -> Vec<T> {
         let per_ip: Vec<Arc<[CachedFrame]>> =
             trace.ips.iter().map(|&ip| self.resolve(ip)).collect();
         let newest_first: Vec<&CachedFrame> = per_ip.iter().flat_map(|f| f.iter()).collect();
-        trim_and_order(&newest_first)
+        trim_and_order(&newest_first, f)
     }
 }
 
-fn trim_and_order(newest_first: &[&CachedFrame]) -> Vec<Frame> {
+fn trim_and_order<T>(newest_first: &[&CachedFrame], f: impl Fn(&CachedFrame) -> T) -> Vec<T> {
     let classes: Vec<TopClass> = newest_first.iter().map(|f| f.class).collect();
     let skip = machinery_on_top(&classes);
     // If everything looks like machinery (no symbols at all), keep the whole stack.
@@ -396,7 +413,7 @@ fn trim_and_order(newest_first: &[&CachedFrame]) -> Vec<Frame> {
         .iter()
         .skip(skip)
         .rev()
-        .map(|f| f.frame.clone())
+        .map(|frame| f(frame))
         .collect()
 }
 
@@ -445,7 +462,14 @@ mod tests {
             .map(|(ip, sym)| resolver.to_frame(ip, sym))
             .collect();
         let refs: Vec<&CachedFrame> = cached.iter().collect();
-        trim_and_order(&refs)
+        let frames = trim_and_order(&refs, |f| f.frame.clone());
+        let raw = trim_and_order(&refs, |f| f.json.get().to_owned());
+        let typed: Vec<String> = frames
+            .iter()
+            .map(|f| serde_json::to_string(f).expect("frame json"))
+            .collect();
+        assert_eq!(raw, typed, "the cached JSON is the frame");
+        frames
     }
 
     #[test]

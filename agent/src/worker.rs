@@ -366,12 +366,17 @@ fn build_event(record: Record, shared: &Shared, resolver: &mut Resolver, os: &Va
     event.release.clone_from(&options.release);
     event.environment.clone_from(&options.environment);
     event.server_name.clone_from(&shared.server_name);
-    let stacktrace = record
-        .trace
-        .as_ref()
-        .map(|t| resolver.frames(t))
-        .filter(|frames| !frames.is_empty())
-        .map(|frames| Stacktrace { frames });
+    // Without a `before_send` hook nobody looks at typed frames: splice in the JSON the
+    // resolver cached per address instead of cloning and serializing them again.
+    let stacktrace = record.trace.as_ref().and_then(|t| {
+        if options.before_send.is_some() {
+            let frames = resolver.frames(t);
+            (!frames.is_empty()).then(|| Stacktrace::new(frames))
+        } else {
+            let raw = resolver.raw_frames(t);
+            (!raw.is_empty()).then(|| Stacktrace::from_raw(raw))
+        }
+    });
     match record.payload {
         Payload::Error { chain, location } => {
             let mut values: Vec<Exception> = chain.into_iter().map(exception_of).collect();

@@ -459,9 +459,15 @@ fn before_send_can_edit_drop_and_panic_without_harm() {
     let dropped = errscope::capture_message("drop me", errscope::Level::Info);
     let survived = errscope::capture_message("panic", errscope::Level::Info);
     assert!(guard.flush(FLUSH));
-    assert_eq!(
-        outbox.event(&kept.to_string()).expect("kept")["tags"]["edited"],
-        "yes"
+    let kept = outbox.event(&kept.to_string()).expect("kept");
+    assert_eq!(kept["tags"]["edited"], "yes");
+    // With a hook the frames are typed (not the resolver's cached JSON): still there.
+    let frames = &kept["threads"]["values"][0]["stacktrace"]["frames"];
+    assert!(
+        frames
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["in_app"] == true)),
+        "{kept}"
     );
     assert!(outbox.event(&dropped.to_string()).is_none());
     assert!(
