@@ -150,16 +150,27 @@ document.addEventListener('click', (e) => {
   navigate(url.pathname + url.search);
 });
 
-// "/" focuses the page's search box, as in most developer tools.
+// Keys, as in most developer tools: "/" focuses the search box, "j"/"k" move
+// through the rows of a list (Enter then opens the focused one).
 document.addEventListener('keydown', (e) => {
-  if (e.key !== '/' || e.metaKey || e.ctrlKey || e.altKey) return;
+  if (e.metaKey || e.ctrlKey || e.altKey) return;
   const t = e.target;
   if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
-  const search = document.querySelector('input[type=search]');
-  if (search) {
+  if (e.key === '/') {
+    const search = document.querySelector('input[type=search]');
+    if (search) {
+      e.preventDefault();
+      search.focus();
+      search.select();
+    }
+  } else if (e.key === 'j' || e.key === 'k') {
+    const rows = [...document.querySelectorAll('main a.issue-title, main a.class-name')];
+    if (!rows.length) return;
+    const i = rows.indexOf(document.activeElement);
+    const next = e.key === 'j' ? (i < 0 ? 0 : Math.min(rows.length - 1, i + 1)) : (i < 0 ? 0 : Math.max(0, i - 1));
     e.preventDefault();
-    search.focus();
-    search.select();
+    rows[next].focus();
+    rows[next].scrollIntoView({ block: 'nearest' });
   }
 });
 

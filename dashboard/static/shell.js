@@ -192,7 +192,7 @@ export function mountShell(root) {
   const main = h('main', { id: 'main', class: 'main', tabindex: '-1' });
   header.nav = h('nav', { class: 'nav', 'aria-label': 'Main' });
   header.projectSlot = h('div', { class: 'project-slot' });
-  header.liveEl = h('span', { class: 'live', role: 'status', 'aria-live': 'polite', title: 'Polling the collector every 2 s' },
+  header.liveEl = h('span', { class: 'live', title: 'Polling the collector every 2 s' },
     h('span', { class: 'live-dot', 'aria-hidden': 'true' }), h('span', { class: 'live-text' }, 'Live'));
   header.userSlot = h('div', { class: 'user-slot' });
   header.el = h('header', { class: 'topbar' },
@@ -262,7 +262,7 @@ export const live = {
   reset() { this.seq = null; this.stats = null; },
   /** A view loaded its data together with these stats: changes after them count. */
   observe(st) {
-    if (st && typeof st.seq === 'number') { this.seq = st.seq; this.stats = st; }
+    if (st && typeof st.seq === 'number') { this.seq = st.seq; this.stats = st; setLive('ok', st); }
   },
   start() {
     if (this.running) return;

@@ -136,6 +136,12 @@ describe('dashboard against a real collector', () => {
     await page.selectOption('select[name=environment]', 'staging');
     await page.waitForURL(/environment=staging/);
     await page.waitForFunction(() => document.querySelectorAll('tr.issue-row').length === 2);
+    await page.locator('main h1').click();
+    await page.keyboard.press('j');
+    await page.keyboard.press('j');
+    assert.equal(await page.evaluate(() => document.activeElement.className), 'issue-title', '"j" moves through the rows');
+    await page.keyboard.press('k');
+    assert.equal(await page.evaluate(() => document.activeElement === document.querySelector('a.issue-title')), true);
     await page.keyboard.press('/');
     assert.equal(await page.evaluate(() => document.activeElement.getAttribute('type')), 'search', '"/" focuses the search box');
     await page.keyboard.type('payments');
