@@ -151,7 +151,7 @@ impl Domain {
     /// committed before this returns) and returned as [`DomainPanic`].
     pub fn run_sync<T>(&self, f: impl FnOnce() -> T) -> Result<T, DomainPanic> {
         let _enter = Enter::new(self.clone());
-        LAST_PANIC.with(|p| p.set(None));
+        let _ = LAST_PANIC.try_with(|p| p.set(None));
         catch_unwind(AssertUnwindSafe(f)).map_err(|payload| self.panicked(&*payload))
     }
 
@@ -166,7 +166,11 @@ impl Domain {
 
     fn panicked(&self, payload: &(dyn std::any::Any + Send)) -> DomainPanic {
         DomainPanic {
-            event_id: LAST_PANIC.with(|p| p.take()).unwrap_or_else(EventId::nil),
+            event_id: LAST_PANIC
+                .try_with(std::cell::Cell::take)
+                .ok()
+                .flatten()
+                .unwrap_or_else(EventId::nil),
             message: panic_message(payload),
             domain: self.name(),
         }
@@ -270,7 +274,7 @@ impl<F: Future> Future for DomainRun<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let _enter = Enter::new(this.domain.clone());
-        LAST_PANIC.with(|p| p.set(None));
+        let _ = LAST_PANIC.try_with(|p| p.set(None));
         match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Ok(Poll::Pending) => Poll::Pending,

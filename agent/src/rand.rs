@@ -17,14 +17,17 @@ fn seed() -> (u64, u64) {
 
 /// xorshift128+: fast, and good enough for ids and sampling (not for secrets).
 fn next_u64() -> u64 {
-    STATE.with(|state| {
-        let (mut s1, s0) = state.get();
-        let result = s0.wrapping_add(s1);
-        s1 ^= s1 << 23;
-        s1 = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
-        state.set((s0, s1));
-        result
-    })
+    STATE
+        .try_with(|state| {
+            let (mut s1, s0) = state.get();
+            let result = s0.wrapping_add(s1);
+            s1 ^= s1 << 23;
+            s1 = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+            state.set((s0, s1));
+            result
+        })
+        // A capture from a thread-local destructor: ask the OS.
+        .unwrap_or_else(|_| uuid::Uuid::new_v4().as_u128() as u64)
 }
 
 /// A random version 4 UUID.

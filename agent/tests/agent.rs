@@ -527,3 +527,42 @@ fn dyn_errors_are_accepted() {
     let _: Value = event;
     drop(guard);
 }
+
+#[test]
+fn concurrent_panics_are_each_committed_before_their_hook_returns() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let barrier = std::sync::Barrier::new(8);
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let barrier = &barrier;
+                let outbox = &outbox;
+                s.spawn(move || {
+                    let domain = errscope::Domain::new("worker").tag("n", i);
+                    barrier.wait();
+                    let panic = domain
+                        .run_sync(|| panic!("worker {i} failed"))
+                        .expect_err("panicked");
+                    // Visible to another connection as soon as run_sync returns.
+                    let event = outbox
+                        .event(&panic.event_id.to_string())
+                        .expect("committed before the hook returned");
+                    assert_eq!(event["tags"]["n"], i.to_string());
+                    panic.event_id.to_string()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8);
+    assert_eq!(errscope::stats().panics, 8);
+    drop(guard);
+}
