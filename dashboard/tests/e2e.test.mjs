@@ -280,6 +280,9 @@ describe('dashboard against a real collector', () => {
         assert.ok((await p.locator('.crumb-msg').allTextContents()).includes(XSS.crumb), 'breadcrumb shown literally');
         assert.equal(await p.locator('.domain-name .mono').textContent(), XSS.domain);
         assert.ok((await p.locator('.tag-val-name').allTextContents()).includes(XSS.domain), 'top tag value shown literally');
+        const extra = p.locator('section.ev-section', { has: p.locator('h3', { hasText: 'Extra' }) });
+        assert.equal(await extra.locator('th').first().textContent(), XSS.tagKey);
+        assert.equal(await extra.locator('td').first().textContent(), XSS.crumb);
         await p.locator('.raw-json summary').click();
         await p.locator('pre.raw', { hasText: '"event_id"' }).waitFor();
         assert.ok((await p.locator('pre.raw').textContent()).includes(JSON.stringify(XSS.message).slice(1, -1)));

@@ -184,7 +184,9 @@ export function renderEvent(ev, head) {
     ['environment', ev.environment],
     ['server', ev.server_name],
     ['platform', ev.platform],
+    ['sdk', ev.sdk && typeof ev.sdk === 'object' ? [ev.sdk.name, ev.sdk.version].filter(Boolean).map(str).join(' ') : null],
   ], 'kv-small');
+  const extra = ev.extra && typeof ev.extra === 'object' && !Array.isArray(ev.extra) ? Object.entries(ev.extra) : [];
   return h('div', { class: 'event' },
     head,
     values.length
@@ -195,6 +197,7 @@ export function renderEvent(ev, head) {
       section('Event', facts),
       tags.length ? section('Tags', h('ul', { class: 'tags' }, tags.map(([k, v]) => h('li', { class: 'tag' }, h('span', { class: 'tag-k' }, k), h('span', { class: 'tag-v' }, v))))) : null),
     domainSection(ev),
+    extra.length ? section('Extra', kvTable(extra, 'kv-small')) : null,
     breadcrumbs(ev),
     contextsSection(ev),
     details);

@@ -33,6 +33,8 @@ function base({ level = 'error', release = 'shop@1.4.2', environment = 'producti
       thread: { id: 7, name: 'tokio-runtime-worker' },
       domain: { name: 'checkout', tags: { order_id: 'A-1001' }, data: { items: 3, total_cents: 4599 } },
     },
+    extra: { capture_location: 'src/cart.rs:118:31' },
+    sdk: { name: 'errscope', version: '0.1.0' },
     breadcrumbs: {
       values: [
         { timestamp: (ts - 2500) / 1000, category: 'http', level: 'info', message: 'GET /cart 200 (12 ms)' },
@@ -165,6 +167,7 @@ export function xssEvent(opts = {}) {
   ev.tags = { payload: XSS.tag, [XSS.tagKey]: 'v', domain: XSS.domain };
   ev.breadcrumbs.values.push({ timestamp: Date.now() / 1000, category: 'xss', level: 'error', message: XSS.crumb });
   ev.contexts.domain = { name: XSS.domain, tags: { t: XSS.tag }, data: { d: XSS.message } };
+  ev.extra = { [XSS.tagKey]: XSS.crumb };
   return ev;
 }
 
