@@ -58,6 +58,10 @@ pub struct Options {
     /// Replace secrets (passwords, tokens, cookies, card numbers, URL credentials) with
     /// `[Filtered]` before anything is stored. Default: on.
     pub scrub: bool,
+    /// Extra case-insensitive key substrings whose values are scrubbed, on top of
+    /// password, passwd, secret, api_key, apikey, auth, credentials, token, private_key,
+    /// cookie and session. Default: empty.
+    pub scrub_keys: Vec<String>,
     /// Capacity of the queue between the host's threads and the agent's thread.
     /// A capture that finds it full is dropped and counted. Default: 4096.
     pub queue_size: usize,
@@ -93,6 +97,7 @@ impl Default for Options {
             sample_rate: 1.0,
             before_send: None,
             scrub: true,
+            scrub_keys: Vec::new(),
             queue_size: 4096,
             storm_burst: 5,
             storm_window: Duration::from_secs(10),
@@ -118,6 +123,7 @@ impl fmt::Debug for Options {
             .field("sample_rate", &self.sample_rate)
             .field("before_send", &self.before_send.as_ref().map(|_| ".."))
             .field("scrub", &self.scrub)
+            .field("scrub_keys", &self.scrub_keys)
             .field("queue_size", &self.queue_size)
             .field("storm_burst", &self.storm_burst)
             .field("storm_window", &self.storm_window)
@@ -259,6 +265,13 @@ impl Options {
     #[must_use]
     pub fn scrub(mut self, on: bool) -> Self {
         self.scrub = on;
+        self
+    }
+
+    /// Adds a key substring whose values are scrubbed (case-insensitive).
+    #[must_use]
+    pub fn scrub_key(mut self, key: impl Into<String>) -> Self {
+        self.scrub_keys.push(key.into());
         self
     }
 

@@ -26,28 +26,31 @@ const SECRET_KEYS: &[&str] = &[
     "session",
 ];
 
-fn is_secret_key(key: &str) -> bool {
+fn is_secret_key(key: &str, extra: &[String]) -> bool {
     let key = key.as_bytes();
-    SECRET_KEYS.iter().any(|s| {
-        key.windows(s.len())
-            .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
-    })
+    let matches = |s: &str| {
+        !s.is_empty()
+            && key
+                .windows(s.len())
+                .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+    };
+    SECRET_KEYS.iter().any(|s| matches(s)) || extra.iter().any(|s| matches(s))
 }
 
-/// Scrubs everything free-form in an event.
-pub(crate) fn scrub_event(event: &mut Event) {
+/// Scrubs everything free-form in an event; `extra` adds key substrings to the built-in list.
+pub(crate) fn scrub_event(event: &mut Event, extra: &[String]) {
     if let Some(m) = event.message.as_mut() {
         scrub_string(m);
     }
     for (key, value) in &mut event.tags {
-        if is_secret_key(key) {
+        if is_secret_key(key, extra) {
             FILTERED.clone_into(value);
         } else {
             scrub_string(value);
         }
     }
-    scrub_map(event.contexts.iter_mut());
-    scrub_map(event.extra.iter_mut());
+    scrub_map(event.contexts.iter_mut(), extra);
+    scrub_map(event.extra.iter_mut(), extra);
     if let Some(exc) = event.exception.as_mut() {
         for e in &mut exc.values {
             scrub_string(&mut e.value);
@@ -58,27 +61,27 @@ pub(crate) fn scrub_event(event: &mut Event) {
             if let Some(m) = b.message.as_mut() {
                 scrub_string(m);
             }
-            scrub_map(b.data.iter_mut());
+            scrub_map(b.data.iter_mut(), extra);
         }
     }
 }
 
-fn scrub_map<'a>(entries: impl Iterator<Item = (&'a String, &'a mut Value)>) {
+fn scrub_map<'a>(entries: impl Iterator<Item = (&'a String, &'a mut Value)>, extra: &[String]) {
     for (key, value) in entries {
-        if is_secret_key(key) {
+        if is_secret_key(key, extra) {
             *value = Value::String(FILTERED.to_owned());
         } else {
-            scrub_value(value);
+            scrub_value(value, extra);
         }
     }
 }
 
 /// Scrubs a JSON value in place.
-pub(crate) fn scrub_value(value: &mut Value) {
+pub(crate) fn scrub_value(value: &mut Value, extra: &[String]) {
     match value {
         Value::String(s) => scrub_string(s),
-        Value::Array(items) => items.iter_mut().for_each(scrub_value),
-        Value::Object(map) => scrub_map(map.iter_mut()),
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub_value(v, extra)),
+        Value::Object(map) => scrub_map(map.iter_mut(), extra),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }
@@ -203,9 +206,10 @@ mod tests {
             "headers": {"Authorization": "Bearer abc", "Accept": "text/html", "Cookie": "s=1"},
             "form": [{"user": "ann", "Password": "hunter2"}],
             "db_session_id": 7,
-            "API_KEY": "k"
+            "API_KEY": "k",
+            "x-shop-pin": "1234"
         });
-        scrub_value(&mut v);
+        scrub_value(&mut v, &["Shop-PIN".to_owned()]);
         assert_eq!(v["headers"]["Authorization"], FILTERED);
         assert_eq!(v["headers"]["Cookie"], FILTERED);
         assert_eq!(v["headers"]["Accept"], "text/html");
@@ -213,6 +217,7 @@ mod tests {
         assert_eq!(v["form"][0]["user"], "ann");
         assert_eq!(v["db_session_id"], FILTERED);
         assert_eq!(v["API_KEY"], FILTERED);
+        assert_eq!(v["x-shop-pin"], FILTERED, "an extra key from the options");
     }
 
     #[test]

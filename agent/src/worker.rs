@@ -281,7 +281,7 @@ fn build_job(
             continue;
         };
         if shared.options.scrub {
-            crate::scrub::scrub_event(&mut event);
+            crate::scrub::scrub_event(&mut event, &shared.options.scrub_keys);
         }
         let mut payload = Vec::with_capacity(8 * 1024);
         match serde_json::to_writer(&mut payload, &event) {

@@ -356,14 +356,14 @@ fn an_error_storm_is_stored_bounded_and_counted_exactly() {
 fn secrets_in_a_domain_never_reach_the_file() {
     let _serial = serial();
     let outbox = Outbox::new();
-    let guard = errscope::init(options(&outbox));
+    let guard = errscope::init(options(&outbox).scrub_key("pin"));
     let domain = errscope::Domain::new("POST /login")
         .context(
             "request",
             json!({
                 "url": "https://ann:pa55word@shop.example/login",
                 "headers": {"Authorization": "Bearer tok-SEKRIT-123", "Accept": "text/html"},
-                "form": {"user": "ann", "password": "hunter2-SEKRIT"},
+                "form": {"user": "ann", "password": "hunter2-SEKRIT", "card_PIN": "SEKRIT-4321"},
                 "note": "card 4111 1111 1111 1111"
             }),
         )
@@ -378,6 +378,7 @@ fn secrets_in_a_domain_never_reach_the_file() {
     assert_eq!(request["headers"]["Accept"], "text/html");
     assert_eq!(request["form"]["password"], "[Filtered]");
     assert_eq!(request["form"]["user"], "ann");
+    assert_eq!(request["form"]["card_PIN"], "[Filtered]", "an extra key");
     assert_eq!(request["url"], "https://ann:[Filtered]@shop.example/login");
     assert_eq!(request["note"], "card [Filtered]");
     assert_eq!(event["tags"]["session_id"], "[Filtered]");
