@@ -96,6 +96,12 @@ pub fn stats() -> Stats {
     }
 }
 
+/// Waits until every event captured before this call is committed (see [`Guard::flush`]).
+/// Returns `false` when errscope is not initialized or the time ran out.
+pub fn flush(timeout: Duration) -> bool {
+    current().is_some_and(|c| c.flush(timeout))
+}
+
 pub(crate) fn current() -> Option<Arc<Client>> {
     CLIENT
         .read()

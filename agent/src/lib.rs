@@ -94,7 +94,7 @@ mod trace;
 mod worker;
 
 pub use crate::capture::{AsDynError, capture_error, capture_message};
-pub use crate::client::{Guard, Stats, init, stats};
+pub use crate::client::{Guard, Stats, flush, init, stats};
 pub use crate::domain::{
     Domain, DomainExt, DomainPanic, DomainRun, InDomain, add_breadcrumb, spawn, with_domain,
 };

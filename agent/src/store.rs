@@ -9,7 +9,7 @@
 //! | `events` | `id INTEGER PRIMARY KEY AUTOINCREMENT`, `event_id TEXT UNIQUE`, `created_at REAL`, `payload BLOB` (event JSON), `size INTEGER` |
 //! | `counts` | `id TEXT PRIMARY KEY` (32 hex), `event_id TEXT`, `count INTEGER`, `start REAL`, `end REAL` — the `errscope.counts` items |
 //! | `discards` | `reason TEXT`, `category TEXT`, `quantity INTEGER`, primary key (`reason`, `category`) — client report counters |
-//! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT` |
+//! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT` — `agent_version`: the last agent version that opened the file |
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -145,6 +145,12 @@ impl SqliteStore {
         })
         .map_err(open_err)?;
         migrate(&mut conn, path)?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('agent_version', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [env!("CARGO_PKG_VERSION")],
+        )
+        .map_err(open_err)?;
         let (rows, bytes): (i64, i64) = conn
             .query_row(
                 "SELECT count(*), coalesce(sum(size), 0) FROM events",
@@ -471,6 +477,14 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("version");
         assert_eq!(version, MIGRATIONS.len() as i64);
+        let agent: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'agent_version'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("meta");
+        assert_eq!(agent, env!("CARGO_PKG_VERSION"));
         drop(store);
         // Reopening keeps the data and the running totals.
         let mut again = SqliteStore::open(
