@@ -391,6 +391,33 @@ describe('dashboard against a real collector', () => {
     assert.equal(await page.evaluate(() => document.documentElement.dataset.theme), undefined);
   });
 
+  it('answers unknown pages and issues with a way back', async () => {
+    await page.goto(`${collector.base}/no/such/page`);
+    await page.getByRole('heading', { name: 'Page not found' }).waitFor();
+    await page.goto(`${collector.base}/issues/987654`);
+    await page.getByRole('heading', { name: 'Issue #987654 does not exist' }).waitFor();
+    await page.getByRole('link', { name: 'Back to the issues' }).click();
+    await page.waitForURL(`${collector.base}/issues`);
+  });
+
+  it('sends an expired session back to the login page, then to where it was', async () => {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    await loginByApi(ctx, collector.base);
+    const p = await ctx.newPage();
+    try {
+      await p.goto(`${collector.base}/issues?status=all`);
+      await p.locator('tr.issue-row').first().waitFor();
+      await ctx.clearCookies(); // the next poll gets a 401
+      await p.waitForURL(/\/login\?next=/, { timeout: LIVE_MS });
+      await p.fill('#login-pass', ADMIN_PASSWORD);
+      await p.press('#login-pass', 'Enter');
+      await p.waitForURL(`${collector.base}/issues?status=all`);
+      await p.locator('tr.issue-row').first().waitFor();
+    } finally {
+      await ctx.close();
+    }
+  });
+
   it('logs out', async () => {
     await page.goto(`${collector.base}/`);
     await page.getByRole('button', { name: 'Log out' }).click();
