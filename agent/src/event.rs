@@ -188,7 +188,8 @@ pub struct Mechanism {
     pub ty: String,
     /// `true` for operational errors the program handled, `false` for panics.
     pub handled: bool,
-    /// For `std::io::Error`: `io_error_kind` and `raw_os_error`; for panics, the location.
+    /// For `std::io::Error`: `io_kind` (the `ErrorKind`, e.g. `ConnectionReset`) and
+    /// `os_code` (`raw_os_error`); for panics, `file`, `line` and `column`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, Value>,
     /// The OS error number, for `std::io::Error`s that carry one.

@@ -68,12 +68,13 @@
 //!
 //! # Event shape
 //!
-//! `exception.values` holds one entry per link of the `source()` chain, the captured
-//! error first and the innermost cause last; the last entry carries the stack trace
-//! (Sentry-compatible servers treat the last value as the main exception). An
-//! `std::io::Error` link has `mechanism.data.io_error_kind` (e.g. `ConnectionReset`),
-//! `mechanism.data.raw_os_error` and `mechanism.meta.errno` (`{"number": 104, "name":
-//! "ECONNRESET"}`). Panics are one exception of type `panic`, `mechanism.handled:
+//! `exception.values` holds one entry per link of the `source()` chain in Sentry's order:
+//! the root cause (the innermost `source()`) first, the captured error last. The last
+//! entry is the event's main exception for Sentry-compatible servers and carries the stack
+//! trace of the `capture_error` call; the errscope collector files the event under the
+//! root cause's class. An `std::io::Error` link has `mechanism.data.io_kind` (e.g.
+//! `ConnectionReset`), `mechanism.data.os_code` and `mechanism.meta.errno`
+//! (`{"number": 104, "name": "ECONNRESET"}`). Panics are one exception of type `panic`, `mechanism.handled:
 //! false`, level `fatal`, with the location in `mechanism.data`.
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]

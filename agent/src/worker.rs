@@ -379,9 +379,10 @@ fn build_event(record: Record, shared: &Shared, resolver: &mut Resolver, os: &Va
     });
     match record.payload {
         Payload::Error { chain, location } => {
-            let mut values: Vec<Exception> = chain.into_iter().map(exception_of).collect();
-            // The root cause comes last and carries the stack: Sentry-compatible servers
-            // take the last value as the event's main exception.
+            // Sentry's order: the root cause (the innermost `source()`) first, the captured
+            // error last. Sentry-compatible servers take the last value as the event's
+            // main exception, and it carries the stack where it was captured.
+            let mut values: Vec<Exception> = chain.into_iter().rev().map(exception_of).collect();
             if let Some(last) = values.last_mut() {
                 last.stacktrace = stacktrace;
             }
@@ -465,9 +466,9 @@ fn exception_of(link: Link) -> Exception {
     let mut data = BTreeMap::new();
     let mut meta = None;
     if let Some(io) = link.io {
-        data.insert("io_error_kind".to_owned(), json!(format!("{:?}", io.kind)));
+        data.insert("io_kind".to_owned(), json!(format!("{:?}", io.kind)));
         if let Some(code) = io.raw_os_error {
-            data.insert("raw_os_error".to_owned(), json!(code));
+            data.insert("os_code".to_owned(), json!(code));
             meta = Some(MechanismMeta {
                 errno: Errno {
                     number: code,

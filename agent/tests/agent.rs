@@ -98,14 +98,16 @@ fn econnreset_from_a_real_socket_is_stored_with_kind_and_os_code() {
     assert!(event["server_name"].is_string());
     assert!(event["timestamp"].as_f64().is_some_and(|t| t > 1.7e9));
     let values = event["exception"]["values"].as_array().expect("values");
+    // Sentry's order: the root cause first, the captured error last (with the stack).
     assert_eq!(values.len(), 2, "{values:#?}");
-    assert_eq!(values[0]["type"], "agent::LdapError");
-    assert_eq!(values[0]["value"], "ldap bind failed");
+    let outer = &values[1];
+    assert_eq!(outer["type"], "agent::LdapError");
+    assert_eq!(outer["value"], "ldap bind failed");
     assert_eq!(
-        values[0]["mechanism"],
+        outer["mechanism"],
         json!({"type": "capture_error", "handled": true})
     );
-    let io = &values[1];
+    let io = &values[0];
     assert_eq!(io["type"], "std::io::Error");
     assert!(
         io["value"]
@@ -114,8 +116,8 @@ fn econnreset_from_a_real_socket_is_stored_with_kind_and_os_code() {
         "{io}"
     );
     assert_eq!(io["mechanism"]["handled"], true);
-    assert_eq!(io["mechanism"]["data"]["io_error_kind"], "ConnectionReset");
-    assert_eq!(io["mechanism"]["data"]["raw_os_error"], 104);
+    assert_eq!(io["mechanism"]["data"]["io_kind"], "ConnectionReset");
+    assert_eq!(io["mechanism"]["data"]["os_code"], 104);
     assert_eq!(
         io["mechanism"]["meta"]["errno"],
         json!({"number": 104, "name": "ECONNRESET"})
@@ -123,8 +125,9 @@ fn econnreset_from_a_real_socket_is_stored_with_kind_and_os_code() {
 
     // The stack: oldest first, this test's frame in it and in-app, no agent frame on top,
     // hashes stripped.
-    let frames = io["stacktrace"]["frames"].as_array().expect("frames");
-    let names = functions(io);
+    assert!(io.get("stacktrace").is_none());
+    let frames = outer["stacktrace"]["frames"].as_array().expect("frames");
+    let names = functions(outer);
     let top = frames.last().expect("a frame");
     assert_eq!(
         top["function"], "agent::econnreset_from_a_real_socket_is_stored_with_kind_and_os_code",
@@ -213,7 +216,12 @@ fn domain_data_reaches_spawned_panics_and_nested_captures() {
     let by_value = |v: &str| {
         events
             .iter()
-            .find(|e| e["exception"]["values"][0]["value"] == v)
+            .find(|e| {
+                e["exception"]["values"]
+                    .as_array()
+                    .and_then(|v| v.last())
+                    .is_some_and(|last| last["value"] == v)
+            })
             .unwrap_or_else(|| panic!("no event {v:?} in {events:#?}"))
             .clone()
     };
@@ -261,15 +269,16 @@ fn domain_data_reaches_spawned_panics_and_nested_captures() {
         captured["breadcrumbs"]["values"][0]["message"],
         "looking up order"
     );
-    let io = &captured["exception"]["values"][1];
-    assert_eq!(io["mechanism"]["data"]["io_error_kind"], "TimedOut");
-    assert!(io["mechanism"]["data"].get("raw_os_error").is_none());
+    let io = &captured["exception"]["values"][0];
+    assert_eq!(io["mechanism"]["data"]["io_kind"], "TimedOut");
+    assert!(io["mechanism"]["data"].get("os_code").is_none());
+    let outer = &captured["exception"]["values"][1];
     assert!(
-        functions(io)
+        functions(outer)
             .iter()
             .any(|f| f == "agent::load_order::{{closure}}"),
         "{:#?}",
-        functions(io)
+        functions(outer)
     );
     drop(guard);
 }
