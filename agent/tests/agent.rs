@@ -580,3 +580,98 @@ fn concurrent_panics_are_each_committed_before_their_hook_returns() {
     assert_eq!(errscope::stats().panics, 8);
     drop(guard);
 }
+
+#[inline(never)]
+fn capture_kind(kind: io::ErrorKind) {
+    errscope::capture_error(&io::Error::from(kind));
+}
+
+#[test]
+fn a_full_queue_drops_are_stored_and_totals_stay_exact() {
+    use io::ErrorKind::*;
+    let _serial = serial();
+    let outbox = Outbox::new();
+    // One slot: most first occurrences of a fingerprint find the queue full.
+    let guard = errscope::init(options(&outbox).queue_size(1));
+    let kinds = [
+        NotFound,
+        PermissionDenied,
+        ConnectionRefused,
+        ConnectionReset,
+        ConnectionAborted,
+        NotConnected,
+        AddrInUse,
+        AddrNotAvailable,
+        BrokenPipe,
+        AlreadyExists,
+        WouldBlock,
+        InvalidInput,
+        InvalidData,
+        TimedOut,
+        WriteZero,
+        Interrupted,
+        Unsupported,
+        UnexpectedEof,
+        OutOfMemory,
+        Other,
+    ];
+    for _ in 0..100 {
+        for kind in kinds {
+            capture_kind(kind);
+        }
+    }
+    assert!(guard.flush(FLUSH));
+    let stored = outbox.events().len() as i64;
+    let counted: i64 = outbox.counts().iter().map(|c| c.2).sum();
+    let dropped = outbox.discards("queue_overflow");
+    assert_eq!(
+        stored + counted + dropped,
+        2_000,
+        "{stored} + {counted} + {dropped}"
+    );
+    let stats = errscope::stats();
+    assert_eq!(stats.dropped_queue_full as i64, dropped);
+    assert_eq!(stats.captured as i64, stored + counted);
+    drop(guard);
+}
+
+/// An error whose `Display` panics: the host's bug, met inside the agent's capture.
+#[derive(Debug)]
+struct BadDisplay;
+
+impl fmt::Display for BadDisplay {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        panic!("Display of BadDisplay is broken")
+    }
+}
+
+impl Error for BadDisplay {}
+
+#[test]
+fn a_panic_inside_a_capture_neither_escapes_nor_deadlocks() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    // The panic runs the hook (which records it) while the capture is in progress.
+    let id = errscope::capture_error(&BadDisplay);
+    assert!(!id.is_nil());
+    assert!(guard.flush(FLUSH));
+    let event = outbox
+        .event(&id.to_string())
+        .expect("the capture is stored");
+    assert_eq!(
+        event["exception"]["values"][0]["type"],
+        "errscope::CaptureFailed"
+    );
+    let panics: Vec<_> = outbox
+        .events()
+        .into_iter()
+        .filter(|e| e["level"] == "fatal")
+        .collect();
+    assert_eq!(panics.len(), 1);
+    assert_eq!(
+        panics[0]["exception"]["values"][0]["value"],
+        "Display of BadDisplay is broken"
+    );
+    drop(guard);
+}
