@@ -146,11 +146,28 @@ fn walk_chain_into(err: &(dyn Error + 'static), top_type: &str, links: &mut Vec<
         };
         links.push(Link {
             ty,
-            value: e.to_string(),
+            value: truncate(e.to_string()),
             io,
         });
         cur = e.source();
     }
+}
+
+/// Messages longer than this many bytes are cut (Sentry servers cut them too, and one
+/// event must stay well under the collector's 1 MiB per event).
+pub(crate) const MAX_MESSAGE: usize = 8 * 1024;
+
+/// Cuts a message to [`MAX_MESSAGE`] bytes at a character boundary, marking the cut.
+pub(crate) fn truncate(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 /// For a source behind `&dyn Error` the concrete type is not available; its `Debug`
@@ -211,6 +228,15 @@ mod tests {
     }
 
     impl Error for Rude {}
+
+    #[test]
+    fn long_messages_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_MESSAGE);
+        let cut = truncate(long);
+        assert!(cut.len() <= MAX_MESSAGE + "…".len());
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate("short".to_owned()), "short");
+    }
 
     #[test]
     fn a_panicking_display_does_not_escape() {

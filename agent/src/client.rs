@@ -347,7 +347,7 @@ pub(crate) fn capture_message(
             io_kind: None,
         };
         client.capture(key, level, || Payload::Message {
-            text: message.to_owned(),
+            text: crate::capture::truncate(message.to_owned()),
             location,
         })
     })

@@ -53,7 +53,7 @@ fn record(info: &PanicHookInfo<'_>) {
     let Some(client) = client::current() else {
         return;
     };
-    let message = domain::panic_message(info.payload());
+    let message = crate::capture::truncate(domain::panic_message(info.payload()));
     let location = info
         .location()
         .map(|l| (l.file().to_owned(), l.line(), l.column()));
