@@ -109,7 +109,7 @@ describe('dashboard against a real collector', () => {
     const panicRow = page.locator('tr.class-row', { has: page.locator('a.class-name', { hasText: /^panic$/ }) });
     assert.match(await panicRow.getAttribute('class'), /kind-row-programmer/);
     await screenshot(page, 'classes-1280-light');
-    // API.md: an io error link with mechanism.data.io_error_kind is classed by its kind.
+    // An io error link with the agent's mechanism.data.io_kind is classed by its kind.
     assert.ok(classes.some((c) => c.class === 'std::io::Error: ConnectionReset' && c.kind === 'operational'),
       `an io class "std::io::Error: ConnectionReset" of kind operational, got ${JSON.stringify(classes.map((c) => c.class))}`);
   });

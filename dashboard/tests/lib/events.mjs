@@ -79,7 +79,7 @@ export function ioEvent(opts = {}) {
         value: 'connection reset by peer (os error 104)',
         mechanism: {
           type: 'chained', handled: true,
-          data: { io_error_kind: 'ConnectionReset', raw_os_error: 104 },
+          data: { io_kind: 'ConnectionReset', os_code: 104 },
           meta: { errno: { number: 104, name: 'ECONNRESET' } },
         },
       },
