@@ -19,6 +19,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::storm::CountRecord;
 
+/// How long a statement waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
     // 1
@@ -132,8 +135,9 @@ impl SqliteStore {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(open_err)?;
+        // Shorter than a panic's wait for its commit (3 s by default), so a file locked by
+        // another process degrades to memory before a panicking thread gives up.
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // `journal_mode` answers with a row; this also fails early on a corrupt file.
         let _mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))

@@ -675,3 +675,25 @@ fn a_panic_inside_a_capture_neither_escapes_nor_deadlocks() {
     );
     drop(guard);
 }
+
+#[test]
+fn a_locked_store_degrades_in_time_for_a_panic() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    // Another process (here: connection) holds the file exclusively.
+    let holder = rusqlite::Connection::open(&outbox.path).expect("open");
+    holder
+        .execute_batch("PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; CREATE TABLE t (x);")
+        .expect("lock");
+    let guard = errscope::init(options(&outbox));
+    let err = errscope::Domain::new("locked")
+        .run_sync(|| panic!("while the outbox is locked"))
+        .expect_err("panicked");
+    // Committed (to memory) before the hook returned: no flush needed.
+    let stats = errscope::stats();
+    assert!(stats.degraded);
+    assert_eq!(stats.stored, 1);
+    assert!(!err.event_id.is_nil());
+    drop(guard);
+    drop(holder);
+}
