@@ -2,6 +2,7 @@
 // dashboard in headless Chromium.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
 import { Collector, ADMIN_PASSWORD } from './lib/collector.mjs';
 import { send, sendClientReport, panicEvent, ioEvent, reqwestEvent, uniqueEvent, xssEvent, XSS } from './lib/events.mjs';
 import { launch, watch, loginByApi, screenshot } from './lib/browser.mjs';
@@ -416,6 +417,32 @@ describe('dashboard against a real collector', () => {
     } finally {
       await ctx.close();
     }
+  });
+
+  it('passes axe-core\'s WCAG 2 A/AA checks on every page, light and dark', async () => {
+    const axePath = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
+    const pages = [['login', '/login'], ['classes', '/'], ['issues', '/issues?status=all'], ['issue', `/issues/${panicIssue.id}`], ['setup', '/projects']];
+    const problems = [];
+    for (const colorScheme of ['light', 'dark']) {
+      // The CSP (rightly) refuses the injected checker; the page's own code is unchanged.
+      const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme, bypassCSP: true });
+      const p = await ctx.newPage();
+      for (const [name, path] of pages) {
+        if (name === 'classes') await loginByApi(ctx, collector.base);
+        await p.goto(collector.base + path);
+        await p.locator('main h1').waitFor();
+        await p.waitForLoadState('networkidle');
+        await p.addScriptTag({ path: axePath });
+        const violations = await p.evaluate(async () => {
+          const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+          return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+            .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+        });
+        for (const v of violations) problems.push(`${name} ${colorScheme}: ${v}`);
+      }
+      await ctx.close();
+    }
+    assert.deepEqual(problems, []);
   });
 
   it('logs out', async () => {
