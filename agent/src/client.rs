@@ -294,6 +294,11 @@ impl Client {
             thread: std::thread::current().name().map(str::to_owned),
         };
         self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+        if worker::is_worker_thread() {
+            // The agent's own thread cannot wait for itself.
+            return self.write_directly(record, "it happened on the agent's own thread");
+        }
+        let fallback = record.clone();
         let deadline = Instant::now() + self.shared.options.panic_timeout;
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
         if self
@@ -301,18 +306,28 @@ impl Client {
             .send_deadline(Msg::Record(Box::new(record), Some(ack_tx)), deadline)
             .is_err()
         {
-            warn(format_args!(
-                "could not record a panic: the agent's queue stayed full or the agent stopped"
-            ));
-            return None;
+            return self.write_directly(
+                fallback,
+                "the agent's queue stayed full or the agent stopped",
+            );
         }
         if ack_rx.recv_deadline(deadline).is_err() {
-            warn(format_args!(
-                "a panic was queued but not committed within {:?}",
-                self.shared.options.panic_timeout
-            ));
+            // Queued: the agent may still commit it, so the id stays valid either way.
+            let _ = self.write_directly(fallback, "the agent did not commit it in time");
         }
         Some(event_id)
+    }
+
+    /// Writes a panic's record through a connection of the calling thread.
+    fn write_directly(&self, record: Record, why: &str) -> Option<EventId> {
+        let event_id = record.event_id;
+        match worker::write_directly(&self.shared, record) {
+            Ok(()) => Some(event_id),
+            Err(e) => {
+                warn(format_args!("could not record a panic ({why}): {e}"));
+                None
+            }
+        }
     }
 }
 

@@ -45,10 +45,9 @@ fn record(info: &PanicHookInfo<'_>) {
     }
     let _reentry = Reentry;
     if worker::is_worker_thread() {
-        // A panic in the agent's own thread (a bug, or a `before_send` hook): the worker
-        // catches it and goes on; it must not wait for itself.
-        warn(format_args!("internal panic on the agent's thread: {info}"));
-        return;
+        // A panic in the agent's own thread (a bug, or a `before_send` hook): the agent
+        // catches it and goes on; the record is written directly, without waiting.
+        warn(format_args!("panic on the agent's thread: {info}"));
     }
     let Some(client) = client::current() else {
         return;

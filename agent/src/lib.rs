@@ -54,7 +54,11 @@
 //!   the capture and counts it, in [`stats`] and in the outbox's `discards` table.
 //! - The panic hook records the message, location, thread, stack and domain and waits
 //!   for the commit (at most [`Options::panic_timeout`]) before the previous hook runs,
-//!   so `panic = "abort"` builds lose nothing.
+//!   so `panic = "abort"` builds lose nothing. Concurrent panics share a transaction. If
+//!   the agent's threads cannot commit in time (stuck in a `before_send` hook, say), or
+//!   the panic happens on one of them, the hook writes the event itself through a
+//!   connection of its own. A thread-local flag keeps a panic inside the hook from
+//!   re-entering it.
 //! - Error storms: per fingerprint (error type, call site, I/O error kind) only the first
 //!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
 //!   full; the rest are counted exactly into the outbox's `counts` table (the

@@ -83,6 +83,8 @@ pub(crate) enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("cannot encode an event: {0}")]
+    Encode(serde_json::Error),
 }
 
 /// One serialized event ready to store.

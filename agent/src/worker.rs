@@ -19,7 +19,7 @@ use crate::domain::DomainData;
 use crate::event::{
     Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
 };
-use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore};
+use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore, StoreError};
 use crate::storm::CountRecord;
 use crate::trace::{RawTrace, Resolver};
 use crate::warn;
@@ -49,6 +49,7 @@ pub(crate) enum Msg {
 }
 
 /// A capture as taken on the caller's thread.
+#[derive(Clone)]
 pub(crate) struct Record {
     pub(crate) event_id: EventId,
     pub(crate) timestamp: f64,
@@ -59,6 +60,7 @@ pub(crate) struct Record {
     pub(crate) thread: Option<String>,
 }
 
+#[derive(Clone)]
 pub(crate) enum Payload {
     Error {
         chain: Vec<Link>,
@@ -107,13 +109,47 @@ fn default_database() -> PathBuf {
     }
 }
 
+fn database_path(shared: &Shared) -> PathBuf {
+    shared
+        .options
+        .database
+        .clone()
+        .unwrap_or_else(default_database)
+}
+
+/// The panic hook's fallback when the agent's threads cannot commit its record in time
+/// (or the hook runs on one of them): build the event on the calling thread and write it
+/// through a connection of its own. `before_send` is skipped: it may be what is stuck or
+/// what panicked. A record the agent commits later too is ignored as a duplicate id.
+pub(crate) fn write_directly(shared: &Shared, record: Record) -> Result<(), StoreError> {
+    let mut resolver = Resolver::new(shared.in_app.clone());
+    let mut event = build_event(record, shared, &mut resolver, &os_context());
+    if shared.options.scrub {
+        crate::scrub::scrub_event(&mut event, &shared.options.scrub_keys);
+    }
+    let payload = serde_json::to_vec(&event).map_err(StoreError::Encode)?;
+    let row = Row {
+        event_id: event.event_id.to_string(),
+        created_at: event.timestamp,
+        payload,
+    };
+    let path = database_path(shared);
+    let mut store = SqliteStore::open(&path, bounds(shared), shared.options.sync_full)?;
+    let outcome = store.write(&[row], &[], &Discards::new())?;
+    shared
+        .counters
+        .stored
+        .fetch_add(outcome.stored, Ordering::Relaxed);
+    shared
+        .counters
+        .evicted
+        .fetch_add(outcome.evicted, Ordering::Relaxed);
+    Ok(())
+}
+
 impl Outbox {
     fn open(shared: &Shared) -> Self {
-        let path = shared
-            .options
-            .database
-            .clone()
-            .unwrap_or_else(default_database);
+        let path = database_path(shared);
         match SqliteStore::open(&path, bounds(shared), shared.options.sync_full) {
             Ok(store) => Self::Sqlite(store),
             Err(e) => {

@@ -486,6 +486,61 @@ fn before_send_can_edit_drop_and_panic_without_harm() {
     );
     assert_eq!(outbox.discards("before_send"), 1);
     assert_eq!(errscope::stats().dropped_before_send, 1);
+    // The hook's own panic, on the agent's thread, is recorded too (written directly).
+    let hook_panic = outbox
+        .events()
+        .into_iter()
+        .find(|e| e["level"] == "fatal")
+        .expect("the before_send panic is an event");
+    assert_eq!(
+        hook_panic["exception"]["values"][0]["value"],
+        "before_send bug"
+    );
+    assert_eq!(hook_panic["contexts"]["thread"]["name"], "errscope-worker");
+    drop(guard);
+}
+
+#[test]
+fn a_panic_is_written_directly_when_the_agent_is_stuck() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let (release, stuck) = crossbeam_channel::bounded::<()>(0);
+    let guard = errscope::init(
+        options(&outbox)
+            .panic_timeout(Duration::from_millis(200))
+            .before_send(move |event| {
+                if event.message.as_deref() == Some("block the agent") {
+                    let _ = stuck.recv_timeout(Duration::from_secs(20));
+                }
+                Some(event)
+            }),
+    );
+    errscope::capture_message("block the agent", errscope::Level::Info);
+    let panic = errscope::Domain::new("stuck")
+        .tag("k", "v")
+        .run_sync(|| panic!("while the agent is stuck"))
+        .expect_err("panicked");
+    // Committed by the panicking thread itself, before the hook returned.
+    let event = outbox
+        .event(&panic.event_id.to_string())
+        .expect("written directly");
+    assert_eq!(event["tags"]["k"], "v");
+    assert_eq!(event["level"], "fatal");
+    release.send(()).expect("release the agent");
+    assert!(guard.flush(FLUSH));
+    // The agent's own copy of the record is ignored as a duplicate id.
+    let copies = outbox
+        .events()
+        .iter()
+        .filter(|e| e["event_id"] == panic.event_id.to_string().as_str())
+        .count();
+    assert_eq!(copies, 1);
+    assert!(
+        outbox
+            .events()
+            .iter()
+            .any(|e| e["message"] == "block the agent")
+    );
     drop(guard);
 }
 
