@@ -257,6 +257,7 @@ impl Client {
             trace: Some(RawTrace::capture()),
             domain: domain::current().map(|d| d.snapshot()),
             thread: std::thread::current().name().map(str::to_owned),
+            storm_key: Some(key),
         };
         match self.tx.try_send(Msg::Record(Box::new(record), None)) {
             Ok(()) => {
@@ -292,6 +293,7 @@ impl Client {
             trace: Some(RawTrace::capture()),
             domain: domain::current().map(|d| d.snapshot()),
             thread: std::thread::current().name().map(str::to_owned),
+            storm_key: None,
         };
         self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
         if worker::is_worker_thread() {

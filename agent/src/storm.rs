@@ -36,6 +36,8 @@ struct Slot {
     representative: Option<EventId>,
     /// Occurrences counted, not stored, since `counted_since`.
     counted: u64,
+    /// An event `before_send` dropped before it became the representative.
+    forgotten: Option<EventId>,
     counted_since: f64,
     last_seen: f64,
 }
@@ -95,6 +97,7 @@ impl Storm {
                 window_start_epoch: epoch,
                 admitted: 0,
                 representative: None,
+                forgotten: None,
                 counted: 0,
                 counted_since: epoch,
                 last_seen: epoch,
@@ -129,8 +132,30 @@ impl Storm {
             .shard(&key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(slot) = map.get_mut(&key) {
+        if let Some(slot) = map.get_mut(&key)
+            && slot.forgotten != Some(id)
+        {
             slot.representative = Some(id);
+        }
+    }
+
+    /// `before_send` dropped event `id`: it cannot anchor counts. Returns the occurrences
+    /// already counted against it, which are lost with it.
+    pub(crate) fn forget(&self, key: StormKey, id: EventId) -> u64 {
+        let mut map = self
+            .shard(&key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = map.get_mut(&key) else {
+            return 0;
+        };
+        if slot.representative == Some(id) {
+            slot.representative = None;
+            std::mem::take(&mut slot.counted)
+        } else {
+            // Dropped before the capturing thread made it the representative.
+            slot.forgotten = Some(id);
+            0
         }
     }
 
@@ -220,6 +245,26 @@ mod tests {
         // A new window admits a new burst.
         let later = t0 + Duration::from_secs(11);
         assert_eq!(storm.admit(k, later), Admission::Full);
+    }
+
+    #[test]
+    fn a_dropped_representative_takes_its_counts_with_it() {
+        let storm = Storm::new(1, Duration::from_secs(10));
+        let k = key();
+        let t0 = Instant::now();
+        let first = EventId::new();
+        assert_eq!(storm.admit(k, t0), Admission::Full);
+        storm.queued(k, first);
+        assert_eq!(storm.admit(k, t0), Admission::Counted(first));
+        assert_eq!(storm.forget(k, first), 1);
+        // No representative: the next occurrence is captured in full again.
+        assert_eq!(storm.admit(k, t0), Admission::Full);
+        // Dropped before it was queued (the race the other way round).
+        let second = EventId::new();
+        assert_eq!(storm.forget(k, second), 0);
+        storm.queued(k, second);
+        assert_eq!(storm.admit(k, t0), Admission::Full);
+        assert!(storm.sweep(t0, true).is_empty());
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub(crate) struct Record {
     pub(crate) trace: Option<RawTrace>,
     pub(crate) domain: Option<Arc<DomainData>>,
     pub(crate) thread: Option<String>,
+    /// The storm fingerprint of a capture (none for panics).
+    pub(crate) storm_key: Option<crate::storm::StormKey>,
 }
 
 #[derive(Clone)]
@@ -310,10 +312,15 @@ fn build_job(
     let mut discards = Discards::new();
     let mut rows = Vec::with_capacity(batch.records.len());
     for record in std::mem::take(&mut batch.records) {
+        let (storm_key, event_id) = (record.storm_key, record.event_id);
         let event = build_event(record, shared, resolver, os);
         let Some(mut event) = apply_before_send(shared, event) else {
-            counters.dropped_before_send.fetch_add(1, Ordering::Relaxed);
-            *discards.entry(("before_send", "error")).or_default() += 1;
+            // Storm counts cannot refer to a dropped event: they go with it.
+            let lost = 1 + storm_key.map_or(0, |key| shared.storm.forget(key, event_id));
+            counters
+                .dropped_before_send
+                .fetch_add(lost, Ordering::Relaxed);
+            *discards.entry(("before_send", "error")).or_default() += lost;
             continue;
         };
         if shared.options.scrub {
@@ -608,6 +615,7 @@ mod tests {
             trace: None,
             domain: None,
             thread: Some("t".to_owned()),
+            storm_key: None,
         }
     }
 

@@ -752,3 +752,42 @@ fn a_locked_store_degrades_in_time_for_a_panic() {
     drop(guard);
     drop(holder);
 }
+
+#[test]
+fn counts_never_refer_to_an_event_before_send_dropped() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    // The host filters out connection resets; a storm of them must not leave counts
+    // pointing at events that were never stored.
+    let guard = errscope::init(options(&outbox).before_send(|event| {
+        let reset = event
+            .exception
+            .as_ref()
+            .is_some_and(|e| e.values.iter().any(|x| x.value.contains("os error 104")));
+        (!reset).then_some(event)
+    }));
+    for i in 0..1_000 {
+        fail_often(1);
+        if i % 100 == 0 {
+            // Let the agent's thread drop the representatives mid-storm.
+            assert!(guard.flush(FLUSH));
+        }
+    }
+    assert!(guard.flush(FLUSH));
+    let events = outbox.events();
+    let counts = outbox.counts();
+    for (_, event_id, ..) in &counts {
+        assert!(
+            events.iter().any(|e| e["event_id"] == event_id.as_str()),
+            "a count refers to a dropped event"
+        );
+    }
+    let counted: i64 = counts.iter().map(|c| c.2).sum();
+    let total = events.len() as i64
+        + counted
+        + outbox.discards("before_send")
+        + outbox.discards("queue_overflow");
+    assert_eq!(total, 1_000);
+    assert!(events.is_empty());
+    drop(guard);
+}
