@@ -4,7 +4,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
 import { Collector, ADMIN_PASSWORD } from './lib/collector.mjs';
-import { send, sendClientReport, panicEvent, ioEvent, reqwestEvent, uniqueEvent, xssEvent, XSS } from './lib/events.mjs';
+import { send, sendClientReport, newEventId, panicEvent, ioEvent, reqwestEvent, uniqueEvent, xssEvent, XSS } from './lib/events.mjs';
 import { launch, watch, loginByApi, screenshot } from './lib/browser.mjs';
 
 const LIVE_MS = 10_000; // polling is every 2 s; allow for a slow machine
@@ -17,6 +17,7 @@ describe('dashboard against a real collector', () => {
   let page;
   let seen;
   let panicIssue;
+  const reqwestSample = reqwestEvent();
 
   before(async () => {
     collector = await Collector.start();
@@ -82,7 +83,7 @@ describe('dashboard against a real collector', () => {
     await page.evaluate(() => { window.__noReload = true; });
     await send(collector, project, [panicEvent(), panicEvent(), panicEvent({ environment: 'staging', server: 'web-2' })]);
     await send(collector, project, [ioEvent(), ioEvent()], { gzip: true });
-    await send(collector, project, reqwestEvent());
+    await send(collector, project, reqwestSample);
     await page.locator('tr.class-row').nth(2).waitFor({ timeout: LIVE_MS });
     assert.equal(await page.evaluate(() => window.__noReload), true, 'no reload happened');
 
@@ -243,6 +244,29 @@ describe('dashboard against a real collector', () => {
     await page.getByRole('button', { name: 'Unmute' }).click();
     await page.getByRole('button', { name: 'Mute' }).waitFor();
     assert.equal((await collector.api(`/api/0/issues/${rq.id}/`)).status, 'unresolved');
+  });
+
+  it('adds an agent\'s aggregate count (errscope.counts) to the issue, live', async () => {
+    const rq = (await collector.api('/api/0/projects/1/issues/?class=reqwest::Error')).data[0];
+    await page.goto(`${collector.base}/issues/${rq.id}`);
+    await page.locator('.exc').first().waitFor();
+    assert.equal(await page.locator('.facts dd').first().textContent(), String(rq.count));
+    const now = Date.now() / 1000;
+    const item = JSON.stringify({ counts: [{ id: newEventId(), event_id: reqwestSample.event_id, count: 9990, start: now - 60, end: now }] });
+    const body = `${JSON.stringify({ dsn: project.dsn })}\n${JSON.stringify({ type: 'errscope.counts', length: Buffer.byteLength(item) })}\n${item}\n`;
+    const res = await fetch(`${collector.base}/api/1/envelope/`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-sentry-envelope', 'X-Sentry-Auth': `Sentry sentry_key=${project.key}, sentry_version=7` },
+      body,
+    });
+    assert.equal(res.status, 200);
+    const total = rq.count + 9990;
+    await page.locator('.facts dd', { hasText: total.toLocaleString('en-US') }).waitFor({ timeout: LIVE_MS });
+    await page.goto(`${collector.base}/issues?sort=count`);
+    const row = page.locator('tr.issue-row').first();
+    assert.equal(await row.getAttribute('data-issue-id'), String(rq.id), 'sorted by count, the storm comes first');
+    assert.equal(await row.locator('.count-cell').textContent(), '10k');
+    assert.equal(await row.locator('.count-cell').getAttribute('title'), `${total.toLocaleString('en-US')} events`);
   });
 
   it('shows a new issue live on the issue list, without a reload', async () => {
