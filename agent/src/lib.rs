@@ -44,42 +44,79 @@
 //! # }
 //! ```
 //!
+//! Synchronous code uses [`Domain::run_sync`]; a future that should carry the current
+//! domain somewhere else (a spawned task, a `select!` arm) uses
+//! [`DomainExt::in_current_domain`]; code deep below a handler adds context with
+//! [`with_domain`] and [`add_breadcrumb`]. Call [`Guard::flush`] (or drop the guard)
+//! before `std::process::exit`: captures are written asynchronously, panics are not.
+//!
 //! # How it works
 //!
 //! - [`capture_error`] costs the caller a few microseconds: a storm check, the error
 //!   chain as strings, the unresolved stack addresses and a snapshot of the current
-//!   domain go over a bounded queue to the agent's thread (`errscope-worker`), which
-//!   resolves symbols (cached per address), builds the event, applies `before_send`,
-//!   scrubs secrets and writes each batch in one SQLite transaction. A full queue drops
-//!   the capture and counts it, in [`stats`] and in the outbox's `discards` table.
-//! - The panic hook records the message, location, thread, stack and domain and waits
-//!   for the commit (at most [`Options::panic_timeout`]) before the previous hook runs,
-//!   so `panic = "abort"` builds lose nothing. Concurrent panics share a transaction. If
-//!   the agent's threads cannot commit in time (stuck in a `before_send` hook, say), or
-//!   the panic happens on one of them, the hook writes the event itself through a
-//!   connection of its own. A thread-local flag keeps a panic inside the hook from
-//!   re-entering it.
+//!   domain go over a bounded queue ([`Options::queue_size`]) to the agent's thread
+//!   `errscope-worker`, which resolves symbols (cached per address), builds the event,
+//!   applies `before_send` and scrubs secrets; the `errscope-writer` thread writes each
+//!   batch in one SQLite transaction. A full queue drops the capture and counts it, in
+//!   [`stats`] and in the outbox's `discards` table: never silently.
+//! - The panic hook (installed once, calling the previous hook after it) records the
+//!   message, location, thread, stack and domain and waits for the commit (at most
+//!   [`Options::panic_timeout`]) before it returns, so `panic = "abort"` builds and
+//!   main-thread panics lose nothing. Concurrent panics share a transaction. If the
+//!   agent's threads cannot commit in time (stuck in a `before_send` hook, say), or the
+//!   panic happens on one of them, the hook writes the event itself through a connection
+//!   of its own. A thread-local flag keeps a panic inside the hook from re-entering it.
+//! - Backtraces: frames are resolved off the caller's thread, inlined frames kept, Rust
+//!   hashes stripped, the agent's and the panic machinery's frames trimmed from the top.
+//!   A frame is in-app when it is Rust source of the program itself: not std, core,
+//!   alloc, a crate from the cargo registry or a git checkout, errscope, backtrace,
+//!   tokio, hyper, … ([`Options::in_app_exclude`]); with [`Options::in_app_include`] set,
+//!   only those crates.
 //! - Error storms: per fingerprint (error type, call site, I/O error kind) only the first
 //!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
-//!   full; the rest are counted exactly into the outbox's `counts` table (the
-//!   collector's `errscope.counts` items).
-//! - The outbox (schema in the `store` module docs) is bounded by
-//!   [`Options::max_events`] and [`Options::max_bytes`]; the oldest events go first,
-//!   counted as `cache_overflow` discards. An outbox that cannot be opened degrades to
-//!   memory with one line on stderr.
-//! - Nothing in the agent panics its host: failures degrade with a line on stderr
-//!   starting with `errscope:`.
+//!   full; the rest are counted exactly against a stored event of the same fingerprint.
+//! - Scrubbing (on by default, [`Options::scrub`], [`Options::scrub_keys`]): values under
+//!   keys containing password, passwd, secret, api_key, apikey, auth, credentials, token,
+//!   private_key, cookie or session (any case) become `[Filtered]`, in tags, contexts,
+//!   extra and breadcrumb data at any depth; so do card-like numbers (13–19 digits passing
+//!   the Luhn check) and the password of `user:pass@` URLs in any string.
+//! - Nothing in the agent panics its host: failures degrade with one line on stderr
+//!   starting with `errscope:` (an outbox that cannot be opened or written is replaced by
+//!   a bounded in-memory buffer, and [`Stats::degraded`] says so).
+//!
+//! # The outbox
+//!
+//! One SQLite file (WAL, `synchronous = NORMAL` unless [`Options::sync_full`]; numbered
+//! migrations tracked in `PRAGMA user_version`), bounded by [`Options::max_events`] and
+//! [`Options::max_bytes`]: the oldest events go first, counted as `cache_overflow`.
+//!
+//! | table | columns |
+//! |---|---|
+//! | `events` | `id INTEGER PRIMARY KEY AUTOINCREMENT`, `event_id TEXT UNIQUE`, `created_at REAL`, `payload BLOB` (the event JSON), `size INTEGER` |
+//! | `counts` | `id TEXT PRIMARY KEY` (32 hex), `event_id TEXT`, `count INTEGER`, `start REAL`, `end REAL`: the collector's `errscope.counts` items; `event_id` is a stored event |
+//! | `discards` | `reason TEXT`, `category TEXT`, `quantity INTEGER`, key (`reason`, `category`): client-report counters (`queue_overflow`, `cache_overflow`, `sample_rate`, `before_send`) |
+//! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT`: `agent_version` |
 //!
 //! # Event shape
 //!
+//! Sentry's event JSON: `event_id` (32 hex), `timestamp` (epoch seconds), `level`,
+//! `platform: "native"`, `release`, `environment`, `server_name`, `exception.values[]`,
+//! `tags` (the domain's, and `domain`: its name), `contexts` (`os`, `runtime`, `thread`,
+//! `domain` and the domain's own entries), `breadcrumbs`, `extra.capture_location`, `sdk`.
+//! Messages have `message` and their stack under `threads`.
+//!
 //! `exception.values` holds one entry per link of the `source()` chain in Sentry's order:
 //! the root cause (the innermost `source()`) first, the captured error last. The last
-//! entry is the event's main exception for Sentry-compatible servers and carries the stack
-//! trace of the `capture_error` call; the errscope collector files the event under the
-//! root cause's class. An `std::io::Error` link has `mechanism.data.io_kind` (e.g.
-//! `ConnectionReset`), `mechanism.data.os_code` and `mechanism.meta.errno`
-//! (`{"number": 104, "name": "ECONNRESET"}`). Panics are one exception of type `panic`, `mechanism.handled:
-//! false`, level `fatal`, with the location in `mechanism.data`.
+//! entry is the event's main exception for Sentry-compatible servers and carries the
+//! stack trace of the `capture_error` call (frames oldest first: `function`, `module`,
+//! `filename`, `abs_path`, `lineno`, `colno`, `in_app`, `instruction_addr`); the errscope
+//! collector files the event under the root cause's class. Each link has
+//! `mechanism {type: "capture_error", handled: true}`; an `std::io::Error` link adds
+//! `mechanism.data.io_kind` (e.g. `ConnectionReset`), `mechanism.data.os_code` and
+//! `mechanism.meta.errno` (`{"number": 104, "name": "ECONNRESET"}`). A panic is one
+//! exception of type `panic` with the message as value, `mechanism {type: "panic",
+//! handled: false}` and the location in `mechanism.data` (`file`, `line`, `column`);
+//! level `fatal`.
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

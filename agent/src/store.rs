@@ -2,14 +2,7 @@
 //! counts and discard counters until a shipper sends them. If the file cannot be opened
 //! or written, the outbox degrades to a bounded in-memory buffer with one stderr line.
 //!
-//! Schema (version 1), read by the shipper:
-//!
-//! | table | columns |
-//! |---|---|
-//! | `events` | `id INTEGER PRIMARY KEY AUTOINCREMENT`, `event_id TEXT UNIQUE`, `created_at REAL`, `payload BLOB` (event JSON), `size INTEGER` |
-//! | `counts` | `id TEXT PRIMARY KEY` (32 hex), `event_id TEXT`, `count INTEGER`, `start REAL`, `end REAL` — the `errscope.counts` items |
-//! | `discards` | `reason TEXT`, `category TEXT`, `quantity INTEGER`, primary key (`reason`, `category`) — client report counters |
-//! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT` — `agent_version`: the last agent version that opened the file |
+//! The schema (version 1) is documented in the crate docs ("The outbox").
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
