@@ -331,6 +331,7 @@ impl<F: Future> DomainExt for F {}
 
 /// `tokio::spawn` that carries the current domain into the task: captures and panics in
 /// the task carry the domain's data. Must be called inside a tokio runtime.
+#[cfg(feature = "tokio")]
 pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,

@@ -3,11 +3,11 @@
 
 use std::cell::Cell;
 use std::panic::{self, PanicHookInfo};
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{client, domain, warn, worker};
 
-static INSTALL: Once = Once::new();
+static INSTALLED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// Set while this thread runs the hook: a panic inside it is not recorded again.
@@ -16,17 +16,19 @@ thread_local! {
 
 /// Installs the hook once per process; the previous hook keeps being called after ours.
 pub(crate) fn install() {
-    INSTALL.call_once(|| {
-        if std::thread::panicking() {
-            // `set_hook` panics on a panicking thread; try again at the next `init`.
-            return;
-        }
-        let previous = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            record(info);
-            previous(info);
-        }));
-    });
+    // `set_hook` panics on a panicking thread: then try again at the next `init`.
+    if std::thread::panicking()
+        || INSTALLED
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+    {
+        return;
+    }
+    let previous = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        record(info);
+        previous(info);
+    }));
 }
 
 /// Resets the re-entrancy flag however `record` ends.

@@ -44,6 +44,11 @@
 //! # }
 //! ```
 //!
+//! # Features
+//!
+//! - `tokio` (default): [`spawn`], a `tokio::spawn` that carries the current domain.
+//!   Domains themselves work on any executor.
+//!
 //! Synchronous code uses [`Domain::run_sync`]; a future that should carry the current
 //! domain somewhere else (a spawned task, a `select!` arm) uses
 //! [`DomainExt::in_current_domain`]; code deep below a handler adds context with
@@ -137,8 +142,10 @@ mod worker;
 
 pub use crate::capture::{AsDynError, capture_error, capture_message};
 pub use crate::client::{Guard, Stats, flush, init, stats};
+#[cfg(feature = "tokio")]
+pub use crate::domain::spawn;
 pub use crate::domain::{
-    Domain, DomainExt, DomainPanic, DomainRun, InDomain, add_breadcrumb, spawn, with_domain,
+    Domain, DomainExt, DomainPanic, DomainRun, InDomain, add_breadcrumb, with_domain,
 };
 pub use crate::event::{
     Breadcrumb, Errno, Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Sdk,
