@@ -172,12 +172,27 @@ pub(crate) fn truncate(mut s: String) -> String {
 
 /// For a source behind `&dyn Error` the concrete type is not available; its `Debug`
 /// output usually starts with the type name (`ParseIntError { kind: .. }`).
-fn type_from_debug(e: &dyn Error) -> String {
-    let debug = format!("{e:?}");
-    let name: String = debug
-        .chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-        .collect();
+/// Only the start of the `Debug` output is formatted: formatting stops at the first
+/// character that cannot be part of a type name (the writer refuses it).
+pub(crate) fn type_from_debug(e: &dyn Error) -> String {
+    struct TypeName(String);
+
+    impl std::fmt::Write for TypeName {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for c in s.chars() {
+                if (c.is_alphanumeric() || c == '_' || c == ':') && self.0.len() < 128 {
+                    self.0.push(c);
+                } else {
+                    return Err(std::fmt::Error);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let mut name = TypeName(String::new());
+    let _ = std::fmt::write(&mut name, format_args!("{e:?}"));
+    let name = name.0;
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         "Error".to_owned()
     } else {

@@ -341,6 +341,7 @@ pub(crate) fn capture_error(
     with_client(|client| {
         let key = StormKey {
             ty,
+            dyn_type: dyn_type_hash(err, ty),
             location,
             io_kind: first_io_kind(err),
         };
@@ -352,6 +353,21 @@ pub(crate) fn capture_error(
     .unwrap_or_else(EventId::nil)
 }
 
+/// Errors captured as `dyn Error` at one call site may be of many types: tell them apart
+/// by the type name their `Debug` starts with (a panicking `Debug` counts as zero).
+fn dyn_type_hash(err: &(dyn Error + 'static), ty: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    if !ty.starts_with("dyn ") {
+        return 0;
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Fixed keys: the same type gives the same hash on every thread.
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(crate::capture::type_from_debug(err))
+    }))
+    .unwrap_or(0)
+}
+
 pub(crate) fn capture_message(
     message: &str,
     level: Level,
@@ -360,6 +376,7 @@ pub(crate) fn capture_message(
     with_client(|client| {
         let key = StormKey {
             ty: "message",
+            dyn_type: 0,
             location,
             io_kind: None,
         };

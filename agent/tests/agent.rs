@@ -791,3 +791,51 @@ fn counts_never_refer_to_an_event_before_send_dropped() {
     assert!(events.is_empty());
     drop(guard);
 }
+
+#[inline(never)]
+fn capture_dyn(err: &(dyn Error + Send + Sync + 'static)) {
+    errscope::capture_error(err);
+}
+
+#[test]
+fn dyn_errors_of_different_types_at_one_call_site_are_counted_apart() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let parse: Box<dyn Error + Send + Sync> = Box::new("x".parse::<u8>().expect_err("nan"));
+    let ldap: Box<dyn Error + Send + Sync> = Box::new(LdapError {
+        op: "bind",
+        source: io::Error::other("refused"),
+    });
+    for _ in 0..100 {
+        capture_dyn(&*parse);
+        capture_dyn(&*ldap);
+    }
+    assert!(guard.flush(FLUSH));
+    let events = outbox.events();
+    let type_of = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["event_id"] == id)
+            .and_then(|e| e["exception"]["values"].as_array()?.last()?["type"].as_str())
+            .map(str::to_owned)
+            .expect("a stored event")
+    };
+    let mut totals = std::collections::BTreeMap::<String, i64>::new();
+    for e in &events {
+        let id = e["event_id"].as_str().expect("id");
+        *totals.entry(type_of(id)).or_default() += 1;
+    }
+    for (_, event_id, count, ..) in outbox.counts() {
+        *totals.entry(type_of(&event_id)).or_default() += count;
+    }
+    assert_eq!(
+        totals,
+        [
+            ("LdapError".to_owned(), 100),
+            ("ParseIntError".to_owned(), 100)
+        ]
+        .into()
+    );
+    drop(guard);
+}
