@@ -59,7 +59,7 @@ pub struct Item<'a> {
 
 /// Parses only the header line (for DSN authentication).
 pub fn parse_header(body: &[u8]) -> Result<EnvelopeHeader, EnvelopeError> {
-    let end = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let end = memchr::memchr(b'\n', body).unwrap_or(body.len());
     header_json(&body[..end], "envelope")
 }
 
@@ -92,7 +92,7 @@ pub fn parse(body: &[u8]) -> Result<(EnvelopeHeader, Vec<Item<'_>>), EnvelopeErr
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(EnvelopeError::Empty);
     }
-    let mut pos = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
+    let mut pos = memchr::memchr(b'\n', body).unwrap_or(body.len());
     let header = header_json(&body[..pos], "envelope")?;
     pos = (pos + 1).min(body.len());
     let mut items = Vec::new();
@@ -104,10 +104,7 @@ pub fn parse(body: &[u8]) -> Result<(EnvelopeHeader, Vec<Item<'_>>), EnvelopeErr
         }
         let n = items.len() + 1;
         let what = format!("item {n}");
-        let end = body[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(body.len(), |p| pos + p);
+        let end = memchr::memchr(b'\n', &body[pos..]).map_or(body.len(), |p| pos + p);
         let ih: ItemHeaderOpt = header_json(&body[pos..end], &what)?;
         let ih =
             ih.0.ok_or_else(|| EnvelopeError::Header(what.clone(), "missing `type`".into()))?;
@@ -133,10 +130,7 @@ pub fn parse(body: &[u8]) -> Result<(EnvelopeHeader, Vec<Item<'_>>), EnvelopeErr
                 p
             }
             None => {
-                let end = body[pos..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(body.len(), |p| pos + p);
+                let end = memchr::memchr(b'\n', &body[pos..]).map_or(body.len(), |p| pos + p);
                 let p = trim_cr(&body[pos..end]);
                 pos = (end + 1).min(body.len());
                 p

@@ -320,22 +320,26 @@ pub fn parse_event_id(s: &str) -> Option<String> {
 /// reading a document back is 128, so stored events always stay readable.
 pub const MAX_DEPTH: usize = 64;
 
-/// Returns the deepest array/object nesting in a JSON text (strings are skipped).
+/// Returns the deepest array/object nesting in a JSON text (strings are skipped with
+/// `memchr`, which is where most of an event's bytes are).
 pub fn json_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
-    for &b in bytes {
-        if in_str {
-            if esc {
-                esc = false;
-            } else if b == b'\\' {
-                esc = true;
-            } else if b == b'"' {
-                in_str = false;
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or(&[])) {
+                        Some(p) if bytes[i + p] == b'\\' => i += p + 2,
+                        Some(p) => {
+                            i += p + 1;
+                            break;
+                        }
+                        None => return max,
+                    }
+                }
+                continue;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
             b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
@@ -343,6 +347,7 @@ pub fn json_depth(bytes: &[u8]) -> usize {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     max
 }
@@ -394,5 +399,8 @@ mod tests {
         assert_eq!(parse_event_id("xyz"), None);
         assert_eq!(parse_event_id("fc6d8c0c43fc4630ad858e1c8a5f6e3"), None);
         assert_eq!(json_depth(br#"{"a":[{"b":"[[[["}]}"#), 3);
+        assert_eq!(json_depth(br#"{"a":"x\\\"[[","b":[[1]]}"#), 3);
+        assert_eq!(json_depth(br#"{"a":"unterminated [[["#), 1);
+        assert_eq!(json_depth(b"[\"\\"), 1);
     }
 }

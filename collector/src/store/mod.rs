@@ -92,7 +92,6 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE UNIQUE INDEX events_event_id ON events (project_id, event_id);
     CREATE INDEX events_issue ON events (issue_id, id);
-    CREATE INDEX events_received ON events (received);
     CREATE TABLE event_ids (
         project_id INTEGER NOT NULL,
         event_id TEXT NOT NULL,
@@ -154,6 +153,7 @@ pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, Store
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
+    conn.set_prepared_statement_cache_capacity(64);
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     if !read_only {
