@@ -78,7 +78,11 @@ async function route({ focus = false } = {}) {
       return;
     }
     r = cand;
-    (cand.keys || []).forEach((k, i) => { params[k] = decodeURIComponent(m[i + 1]); });
+    try {
+      (cand.keys || []).forEach((k, i) => { params[k] = decodeURIComponent(m[i + 1]); });
+    } catch {
+      r = null; // malformed percent-encoding: not a page of ours
+    }
     break;
   }
   const view = r ? r.view : notFound;

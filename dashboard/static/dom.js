@@ -56,3 +56,18 @@ export function replace(el, ...children) {
   appendChildren(el, children);
   return el;
 }
+
+/**
+ * Runs `render` (which replaces children of `container`) and gives the focus back
+ * to the element with the same `data-key` if one inside `container` had it, so a
+ * live refresh does not throw a keyboard user back to the top of the page.
+ */
+export function keepFocus(container, render) {
+  const active = document.activeElement;
+  const key = active && container.contains(active) ? active.getAttribute('data-key') : null;
+  render();
+  if (key) {
+    const again = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
+    if (again) again.focus({ preventScroll: true });
+  }
+}

@@ -274,12 +274,15 @@ describe('dashboard against a real collector', () => {
     await page.locator('tr.issue-row').first().waitFor();
     await page.evaluate(() => { window.__noReload = true; });
     const before = await page.locator('tr.issue-row').count();
+    const focusedKey = await page.locator('a.issue-title').nth(1).getAttribute('data-key');
+    await page.locator('a.issue-title').nth(1).focus();
     await page.waitForTimeout(2500); // let the poller see the current seq first
     await send(collector, project, uniqueEvent('nightly_export'));
     await page.locator('a.issue-title', { hasText: 'job nightly_export failed' }).waitFor({ timeout: LIVE_MS });
     assert.equal(await page.locator('tr.issue-row').count(), before + 1);
     assert.equal(await page.evaluate(() => window.__noReload), true);
     assert.match(await page.locator('tr.issue-row').first().getAttribute('class'), /row-new/);
+    assert.equal(await page.evaluate(() => document.activeElement.dataset.key), focusedKey, 'the refresh keeps the keyboard focus');
     await screenshot(page, 'issues-1280-light');
   });
 

@@ -1,5 +1,5 @@
 // Home page: the project's error classes, programmer vs operational.
-import { h, replace } from '../dom.js';
+import { h, replace, keepFocus } from '../dom.js';
 import { api } from '../api.js';
 import { sparkline } from '../charts.js';
 import { int, compact } from '../format.js';
@@ -40,7 +40,7 @@ export async function classesView(ctx) {
         h('h1', null, 'Error classes'),
         h('p', { class: 'muted page-sub' }, p ? `Project ${p.name}` : '', ' · grouped by the type of the root error')),
       h('nav', { class: 'segmented', 'aria-label': 'Status' },
-        STATUSES.map(([k, label]) => h('a', { href: href('/', { status: k === 'unresolved' ? '' : k }), 'aria-current': k === status ? 'page' : null }, label))));
+        STATUSES.map(([k, label]) => h('a', { href: href('/', { status: k === 'unresolved' ? '' : k }), 'aria-current': k === status ? 'page' : null, 'data-key': `status:${k}` }, label))));
 
     const summary = h('div', { class: 'summary' },
       h('div', { class: 'stat' }, h('span', { class: 'stat-label' }, 'Events'), h('span', { class: 'stat-value num' }, stats ? int(stats.events) : '—')),
@@ -78,14 +78,14 @@ export async function classesView(ctx) {
           h('th', { scope: 'col', class: 'spark-col' }, '24 h'))),
         h('tbody', null, classes.map((c) => h('tr', { class: ['class-row', `kind-row-${c.kind === 'programmer' ? 'programmer' : 'operational'}`] },
           h('td', { class: 'class-cell' },
-            h('a', { class: 'class-name', href: href('/issues', { class: c.class, status: issueStatus }) }, c.class)),
+            h('a', { class: 'class-name', href: href('/issues', { class: c.class, status: issueStatus }), 'data-key': `class:${c.class}` }, c.class)),
           h('td', { class: 'kind-cell' }, kindBadge(c.kind)),
           h('td', { class: 'r num issues-cell', 'data-label': c.issues === 1 ? 'issue' : 'issues' }, int(c.issues)),
           h('td', { class: 'r num', 'data-label': c.events === 1 ? 'event' : 'events', title: int(c.events) }, compact(c.events)),
           h('td', { class: 'when' }, timeAgo(c.last_seen)),
           h('td', { class: 'spark-col' }, sparkline(c.hourly, { kind: c.kind === 'programmer' ? 'programmer' : 'operational' })))))));
     }
-    replace(root, head, summary, notice, body);
+    keepFocus(root, () => replace(root, head, summary, notice, body));
   }
 
   await load();

@@ -1,6 +1,6 @@
 // Issue detail: header and actions, 14-day hourly chart, top tag values,
 // and one event (the latest by default) with older/newer navigation.
-import { h, replace } from '../dom.js';
+import { h, replace, keepFocus } from '../dom.js';
 import { api } from '../api.js';
 import { hourlyBars } from '../charts.js';
 import { int, compact } from '../format.js';
@@ -66,15 +66,15 @@ export async function issueView(ctx) {
         }
       });
     }
-    replace(eventsSlot,
+    keepFocus(eventsSlot, () => replace(eventsSlot,
       h('h2', { class: 'card-title' }, 'Recent events'),
       eventsList.length
         ? h('ol', { class: 'event-list' }, eventsList.map((e) => h('li', null,
-          h('a', { href: `/issues/${id}/events/${e.event_id}`, 'aria-current': e.event_id === current ? 'true' : null },
+          h('a', { href: `/issues/${id}/events/${e.event_id}`, 'aria-current': e.event_id === current ? 'true' : null, 'data-key': `event:${e.event_id}` },
             h('span', { class: 'event-list-when' }, timeAgo(e.timestamp)),
             h('span', { class: 'event-list-meta muted' }, [e.environment, e.release].filter(Boolean).join(' · ') || String(e.event_id).slice(0, 8))))))
         : h('p', { class: 'muted' }, 'No stored events.'),
-      more);
+      more));
   }
 
   async function loadEvents() {
@@ -105,7 +105,7 @@ export async function issueView(ctx) {
 
   function actionButtons() {
     const b = (label, status, cls) => {
-      const btn = h('button', { type: 'button', class: ['btn', cls], 'data-action': status }, label);
+      const btn = h('button', { type: 'button', class: ['btn', cls], 'data-action': status, 'data-key': `action:${label}` }, label);
       btn.addEventListener('click', () => setStatus(status, btn));
       return btn;
     };
@@ -116,7 +116,7 @@ export async function issueView(ctx) {
 
   function renderHead() {
     const last24 = (issue.hourly || []).reduce((a, v) => a + (Number(v) || 0), 0);
-    replace(headSlot, 
+    keepFocus(headSlot, () => replace(headSlot, 
       h('nav', { class: 'crumbs-nav', 'aria-label': 'Breadcrumb' },
         h('a', { href: '/' }, 'Classes'), h('span', { 'aria-hidden': 'true' }, ' / '),
         h('a', { class: 'mono', href: href('/issues', { class: issue.class }) }, issue.class), h('span', { 'aria-hidden': 'true' }, ' / '),
@@ -134,7 +134,7 @@ export async function issueView(ctx) {
         h('div', null, h('dt', null, 'Events'), h('dd', { class: 'num', title: int(issue.count) }, int(issue.count))),
         h('div', null, h('dt', null, 'Last 24 h'), h('dd', { class: 'num' }, compact(last24))),
         h('div', null, h('dt', null, 'First seen'), h('dd', null, timeAgo(issue.first_seen))),
-        h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen)))));
+        h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen))))));
   }
 
   function renderChart() {

@@ -1,6 +1,6 @@
 // Issue list: for one class or for everything, with filters, sort and
 // cursor pagination (the collector pages with an opaque cursor).
-import { h, replace } from '../dom.js';
+import { h, replace, keepFocus } from '../dom.js';
 import { api } from '../api.js';
 import { sparkline } from '../charts.js';
 import { int, compact } from '../format.js';
@@ -142,18 +142,18 @@ export async function issuesView(ctx) {
     },
     h('td', { class: 'issue-main' },
       h('div', { class: 'issue-title-line' },
-        h('a', { class: 'issue-title', href: `/issues/${i.id}` }, i.title || '(no title)'),
+        h('a', { class: 'issue-title', href: `/issues/${i.id}`, 'data-key': `issue:${i.id}` }, i.title || '(no title)'),
         regressionBadge(i.is_regression), statusBadge(i.status)),
       h('div', { class: 'issue-meta' },
         kindBadge(i.kind),
-        h('a', { class: 'class-chip mono', href: toUrl({ ...params, class: i.class }, { cursor: '' }), title: `Only ${i.class}` }, i.class),
+        h('a', { class: 'class-chip mono', href: toUrl({ ...params, class: i.class }, { cursor: '' }), title: `Only ${i.class}`, 'data-key': `chip:${i.id}` }, i.class),
         i.culprit ? h('span', { class: 'culprit mono', title: 'Top in-app frame' }, i.culprit) : null)),
     h('td', { class: 'level-cell' }, levelBadge(i.level)),
     h('td', { class: 'r num count-cell', title: `${int(i.count)} events` }, compact(i.count)),
     h('td', { class: 'when' }, h('span', { class: 'when-label' }, 'last '), timeAgo(i.last_seen)),
     h('td', { class: 'when when-first' }, h('span', { class: 'when-label' }, 'first '), timeAgo(i.first_seen)),
     h('td', { class: 'spark-col' }, sparkline(i.hourly, { kind: i.kind === 'programmer' ? 'programmer' : 'operational' }))));
-    replace(listSlot, h('div', { class: 'table-wrap' }, h('table', { class: 'table issues' },
+    keepFocus(listSlot, () => replace(listSlot, h('div', { class: 'table-wrap' }, h('table', { class: 'table issues' },
       h('thead', null, h('tr', null,
         h('th', { scope: 'col' }, 'Issue'),
         h('th', { scope: 'col' }, 'Level'),
@@ -161,16 +161,16 @@ export async function issuesView(ctx) {
         h('th', { scope: 'col' }, 'Last seen'),
         h('th', { scope: 'col', class: 'when-first' }, 'First seen'),
         h('th', { scope: 'col', class: 'spark-col' }, '24 h'))),
-      h('tbody', null, rows))));
+      h('tbody', null, rows)))));
     const first = (info[1] - 1) * 50 + 1;
-    replace(pager,
+    keepFocus(pager, () => replace(pager,
       params.cursor
-        ? h('a', { class: 'btn', href: toUrl(params, { cursor: info[0] || '' }), rel: 'prev' }, '← Previous')
+        ? h('a', { class: 'btn', href: toUrl(params, { cursor: info[0] || '' }), rel: 'prev', 'data-key': 'prev' }, '← Previous')
         : h('span', { class: 'btn', 'aria-disabled': 'true' }, '← Previous'),
       h('span', { class: 'pager-info num' }, `${int(first)}–${int(first + issues.length - 1)}`),
       next
-        ? h('a', { class: 'btn', href: toUrl(params, { cursor: next }), rel: 'next' }, 'Next →')
-        : h('span', { class: 'btn', 'aria-disabled': 'true' }, 'Next →'));
+        ? h('a', { class: 'btn', href: toUrl(params, { cursor: next }), rel: 'next', 'data-key': 'next' }, 'Next →')
+        : h('span', { class: 'btn', 'aria-disabled': 'true' }, 'Next →')));
     if (listSlot.isConnected) markRows();
   }
 
