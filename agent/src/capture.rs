@@ -244,6 +244,34 @@ mod tests {
 
     impl Error for Rude {}
 
+    #[derive(Debug)]
+    enum Shop {
+        Db(#[allow(dead_code)] io::Error),
+        Parse(#[allow(dead_code)] std::num::ParseIntError),
+    }
+
+    impl std::fmt::Display for Shop {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("shop error")
+        }
+    }
+
+    impl Error for Shop {}
+
+    #[test]
+    fn debug_names_tell_variants_and_dyn_types_apart() {
+        let db = Shop::Db(io::Error::other("x"));
+        let parse = Shop::Parse("x".parse::<u8>().expect_err("nan"));
+        assert_eq!(type_from_debug(&db), "Db");
+        assert_eq!(type_from_debug(&parse), "Parse");
+        let long = Shop::Db(io::Error::other("y".repeat(10_000)));
+        assert_eq!(
+            type_from_debug(&long),
+            "Db",
+            "formatting stops after the name"
+        );
+    }
+
     #[test]
     fn long_messages_are_cut_at_a_char_boundary() {
         let long = "é".repeat(MAX_MESSAGE);

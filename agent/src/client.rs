@@ -341,7 +341,7 @@ pub(crate) fn capture_error(
     with_client(|client| {
         let key = StormKey {
             ty,
-            dyn_type: dyn_type_hash(err, ty),
+            debug_name: debug_name_hash(err),
             location,
             io_kind: first_io_kind(err),
         };
@@ -353,11 +353,14 @@ pub(crate) fn capture_error(
     .unwrap_or_else(EventId::nil)
 }
 
-/// Errors captured as `dyn Error` at one call site may be of many types: tell them apart
-/// by the type name their `Debug` starts with (a panicking `Debug` counts as zero).
-fn dyn_type_hash(err: &(dyn Error + 'static), ty: &str) -> u64 {
+/// Errors captured at one call site may be of many types (as `dyn Error`) or variants:
+/// tell them apart by the name their `Debug` output starts with. Only that name is
+/// formatted; a panicking `Debug` counts as zero.
+fn debug_name_hash(err: &(dyn Error + 'static)) -> u64 {
     use std::hash::BuildHasher as _;
-    if !ty.starts_with("dyn ") {
+    // An `io::Error`'s `Debug` names its representation (`Os`, `Custom`), not anything the
+    // I/O kind in the key does not already say, and it calls `strerror` to get there.
+    if err.is::<std::io::Error>() {
         return 0;
     }
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -376,7 +379,7 @@ pub(crate) fn capture_message(
     with_client(|client| {
         let key = StormKey {
             ty: "message",
-            dyn_type: 0,
+            debug_name: 0,
             location,
             io_kind: None,
         };

@@ -22,9 +22,9 @@ const SHARDS: usize = 16;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct StormKey {
     pub(crate) ty: &'static str,
-    /// For errors captured as `dyn Error`, whose static type says nothing: a hash of the
-    /// concrete type name read from `Debug`. Zero otherwise.
-    pub(crate) dyn_type: u64,
+    /// A hash of the name the error's `Debug` output starts with: the concrete type of a
+    /// `dyn Error`, the variant of an enum (`Db(..)` vs `Parse(..)`).
+    pub(crate) debug_name: u64,
     pub(crate) location: &'static Location<'static>,
     pub(crate) io_kind: Option<io::ErrorKind>,
 }
@@ -216,7 +216,7 @@ mod tests {
     fn key() -> StormKey {
         StormKey {
             ty: "x",
-            dyn_type: 0,
+            debug_name: 0,
             location: Location::caller(),
             io_kind: None,
         }
