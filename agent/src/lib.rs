@@ -77,7 +77,8 @@
 //!   alloc, a crate from the cargo registry or a git checkout, errscope, backtrace,
 //!   tokio, hyper, … ([`Options::in_app_exclude`]); with [`Options::in_app_include`] set,
 //!   only those crates.
-//! - Error storms: per fingerprint (error type, call site, I/O error kind) only the first
+//! - Error storms: per fingerprint (error type, enum variant or concrete type of a `dyn
+//!   Error` as its `Debug` names it, call site, I/O error kind) only the first
 //!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
 //!   full; the rest are counted exactly against a stored event of the same fingerprint.
 //! - Scrubbing (on by default, [`Options::scrub`], [`Options::scrub_keys`]): values under

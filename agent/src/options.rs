@@ -65,7 +65,7 @@ pub struct Options {
     /// Capacity of the queue between the host's threads and the agent's thread.
     /// A capture that finds it full is dropped and counted. Default: 4096.
     pub queue_size: usize,
-    /// Storm limiter: per error fingerprint (type, call site, I/O error kind), only the
+    /// Storm limiter: per error fingerprint (type, `Debug` name, call site, I/O error kind), only the
     /// first `storm_burst` events of each `storm_window` are stored in full; the rest are
     /// counted exactly. Default: 5.
     pub storm_burst: u32,
