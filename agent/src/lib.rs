@@ -127,6 +127,7 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod assemble;
 mod capture;
 mod client;
 mod domain;

@@ -1,0 +1,235 @@
+//! Event assembly: a [`Record`] taken on the caller's thread becomes a Sentry [`Event`] on
+//! the agent's thread (frames from the resolver, the error chain in Sentry's order, the
+//! domain's tags, context and breadcrumbs, the `os`, `runtime` and `thread` contexts).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::capture::Link;
+use crate::client::Shared;
+use crate::domain::DomainData;
+use crate::event::{
+    Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
+};
+use crate::trace::{RawTrace, Resolver};
+
+/// A capture as taken on the caller's thread.
+#[derive(Clone)]
+pub(crate) struct Record {
+    pub(crate) event_id: EventId,
+    pub(crate) timestamp: f64,
+    pub(crate) level: Level,
+    pub(crate) payload: Payload,
+    pub(crate) trace: Option<RawTrace>,
+    pub(crate) domain: Option<Arc<DomainData>>,
+    pub(crate) thread: Option<String>,
+    /// The storm fingerprint of a capture (none for panics).
+    pub(crate) storm_key: Option<crate::storm::StormKey>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Payload {
+    Error {
+        chain: Vec<Link>,
+        location: &'static std::panic::Location<'static>,
+    },
+    Message {
+        text: String,
+        location: &'static std::panic::Location<'static>,
+    },
+    Panic {
+        message: String,
+        location: Option<(String, u32, u32)>,
+    },
+}
+
+/// Turns a capture into a Sentry event.
+pub(crate) fn build_event(
+    record: Record,
+    shared: &Shared,
+    resolver: &mut Resolver,
+    os: &Value,
+) -> Event {
+    let options = &shared.options;
+    let mut event = Event::new(record.event_id, record.timestamp, record.level);
+    event.release.clone_from(&options.release);
+    event.environment.clone_from(&options.environment);
+    event.server_name.clone_from(&shared.server_name);
+    // Without a `before_send` hook nobody looks at typed frames: splice in the JSON the
+    // resolver cached per address instead of cloning and serializing them again.
+    let stacktrace = record.trace.as_ref().and_then(|t| {
+        if options.before_send.is_some() {
+            let frames = resolver.frames(t);
+            (!frames.is_empty()).then(|| Stacktrace::new(frames))
+        } else {
+            let raw = resolver.raw_frames(t);
+            (!raw.is_empty()).then(|| Stacktrace::from_raw(raw))
+        }
+    });
+    match record.payload {
+        Payload::Error { chain, location } => {
+            // Sentry's order: the root cause (the innermost `source()`) first, the captured
+            // error last. Sentry-compatible servers take the last value as the event's
+            // main exception, and it carries the stack where it was captured.
+            let mut values: Vec<Exception> = chain.into_iter().rev().map(exception_of).collect();
+            if let Some(last) = values.last_mut() {
+                last.stacktrace = stacktrace;
+            }
+            event.exception = Some(Values { values });
+            event
+                .extra
+                .insert("capture_location".to_owned(), json!(location.to_string()));
+        }
+        Payload::Message { text, location } => {
+            event.message = Some(text);
+            event
+                .extra
+                .insert("capture_location".to_owned(), json!(location.to_string()));
+            if let Some(st) = stacktrace {
+                event.threads = Some(Values {
+                    values: vec![crate::event::Thread {
+                        name: record.thread.clone(),
+                        current: true,
+                        crashed: false,
+                        stacktrace: Some(st),
+                    }],
+                });
+            }
+        }
+        Payload::Panic { message, location } => {
+            let mut data = BTreeMap::new();
+            if let Some((file, line, column)) = location {
+                data.insert("file".to_owned(), json!(file));
+                data.insert("line".to_owned(), json!(line));
+                data.insert("column".to_owned(), json!(column));
+            }
+            event.exception = Some(Values {
+                values: vec![Exception {
+                    ty: "panic".to_owned(),
+                    value: message,
+                    mechanism: Some(Mechanism {
+                        ty: "panic".to_owned(),
+                        handled: false,
+                        data,
+                        meta: None,
+                    }),
+                    stacktrace,
+                }],
+            });
+        }
+    }
+    event.contexts.insert("os".to_owned(), os.clone());
+    event.contexts.insert(
+        "runtime".to_owned(),
+        json!({"type": "runtime", "name": "rustc", "version": env!("ERRSCOPE_RUSTC_VERSION")}),
+    );
+    event.contexts.insert(
+        "thread".to_owned(),
+        json!({"type": "thread", "name": record.thread}),
+    );
+    if let Some(domain) = record.domain {
+        for (k, v) in &domain.context {
+            let value = if v.is_object() {
+                v.clone()
+            } else {
+                json!({ "value": v })
+            };
+            event.contexts.insert(k.clone(), value);
+        }
+        event.contexts.insert(
+            "domain".to_owned(),
+            json!({"type": "domain", "name": domain.name}),
+        );
+        event.tags.extend(domain.tags.clone());
+        event.tags.insert("domain".to_owned(), domain.name.clone());
+        if !domain.breadcrumbs.is_empty() {
+            event.breadcrumbs = Some(Values {
+                values: domain.breadcrumbs.iter().cloned().collect(),
+            });
+        }
+    }
+    event
+}
+
+fn exception_of(link: Link) -> Exception {
+    let mut data = BTreeMap::new();
+    let mut meta = None;
+    if let Some(io) = link.io {
+        data.insert("io_kind".to_owned(), json!(format!("{:?}", io.kind)));
+        if let Some(code) = io.raw_os_error {
+            data.insert("os_code".to_owned(), json!(code));
+            meta = Some(MechanismMeta {
+                errno: Errno {
+                    number: code,
+                    name: errno_name(code).map(str::to_owned),
+                },
+            });
+        }
+    }
+    Exception {
+        ty: link.ty,
+        value: link.value,
+        mechanism: Some(Mechanism {
+            ty: "capture_error".to_owned(),
+            handled: true,
+            data,
+            meta,
+        }),
+        stacktrace: None,
+    }
+}
+
+/// Symbolic names of the errno values services meet most.
+#[cfg(unix)]
+fn errno_name(code: i32) -> Option<&'static str> {
+    let names: &[(i32, &str)] = &[
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::EINTR, "EINTR"),
+        (libc::EIO, "EIO"),
+        (libc::EBADF, "EBADF"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EACCES, "EACCES"),
+        (libc::EEXIST, "EEXIST"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::EMFILE, "EMFILE"),
+        (libc::ENOSPC, "ENOSPC"),
+        (libc::EPIPE, "EPIPE"),
+        (libc::EADDRINUSE, "EADDRINUSE"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ENETDOWN, "ENETDOWN"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ECONNABORTED, "ECONNABORTED"),
+        (libc::ECONNRESET, "ECONNRESET"),
+        (libc::ENOTCONN, "ENOTCONN"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    ];
+    names
+        .iter()
+        .find(|(n, _)| *n == code)
+        .map(|(_, name)| *name)
+}
+
+#[cfg(not(unix))]
+fn errno_name(_code: i32) -> Option<&'static str> {
+    None
+}
+
+/// The `os` context, read once per agent thread.
+pub(crate) fn os_context() -> Value {
+    let name = match std::env::consts::OS {
+        "linux" => "Linux",
+        "macos" => "macOS",
+        "windows" => "Windows",
+        other => other,
+    };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_owned());
+    json!({"type": "os", "name": name, "kernel_version": kernel, "arch": std::env::consts::ARCH})
+}
