@@ -942,3 +942,129 @@ sentry_sdk.flush(10)
     assert_eq!(detail["tags"]["release"][0]["value"], "py@1");
     s.stop().await;
 }
+
+/// Events shaped the way the errscope agent sends them (see `agent/src/lib.rs`).
+#[tokio::test]
+async fn errscope_agent_events_get_their_class_and_kind() {
+    let s = server().await;
+    let frames = json!([
+        {"function": "shop::main", "module": "shop", "filename": "src/main.rs", "lineno": 10, "in_app": true, "instruction_addr": "0x55d1c0a0"},
+        {"function": "shop::ldap::bind", "module": "shop::ldap", "filename": "src/ldap.rs", "lineno": 42, "in_app": true, "instruction_addr": "0x55d1c0f0"},
+        {"function": "errscope::capture_error", "module": "errscope", "in_app": false}
+    ]);
+    let io_error = |id: u64, os: &str| {
+        json!({
+            "event_id": event_id(id), "timestamp": 1.7e9, "level": "error", "platform": "native",
+            "tags": {"domain": "ldap"},
+            "exception": {"values": [
+                {"type": "std::io::Error", "value": format!("connection reset by peer (os error {os})"),
+                 "mechanism": {"type": "capture_error", "handled": true,
+                               "data": {"io_kind": "ConnectionReset", "os_code": 104},
+                               "meta": {"errno": {"number": 104, "name": "ECONNRESET"}}}},
+                {"type": "shop::ldap::BindError", "value": "bind failed",
+                 "mechanism": {"type": "capture_error", "handled": true},
+                 "stacktrace": {"frames": frames}}
+            ]}
+        })
+    };
+    let panic = json!({
+        "event_id": event_id(3), "timestamp": 1.7e9, "level": "fatal", "platform": "native",
+        "exception": {"values": [{"type": "panic", "value": "index out of bounds: the len is 3 but the index is 7",
+            "mechanism": {"type": "panic", "handled": false, "data": {"file": "src/cart.rs", "line": 12, "column": 5}},
+            "stacktrace": {"frames": [{"function": "shop::cart::total", "module": "shop::cart", "in_app": true}]}}]}
+    });
+    let mut body = envelope(&[io_error(1, "104"), io_error(2, "104"), panic]);
+    let counts = json!({"counts": [{"id": "00000000000000000000000000000abc", "event_id": event_id(1), "count": 9990, "start": 1.7e9, "end": 1.7e9 + 10.0}]});
+    let p = counts.to_string();
+    body.extend_from_slice(
+        format!(
+            "{}\n{p}\n",
+            json!({"type": "errscope.counts", "length": p.len()})
+        )
+        .as_bytes(),
+    );
+    let r = s.post_envelope(body).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-errscope-collector"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["ids"],
+        json!([event_id(1), event_id(2), event_id(3)])
+    );
+    let (_, classes) = s.api("/api/0/projects/1/classes/").await;
+    let by_class = |c: &str| {
+        classes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["class"] == c)
+            .cloned()
+            .unwrap_or_else(|| panic!("{c} in {classes}"))
+    };
+    let io = by_class("std::io::Error: ConnectionReset");
+    assert_eq!(io["kind"], "operational");
+    assert_eq!(
+        (io["issues"].clone(), io["events"].clone()),
+        (json!(1), json!(2 + 9990))
+    );
+    let p = by_class("panic");
+    assert_eq!(p["kind"], "programmer");
+    let (_, issues) = s
+        .api("/api/0/projects/1/issues/?class=std::io::Error:%20ConnectionReset")
+        .await;
+    let issue = &issues["data"][0];
+    assert_eq!(issue["culprit"], "shop::ldap::bind");
+    assert_eq!(issue["title"], "shop::ldap::BindError: bind failed");
+    let (_, panics) = s.api("/api/0/projects/1/issues/?level=fatal").await;
+    assert_eq!(panics["data"][0]["culprit"], "shop::cart::total");
+    assert_eq!(panics["data"][0]["kind"], "programmer");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn project_create_prints_a_working_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = spawn_binary(dir.path(), &[]).await;
+    drop(first);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+        .args([
+            "project",
+            "create",
+            "shop",
+            "--public-url",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let dsn = text
+        .lines()
+        .find_map(|l| l.strip_prefix("DSN: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        dsn.starts_with("http://") && dsn.ends_with("@127.0.0.1:9/2"),
+        "{dsn}"
+    );
+    let key = dsn.split("//").nth(1).unwrap().split('@').next().unwrap();
+    let c = spawn_binary(dir.path(), &[]).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/2/store/?sentry_key={key}", c.base))
+        .body(event(&event_id(1), "f", "v").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+        .args(["project", "create", "shop", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a duplicate name must fail");
+}

@@ -655,6 +655,25 @@ mod tests {
     }
 
     #[test]
+    fn error_responses_carry_status_and_retry_headers() {
+        let r = IngestError::QueueFull.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let r = IngestError::RateLimited(17).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()["x-sentry-rate-limits"], "17::project");
+        let r = IngestError::Internal("disk on fire".into()).into_response();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[tokio::test]
+    async fn internal_details_do_not_leak() {
+        let r = IngestError::Internal("/var/secret/path: disk on fire".into()).into_response();
+        let body = axum::body::to_bytes(r.into_body(), 1000).await.unwrap();
+        assert_eq!(&body[..], br#"{"detail":"internal error"}"#);
+    }
+
+    #[test]
     fn prepares_events() {
         let e = prepare_event(br#"{"event_id":"AB0C2B6A9D7E4F1A8B3C2D1E0F9A8B7C","timestamp":"2020-01-01T00:00:00Z","level":"warn","message":"m","tags":{"domain":"ldap"}}"#, 1_700_000_000_000, None).unwrap();
         assert_eq!(e.event_id, "ab0c2b6a9d7e4f1a8b3c2d1e0f9a8b7c");

@@ -815,3 +815,155 @@ mod tests {
         assert_eq!(spread(7, 10 * h, 9 * h), vec![(10, 7)]);
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use crate::ingest::prepare_event;
+    use crate::store::{queries, test_db};
+
+    fn writer(
+        db: test_db::TestDb,
+        retention: Retention,
+        capacity: usize,
+    ) -> (Writer, JoinHandle<()>, tempfile::TempDir) {
+        let test_db::TestDb { dir, conn } = db;
+        crate::store::create_project(&conn, "default").unwrap();
+        let (w, h) =
+            Writer::start(conn, capacity, retention, Arc::new(Metrics::default())).unwrap();
+        (w, h, dir)
+    }
+
+    fn ev(n: u64, received: i64) -> PreparedEvent {
+        let json = format!(
+            r#"{{"event_id":"{n:032x}","message":"same message","timestamp":{}}}"#,
+            received / 1000
+        );
+        prepare_event(json.as_bytes(), received, None).unwrap()
+    }
+
+    fn job(events: Vec<PreparedEvent>) -> IngestJob {
+        IngestJob {
+            project_id: 1,
+            events,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_first_and_newest_samples_and_exact_counts() {
+        let (w, h, dir) = writer(
+            test_db::fresh(),
+            Retention {
+                max_events_per_issue: 5,
+                retention_days: 30,
+            },
+            64,
+        );
+        let now = now_ms();
+        for n in 1..=20 {
+            w.ingest(job(vec![ev(n, now)])).await.unwrap();
+        }
+        w.shutdown();
+        h.join().unwrap();
+        let conn = crate::store::open_connection(&crate::store::db_path(dir.path()), true).unwrap();
+        let ids: Vec<String> = conn
+            .prepare("SELECT event_id FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<String> = [1, 17, 18, 19, 20]
+            .iter()
+            .map(|n| format!("{n:032x}"))
+            .collect();
+        assert_eq!(ids, want);
+        let issue = queries::issue(&conn, 1, now).unwrap().unwrap();
+        assert_eq!(issue.count, 20);
+        assert_eq!(*issue.hourly.last().unwrap(), 20);
+        assert_eq!(queries::stats(&conn, 1).unwrap().unwrap().events, 20);
+    }
+
+    #[tokio::test]
+    async fn prunes_old_samples_and_dedup_ids_on_start() {
+        let db = test_db::fresh();
+        let dir_path = db.dir.path().to_owned();
+        let (w, h, _dir) = writer(
+            db,
+            Retention {
+                max_events_per_issue: 100,
+                retention_days: 30,
+            },
+            64,
+        );
+        let now = now_ms();
+        let old = now - 31 * 24 * HOUR_MS;
+        w.ingest(job(vec![ev(1, old), ev(2, old), ev(3, now)]))
+            .await
+            .unwrap();
+        w.shutdown();
+        h.join().unwrap();
+        // A restart prunes right away.
+        let conn = crate::store::open_and_migrate(&dir_path).unwrap();
+        let (w, h) =
+            Writer::start(conn, 8, Retention::default(), Arc::new(Metrics::default())).unwrap();
+        w.exec(|_| Ok(())).await.unwrap();
+        w.shutdown();
+        h.join().unwrap();
+        let conn = crate::store::open_connection(&crate::store::db_path(&dir_path), true).unwrap();
+        let left: Vec<String> = conn
+            .prepare("SELECT event_id FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(left, vec![format!("{:032x}", 3)]);
+        let ids: i64 = conn
+            .query_row("SELECT count(*) FROM event_ids", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ids, 1, "dedup ids older than the window are dropped");
+        // Counts stay exact after the samples are gone.
+        assert_eq!(queries::issue(&conn, 1, now).unwrap().unwrap().count, 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_not_dropped() {
+        let (w, h, _dir) = writer(test_db::fresh(), Retention::default(), 1);
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        // Occupy the writer thread.
+        let busy = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.exec(move |_| {
+                    started_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // One job fits in the queue, the next is refused.
+        let queued = {
+            let w = w.clone();
+            tokio::spawn(async move { w.ingest(job(vec![ev(1, now_ms())])).await })
+        };
+        while w.metrics.queue_depth.load(Relaxed) < 1 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            w.ingest(job(vec![ev(2, now_ms())])).await,
+            Err(StoreError::QueueFull)
+        ));
+        release_tx.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        w.shutdown();
+        h.join().unwrap();
+    }
+}
