@@ -111,6 +111,26 @@ export function snippet(dsn) {
       ])));
 }
 
+/** A curl command that sends one test event to the project of `dsn`. */
+export function curlTest(dsn) {
+  let cmd;
+  try {
+    const u = new URL(dsn);
+    const pid = u.pathname.replace(/^\/+|\/+$/g, '');
+    cmd = `curl -sS -X POST '${u.protocol}//${u.host}/api/${pid}/store/' \\\n`
+      + `  -H 'X-Sentry-Auth: Sentry sentry_key=${decodeURIComponent(u.username)}, sentry_version=7' \\\n`
+      + "  -H 'Content-Type: application/json' \\\n"
+      + `  -d '{"message": "errscope test event", "level": "error", "platform": "native"}'`;
+  } catch {
+    return null;
+  }
+  return h('details', { class: 'curl' },
+    h('summary', null, 'Or send a test event with curl'),
+    h('div', { class: 'snippet' },
+      h('div', { class: 'snippet-head' }, h('span', null, 'Shell'), copyButton(() => cmd, 'Copy command')),
+      h('pre', { class: 'code' }, cmd)));
+}
+
 export function dsnField(dsn) {
   const code = h('code', { class: 'dsn-value' }, dsn);
   return h('div', { class: 'dsn' },
@@ -129,7 +149,8 @@ export function noErrorsYet(p) {
   return emptyState('No errors yet — here is your DSN',
     h('p', { class: 'muted' }, 'Add the agent to a Rust service with this DSN; its first error shows up here within seconds, no reload needed.'),
     p ? dsnField(p.dsn) : null,
-    p ? snippet(p.dsn) : null);
+    p ? snippet(p.dsn) : null,
+    p ? curlTest(p.dsn) : null);
 }
 
 export function errorBox(err) {

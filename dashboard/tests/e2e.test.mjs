@@ -3,6 +3,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
+import { execFileSync } from 'node:child_process';
 import { Collector, ADMIN_PASSWORD } from './lib/collector.mjs';
 import { send, sendClientReport, newEventId, panicEvent, ioEvent, reqwestEvent, uniqueEvent, xssEvent, XSS } from './lib/events.mjs';
 import { launch, watch, loginByApi, screenshot } from './lib/browser.mjs';
@@ -69,7 +70,7 @@ describe('dashboard against a real collector', () => {
     await page.waitForURL(`${collector.base}/`);
     await page.getByRole('heading', { name: 'No errors yet — here is your DSN' }).waitFor();
     assert.equal(await page.locator('.dsn-value').first().textContent(), project.dsn);
-    assert.ok((await page.locator('.snippet pre').textContent()).includes(`errscope::init(errscope::Options::new().dsn("${project.dsn}"))`));
+    assert.ok((await page.locator('.snippet pre').first().textContent()).includes(`errscope::init(errscope::Options::new().dsn("${project.dsn}"))`));
 
     const cookie = (await context.cookies()).find((c) => c.name === 'errscope_session');
     assert.ok(cookie, 'session cookie set');
@@ -363,6 +364,13 @@ describe('dashboard against a real collector', () => {
     await page.locator('select.project-select').waitFor();
     await page.getByRole('link', { name: 'Classes' }).click();
     await page.getByRole('heading', { name: 'No errors yet — here is your DSN' }).waitFor();
+    // The empty state's curl command works as printed, and its event shows up live.
+    await page.locator('details.curl summary').click();
+    const cmd = await page.locator('details.curl pre').textContent();
+    assert.match(cmd, /\/api\/2\/store\//);
+    const out = execFileSync('sh', ['-c', cmd], { encoding: 'utf8', timeout: 10_000 });
+    assert.match(out, /"id"/, `curl answered ${out}`);
+    await page.locator('a.class-name', { hasText: 'message' }).waitFor({ timeout: LIVE_MS });
     await page.selectOption('select.project-select', '1');
     await page.locator('tr.class-row').first().waitFor();
     await screenshot(page, 'setup-1280-light');

@@ -1,7 +1,7 @@
 // Setup: each project's DSN and the lines that link the agent; new projects.
 import { h, replace } from '../dom.js';
 import { api } from '../api.js';
-import { state, dsnField, snippet, selectProject, renderHeader, toast } from '../shell.js';
+import { state, dsnField, snippet, curlTest, selectProject, renderHeader, toast } from '../shell.js';
 
 export async function projectsView(ctx) {
   const root = h('div', { class: 'page' });
@@ -39,7 +39,8 @@ export async function projectsView(ctx) {
         return h('section', { class: 'card project-card' },
           h('div', { class: 'project-card-head' }, h('h2', null, p.name), h('span', { class: 'muted mono' }, `id ${p.id}`), use),
           dsnField(p.dsn),
-          snippet(p.dsn));
+          snippet(p.dsn),
+          curlTest(p.dsn));
       }),
       h('section', { class: 'card' }, form));
   }
