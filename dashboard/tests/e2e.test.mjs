@@ -131,6 +131,8 @@ describe('dashboard against a real collector', () => {
     assert.equal(await row.locator('.culprit').textContent(), panicIssue.culprit);
     assert.match(panicIssue.culprit, /checkout/, 'culprit is the top in-app frame');
     assert.equal(await page.locator('main h1').textContent(), 'panic');
+    await page.locator('.class-summary .badge', { hasText: 'Programmer' }).waitFor();
+    assert.match(await page.locator('.class-summary').textContent(), /1 issue3 events/);
 
     // Everything: three issues; the filters narrow it.
     await page.goto(`${collector.base}/issues`);
@@ -147,9 +149,9 @@ describe('dashboard against a real collector', () => {
     assert.equal(await page.evaluate(() => document.activeElement === document.querySelector('a.issue-title')), true);
     await page.keyboard.press('/');
     assert.equal(await page.evaluate(() => document.activeElement.getAttribute('type')), 'search', '"/" focuses the search box');
-    await page.keyboard.type('payments');
-    await page.keyboard.press('Enter');
+    await page.keyboard.type('payments'); // searched as typed, after a pause
     await page.waitForURL(/query=payments/);
+    assert.equal(await page.evaluate(() => document.activeElement.getAttribute('type')), 'search', 'the search box keeps the focus');
     await page.waitForFunction(() => document.querySelectorAll('tr.issue-row').length === 1);
     assert.match(await page.locator('a.issue-title').textContent(), /error sending request/);
   });

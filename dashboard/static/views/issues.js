@@ -52,12 +52,39 @@ export async function issuesView(ctx) {
     search, level, environment, release, sort,
     h('button', { type: 'submit', class: 'btn' }, 'Filter'), clear);
   const listSlot = h('div', { class: 'list-slot', 'aria-live': 'off' });
+  const classSlot = h('div', { class: 'class-summary' });
+
+  // With a class filter: the class's kind, totals and last 24 hours above the list.
+  async function loadClass() {
+    if (!params.class) { classSlot.hidden = true; return; }
+    let list;
+    try { list = await api.classes(pid, 'all'); } catch (e) { if (e.status === 401) throw e; return; }
+    const c = (list || []).find((x) => x.class === params.class);
+    if (!ctx.alive() || !c) { classSlot.hidden = true; return; }
+    classSlot.hidden = false;
+    replace(classSlot,
+      kindBadge(c.kind),
+      h('span', { class: 'class-summary-fig' }, h('strong', { class: 'num' }, int(c.issues)), c.issues === 1 ? ' issue' : ' issues'),
+      h('span', { class: 'class-summary-fig' }, h('strong', { class: 'num' }, int(c.events)), c.events === 1 ? ' event' : ' events'),
+      h('span', { class: 'class-summary-fig muted' }, 'last ', timeAgo(c.last_seen)),
+      sparkline(c.hourly, { kind: c.kind === 'programmer' ? 'programmer' : 'operational', width: 160 }));
+  }
   const pager = h('nav', { class: 'pager', 'aria-label': 'Pages' });
 
-  const apply = (changes) => ctx.navigate(toUrl({ ...params, ...changes, cursor: '' }));
+  const apply = (changes, opts) => ctx.navigate(toUrl({ ...params, ...changes, cursor: '' }), opts);
+  let typing = null;
   filters.addEventListener('submit', (e) => {
     e.preventDefault();
+    clearTimeout(typing);
     apply({ query: search.value.trim() });
+  });
+  // Search as you type, once typing pauses (the history gets one entry, not one per key).
+  search.addEventListener('input', () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      const q = search.value.trim();
+      if (q !== params.query) apply({ query: q }, { replace: Boolean(params.query) && Boolean(q) });
+    }, 350);
   });
   for (const sel of [level, environment, release, sort]) {
     sel.addEventListener('change', () => apply({ [sel.name]: sel.value, query: search.value.trim() }));
@@ -189,11 +216,12 @@ export async function issuesView(ctx) {
   loadMenus();
   replace(ctx.main, h('div', { class: 'page' },
     h('div', { class: 'page-head' }, h('div', null, title, sub), statusNav),
-    filters, listSlot, pager));
+    classSlot, filters, listSlot, pager));
   if (listSlot.querySelector('tr.issue-row')) markRows();
+  loadClass();
 
   return {
-    refresh: load,
+    refresh: () => Promise.all([load(), loadClass()]),
     accepts: () => true,
     async update(next) {
       const before = params;
@@ -202,6 +230,7 @@ export async function issuesView(ctx) {
       const onlyCursor = FILTER_KEYS.every((k) => before[k] === params[k]);
       shownIds = null;
       syncControls();
+      if (before.class !== params.class) loadClass();
       listSlot.setAttribute('aria-busy', 'true');
       await load();
       listSlot.removeAttribute('aria-busy');
