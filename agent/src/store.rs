@@ -506,6 +506,41 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_fallback_is_bounded_too() {
+        let mut memory = MemoryStore::default();
+        let bounds = Bounds {
+            max_events: 3,
+            max_bytes: 1_000_000,
+        };
+        let first = row(0, 10);
+        let counts = vec![CountRecord {
+            id: "c".repeat(32),
+            event_id: first.event_id.parse::<EventId>().expect("id"),
+            count: 4,
+            start: 1.0,
+            end: 2.0,
+        }];
+        let rows: Vec<_> = (0..5).map(|i| row(i, 10)).collect();
+        let out = memory.write(rows, counts, &Discards::new(), bounds);
+        assert_eq!(
+            out,
+            WriteOutcome {
+                stored: 5,
+                evicted: 2
+            }
+        );
+        assert_eq!(memory.events.len(), 3);
+        assert!(
+            memory.counts.is_empty(),
+            "the evicted event's count goes with it"
+        );
+        assert_eq!(
+            memory.discards.get(&("cache_overflow", "error")),
+            Some(&(2 + 4))
+        );
+    }
+
+    #[test]
     fn corrupt_file_fails_to_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.db");
