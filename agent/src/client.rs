@@ -254,7 +254,11 @@ impl Client {
             timestamp: crate::time::now_epoch(),
             level,
             payload: payload(),
-            trace: Some(RawTrace::capture()),
+            trace: self
+                .shared
+                .options
+                .attach_stacktrace
+                .then(RawTrace::capture),
             domain: domain::current().map(|d| d.snapshot()),
             thread: std::thread::current().name().map(str::to_owned),
             storm_key: Some(key),

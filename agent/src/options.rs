@@ -62,6 +62,9 @@ pub struct Options {
     /// password, passwd, secret, api_key, apikey, auth, credentials, token, private_key,
     /// cookie and session. Default: empty.
     pub scrub_keys: Vec<String>,
+    /// Capture the stack of `capture_error` and `capture_message` calls (about 5 µs on
+    /// the caller's thread for 20 frames). Panics always have theirs. Default: on.
+    pub attach_stacktrace: bool,
     /// Capacity of the queue between the host's threads and the agent's thread.
     /// A capture that finds it full is dropped and counted. Default: 4096.
     pub queue_size: usize,
@@ -98,6 +101,7 @@ impl Default for Options {
             before_send: None,
             scrub: true,
             scrub_keys: Vec::new(),
+            attach_stacktrace: true,
             queue_size: 4096,
             storm_burst: 5,
             storm_window: Duration::from_secs(10),
@@ -124,6 +128,7 @@ impl fmt::Debug for Options {
             .field("before_send", &self.before_send.as_ref().map(|_| ".."))
             .field("scrub", &self.scrub)
             .field("scrub_keys", &self.scrub_keys)
+            .field("attach_stacktrace", &self.attach_stacktrace)
             .field("queue_size", &self.queue_size)
             .field("storm_burst", &self.storm_burst)
             .field("storm_window", &self.storm_window)
@@ -272,6 +277,13 @@ impl Options {
     #[must_use]
     pub fn scrub_key(mut self, key: impl Into<String>) -> Self {
         self.scrub_keys.push(key.into());
+        self
+    }
+
+    /// Turns stack traces of `capture_error`/`capture_message` on or off.
+    #[must_use]
+    pub fn attach_stacktrace(mut self, on: bool) -> Self {
+        self.attach_stacktrace = on;
         self
     }
 

@@ -839,3 +839,31 @@ fn dyn_errors_of_different_types_at_one_call_site_are_counted_apart() {
     );
     drop(guard);
 }
+
+#[test]
+fn stack_traces_of_captures_can_be_turned_off() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox).attach_stacktrace(false));
+    let id = errscope::capture_error(&LdapError {
+        op: "bind",
+        source: io::Error::from(io::ErrorKind::ConnectionRefused),
+    });
+    let panic = errscope::Domain::new("d")
+        .run_sync(|| panic!("still traced"))
+        .expect_err("panicked");
+    assert!(guard.flush(FLUSH));
+    let event = outbox.event(&id.to_string()).expect("stored");
+    let values = event["exception"]["values"].as_array().expect("values");
+    assert!(
+        values.iter().all(|v| v.get("stacktrace").is_none()),
+        "{event}"
+    );
+    assert_eq!(
+        values[0]["mechanism"]["data"]["io_kind"],
+        "ConnectionRefused"
+    );
+    let panic = outbox.event(&panic.event_id.to_string()).expect("stored");
+    assert!(!functions(&panic["exception"]["values"][0]).is_empty());
+    drop(guard);
+}
