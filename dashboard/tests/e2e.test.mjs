@@ -133,6 +133,7 @@ describe('dashboard against a real collector', () => {
     assert.equal(await page.locator('main h1').textContent(), 'panic');
     await page.locator('.class-summary .badge', { hasText: 'Programmer' }).waitFor();
     assert.match(await page.locator('.class-summary').textContent(), /1 issue3 events/);
+    await screenshot(page, 'class-1280-light');
 
     // Everything: three issues; the filters narrow it.
     await page.goto(`${collector.base}/issues`);
