@@ -710,16 +710,19 @@ fn flush(tx: &Transaction<'_>, batch: &Batch, retention: &Retention) -> Result<(
         ])?;
         let _ = d.project_id;
         if d.samples_added {
-            let n: i64 = tx
-                .prepare_cached("SELECT count(*) FROM events WHERE issue_id = ?1")?
-                .query_row([issue_id], |r| r.get(0))?;
-            let excess = n - retention.max_events_per_issue.max(1);
+            // Keep the first sample and the newest ones: read the issue's sample ids from
+            // the (issue_id, id) index, oldest first, and delete the surplus after the first.
+            // (A subquery with a bound LIMIT here was re-prepared by SQLite on every call.)
+            let ids: Vec<i64> = tx
+                .prepare_cached("SELECT id FROM events WHERE issue_id = ?1 ORDER BY id")?
+                .query_map([issue_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let excess = ids.len() as i64 - retention.max_events_per_issue.max(1);
             if excess > 0 {
-                // Keep the first sample, drop the oldest of the rest.
-                tx.prepare_cached(
-                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE issue_id = ?1 ORDER BY id LIMIT ?2 OFFSET 1)",
-                )?
-                .execute(params![issue_id, excess])?;
+                let mut del = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+                for id in ids.iter().skip(1).take(excess as usize) {
+                    del.execute([id])?;
+                }
             }
         }
     }
