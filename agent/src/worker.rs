@@ -280,6 +280,7 @@ fn build_job(
     let counters = &shared.counters;
     let mut discards = Discards::new();
     let mut rows = Vec::with_capacity(batch.records.len());
+    let mut size_hint = 4096;
     for record in std::mem::take(&mut batch.records) {
         let (storm_key, event_id) = (record.storm_key, record.event_id);
         let event = build_event(record, shared, resolver, os);
@@ -295,13 +296,18 @@ fn build_job(
         if shared.options.scrub {
             crate::scrub::scrub_event(&mut event, &shared.options.scrub_keys);
         }
-        let mut payload = Vec::with_capacity(8 * 1024);
+        // Sized like the previous event: the rows of a batch live until it is committed,
+        // and oversized buffers cost page faults.
+        let mut payload = Vec::with_capacity(size_hint);
         match serde_json::to_writer(&mut payload, &event) {
-            Ok(()) => rows.push(Row {
-                event_id: event.event_id.to_string(),
-                created_at: event.timestamp,
-                payload,
-            }),
+            Ok(()) => {
+                size_hint = payload.len() + payload.len() / 8;
+                rows.push(Row {
+                    event_id: event.event_id.to_string(),
+                    created_at: event.timestamp,
+                    payload,
+                });
+            }
             Err(e) => warn(format_args!(
                 "cannot serialize event {}: {e}",
                 event.event_id
