@@ -123,13 +123,17 @@ fn with_client<R>(f: impl FnOnce(&Client) -> R) -> Option<R> {
 /// A second call while a [`Guard`] is alive warns on stderr and returns an inert guard;
 /// the first configuration stays in force. After the first guard is dropped, `init` may
 /// be called again.
-pub fn init(options: Options) -> Guard {
+pub fn init(mut options: Options) -> Guard {
     let mut slot = CLIENT.write().unwrap_or_else(PoisonError::into_inner);
     if slot.is_some() {
         warn(format_args!(
             "init called while already initialized; keeping the first configuration"
         ));
         return Guard { client: None };
+    }
+    // Scrubbing compares lowercase.
+    for key in &mut options.scrub_keys {
+        key.make_ascii_lowercase();
     }
     let server_name = options.server_name.clone().or_else(|| {
         hostname::get()

