@@ -51,6 +51,16 @@ pub(crate) struct Client {
     tx: Sender<Msg>,
 }
 
+/// Whether an event is kept at `rate`: a uniform draw from 53 random bits of its id.
+fn keep_sample(id: EventId, rate: f64) -> bool {
+    if rate >= 1.0 {
+        return true;
+    }
+    // The lowest 53 bits: the UUID's version and variant bits sit above them.
+    let draw = (id.low_bits() & ((1u64 << 53) - 1)) as f64 / (1u64 << 53) as f64;
+    draw < rate
+}
+
 /// Counters of the running agent, since `init`. All zero when not initialized.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -226,12 +236,7 @@ impl Client {
     }
 
     fn sampled_out(&self, id: EventId) -> bool {
-        let rate = self.shared.options.sample_rate;
-        if rate >= 1.0 {
-            return false;
-        }
-        let draw = (id.low_bits() >> 11) as f64 / (1u64 << 53) as f64;
-        if draw < rate {
+        if keep_sample(id, self.shared.options.sample_rate) {
             return false;
         }
         let c = &self.shared.counters;
@@ -397,4 +402,23 @@ pub(crate) fn capture_message(
         })
     })
     .unwrap_or_else(EventId::nil)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_keeps_about_the_rate() {
+        for rate in [0.1, 0.5, 0.9] {
+            let kept = (0..20_000)
+                .filter(|_| keep_sample(EventId::new(), rate))
+                .count() as f64
+                / 20_000.0;
+            // 20,000 draws: the standard deviation is at most 0.0036.
+            assert!((kept - rate).abs() < 0.03, "rate {rate}: kept {kept}");
+        }
+        assert!(keep_sample(EventId::new(), 1.0));
+        assert!(!keep_sample(EventId::new(), 0.0));
+    }
 }
