@@ -51,7 +51,7 @@ export function hourlyBars(values, { end = new Date(), height = 110 } = {}) {
     preserveAspectRatio: 'none',
     height,
     role: 'img',
-    'aria-label': `${int(total)} events over the last ${Math.round(n / 24)} days, at most ${int(max)} in one hour`,
+    'aria-label': `${int(total)} events over the last ${n <= 48 ? `${n} hours` : `${Math.round(n / 24)} days`}, at most ${int(max)} in one hour`,
   });
   for (const f of [0.5, 1]) {
     const gy = (height - f * (height - 2)).toFixed(1);
@@ -61,11 +61,16 @@ export function hourlyBars(values, { end = new Date(), height = 110 } = {}) {
   vals.forEach((v, i) => {
     const hour = new Date(endHour.getTime() - (n - 1 - i) * 3600e3);
     const x = i * slot;
-    if (hour.getUTCHours() === 0) {
+    // Day labels at UTC midnight over days; hour labels every 6 h over a day.
+    const short = n <= 48;
+    const mark = short ? hour.getUTCHours() % 6 === 0 : hour.getUTCHours() === 0;
+    if (mark) {
       svg.appendChild(s('line', { class: 'bars-day', x1: x, x2: x, y1: 0, y2: height }));
-      if (i < n - 12) {
-        labels.appendChild(h('span', { class: Math.round(i / 24) % 3 ? 'lbl-sec' : null, style: { left: `${(100 * i) / n}%` } },
-          hour.toLocaleDateString('en-US', { month: 'short', day: 'numeric', timeZone: 'UTC' })));
+      if (i < n - (short ? 2 : 12)) {
+        const text = short
+          ? `${String(hour.getUTCHours()).padStart(2, '0')}:00`
+          : hour.toLocaleDateString('en-US', { month: 'short', day: 'numeric', timeZone: 'UTC' });
+        labels.appendChild(h('span', { class: !short && Math.round(i / 24) % 3 ? 'lbl-sec' : null, style: { left: `${(100 * i) / n}%` } }, text));
       }
     }
     const bh = v > 0 ? Math.max(2, (v / max) * (height - 2)) : 0;

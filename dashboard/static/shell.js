@@ -239,7 +239,7 @@ export function renderHeader(active) {
   if (active !== undefined) header.active = active;
   const a = header.active;
   const link = (path, text, key) => h('a', { href: path, 'aria-current': a === key ? 'page' : null }, text);
-  replace(header.nav, 
+  replace(header.nav,
     link('/', 'Classes', 'classes'),
     link('/issues', 'Issues', 'issues'),
     link('/projects', 'Setup', 'projects'));

@@ -166,6 +166,11 @@ describe('dashboard against a real collector', () => {
     await page.locator('.exc').first().waitFor();
     assert.equal(await page.locator('main h1').textContent(), io.title);
     assert.equal(await page.locator('svg.bars g.bar').count(), 336, '14 days of hourly bars');
+    await page.getByRole('button', { name: '24 hours' }).click();
+    assert.equal(await page.locator('svg.bars g.bar').count(), 24, 'the last 24 hours');
+    assert.equal(await page.locator('svg.bars rect.bar-fill').count(), 1, 'both events in the current hour');
+    await page.getByRole('button', { name: '14 days' }).click();
+    assert.equal(await page.locator('svg.bars g.bar').count(), 336);
     await page.locator('.tag-key', { hasText: 'environment' }).getByText('production').waitFor();
 
     // Sentry lists the root cause first; the page shows the outermost error first.

@@ -116,7 +116,7 @@ export async function issueView(ctx) {
 
   function renderHead() {
     const last24 = (issue.hourly || []).reduce((a, v) => a + (Number(v) || 0), 0);
-    keepFocus(headSlot, () => replace(headSlot, 
+    keepFocus(headSlot, () => replace(headSlot,
       h('nav', { class: 'crumbs-nav', 'aria-label': 'Breadcrumb' },
         h('a', { href: '/' }, 'Classes'), h('span', { 'aria-hidden': 'true' }, ' / '),
         h('a', { class: 'mono', href: href('/issues', { class: issue.class }) }, issue.class), h('span', { 'aria-hidden': 'true' }, ' / '),
@@ -137,10 +137,19 @@ export async function issueView(ctx) {
         h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen))))));
   }
 
+  let chartRange = '14d';
   function renderChart() {
-    replace(chartSlot, 
-      h('h2', { class: 'card-title' }, 'Events per hour, last 14 days'),
-      hourlyBars(issue.hourly_14d || []));
+    const all = issue.hourly_14d || [];
+    const range = (key, label) => {
+      const b = h('button', { type: 'button', class: 'seg-btn', 'aria-pressed': String(chartRange === key), 'data-key': `range:${key}` }, label);
+      b.addEventListener('click', () => { chartRange = key; renderChart(); });
+      return b;
+    };
+    keepFocus(chartSlot, () => replace(chartSlot,
+      h('div', { class: 'chart-title-row' },
+        h('h2', { class: 'card-title' }, chartRange === '24h' ? 'Events per hour, last 24 hours' : 'Events per hour, last 14 days'),
+        h('div', { class: 'segmented segmented-small', role: 'group', 'aria-label': 'Chart range' }, range('14d', '14 days'), range('24h', '24 hours'))),
+      hourlyBars(chartRange === '24h' ? all.slice(-24) : all)));
   }
 
   async function loadEvent(force = false) {

@@ -27,7 +27,7 @@ export async function projectsView(ctx) {
         btn.disabled = false;
       }
     });
-    replace(root, 
+    replace(root,
       h('div', { class: 'page-head' }, h('div', null,
         h('h1', null, 'Setup'),
         h('p', { class: 'muted page-sub' }, 'Each project has its own DSN. Give it to the agent in the service you want to watch.'))),
