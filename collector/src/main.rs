@@ -126,7 +126,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             retention_days,
             queue,
         } => {
+            // Few blocking threads (reads are short): each one can pin a malloc arena.
             let rt = tokio::runtime::Builder::new_multi_thread()
+                .max_blocking_threads(16)
                 .enable_all()
                 .build()?;
             rt.block_on(async move {

@@ -73,9 +73,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX issues_status_last_seen ON issues (project_id, status, last_seen DESC, id DESC);
     CREATE INDEX issues_status_first_seen ON issues (project_id, status, first_seen DESC, id DESC);
     CREATE INDEX issues_status_count ON issues (project_id, status, count DESC, id DESC);
-    CREATE INDEX issues_last_seen ON issues (project_id, last_seen DESC, id DESC);
-    CREATE INDEX issues_first_seen ON issues (project_id, first_seen DESC, id DESC);
-    CREATE INDEX issues_count ON issues (project_id, count DESC, id DESC);
+    -- No status-less twins of these: every event rewrites `count` and `last_seen`, and
+    -- each index on them costs the writer; `status=all` lists sort instead.
     CREATE TABLE events (
         id INTEGER PRIMARY KEY,
         project_id INTEGER NOT NULL,
@@ -161,9 +160,9 @@ pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, Store
         // Durable across a process crash; with WAL, `NORMAL` can lose the last commits
         // only on a power cut, and the writer's group commit keeps fsyncs rare either way.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "cache_size", -16_000)?;
+        conn.pragma_update(None, "cache_size", -8_000)?;
     } else {
-        conn.pragma_update(None, "cache_size", -4_000)?;
+        conn.pragma_update(None, "cache_size", -2_000)?;
     }
     Ok(conn)
 }

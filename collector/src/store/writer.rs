@@ -474,13 +474,6 @@ fn apply_ingest(
 ) -> Result<(), StoreError> {
     let pid = job.project_id;
     for ev in &job.events {
-        let seen = tx
-            .prepare_cached("SELECT 1 FROM event_ids WHERE project_id = ?1 AND event_id = ?2")?
-            .exists(params![pid, ev.event_id])?;
-        if seen {
-            batch.duplicates += 1;
-            continue;
-        }
         let g = &ev.grouping;
         let key = (pid, g.fingerprint.clone());
         let issue_id = match issue_ids.get(&key) {
@@ -510,10 +503,17 @@ fn apply_ingest(
                 id
             }
         };
-        tx.prepare_cached(
-            "INSERT INTO event_ids (project_id, event_id, issue_id, received) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![pid, ev.event_id, issue_id, ev.received])?;
+        // The dedup check and the record in one statement. (A retried event's issue
+        // exists already, so resolving it above never creates one for a duplicate.)
+        let fresh = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO event_ids (project_id, event_id, issue_id, received) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![pid, ev.event_id, issue_id, ev.received])?;
+        if fresh == 0 {
+            batch.duplicates += 1;
+            continue;
+        }
         // `OR IGNORE`: a retry whose dedup entry was pruned while its sample is still kept.
         let inserted = tx
             .prepare_cached(
@@ -734,28 +734,10 @@ fn flush(tx: &Transaction<'_>, batch: &Batch, retention: &Retention) -> Result<(
         .execute(params![issue_id, hour, n])?;
     }
     for ((issue_id, k, v), n) in &batch.issue_tags {
-        bump_tag(
-            tx,
-            "issue_tags",
-            "issue_id",
-            *issue_id,
-            k,
-            v,
-            *n,
-            MAX_TAG_VALUES_PER_ISSUE,
-        )?;
+        bump_tag(tx, &ISSUE_TAGS, *issue_id, k, v, *n)?;
     }
     for ((pid, k, v), n) in &batch.project_tags {
-        bump_tag(
-            tx,
-            "project_tags",
-            "project_id",
-            *pid,
-            k,
-            v,
-            *n,
-            MAX_TAG_VALUES_PER_PROJECT,
-        )?;
+        bump_tag(tx, &PROJECT_TAGS, *pid, k, v, *n)?;
     }
     for (pid, d) in &batch.projects {
         tx.prepare_cached(
@@ -768,39 +750,52 @@ fn flush(tx: &Transaction<'_>, batch: &Batch, retention: &Retention) -> Result<(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The statements of one tag-count table.
+struct TagTable {
+    update: &'static str,
+    distinct: &'static str,
+    insert: &'static str,
+    cap: i64,
+}
+
+const ISSUE_TAGS: TagTable = TagTable {
+    update: "UPDATE issue_tags SET count = count + ?4 WHERE issue_id = ?1 AND key = ?2 AND value = ?3",
+    distinct: "SELECT count(*) FROM issue_tags WHERE issue_id = ?1 AND key = ?2",
+    insert: "INSERT INTO issue_tags (issue_id, key, value, count) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (issue_id, key, value) DO UPDATE SET count = count + excluded.count",
+    cap: MAX_TAG_VALUES_PER_ISSUE,
+};
+
+const PROJECT_TAGS: TagTable = TagTable {
+    update: "UPDATE project_tags SET count = count + ?4 WHERE project_id = ?1 AND key = ?2 AND value = ?3",
+    distinct: "SELECT count(*) FROM project_tags WHERE project_id = ?1 AND key = ?2",
+    insert: "INSERT INTO project_tags (project_id, key, value, count) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (project_id, key, value) DO UPDATE SET count = count + excluded.count",
+    cap: MAX_TAG_VALUES_PER_PROJECT,
+};
+
+/// Adds `n` to a tag value's count; a new value beyond the table's cap counts as `(other)`.
 fn bump_tag(
     tx: &Transaction<'_>,
-    table: &str,
-    owner_col: &str,
+    t: &TagTable,
     owner: i64,
     key: &str,
     value: &str,
     n: i64,
-    cap: i64,
 ) -> Result<(), StoreError> {
-    // Table and column names come from the two call sites above, never from input.
-    let update = format!(
-        "UPDATE {table} SET count = count + ?4 WHERE {owner_col} = ?1 AND key = ?2 AND value = ?3"
-    );
     if tx
-        .prepare_cached(&update)?
+        .prepare_cached(t.update)?
         .execute(params![owner, key, value, n])?
         > 0
     {
         return Ok(());
     }
     let distinct: i64 = tx
-        .prepare_cached(&format!(
-            "SELECT count(*) FROM {table} WHERE {owner_col} = ?1 AND key = ?2"
-        ))?
+        .prepare_cached(t.distinct)?
         .query_row(params![owner, key], |r| r.get(0))?;
-    let value = if distinct >= cap { OTHER } else { value };
-    tx.prepare_cached(&format!(
-        "INSERT INTO {table} ({owner_col}, key, value, count) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT ({owner_col}, key, value) DO UPDATE SET count = count + excluded.count"
-    ))?
-    .execute(params![owner, key, value, n])?;
+    let value = if distinct >= t.cap { OTHER } else { value };
+    tx.prepare_cached(t.insert)?
+        .execute(params![owner, key, value, n])?;
     Ok(())
 }
 
