@@ -32,7 +32,6 @@ pub(crate) struct StormKey {
 #[derive(Debug)]
 struct Slot {
     window_start: Instant,
-    window_start_epoch: f64,
     /// Full events admitted in this window.
     admitted: u32,
     /// A stored (queued) event of this fingerprint, which counts refer to.
@@ -69,6 +68,8 @@ pub(crate) struct Storm {
     window: Duration,
     hasher: RandomState,
     shards: Vec<Mutex<HashMap<StormKey, Slot>>>,
+    /// Counts of windows that ended while the storm went on, for the next sweep.
+    ready: Mutex<Vec<CountRecord>>,
 }
 
 impl Storm {
@@ -78,6 +79,7 @@ impl Storm {
             window,
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            ready: Mutex::new(Vec::new()),
         }
     }
 
@@ -97,7 +99,6 @@ impl Storm {
             let epoch = now_epoch();
             Slot {
                 window_start: now,
-                window_start_epoch: epoch,
                 admitted: 0,
                 representative: None,
                 forgotten: None,
@@ -107,9 +108,15 @@ impl Storm {
             }
         });
         if now.saturating_duration_since(slot.window_start) >= self.window {
-            // A new window; counts of the old one stay until the sweep takes them.
+            // A new window: the old one's count is ready for the next sweep, so a storm
+            // that never pauses still reports once per window.
+            if let Some(record) = take_count(slot) {
+                self.ready
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(record);
+            }
             slot.window_start = now;
-            slot.window_start_epoch = now_epoch();
             slot.admitted = 0;
         }
         if slot.admitted < self.burst || slot.representative.is_none() {
@@ -187,25 +194,38 @@ impl Storm {
             let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
             map.retain(|_, slot| {
                 let finished = now.saturating_duration_since(slot.window_start) >= self.window;
-                if slot.counted > 0 && (all || finished) {
-                    if let Some(rep) = slot.representative {
-                        out.push(CountRecord {
-                            id: crate::rand::hex_id(),
-                            event_id: rep,
-                            count: slot.counted,
-                            start: slot.counted_since,
-                            end: slot.last_seen.max(slot.counted_since),
-                        });
-                    }
-                    slot.counted = 0;
+                if (all || finished)
+                    && let Some(record) = take_count(slot)
+                {
+                    out.push(record);
                 }
                 // Idle for two windows: forget it.
                 slot.counted > 0
                     || now.saturating_duration_since(slot.window_start) < self.window * 2
             });
         }
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        out.append(&mut ready);
         out
     }
+}
+
+/// The slot's count so far as a record, leaving it at zero.
+fn take_count(slot: &mut Slot) -> Option<CountRecord> {
+    if slot.counted == 0 {
+        return None;
+    }
+    // Counting requires a representative; `forget` takes the count when it clears one.
+    let rep = slot.representative?;
+    let record = CountRecord {
+        id: crate::rand::hex_id(),
+        event_id: rep,
+        count: slot.counted,
+        start: slot.counted_since,
+        end: slot.last_seen.max(slot.counted_since),
+    };
+    slot.counted = 0;
+    Some(record)
 }
 
 #[cfg(test)]
@@ -269,6 +289,32 @@ mod tests {
         storm.queued(k, second);
         assert_eq!(storm.admit(k, t0), Admission::Full);
         assert!(storm.sweep(t0, true).is_empty());
+    }
+
+    #[test]
+    fn a_storm_that_never_pauses_reports_once_per_window() {
+        let window = Duration::from_secs(10);
+        let storm = Storm::new(1, window);
+        let k = key();
+        let t0 = Instant::now();
+        let mut counted = 0;
+        // 35 seconds of one error every 100 ms.
+        let mut records = Vec::new();
+        for step in 0..350u32 {
+            let now = t0 + Duration::from_millis(u64::from(step) * 100);
+            match storm.admit(k, now) {
+                Admission::Full => storm.queued(k, EventId::new()),
+                Admission::Counted(_) => counted += 1,
+            }
+            // The agent's sweep, every 500 ms, never sees a finished window.
+            if step % 5 == 4 {
+                records.extend(storm.sweep(now, false));
+            }
+        }
+        assert_eq!(records.len(), 3, "one per completed window: {records:?}");
+        records.extend(storm.sweep(t0 + Duration::from_secs(35), true));
+        assert_eq!(records.len(), 4);
+        assert_eq!(records.iter().map(|r| r.count).sum::<u64>(), counted);
     }
 
     #[test]
