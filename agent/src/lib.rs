@@ -102,6 +102,7 @@
 //! | `counts` | `id TEXT PRIMARY KEY` (32 hex), `event_id TEXT`, `count INTEGER`, `start REAL`, `end REAL`: the collector's `errscope.counts` items; `event_id` is a stored event |
 //! | `discards` | `reason TEXT`, `category TEXT`, `quantity INTEGER`, key (`reason`, `category`): client-report counters (`queue_overflow`, `cache_overflow`, `sample_rate`, `before_send`) |
 //! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT`: `agent_version` |
+//! | `totals` | one row (`id = 1`): `events INTEGER`, `bytes INTEGER`, the count and size of `events`, kept by every writer in the same transaction as its change (a shipper deleting sent events must lower them too), so several processes sharing one file keep its bounds |
 //!
 //! # Event shape
 //!

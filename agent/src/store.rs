@@ -42,7 +42,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE meta (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
-    );",
+    );
+    CREATE TABLE totals (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        events INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    INSERT INTO totals (id, events, bytes) VALUES (1, 0, 0);",
 ];
 
 /// Why the outbox could not be opened or written.
@@ -112,8 +118,6 @@ pub(crate) struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     bounds: Bounds,
-    rows: u64,
-    bytes: u64,
 }
 
 impl SqliteStore {
@@ -150,19 +154,10 @@ impl SqliteStore {
             [env!("CARGO_PKG_VERSION")],
         )
         .map_err(open_err)?;
-        let (rows, bytes): (i64, i64) = conn
-            .query_row(
-                "SELECT count(*), coalesce(sum(size), 0) FROM events",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map_err(open_err)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
             bounds,
-            rows: u64::try_from(rows).unwrap_or(0),
-            bytes: u64::try_from(bytes).unwrap_or(0),
         })
     }
 
@@ -225,18 +220,27 @@ impl SqliteStore {
             }
         }
         let mut discards = discards.clone();
-        let rows_after = self.rows + outcome.stored;
-        let bytes_after = self.bytes + added_bytes;
+        // The totals live in the file, kept by every writer in its transaction: two
+        // processes sharing one outbox (two instances of a service) stay within bounds.
+        let (rows_before, bytes_before) = totals(&tx).map_err(write_err)?;
+        let rows_after = rows_before + outcome.stored;
+        let bytes_after = bytes_before + added_bytes;
         let (evicted, evicted_bytes, lost_counts) =
             evict(&tx, rows_after, bytes_after, self.bounds).map_err(write_err)?;
         if evicted > 0 {
             *discards.entry(("cache_overflow", "error")).or_default() += evicted + lost_counts;
         }
         add_discards(&tx, &discards).map_err(write_err)?;
+        tx.execute(
+            "UPDATE totals SET events = ?1, bytes = ?2 WHERE id = 1",
+            params![
+                i64::try_from(rows_after.saturating_sub(evicted)).unwrap_or(i64::MAX),
+                i64::try_from(bytes_after.saturating_sub(evicted_bytes)).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(write_err)?;
         tx.commit().map_err(write_err)?;
         outcome.evicted = evicted;
-        self.rows = rows_after - evicted;
-        self.bytes = bytes_after.saturating_sub(evicted_bytes);
         Ok(outcome)
     }
 
@@ -296,6 +300,18 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The number of stored events and their bytes, as the writers keep them.
+fn totals(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
+    let (rows, bytes): (i64, i64) =
+        conn.query_row("SELECT events, bytes FROM totals WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok((
+        u64::try_from(rows).unwrap_or(0),
+        u64::try_from(bytes).unwrap_or(0),
+    ))
+}
+
 /// Deletes the oldest events until the bounds hold. Returns (events, bytes, occurrences
 /// of counts that referenced them).
 fn evict(
@@ -310,7 +326,9 @@ fn evict(
     let mut stmt = tx.prepare_cached("SELECT id, size FROM events ORDER BY id")?;
     let mut iter = stmt.query([])?;
     let (mut n, mut freed, mut last_id) = (0u64, 0u64, None::<i64>);
-    while rows - n > bounds.max_events || bytes.saturating_sub(freed) > bounds.max_bytes {
+    while rows.saturating_sub(n) > bounds.max_events
+        || bytes.saturating_sub(freed) > bounds.max_bytes
+    {
         let Some(row) = iter.next()? else { break };
         let id: i64 = row.get(0)?;
         let size: i64 = row.get(1)?;
@@ -495,7 +513,7 @@ mod tests {
             false,
         )
         .expect("reopen store");
-        assert_eq!((again.rows, again.bytes), (10, 1000));
+        assert_eq!(totals(&again.conn).expect("totals"), (10, 1000));
         let out = again
             .write(&[row(100, 600)], &[], &Discards::new())
             .expect("write");
@@ -503,6 +521,26 @@ mod tests {
             out.evicted, 2,
             "bytes bound: 1600 > 1450 until two old rows go"
         );
+    }
+
+    #[test]
+    fn two_writers_on_one_file_keep_its_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shared.db");
+        let bounds = Bounds {
+            max_events: 10,
+            max_bytes: 1_000_000,
+        };
+        let mut a = SqliteStore::open(&path, bounds, false).expect("open a");
+        let mut b = SqliteStore::open(&path, bounds, false).expect("open b");
+        for i in 0..8 {
+            a.write(&[row(i, 10)], &[], &Discards::new())
+                .expect("write a");
+            b.write(&[row(100 + i, 10)], &[], &Discards::new())
+                .expect("write b");
+        }
+        let conn = Connection::open(&path).expect("reopen");
+        assert_eq!(count_rows(&conn, "events"), 10);
     }
 
     #[test]
