@@ -176,7 +176,7 @@ fn scrub_cards(s: &str) -> Option<String> {
                 break;
             }
         }
-        if (13..=19).contains(&digits.len()) && luhn(&digits) {
+        if (13..=19).contains(&digits.len()) && card_prefix(&digits) && luhn(&digits) {
             out.push_str(&s[last..start]);
             out.push_str(FILTERED);
             last = end;
@@ -186,6 +186,13 @@ fn scrub_cards(s: &str) -> Option<String> {
     }
     out.push_str(&s[last..]);
     changed.then_some(out)
+}
+
+/// Card numbers start with 2 (Mastercard 2-series), 3 (Amex, Diners, JCB), 4 (Visa),
+/// 5 (Mastercard) or 6 (Discover, UnionPay); epoch milliseconds (13 digits starting with
+/// 1) and most ids do not.
+fn card_prefix(digits: &[u8]) -> bool {
+    matches!(digits.first(), Some(2..=6))
 }
 
 fn luhn(digits: &[u8]) -> bool {
@@ -248,6 +255,11 @@ mod tests {
             url,
             "connect postgres://app:[Filtered]@db:5432/shop failed; see https://example.com/x"
         );
+        // A Luhn-valid 13-digit epoch-milliseconds value is not a card.
+        let mut at = "at 1763806500007".to_owned();
+        assert!(luhn(&[1, 7, 6, 3, 8, 0, 6, 5, 0, 0, 0, 0, 7]));
+        scrub_string(&mut at);
+        assert_eq!(at, "at 1763806500007");
         let mut plain = "nothing here".to_owned();
         scrub_string(&mut plain);
         assert_eq!(plain, "nothing here");
