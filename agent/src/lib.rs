@@ -84,8 +84,8 @@
 //! - Scrubbing (on by default, [`Options::scrub`], [`Options::scrub_keys`]): values under
 //!   keys containing password, passwd, secret, api_key, apikey, auth, credentials, token,
 //!   private_key, cookie or session (any case) become `[Filtered]`, in tags, contexts,
-//!   extra and breadcrumb data at any depth; so do card-like numbers (13–19 digits passing
-//!   the Luhn check) and the password of `user:pass@` URLs in any string.
+//!   extra and breadcrumb data at any depth; so do card-like numbers (13–19 digits starting
+//!   with 2–6 and passing the Luhn check) and the password of `user:pass@` URLs in any string.
 //! - Nothing in the agent panics its host: failures degrade with one line on stderr
 //!   starting with `errscope:` (an outbox that cannot be opened or written is replaced by
 //!   a bounded in-memory buffer, and [`Stats::degraded`] says so).

@@ -377,14 +377,23 @@ impl FromStr for Dsn {
         if public_key.is_empty() {
             return Err(DsnError::MissingKey(s.to_owned()));
         }
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || hostport.starts_with('[') => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| DsnError::Host(s.to_owned()))?;
-                (host, Some(port))
+        let bad_host = || DsnError::Host(s.to_owned());
+        // `host`, `host:port`, `[v6]` or `[v6]:port`.
+        let (host, port) = if hostport.starts_with('[') {
+            let close = hostport.find(']').ok_or_else(bad_host)?;
+            let (host, after) = hostport.split_at(close + 1);
+            match after {
+                "" => (host, None),
+                _ => {
+                    let port = after.strip_prefix(':').ok_or_else(bad_host)?;
+                    (host, Some(port.parse::<u16>().map_err(|_| bad_host())?))
+                }
             }
-            _ => (hostport, None),
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port.parse::<u16>().map_err(|_| bad_host())?)),
+                None => (hostport, None),
+            }
         };
         if host.is_empty() {
             return Err(DsnError::Host(s.to_owned()));
@@ -435,6 +444,11 @@ mod tests {
             .expect("valid dsn");
         assert_eq!(prefixed.path, "sentry");
         assert_eq!(prefixed.port, None);
+        let v6: Dsn = "http://k@[::1]:8000/3".parse().expect("valid dsn");
+        assert_eq!((v6.host.as_str(), v6.port), ("[::1]", Some(8000)));
+        let v6: Dsn = "http://k@[::1]/3".parse().expect("valid dsn");
+        assert_eq!((v6.host.as_str(), v6.port), ("[::1]", None));
+        assert_eq!(v6.to_string(), "http://k@[::1]/3");
     }
 
     #[test]
