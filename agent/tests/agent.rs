@@ -343,9 +343,11 @@ fn an_error_storm_is_stored_bounded_and_counted_exactly() {
     let dropped = outbox.discards("queue_overflow");
     assert!(events.len() <= 10, "{} rows", events.len());
     assert_eq!(events.len() as i64 + counted + dropped, 10_000);
-    assert_eq!(
-        dropped, 0,
-        "drops of a known fingerprint are counted, not lost"
+    // Once a fingerprint has a queued event, a full queue means "counted", not "lost";
+    // only the other three threads racing the very first capture can find none yet.
+    assert!(
+        dropped <= 3,
+        "drops of a known fingerprint are counted, not lost: {dropped}"
     );
     for (id, event_id, count, start, end) in &counts {
         assert_eq!(id.len(), 32);
