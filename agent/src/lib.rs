@@ -71,6 +71,8 @@
 //!   agent's threads cannot commit in time (stuck in a `before_send` hook, say), or the
 //!   panic happens on one of them, the hook writes the event itself through a connection
 //!   of its own. A thread-local flag keeps a panic inside the hook from re-entering it.
+//!   A host that sets a panic hook of its own should do so before `init` (errscope calls
+//!   it) or chain the one it replaces with `std::panic::take_hook`.
 //! - Backtraces: frames are resolved off the caller's thread, inlined frames kept, Rust
 //!   hashes stripped, the agent's and the panic machinery's frames trimmed from the top.
 //!   A frame is in-app when it is Rust source of the program itself: not std, core,
