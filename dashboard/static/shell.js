@@ -288,10 +288,13 @@ export const live = {
   start() {
     if (this.running) return;
     this.running = true;
+    let busy = false;
     const tick = async () => {
-      if (!this.running) return;
-      if (state.user && state.pid && !document.hidden) {
-        try {
+      if (!this.running || busy) return;
+      busy = true;
+      clearTimeout(this.timer);
+      try {
+        if (state.user && state.pid && !document.hidden) {
           const st = await api.stats(state.pid);
           this.stats = st;
           const changed = this.seq !== null && st.seq !== this.seq;
@@ -301,12 +304,16 @@ export const live = {
             setLive('updating', st);
             try { await this.onChange(st); } finally { setTimeout(() => setLive('ok', st), 1200); }
           }
-        } catch (e) {
-          if (e && e.status !== 401) setLive('error');
         }
+      } catch (e) {
+        if (e && e.status !== 401) setLive('error');
+      } finally {
+        busy = false;
+        this.timer = setTimeout(tick, 2000);
       }
-      this.timer = setTimeout(tick, 2000);
     };
+    // Back on the tab: look at once rather than at the next tick.
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) tick(); });
     tick();
   },
 };

@@ -224,7 +224,9 @@ describe('dashboard against a real collector', () => {
     await page.getByRole('button', { name: 'Reopen' }).waitFor();
     assert.equal((await collector.api(`/api/0/issues/${panicIssue.id}/`)).status, 'resolved');
 
-    await send(collector, project, panicEvent());
+    const shownBefore = await page.locator('.event-id').textContent();
+    const newer = panicEvent();
+    await send(collector, project, newer);
     const after = await collector.api(`/api/0/issues/${panicIssue.id}/`);
     assert.equal(after.status, 'unresolved');
     assert.equal(after.is_regression, true);
@@ -232,6 +234,11 @@ describe('dashboard against a real collector', () => {
     await page.locator('.issue-head .badge.regression').waitFor({ timeout: LIVE_MS });
     await page.locator('.status-now[data-status=unresolved]').waitFor();
     assert.equal(await page.locator('.facts dd').first().textContent(), '4');
+    // The event being read stays; the newer one is offered.
+    assert.equal(await page.locator('.event-id').textContent(), shownBefore);
+    await page.locator('.newer-bar').getByRole('button', { name: 'Show it' }).click();
+    await page.locator('.event-id', { hasText: newer.event_id.slice(0, 12) }).waitFor();
+    assert.equal(await page.locator('.newer-bar').count(), 0);
     await page.goto(`${collector.base}/issues`);
     const row = page.locator(`tr.issue-row[data-issue-id="${panicIssue.id}"]`);
     await row.locator('.badge.regression').waitFor();

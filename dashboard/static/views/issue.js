@@ -224,8 +224,24 @@ export async function issueView(ctx) {
       renderHead();
       renderChart();
       replace(tagsSlot, h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
-      await Promise.all([loadEvent(), loadEvents()]);
+      await loadEvents();
       renderEvents();
+      // A newer event does not replace the one being read: offer it instead.
+      if (shownEventId && issue.latest_event_id && issue.latest_event_id !== shownEventId && !eventSlot.querySelector('.newer-bar')) {
+        const show = h('button', { type: 'button', class: 'btn btn-small btn-primary' }, 'Show it');
+        show.addEventListener('click', async () => {
+          if (eventId) {
+            ctx.navigate(`/issues/${id}`); // update() loads the latest
+          } else {
+            await loadEvent(true);
+            renderEvents();
+            eventSlot.querySelector('h2')?.focus();
+          }
+        });
+        eventSlot.prepend(h('div', { class: 'newer-bar', role: 'status' }, 'A newer event arrived.', show));
+      } else if (!shownEventId) {
+        await loadEvent();
+      }
     },
     accepts: (next) => next.params.id === id,
     async update(next) {
