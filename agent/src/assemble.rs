@@ -24,7 +24,7 @@ pub(crate) struct Record {
     pub(crate) payload: Payload,
     pub(crate) trace: Option<RawTrace>,
     pub(crate) domain: Option<Arc<DomainData>>,
-    pub(crate) thread: Option<String>,
+    pub(crate) thread: Option<Arc<str>>,
     /// The storm fingerprint of a capture (none for panics).
     pub(crate) storm_key: Option<crate::storm::StormKey>,
 }
@@ -90,7 +90,7 @@ pub(crate) fn build_event(
             if let Some(st) = stacktrace {
                 event.threads = Some(Values {
                     values: vec![crate::event::Thread {
-                        name: record.thread.clone(),
+                        name: record.thread.as_deref().map(str::to_owned),
                         current: true,
                         crashed: false,
                         stacktrace: Some(st),
@@ -127,7 +127,7 @@ pub(crate) fn build_event(
     );
     event.contexts.insert(
         "thread".to_owned(),
-        json!({"type": "thread", "name": record.thread}),
+        json!({"type": "thread", "name": record.thread.as_deref()}),
     );
     if let Some(domain) = record.domain {
         for (k, v) in &domain.context {

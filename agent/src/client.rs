@@ -51,6 +51,15 @@ pub(crate) struct Client {
     tx: Sender<Msg>,
 }
 
+thread_local! {
+    static THREAD_NAME: Option<Arc<str>> = std::thread::current().name().map(Arc::from);
+}
+
+/// The calling thread's name, looked up once per thread.
+fn thread_name() -> Option<Arc<str>> {
+    THREAD_NAME.try_with(Clone::clone).ok().flatten()
+}
+
 /// Whether an event is kept at `rate`: a uniform draw from 53 random bits of its id.
 fn keep_sample(id: EventId, rate: f64) -> bool {
     if rate >= 1.0 {
@@ -269,7 +278,7 @@ impl Client {
                 .attach_stacktrace
                 .then(RawTrace::capture),
             domain: domain::current().map(|d| d.snapshot()),
-            thread: std::thread::current().name().map(str::to_owned),
+            thread: thread_name(),
             storm_key: Some(key),
         };
         match self.tx.try_send(Msg::Record(Box::new(record), None)) {
@@ -305,7 +314,7 @@ impl Client {
             payload: Payload::Panic { message, location },
             trace: Some(RawTrace::capture()),
             domain: domain::current().map(|d| d.snapshot()),
-            thread: std::thread::current().name().map(str::to_owned),
+            thread: thread_name(),
             storm_key: None,
         };
         self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);

@@ -406,7 +406,7 @@ mod tests {
             },
             trace: None,
             domain: None,
-            thread: Some("t".to_owned()),
+            thread: Some("t".into()),
             storm_key: None,
         }
     }
