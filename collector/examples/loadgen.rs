@@ -189,9 +189,11 @@ async fn run(bin: std::path::PathBuf, seconds: u64, conns: usize) {
     let accepted = Arc::new(AtomicU64::new(0));
     let rejected = Arc::new(AtomicU64::new(0));
     let probes = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let probe_http = reqwest::Client::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
+        let probe_http = probe_http.clone();
         let (templates, url, stop, counter, accepted, rejected, probes, base) = (
             templates.clone(),
             url.clone(),
@@ -216,9 +218,9 @@ async fn run(bin: std::path::PathBuf, seconds: u64, conns: usize) {
                 let sent = Instant::now();
                 // Every 200th event: poll the API until it is readable.
                 if n % 200 == 0 {
-                    let (probes, base, id) = (probes.clone(), base.clone(), id.clone());
+                    let (probes, base, id, http) =
+                        (probes.clone(), base.clone(), id.clone(), probe_http.clone());
                     tokio::spawn(async move {
-                        let http = reqwest::Client::new();
                         let u = format!("{base}/api/0/projects/1/events/{id}/");
                         loop {
                             if let Ok(r) = http.get(&u).bearer_auth(TOKEN).send().await
@@ -285,6 +287,7 @@ async fn run(bin: std::path::PathBuf, seconds: u64, conns: usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let hwm = rss_kib(pid, "VmHWM");
     let cpu = thread_cpu(pid);
+    let own_cpu = thread_cpu(std::process::id());
     let mut probes = probes.lock().unwrap().clone();
 
     // Issue list latency at 10,000 issues.
@@ -395,6 +398,7 @@ async fn run(bin: std::path::PathBuf, seconds: u64, conns: usize) {
         classes_ms
     );
     println!("server CPU during the load phase: {cpu}");
+    println!("load generator CPU: {own_cpu}");
     println!("data directory: {:.1} MB", db_bytes as f64 / 1e6);
     let _ = child.start_kill();
     let _ = child.wait().await;

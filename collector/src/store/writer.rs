@@ -929,6 +929,49 @@ mod store_tests {
     }
 
     #[tokio::test]
+    async fn tag_values_are_capped_per_issue_and_project() {
+        let (w, h, dir) = writer(test_db::fresh(), Retention::default(), 64);
+        let now = now_ms();
+        let events: Vec<PreparedEvent> = (0..MAX_TAG_VALUES_PER_ISSUE + 20)
+            .map(|n| {
+                let json = format!(
+                    r#"{{"event_id":"{n:032x}","message":"m","tags":{{"request_id":"r{n}"}}}}"#
+                );
+                prepare_event(json.as_bytes(), now, None).unwrap()
+            })
+            .collect();
+        w.ingest(job(events)).await.unwrap();
+        w.shutdown();
+        h.join().unwrap();
+        let conn = crate::store::open_connection(&crate::store::db_path(dir.path()), true).unwrap();
+        let distinct: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM issue_tags WHERE key = 'request_id'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(distinct, MAX_TAG_VALUES_PER_ISSUE + 1);
+        let other: i64 = conn
+            .query_row(
+                "SELECT count FROM issue_tags WHERE key = 'request_id' AND value = '(other)'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(other, 20);
+        let tags = queries::issue_tags(&conn, 1).unwrap();
+        assert_eq!(tags["request_id"].len(), 10, "top 10 per key");
+        assert_eq!(
+            tags["request_id"][0],
+            queries::TagValue {
+                value: "(other)".into(),
+                count: 20
+            }
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_queue_is_refused_not_dropped() {
         let (w, h, _dir) = writer(test_db::fresh(), Retention::default(), 1);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
