@@ -57,6 +57,7 @@ async function ensureSession() {
     const stored = storedProject();
     state.pid = state.projects.some((p) => String(p.id) === stored) ? stored
       : (state.projects[0] ? String(state.projects[0].id) : null);
+    live.poke();
     return true;
   } catch (e) {
     if (e.status === 401) return false; // the unauthorized handler redirects

@@ -280,6 +280,7 @@ export const live = {
   onChange: null,
   timer: null,
   running: false,
+  poke() {},
   reset() { this.seq = null; this.stats = null; },
   /** A view loaded its data together with these stats: changes after them count. */
   observe(st) {
@@ -312,8 +313,9 @@ export const live = {
         this.timer = setTimeout(tick, 2000);
       }
     };
-    // Back on the tab: look at once rather than at the next tick.
+    // Back on the tab, or just signed in: look at once rather than at the next tick.
     document.addEventListener('visibilitychange', () => { if (!document.hidden) tick(); });
+    this.poke = tick;
     tick();
   },
 };
