@@ -24,7 +24,11 @@ impl RawTrace {
     pub(crate) fn capture() -> Self {
         let mut ips = Vec::with_capacity(48);
         let mut push = |frame: &backtrace::Frame| {
-            ips.push(frame.ip() as usize);
+            let ip = frame.ip() as usize;
+            // The outermost frame of a thread can report address 0: nothing to resolve.
+            if ip != 0 {
+                ips.push(ip);
+            }
             ips.len() < MAX_FRAMES
         };
         #[cfg(unix)]
@@ -273,12 +277,32 @@ fn module_of(function: &str) -> Option<String> {
     if function.starts_with('<') {
         return None;
     }
-    let mut path = function;
-    while let Some(stripped) = path.strip_suffix("::{{closure}}") {
-        path = stripped;
+    // Path segments at bracket depth 0, without impl blocks (`<impl Trait for T>`),
+    // turbofishes (`::<T>`), closures and generic arguments (`Vec<T>` → `Vec`).
+    let mut segments: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0usize;
+    let mut chars = function.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // The arrow of `fn() -> T` is no closing bracket.
+            '-' if chars.peek() == Some(&'>') => {
+                chars.next();
+            }
+            '<' => depth += 1,
+            '>' => depth = depth.saturating_sub(1),
+            ':' if depth == 0 && chars.peek() == Some(&':') => {
+                chars.next();
+                segments.push(std::mem::take(&mut current));
+            }
+            _ if depth == 0 => current.push(c),
+            _ => {}
+        }
     }
-    let (module, _) = path.rsplit_once("::")?;
-    (!module.is_empty()).then(|| module.to_owned())
+    segments.push(current);
+    segments.retain(|s| !s.is_empty() && !s.starts_with('{'));
+    segments.pop()?;
+    (!segments.is_empty()).then(|| segments.join("::"))
 }
 
 /// A short display path: `src/main.rs`, `tokio-1.54.1/src/runtime/...`, `library/std/...`.
@@ -451,6 +475,26 @@ mod tests {
         assert_eq!(
             module_of("shop::ldap::bind::{{closure}}").as_deref(),
             Some("shop::ldap")
+        );
+        assert_eq!(
+            module_of(
+                "std::panic::catch_unwind::<std::rt::lang_start_internal::{closure#0}, isize>"
+            )
+            .as_deref(),
+            Some("std::panic")
+        );
+        assert_eq!(
+            module_of("core::slice::index::<impl core::ops::index::Index<I> for [T]>::index")
+                .as_deref(),
+            Some("core::slice::index")
+        );
+        assert_eq!(
+            module_of("alloc::vec::Vec<T,A>::push").as_deref(),
+            Some("alloc::vec::Vec")
+        );
+        assert_eq!(
+            module_of("shop::run::<fn() -> u32>::{{closure}}").as_deref(),
+            Some("shop")
         );
         assert_eq!(module_of("main"), None);
     }
