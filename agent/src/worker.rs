@@ -25,6 +25,9 @@ use crate::warn;
 
 /// How often the worker wakes up to sweep finished storm windows.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a lone capture waits for company before its batch is built (captures are
+/// asynchronous; panics and flushes never wait).
+const LINGER: Duration = Duration::from_millis(1);
 /// At most this many records per transaction.
 const MAX_BATCH: usize = 1024;
 
@@ -203,7 +206,14 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
         let mut batch = Batch::default();
         let disconnected = match rx.recv_timeout(TICK) {
             Ok(msg) => {
+                let waited_for = matches!(msg, Msg::Record(_, Some(_)));
                 if !batch.push(msg) {
+                    // Group commit under a steady flow of captures: linger a moment so the
+                    // batch (one transaction) grows, unless someone waits for a commit.
+                    // While this thread sleeps, senders do not have to wake it.
+                    if !waited_for && rx.is_empty() {
+                        std::thread::sleep(LINGER);
+                    }
                     while let Ok(msg) = rx.try_recv() {
                         if batch.push(msg) {
                             break;
