@@ -136,7 +136,7 @@ fn assert_degrades_once(database: &Path, why: &str) {
     let out = run_child("degrade", database);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.trim(), "stored=3 degraded=true");
+    assert_eq!(stdout.trim(), "flushed=true stored=3 degraded=true");
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<_> = stderr
         .lines()
