@@ -738,6 +738,9 @@ fn a_panic_inside_a_capture_neither_escapes_nor_deadlocks() {
 #[test]
 fn a_locked_store_degrades_in_time_for_a_panic() {
     let _serial = serial();
+    // Load this binary's debug info first (the cache is process-wide), so the panic below
+    // waits for the locked file only, not for symbols on a busy machine.
+    drop(backtrace::Backtrace::new());
     let outbox = Outbox::new();
     // Another process (here: connection) holds the file exclusively.
     let holder = rusqlite::Connection::open(&outbox.path).expect("open");
