@@ -16,6 +16,15 @@ export function setUnauthorizedHandler(fn) {
   onUnauthorized = fn;
 }
 
+/** A response boot.js already asked for (each is used once, by the first page). */
+function takePrefetched(method, path) {
+  const pre = window.__errscopePrefetch;
+  if (method !== 'GET' || !pre || !pre[path]) return null;
+  const p = pre[path];
+  delete pre[path];
+  return p;
+}
+
 export async function request(method, path, body) {
   const headers = { Accept: 'application/json' };
   const init = { method, headers, credentials: 'same-origin', cache: 'no-store' };
@@ -26,7 +35,7 @@ export async function request(method, path, body) {
   }
   let res;
   try {
-    res = await fetch(path, init);
+    res = await (takePrefetched(method, path) || fetch(path, init));
   } catch (e) {
     throw new ApiError(0, 'The collector cannot be reached.');
   }

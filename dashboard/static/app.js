@@ -5,20 +5,28 @@ import {
   state, live, mountShell, renderHeader, setHeaderVisible, setNavigate,
   storedProject, errorBox, loading,
 } from './shell.js';
-import { classesView } from './views/classes.js';
-import { issuesView } from './views/issues.js';
-import { issueView } from './views/issue.js';
-import { loginView } from './views/login.js';
-import { projectsView } from './views/projects.js';
+// Each page's module is fetched when first needed (in parallel with the session
+// check), then the others while the browser is idle, so later clicks are instant.
+function lazy(load, name) {
+  let p = null;
+  return () => (p ??= load().then((m) => m[name]));
+}
+const views = {
+  classes: lazy(() => import('./views/classes.js'), 'classesView'),
+  issues: lazy(() => import('./views/issues.js'), 'issuesView'),
+  issue: lazy(() => import('./views/issue.js'), 'issueView'),
+  login: lazy(() => import('./views/login.js'), 'loginView'),
+  projects: lazy(() => import('./views/projects.js'), 'projectsView'),
+};
 
 const routes = [
-  { re: /^\/login\/?$/, view: loginView, bare: true },
-  { re: /^\/$/, view: classesView, nav: 'classes' },
-  { re: /^\/issues\/?$/, view: issuesView, nav: 'issues' },
-  { re: /^\/issues\/(\d+)\/?$/, view: issueView, nav: 'issues', keys: ['id'] },
-  { re: /^\/issues\/(\d+)\/events\/([0-9a-fA-F-]{32,36})\/?$/, view: issueView, nav: 'issues', keys: ['id', 'eventId'] },
+  { re: /^\/login\/?$/, load: views.login, bare: true },
+  { re: /^\/$/, load: views.classes, nav: 'classes' },
+  { re: /^\/issues\/?$/, load: views.issues, nav: 'issues' },
+  { re: /^\/issues\/(\d+)\/?$/, load: views.issue, nav: 'issues', keys: ['id'] },
+  { re: /^\/issues\/(\d+)\/events\/([0-9a-fA-F-]{32,36})\/?$/, load: views.issue, nav: 'issues', keys: ['id', 'eventId'] },
   { re: /^\/classes\/(.+?)\/?$/, redirect: (m) => `/issues?class=${m[1]}` },
-  { re: /^\/projects\/?$/, view: projectsView, nav: 'projects' },
+  { re: /^\/projects\/?$/, load: views.projects, nav: 'projects' },
 ];
 
 function notFound(ctx) {
@@ -33,6 +41,7 @@ const main = mountShell(app);
 let current = null; // { route, view handle }
 let generation = 0;
 let booted = false;
+let prefetched = false;
 
 function navigate(path, { replace = false } = {}) {
   if (replace) history.replaceState(null, '', path);
@@ -86,7 +95,7 @@ async function route({ focus = false } = {}) {
     }
     break;
   }
-  const view = r ? r.view : notFound;
+  const viewP = r ? r.load() : Promise.resolve(notFound);
   const ctx = {
     main,
     params,
@@ -104,6 +113,15 @@ async function route({ focus = false } = {}) {
   } else {
     setHeaderVisible(false);
   }
+
+  let view;
+  try {
+    view = await viewP;
+  } catch (e) {
+    replace(main, errorBox(new Error('The dashboard could not load this page\'s code; reload to try again.')));
+    return;
+  }
+  if (gen !== generation) return;
 
   // Same view, new parameters (filters, another event of the issue): let the
   // view update in place so focus and open toggles survive.
@@ -129,6 +147,11 @@ async function route({ focus = false } = {}) {
   current.handle = handle || {};
   const heading = main.querySelector('h1');
   document.title = heading ? `${heading.textContent} · errscope` : 'errscope';
+  if (!prefetched) {
+    prefetched = true;
+    const idle = window.requestIdleCallback || ((fn) => setTimeout(fn, 200));
+    idle(() => Object.values(views).forEach((load) => load().catch(() => {})));
+  }
   if (focus) {
     window.scrollTo(0, 0);
     (heading || main).setAttribute('tabindex', '-1');

@@ -347,7 +347,7 @@ describe('dashboard against a real collector', () => {
           bold: document.querySelectorAll('main b').length,
         }));
         assert.equal(injected.xss, undefined, 'no payload ran');
-        assert.deepEqual(injected.scripts, ['/assets/theme.js', '/assets/app.js']);
+        assert.deepEqual(injected.scripts, ['/assets/boot.js', '/assets/app.js']);
         assert.equal(injected.imgs, 0, 'no element was created from event data');
         assert.equal(injected.bold, 0);
         assert.deepEqual(s.dialogs, [], 'no dialog opened');
