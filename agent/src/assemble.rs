@@ -130,17 +130,16 @@ pub(crate) fn build_event(
         json!({"type": "thread", "name": record.thread.as_deref()}),
     );
     if let Some(domain) = record.domain {
-        for (k, v) in &domain.context {
-            let value = if v.is_object() {
-                v.clone()
-            } else {
-                json!({ "value": v })
-            };
-            event.contexts.insert(k.clone(), value);
-        }
+        // The collector's contract (API.md): the scope in `contexts.domain` with `name`,
+        // `tags` and `data`, its name also in the tag `domain`.
         event.contexts.insert(
             "domain".to_owned(),
-            json!({"type": "domain", "name": domain.name}),
+            json!({
+                "type": "domain",
+                "name": domain.name,
+                "tags": domain.tags,
+                "data": domain.context,
+            }),
         );
         event.tags.extend(domain.tags.clone());
         event.tags.insert("domain".to_owned(), domain.name.clone());

@@ -127,8 +127,8 @@ impl Domain {
         self
     }
 
-    /// Sets a context entry, stored under `contexts.<key>` of each event. Values under
-    /// secret-looking keys are scrubbed before storage.
+    /// Sets a context entry, stored under `contexts.domain.data.<key>` of each event.
+    /// Values under secret-looking keys are scrubbed before storage.
     pub fn set_context(&self, key: impl Into<String>, value: impl Serialize) {
         let key = key.into();
         let value = serde_json::to_value(value).unwrap_or(Value::Null);

@@ -111,7 +111,8 @@
 //! Sentry's event JSON: `event_id` (32 hex), `timestamp` (epoch seconds), `level`,
 //! `platform: "native"`, `release`, `environment`, `server_name`, `exception.values[]`,
 //! `tags` (the domain's, and `domain`: its name), `contexts` (`os`, `runtime`, `thread`,
-//! `domain` and the domain's own entries), `breadcrumbs`, `extra.capture_location`, `sdk`.
+//! and `domain`: `{name, tags, data}` with the domain's context entries under `data`),
+//! `breadcrumbs` (the domain's), `extra.capture_location`, `sdk`.
 //! Messages have `message` and their stack under `threads`.
 //!
 //! `exception.values` holds one entry per link of the `source()` chain in Sentry's order:

@@ -240,6 +240,7 @@ fn domain_data_reaches_spawned_panics_and_nested_captures() {
     assert_eq!(handler["tags"]["request_id"], "r-42");
     assert_eq!(handler["tags"]["domain"], "GET /orders/:id");
     assert_eq!(handler["contexts"]["domain"]["name"], "GET /orders/:id");
+    assert_eq!(handler["contexts"]["domain"]["tags"]["request_id"], "r-42");
 
     let nested = by_value("tax table missing");
     assert_eq!(nested["tags"]["request_id"], "r-42");
@@ -386,7 +387,7 @@ fn secrets_in_a_domain_never_reach_the_file() {
         .expect("no panic");
     assert!(guard.flush(FLUSH));
     let event = outbox.event(&id.to_string()).expect("stored");
-    let request = &event["contexts"]["request"];
+    let request = &event["contexts"]["domain"]["data"]["request"];
     assert_eq!(request["headers"]["Authorization"], "[Filtered]");
     assert_eq!(request["headers"]["Accept"], "text/html");
     assert_eq!(request["form"]["password"], "[Filtered]");
