@@ -66,7 +66,6 @@ async function ensureSession() {
     const stored = storedProject();
     state.pid = state.projects.some((p) => String(p.id) === stored) ? stored
       : (state.projects[0] ? String(state.projects[0].id) : null);
-    live.poke();
     return true;
   } catch (e) {
     if (e.status === 401) return false; // the unauthorized handler redirects
@@ -147,6 +146,7 @@ async function route({ focus = false } = {}) {
   current.handle = handle || {};
   const heading = main.querySelector('h1');
   document.title = heading ? `${heading.textContent} · errscope` : 'errscope';
+  if (live.seq === null) live.poke(); // a page that did not bring stats along
   if (!prefetched) {
     prefetched = true;
     const idle = window.requestIdleCallback || ((fn) => setTimeout(fn, 200));
