@@ -234,7 +234,7 @@ struct IssueDelta {
     first_seen: i64,
     latest: Option<(String, String, String, String)>, // event id, level, title, culprit
     project_id: i64,
-    samples_added: bool,
+    new_samples: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -260,6 +260,7 @@ struct WriterThread {
     retention: Retention,
     metrics: Arc<Metrics>,
     issue_ids: HashMap<(i64, String), i64>,
+    samples: SampleIds,
     pending_possible: bool,
     last_prune: Instant,
     last_hourly_prune: Instant,
@@ -282,6 +283,7 @@ impl WriterThread {
             retention,
             metrics,
             issue_ids: HashMap::new(),
+            samples: SampleIds::default(),
             pending_possible,
             last_prune: long_ago,
             last_hourly_prune: long_ago,
@@ -355,7 +357,7 @@ impl WriterThread {
                     Job::Shutdown => {}
                 }
             }
-            flush(&tx, &batch, &self.retention)?;
+            flush(&tx, &batch, &self.retention, &mut self.samples)?;
             tx.commit()?;
             Ok(batch)
         })();
@@ -379,6 +381,7 @@ impl WriterThread {
                 tracing::error!("writer transaction failed: {e}");
                 // Cached issue ids may refer to rows that were rolled back.
                 self.issue_ids.clear();
+                self.samples.clear();
                 for ack in acks {
                     let _ = ack.send(Err(StoreError::Task(e.to_string())));
                 }
@@ -398,6 +401,7 @@ impl WriterThread {
     /// Deletes expired samples, dedup ids and counts, each in short transactions.
     fn prune(&mut self) {
         self.last_prune = Instant::now();
+        self.samples.clear();
         let now = now_ms();
         let cutoff = now - self.retention.retention_days * 24 * HOUR_MS;
         let hourly = self.last_hourly_prune.elapsed() >= Duration::from_secs(3600);
@@ -543,7 +547,7 @@ fn apply_ingest(
             g.title.clone(),
             g.culprit.clone(),
         ));
-        d.samples_added = true;
+        d.new_samples.push(tx.last_insert_rowid());
         *batch
             .hourly
             .entry((issue_id, hour_of(ev.timestamp)))
@@ -674,7 +678,12 @@ pub fn spread(count: i64, start: i64, end: i64) -> Vec<(i64, i64)> {
 }
 
 /// Applies a batch's accumulated deltas and enforces the per-issue sample cap.
-fn flush(tx: &Transaction<'_>, batch: &Batch, retention: &Retention) -> Result<(), StoreError> {
+fn flush(
+    tx: &Transaction<'_>,
+    batch: &Batch,
+    retention: &Retention,
+    samples: &mut SampleIds,
+) -> Result<(), StoreError> {
     for (issue_id, d) in &batch.issues {
         let (latest_id, level, title, culprit) = match &d.latest {
             Some((a, b, c, e)) => (
@@ -709,23 +718,13 @@ fn flush(tx: &Transaction<'_>, batch: &Batch, retention: &Retention) -> Result<(
             culprit
         ])?;
         let _ = d.project_id;
-        if d.samples_added {
-            // Keep the first sample and the newest ones: read the issue's sample ids from
-            // the (issue_id, id) index and delete the oldest surplus after the first.
-            // No ORDER BY: with one, SQLite re-prepares the statement on every new binding
-            // (the same happened to a LIMIT subquery); sorting 100 ids here is cheaper.
-            let mut ids: Vec<i64> = tx
-                .prepare_cached("SELECT id FROM events WHERE issue_id = ?1")?
-                .query_map([issue_id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            ids.sort_unstable();
-            let excess = ids.len() as i64 - retention.max_events_per_issue.max(1);
-            if excess > 0 {
-                let mut del = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
-                for id in ids.iter().skip(1).take(excess as usize) {
-                    del.execute([id])?;
-                }
-            }
+        if !d.new_samples.is_empty() {
+            samples.enforce(
+                tx,
+                *issue_id,
+                &d.new_samples,
+                retention.max_events_per_issue.max(1),
+            )?;
         }
     }
     for ((issue_id, hour), n) in &batch.hourly {
@@ -750,6 +749,58 @@ fn flush(tx: &Transaction<'_>, batch: &Batch, retention: &Retention) -> Result<(
         .execute(params![pid, d.events, d.seq, d.last_seen])?;
     }
     Ok(())
+}
+
+/// The stored sample ids of recently written issues, oldest first, so enforcing the
+/// per-issue cap costs one DELETE instead of reading the issue's ids on every batch.
+/// Bounded: forgotten wholesale past [`SampleIds::MAX_ISSUES`] issues, after a failed
+/// transaction and after age pruning; an issue not in it is read back from the index.
+#[derive(Default)]
+struct SampleIds {
+    by_issue: HashMap<i64, std::collections::VecDeque<i64>>,
+}
+
+impl SampleIds {
+    const MAX_ISSUES: usize = 4096;
+
+    fn clear(&mut self) {
+        self.by_issue.clear();
+    }
+
+    /// Records `new` samples of an issue and deletes the oldest beyond `cap`, never the
+    /// issue's first one.
+    fn enforce(
+        &mut self,
+        tx: &Transaction<'_>,
+        issue_id: i64,
+        new: &[i64],
+        cap: i64,
+    ) -> Result<(), StoreError> {
+        if !self.by_issue.contains_key(&issue_id) {
+            if self.by_issue.len() >= Self::MAX_ISSUES {
+                self.by_issue.clear();
+            }
+            // No ORDER BY: with one, SQLite re-prepares the statement on every binding.
+            let mut ids: Vec<i64> = tx
+                .prepare_cached("SELECT id FROM events WHERE issue_id = ?1")?
+                .query_map([issue_id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.sort_unstable();
+            self.by_issue.insert(issue_id, ids.into());
+        } else if let Some(ids) = self.by_issue.get_mut(&issue_id) {
+            ids.extend(new);
+        }
+        let Some(ids) = self.by_issue.get_mut(&issue_id) else {
+            return Ok(());
+        };
+        let mut del = tx.prepare_cached("DELETE FROM events WHERE id = ?1")?;
+        while ids.len() as i64 > cap {
+            if let Some(id) = ids.remove(1) {
+                del.execute([id])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The statements of one tag-count table.
