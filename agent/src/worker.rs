@@ -451,6 +451,24 @@ mod tests {
     }
 
     #[test]
+    fn the_default_outbox_is_named_after_the_program() {
+        let path = default_database();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let program = std::env::current_exe().expect("exe");
+        let stem = program.file_stem().and_then(|s| s.to_str()).expect("stem");
+        assert_eq!(name, format!("{stem}-outbox.db"));
+        if dirs::data_local_dir().is_some() {
+            assert!(
+                path.parent().is_some_and(|d| d.ends_with("errscope")),
+                "{path:?}"
+            );
+        }
+    }
+
+    #[test]
     fn events_carry_release_server_and_message() {
         let shared = shared(Options::new().release("r@1").environment("e"));
         let mut resolver = Resolver::new(InApp::default());
