@@ -103,7 +103,7 @@ export function snippet(dsn) {
     h('div', { class: 'snippet-head' },
       h('span', null, 'Link the agent'),
       copyButton(() => text, 'Copy snippet')),
-    h('pre', { class: 'code' },
+    h('pre', { class: 'code', tabindex: '0' },
       lines.map(([c, l], i) => [
         i ? '\n' : null,
         h('span', { class: 'code-comment' }, c), '\n',
@@ -128,7 +128,7 @@ export function curlTest(dsn) {
     h('summary', null, 'Or send a test event with curl'),
     h('div', { class: 'snippet' },
       h('div', { class: 'snippet-head' }, h('span', null, 'Shell'), copyButton(() => cmd, 'Copy command')),
-      h('pre', { class: 'code' }, cmd)));
+      h('pre', { class: 'code', tabindex: '0' }, cmd)));
 }
 
 export function dsnField(dsn) {

@@ -469,13 +469,13 @@ describe('dashboard against a real collector', () => {
     }
   });
 
-  it('passes axe-core\'s WCAG 2 A/AA checks on every page, light and dark', async () => {
+  it('passes axe-core\'s WCAG 2 A/AA checks on every page, light and dark, 1280 px and 390 px', async () => {
     const axePath = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
     const pages = [['login', '/login'], ['classes', '/'], ['issues', '/issues?status=all'], ['issue', `/issues/${panicIssue.id}`], ['setup', '/projects']];
     const problems = [];
-    for (const colorScheme of ['light', 'dark']) {
+    for (const [colorScheme, width] of [['light', 1280], ['dark', 1280], ['light', 390], ['dark', 390]]) {
       // The CSP (rightly) refuses the injected checker; the page's own code is unchanged.
-      const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, colorScheme, bypassCSP: true });
+      const ctx = await browser.newContext({ viewport: { width, height: 900 }, colorScheme, bypassCSP: true });
       const p = await ctx.newPage();
       for (const [name, path] of pages) {
         if (name === 'classes') await loginByApi(ctx, collector.base);
@@ -488,7 +488,7 @@ describe('dashboard against a real collector', () => {
           return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
             .map((v) => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
         });
-        for (const v of violations) problems.push(`${name} ${colorScheme}: ${v}`);
+        for (const v of violations) problems.push(`${name} ${colorScheme} ${width}px: ${v}`);
       }
       await ctx.close();
     }

@@ -171,7 +171,7 @@ export function renderEvent(ev, head) {
   const values = exceptionValues(ev);
   const msg = messageOf(ev);
   const tags = tagPairs(ev.tags);
-  const raw = h('pre', { class: 'code raw' });
+  const raw = h('pre', { class: 'code raw', tabindex: '0' });
   const details = h('details', { class: 'card raw-json' }, h('summary', null, 'Raw event JSON'), raw);
   details.addEventListener('toggle', () => {
     if (details.open && !raw.firstChild) raw.textContent = JSON.stringify(ev, null, 2);
