@@ -191,6 +191,12 @@ describe('dashboard against a real collector', () => {
     await page.keyboard.press('Enter');
     assert.equal(await toggle.getAttribute('aria-expanded'), 'true');
     await page.locator('.frame-fn', { hasText: 'tokio::runtime::runtime::Runtime::block_on' }).waitFor({ state: 'visible' });
+    // Highlighted means it looks different: in-app frames have their own background and mark.
+    const look = (sel) => page.locator(sel).first().evaluate((el) => {
+      const cs = getComputedStyle(el);
+      return `${cs.backgroundColor} ${cs.boxShadow}`;
+    });
+    assert.notEqual(await look('.frame.in-app'), await look('.frames-folded .frame'));
 
     // Domain context, breadcrumbs, raw JSON.
     await page.locator('.domain-name', { hasText: 'auth' }).waitFor();
