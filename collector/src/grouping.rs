@@ -563,7 +563,7 @@ fn replace_inner(core: &str) -> String {
     let mut out = String::with_capacity(core.len());
     let mut i = 0;
     while i < b.len() {
-        if i + 36 <= b.len() && is_uuid(&core[i..i + 36]) && boundary(b, i, i + 36) {
+        if i + 36 <= b.len() && is_uuid(&b[i..i + 36]) && boundary(b, i, i + 36) {
             out.push_str("<uuid>");
             i += 36;
             continue;
@@ -609,9 +609,9 @@ fn boundary(b: &[u8], start: usize, end: usize) -> bool {
         && (end == b.len() || !b[end].is_ascii_alphanumeric())
 }
 
-fn is_uuid(s: &str) -> bool {
+fn is_uuid(s: &[u8]) -> bool {
     s.len() == 36
-        && s.bytes().enumerate().all(|(i, c)| match i {
+        && s.iter().enumerate().all(|(i, &c)| match i {
             8 | 13 | 18 | 23 => c == b'-',
             _ => c.is_ascii_hexdigit(),
         })
@@ -934,6 +934,44 @@ mod tests {
             r#"{"platform":"python","exception":{"values":[{"type":"E","stacktrace":{"frames":[{"function":"view","module":"shop.views","in_app":true}]}}]}}"#,
         );
         assert_eq!(py.culprit, "shop.views in view");
+    }
+
+    #[test]
+    fn normalization_never_panics_on_odd_text() {
+        // A small deterministic generator over ASCII that matters to the scanner and
+        // multi-byte characters, so every slice boundary gets exercised.
+        let alphabet: Vec<char> = "0123456789abcdefx-:./@'\"`[]()?&= \né中🦀"
+            .chars()
+            .collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let len = (seed % 60) as usize;
+            let mut text = String::new();
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            let once = normalize(&text);
+            assert_eq!(normalize(&text), once, "deterministic for {text:?}");
+        }
+        for odd in [
+            "é8400-e29b-41d4-a716-446655440000é",
+            "0x",
+            "::",
+            "[::",
+            "a@",
+            "@b.c",
+            "http://",
+            "x://y?z",
+            "'",
+            "''",
+            "1.",
+            "中1中",
+        ] {
+            let _ = normalize(odd);
+        }
     }
 
     #[test]

@@ -98,6 +98,19 @@ pub fn app(state: AppState) -> Router {
         .route("/assets/{*path}", get(dashboard::asset))
         .fallback(dashboard::fallback)
         .with_state(state)
+        // A bug must cost one request a 500, never the connection or the process.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({ "detail": "internal error" })),
+    )
+        .into_response()
 }
 
 async fn healthz() -> Response {

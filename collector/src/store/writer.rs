@@ -323,7 +323,14 @@ impl WriterThread {
             }
             let n = jobs.len() as i64 + i64::from(shutdown);
             self.metrics.queue_depth.fetch_sub(n, Relaxed);
-            self.process(jobs);
+            // A panic fails this batch (its requests get an error), not the writer.
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process(jobs)));
+            if outcome.is_err() {
+                tracing::error!("the writer panicked on a batch; it was rolled back");
+                self.issue_ids.clear();
+                self.samples.clear();
+            }
             if shutdown {
                 // Everything queued before the shutdown request has been committed.
                 break;
@@ -1020,6 +1027,16 @@ mod store_tests {
                 count: 20
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone() {
+        let (w, h, _dir) = writer(test_db::fresh(), Retention::default(), 8);
+        let r = w.exec::<(), _>(|_| panic!("boom")).await;
+        assert!(matches!(r, Err(StoreError::WriterGone)));
+        w.ingest(job(vec![ev(1, now_ms())])).await.unwrap();
+        w.shutdown();
+        h.join().unwrap();
     }
 
     #[tokio::test]
