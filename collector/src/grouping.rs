@@ -7,8 +7,10 @@
 //! type, e.g. `std::io::Error`, `reqwest::Error`, `panic`, `TypeError`, `KeyError`.
 //! An `std::io::Error` gets its kind appended, `std::io::Error: ConnectionReset`, taken
 //! from `mechanism.data.io_kind` (the errscope agent sets it) or, failing that, from a
-//! value that starts with an `std::io::ErrorKind` name. An event without an exception is
-//! of class `message`.
+//! value that starts with an `std::io::ErrorKind` name, or from the Linux errno of an
+//! `(os error N)` message. The `sentry` crate's io errors (type `Os`, or
+//! `std::io::error::Error`) are filed as `std::io::Error` too. An event without an
+//! exception is of class `message`.
 //!
 //! The kind is `programmer` when any exception of the chain has
 //! `mechanism.handled == false` or the class is `panic`, else `operational`.
@@ -279,7 +281,11 @@ fn has_frames(st: &Stacktrace<'_>) -> bool {
 
 /// `std::io::Error: Kind` for io errors with a known kind, else the type.
 fn type_with_kind(e: &Exception<'_>, chain: &[Exception<'_>]) -> String {
-    let ty = e.ty.as_deref().unwrap_or("");
+    let ty = if is_io(e) {
+        "std::io::Error"
+    } else {
+        e.ty.as_deref().unwrap_or("")
+    };
     match io_kind(e, chain) {
         Some(kind) => format!("{ty}: {kind}"),
         None => ty.to_owned(),
@@ -287,11 +293,59 @@ fn type_with_kind(e: &Exception<'_>, chain: &[Exception<'_>]) -> String {
 }
 
 fn is_io_error(ty: &str) -> bool {
-    ty == "std::io::Error" || ty == "io::Error" || ty.ends_with("::io::Error")
+    ty == "std::io::Error"
+        || ty == "io::Error"
+        || ty == "std::io::error::Error"
+        || ty.ends_with("::io::Error")
+}
+
+/// An io error, by its type or, for the `sentry` crate (which names the type after the
+/// `Debug` output, `Os { code: 104, .. }`), by type `Os` and an `(os error N)` message.
+fn is_io(e: &Exception<'_>) -> bool {
+    let ty = e.ty.as_deref().unwrap_or("");
+    is_io_error(ty) || (ty == "Os" && os_errno(e.value.as_deref().unwrap_or("")).is_some())
+}
+
+/// The errno of an io error's message: `... (os error 104)`.
+fn os_errno(value: &str) -> Option<i32> {
+    let rest = value.trim_end().strip_suffix(')')?;
+    let pos = rest.rfind("(os error ")?;
+    rest[pos + "(os error ".len()..].parse().ok()
+}
+
+/// `std::io::ErrorKind` of a Linux errno (the collector's fallback when an SDK sends
+/// only the message).
+fn kind_of_errno(errno: i32) -> Option<&'static str> {
+    Some(match errno {
+        1 | 13 => "PermissionDenied",
+        2 => "NotFound",
+        4 => "Interrupted",
+        11 => "WouldBlock",
+        12 => "OutOfMemory",
+        17 => "AlreadyExists",
+        20 => "NotADirectory",
+        21 => "IsADirectory",
+        22 => "InvalidInput",
+        28 => "StorageFull",
+        30 => "ReadOnlyFilesystem",
+        32 => "BrokenPipe",
+        39 => "DirectoryNotEmpty",
+        98 => "AddrInUse",
+        99 => "AddrNotAvailable",
+        100 => "NetworkDown",
+        101 => "NetworkUnreachable",
+        103 => "ConnectionAborted",
+        104 => "ConnectionReset",
+        107 => "NotConnected",
+        110 => "TimedOut",
+        111 => "ConnectionRefused",
+        113 => "HostUnreachable",
+        _ => return None,
+    })
 }
 
 fn io_kind<'e>(e: &'e Exception<'_>, chain: &'e [Exception<'_>]) -> Option<&'e str> {
-    if !is_io_error(e.ty.as_deref().unwrap_or("")) {
+    if !is_io(e) {
         return None;
     }
     let from_data = |x: &'e Exception<'_>| {
@@ -312,11 +366,11 @@ fn io_kind<'e>(e: &'e Exception<'_>, chain: &'e [Exception<'_>]) -> Option<&'e s
     if let Some(k) = IO_KINDS.iter().find(|k| **k == head) {
         return Some(k);
     }
+    if let Some(k) = os_errno(value).and_then(kind_of_errno) {
+        return Some(k);
+    }
     // The agent may carry the data on the chain's outer exception only.
-    let io_count = chain
-        .iter()
-        .filter(|x| is_io_error(x.ty.as_deref().unwrap_or("")))
-        .count();
+    let io_count = chain.iter().filter(|x| is_io(x)).count();
     if io_count == 1 {
         return chain.iter().find_map(from_data);
     }
@@ -897,6 +951,21 @@ mod tests {
                 r#"{"message":"retrying","stacktrace":{"frames":[{"function":"b","in_app":true}]}}"#,
                 false,
                 "message",
+                Kind::Operational,
+            ),
+            // The `sentry` crate names an OS io error `Os`; the errno gives the kind.
+            (
+                r#"{"exception":{"values":[{"type":"Os","value":"Connection reset by peer (os error 104)"}]}}"#,
+                r#"{"exception":{"values":[{"type":"std::io::Error","value":"ConnectionReset: x","mechanism":{"data":{"io_kind":"ConnectionReset"}}}]}}"#,
+                false,
+                "std::io::Error: ConnectionReset",
+                Kind::Operational,
+            ),
+            (
+                r#"{"exception":{"values":[{"type":"std::io::error::Error","value":"Connection refused (os error 111)"}]}}"#,
+                r#"{"exception":{"values":[{"type":"Os","value":"no errno here"}]}}"#,
+                false,
+                "std::io::Error: ConnectionRefused",
                 Kind::Operational,
             ),
             // io kind from the value when the mechanism data is missing.

@@ -1068,3 +1068,90 @@ async fn project_create_prints_a_working_dsn() {
         .unwrap();
     assert!(!again.status.success(), "a duplicate name must fail");
 }
+
+/// A `sentry` transport that serializes envelopes with the crate's own writer and POSTs them
+/// like its HTTP transports do (`X-Sentry-Auth`, `Content-Type: application/x-sentry-envelope`).
+struct PostTransport {
+    addr: String,
+    key: String,
+    statuses: std::sync::Mutex<Vec<u16>>,
+}
+
+impl sentry::Transport for PostTransport {
+    fn send_envelope(&self, envelope: sentry::Envelope) {
+        use std::io::{Read, Write};
+        let mut body = Vec::new();
+        envelope.to_writer(&mut body).unwrap();
+        let mut sock = std::net::TcpStream::connect(&self.addr).unwrap();
+        let head = format!(
+            "POST /api/1/envelope/ HTTP/1.1\r\nHost: {}\r\nX-Sentry-Auth: Sentry sentry_version=7, sentry_key={}, sentry_client=sentry.rust/0.49\r\nContent-Type: application/x-sentry-envelope\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            self.key,
+            body.len()
+        );
+        sock.write_all(head.as_bytes()).unwrap();
+        sock.write_all(&body).unwrap();
+        let mut resp = String::new();
+        sock.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        self.statuses.lock().unwrap().push(status);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_sentry_crate_events_are_stored_and_grouped() {
+    let s = server().await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let transport = std::sync::Arc::new(PostTransport {
+        addr: addr.clone(),
+        key: s.key.clone(),
+        statuses: Default::default(),
+    });
+    let t = transport.clone();
+    let dsn = format!("http://{}@{addr}/1", s.key);
+    tokio::task::spawn_blocking(move || {
+        let options = sentry::ClientOptions::new()
+            .dsn(&dsn)
+            .environment("staging")
+            .transport(t);
+        let hub = sentry::Hub::new(
+            Some(std::sync::Arc::new(sentry::Client::from(options))),
+            Default::default(),
+        );
+        for _ in 0..2 {
+            let err = std::io::Error::from_raw_os_error(104);
+            hub.capture_error(&err);
+        }
+        hub.capture_message("cache miss for user 42", sentry::Level::Warning);
+        hub.capture_message("cache miss for user 43", sentry::Level::Warning);
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        *transport.statuses.lock().unwrap(),
+        vec![200, 200, 200, 200]
+    );
+    let (_, classes) = s.api("/api/0/projects/1/classes/").await;
+    let names: Vec<&str> = classes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["class"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"std::io::Error: ConnectionReset"),
+        "{classes}"
+    );
+    assert!(names.contains(&"message"), "{classes}");
+    let (_, issues) = s.api("/api/0/projects/1/issues/").await;
+    let data = issues["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{issues}");
+    assert!(data.iter().all(|i| i["count"] == 2), "{issues}");
+    let msg = data.iter().find(|i| i["class"] == "message").unwrap();
+    assert_eq!(msg["level"], "warning");
+    s.stop().await;
+}
