@@ -62,8 +62,9 @@
 //!   domain go over a bounded queue ([`Options::queue_size`]) to the agent's thread
 //!   `errscope-worker`, which resolves symbols (cached per address), builds the event,
 //!   applies `before_send` and scrubs secrets; the `errscope-writer` thread writes each
-//!   batch in one SQLite transaction. A full queue drops the capture and counts it, in
-//!   [`stats`] and in the outbox's `discards` table: never silently.
+//!   batch in one SQLite transaction. A capture that finds the queue full is counted
+//!   against a stored event of its fingerprint, or else dropped and counted, in [`stats`]
+//!   and in the outbox's `discards` table: never silently.
 //! - The panic hook (installed once, calling the previous hook after it) records the
 //!   message, location, thread, stack and domain and waits for the commit (at most
 //!   [`Options::panic_timeout`]) before it returns, so `panic = "abort"` builds and
@@ -82,7 +83,8 @@
 //! - Error storms: per fingerprint (error type, enum variant or concrete type of a `dyn
 //!   Error` as its `Debug` names it, call site, I/O error kind) only the first
 //!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
-//!   full; the rest are counted exactly against a stored event of the same fingerprint.
+//!   full; the rest are counted exactly against a stored event of the same fingerprint,
+//!   written once per window, at a flush, and with every panic (the process may abort).
 //! - Scrubbing (on by default, [`Options::scrub`], [`Options::scrub_keys`]): values under
 //!   keys containing password, passwd, secret, api_key, apikey, auth, credentials, token,
 //!   private_key, cookie or session (any case) become `[Filtered]`, in tags, contexts,
