@@ -49,6 +49,33 @@
 //! - `tokio` (default): [`spawn`], a `tokio::spawn` that carries the current domain.
 //!   Domains themselves work on any executor.
 //!
+//! The optional integrations, each off by default:
+//!
+//! - `tower`: [`tower::ErrorLayer`](crate::tower::ErrorLayer), a domain per HTTP request
+//!   for axum/hyper services, named `METHOD <route template>`, with a request id (from
+//!   `x-request-id` or generated, echoed in the response), method, route, status and
+//!   user agent tags and the headers in its context (never the values of
+//!   `Authorization` or `Cookie`). A panic in the handler or in a task it spawned with
+//!   [`spawn`] is recorded and answered with a `500` and
+//!   `{"error": "internal_error", "message": "...", "event_id": "...", "request_id": "..."}`;
+//!   5xx responses are recorded as events of type `HTTP <code>`, 4xx are not
+//!   (configurable per status).
+//!
+//!   ```
+//!   # #[cfg(feature = "tower")] {
+//!   use axum::{Router, http::StatusCode, routing::get};
+//!
+//!   let app: Router = Router::new()
+//!       .route("/orders/{id}", get(|| async { "order" }))
+//!       .layer(
+//!           errscope::tower::ErrorLayer::new()
+//!               // Also record 429s; 503s from a draining instance are expected.
+//!               .record_status(StatusCode::TOO_MANY_REQUESTS, true)
+//!               .record_status(StatusCode::SERVICE_UNAVAILABLE, false),
+//!       );
+//!   # }
+//!   ```
+//!
 //! Synchronous code uses [`Domain::run_sync`]; a future that should carry the current
 //! domain somewhere else (a spawned task, a `select!` arm) uses
 //! [`DomainExt::in_current_domain`]; code deep below a handler adds context with
@@ -139,6 +166,16 @@ mod client;
 mod domain;
 mod event;
 mod hook;
+#[cfg_attr(
+    not(any(
+        feature = "tower",
+        feature = "tracing",
+        feature = "log",
+        feature = "anyhow"
+    )),
+    allow(dead_code)
+)]
+mod integration;
 mod options;
 mod rand;
 mod scrub;
@@ -147,6 +184,9 @@ mod storm;
 mod time;
 mod trace;
 mod worker;
+
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use crate::capture::{AsDynError, capture_error, capture_message};
 pub use crate::client::{Guard, Stats, flush, init, stats};

@@ -93,7 +93,7 @@ impl InApp {
         }
     }
 
-    fn is_in_app(&self, function: Option<&str>, abs_path: Option<&str>) -> bool {
+    pub(crate) fn is_in_app(&self, function: Option<&str>, abs_path: Option<&str>) -> bool {
         let Some(function) = function else {
             return false;
         };
