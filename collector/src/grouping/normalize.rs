@@ -1,7 +1,7 @@
 //! Message normalization: the variable parts of a message become placeholders, so one
 //! call site with different ids in its messages stays one issue (see the parent module).
 
-/// Replaces the variable parts of a message with placeholders (see the module docs).
+/// Replaces the variable parts of a message with placeholders (see [`crate::grouping`]).
 pub fn normalize(s: &str) -> String {
     let unquoted = replace_quoted(s);
     let mut out = String::with_capacity(unquoted.len());

@@ -1,9 +1,10 @@
 //! SQLite storage: schema and migrations, the writer thread, the read pool and queries.
 //!
 //! One connection writes (owned by the [`writer`] thread, which batches many requests into
-//! one transaction); reads run on a small pool of other connections, which WAL mode lets
+//! one transaction; `apply.rs` holds that transaction's SQL); reads run on a small pool of other connections, which WAL mode lets
 //! proceed while the writer commits.
 
+mod apply;
 pub mod queries;
 pub mod writer;
 
