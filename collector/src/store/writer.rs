@@ -1,6 +1,6 @@
 //! The writer thread: the only connection that writes, with group commit.
 //!
-//! Requests hand a [`Job`] to a bounded queue with `try_send` (a full queue is a 503,
+//! Requests hand a job to a bounded queue with `try_send` (a full queue is a 503,
 //! never a silent drop) and wait on a oneshot for the answer. The thread takes one job,
 //! drains up to [`MAX_BATCH_JOBS`] more that are already waiting, runs them all in one
 //! transaction, commits, and only then answers each of them. Under load one commit (one
