@@ -1155,3 +1155,41 @@ async fn rust_sentry_crate_events_are_stored_and_grouped() {
     assert_eq!(msg["level"], "warning");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn every_content_encoding_is_accepted() {
+    use std::io::Write as _;
+    let s = server().await;
+    let body = |n: u64| envelope(&[event(&event_id(n), "f", "v")]);
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(&body(2)).unwrap();
+    let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    raw.write_all(&body(3)).unwrap();
+    let cases = [
+        ("gzip", gzip(&body(1))),
+        ("deflate", zlib.finish().unwrap()),
+        ("deflate", raw.finish().unwrap()),
+        ("br", brotli_stored(&body(4))),
+        ("identity", body(5)),
+    ];
+    for (n, (encoding, bytes)) in cases.into_iter().enumerate() {
+        let r = s
+            .http
+            .post(format!("{}/api/1/envelope/", s.base))
+            .header("x-sentry-auth", s.auth())
+            .header("content-encoding", encoding)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{encoding}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["id"],
+            event_id(n as u64 + 1),
+            "{encoding}"
+        );
+    }
+    let (_, stats) = s.api("/api/0/projects/1/stats/").await;
+    assert_eq!(stats["events"], 5);
+    s.stop().await;
+}
