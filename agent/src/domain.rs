@@ -114,6 +114,12 @@ impl Domain {
         Arc::clone(&self.data.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Whether both handles are clones of one domain.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+
     /// The domain's name.
     #[must_use]
     pub fn name(&self) -> String {

@@ -75,6 +75,32 @@
 //!       );
 //!   # }
 //!   ```
+//! - `tracing`: [`tracing::ErrscopeLayer`](crate::tracing::ErrscopeLayer), a
+//!   `tracing_subscriber::Layer`: `error!` events are captured with their fields and the
+//!   span chain (`contexts.tracing`; an `error = &err as &dyn Error` field becomes the
+//!   exception chain), `warn!`/`info!` events become breadcrumbs of the current domain,
+//!   and spans entered inside a domain add their fields to its context (`spans.<name>`).
+//!
+//!   ```
+//!   # #[cfg(feature = "tracing")] {
+//!   use tracing_subscriber::prelude::*;
+//!
+//!   tracing_subscriber::registry()
+//!       .with(errscope::tracing::ErrscopeLayer::new())
+//!       .init();
+//!   # }
+//!   ```
+//! - `log`: [`log::ErrscopeLogger`](crate::log::ErrscopeLogger), the same for the `log`
+//!   crate (key-values as fields; no spans), optionally wrapping another logger.
+//!
+//!   ```
+//!   # #[cfg(feature = "log")] {
+//!   errscope::log::ErrscopeLogger::new()
+//!       // .wrap(env_logger::Logger::from_default_env())
+//!       .install()
+//!       .expect("no other logger is set");
+//!   # }
+//!   ```
 //!
 //! Synchronous code uses [`Domain::run_sync`]; a future that should carry the current
 //! domain somewhere else (a spawned task, a `select!` arm) uses
@@ -185,8 +211,12 @@ mod time;
 mod trace;
 mod worker;
 
+#[cfg(feature = "log")]
+pub mod log;
 #[cfg(feature = "tower")]
 pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 pub use crate::capture::{AsDynError, capture_error, capture_message};
 pub use crate::client::{Guard, Stats, flush, init, stats};

@@ -268,3 +268,139 @@ fn server_errors_are_recorded_client_errors_are_not_and_secrets_stay_out() {
     assert!(!contains(&raw, "tok-5f1d2a"));
     assert!(!contains(&raw, "ck-8e7c1b"));
 }
+
+/// The global tracing subscriber and `log` logger of this test binary (both process-wide,
+/// like the agent): axum runs handlers on the runtime's threads.
+fn install_loggers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use tracing_subscriber::prelude::*;
+        let subscriber =
+            tracing_subscriber::registry().with(errscope::tracing::ErrscopeLayer::new());
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+        errscope::log::ErrscopeLogger::new()
+            .install()
+            .expect("no other logger");
+    });
+}
+
+#[tracing::instrument(fields(customer = "c-9"))]
+async fn report_handler() -> StatusCode {
+    tracing::info!(step = 1, "loading report");
+    tokio::task::yield_now().await;
+    tracing::warn!("cache cold");
+    tracing::debug!("below the breadcrumb level");
+    {
+        let span = tracing::info_span!("render", template = "monthly");
+        let _entered = span.enter();
+        let err = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        tracing::error!(
+            rows = 12,
+            error = &err as &dyn std::error::Error,
+            "render failed"
+        );
+    }
+    StatusCode::OK
+}
+
+#[test]
+fn a_tracing_error_inside_a_request_is_captured_with_the_domain_and_breadcrumbs() {
+    let _serial = serial();
+    install_loggers();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let rt = runtime();
+    let reply = rt.block_on(async {
+        let app = Router::new()
+            .route("/report", get(report_handler))
+            .layer(errscope::tower::ErrorLayer::new());
+        let addr = serve(app).await;
+        http_get(addr, "/report", &[("x-request-id", "req-t1")]).await
+    });
+    assert_eq!(reply.status, 200);
+    assert!(guard.flush(FLUSH));
+    let events = events_with_tag(&outbox, "request_id", "req-t1");
+    assert_eq!(events.len(), 1, "only the error! event: {events:#?}");
+    let event = &events[0];
+    assert_eq!(event["level"], "error");
+    assert_eq!(event["message"], "render failed");
+    assert_eq!(event["tags"]["domain"], "GET /report");
+    let crumbs: Vec<&str> = event["breadcrumbs"]["values"]
+        .as_array()
+        .expect("breadcrumbs")
+        .iter()
+        .filter_map(|b| b["message"].as_str())
+        .collect();
+    assert_eq!(crumbs, ["loading report", "cache cold"]);
+    assert_eq!(event["breadcrumbs"]["values"][0]["data"]["step"], 1);
+    assert_eq!(event["breadcrumbs"]["values"][1]["level"], "warning");
+    let tracing = &event["contexts"]["tracing"];
+    assert_eq!(tracing["fields"]["rows"], 12);
+    let spans: Vec<&str> = tracing["spans"]
+        .as_array()
+        .expect("span chain")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(spans, ["report_handler", "render"], "root first");
+    assert_eq!(tracing["spans"][0]["fields"]["customer"], "c-9");
+    assert_eq!(tracing["spans"][1]["fields"]["template"], "monthly");
+    // Entered spans added their fields to the domain's context.
+    let data = &event["contexts"]["domain"]["data"];
+    assert_eq!(data["spans"]["report_handler"]["customer"], "c-9");
+    assert_eq!(data["spans"]["render"]["template"], "monthly");
+    // The `error` field is the exception chain.
+    let exc = &event["exception"]["values"][0];
+    assert_eq!(exc["type"], "std::io::Error");
+    assert_eq!(exc["mechanism"]["data"]["io_kind"], "TimedOut");
+    assert_eq!(exc["mechanism"]["type"], "tracing");
+    assert!(
+        event["extra"]["capture_location"]
+            .as_str()
+            .is_some_and(|l| l.contains("tests/integrations.rs:")),
+        "{}",
+        event["extra"]
+    );
+    drop(guard);
+}
+
+#[test]
+fn log_errors_are_captured_with_the_domain_and_earlier_lines_as_breadcrumbs() {
+    let _serial = serial();
+    install_loggers();
+    let outbox = Outbox::new();
+    let guard = errscope::init(options(&outbox));
+    let domain = errscope::Domain::new("job: import").tag("job_id", "j-5");
+    domain
+        .run_sync(|| {
+            log::info!(file = "orders.csv"; "importing");
+            log::warn!("slow disk");
+            log::debug!("not kept");
+            log::error!(row = 7; "bad row");
+        })
+        .expect("no panic");
+    log::error!("outside any domain");
+    assert!(guard.flush(FLUSH));
+    let events = outbox.events();
+    let event = events
+        .iter()
+        .find(|e| e["message"] == "bad row")
+        .expect("the error record is stored");
+    assert_eq!(event["level"], "error");
+    assert_eq!(event["tags"]["job_id"], "j-5");
+    assert_eq!(event["tags"]["domain"], "job: import");
+    let crumbs = event["breadcrumbs"]["values"]
+        .as_array()
+        .expect("breadcrumbs");
+    assert_eq!(crumbs.len(), 2, "{crumbs:#?}");
+    assert_eq!(crumbs[0]["message"], "importing");
+    assert_eq!(crumbs[0]["data"]["file"], "orders.csv");
+    assert_eq!(crumbs[1]["message"], "slow disk");
+    assert_eq!(event["contexts"]["log"]["fields"]["row"], 7);
+    let outside = events
+        .iter()
+        .find(|e| e["message"] == "outside any domain")
+        .expect("captured without a domain too");
+    assert!(outside["tags"].get("domain").is_none());
+    drop(guard);
+}
