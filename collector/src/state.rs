@@ -86,6 +86,9 @@ pub struct Inner {
     verified: Mutex<Vec<String>>,
     sessions: Mutex<HashMap<String, i64>>,
     rate: Mutex<HashMap<i64, (i64, u64)>>,
+    /// One argon2 verification at a time: wrong tokens or passwords cannot take more
+    /// than one core, nor the blocking threads reads need.
+    hashing: tokio::sync::Semaphore,
 }
 
 /// A started collector: its state and the writer thread to join on shutdown.
@@ -210,6 +213,7 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         verified: Mutex::new(verified),
         sessions: Mutex::new(HashMap::new()),
         rate: Mutex::new(HashMap::new()),
+        hashing: tokio::sync::Semaphore::new(1),
     };
     Ok(Started {
         state: AppState(Arc::new(inner)),
@@ -270,6 +274,9 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let t = token.to_owned();
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         let ok = tokio::task::spawn_blocking(move || verify_secret(&t, &hash))
             .await
             .unwrap_or(false);
@@ -290,6 +297,9 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let p = password.to_owned();
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         tokio::task::spawn_blocking(move || verify_secret(&p, &hash))
             .await
             .unwrap_or(false)
