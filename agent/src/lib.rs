@@ -87,7 +87,9 @@
 //!
 //!   tracing_subscriber::registry()
 //!       .with(errscope::tracing::ErrscopeLayer::new())
-//!       .init();
+//!       .with(tracing_subscriber::fmt::layer())
+//!       .try_init()
+//!       .expect("no other subscriber is set");
 //!   # }
 //!   ```
 //! - `log`: [`log::ErrscopeLogger`](crate::log::ErrscopeLogger), the same for the `log`
@@ -99,6 +101,22 @@
 //!       // .wrap(env_logger::Logger::from_default_env())
 //!       .install()
 //!       .expect("no other logger is set");
+//!   # }
+//!   ```
+//! - `anyhow`: [`capture_anyhow`](crate::capture_anyhow): the context chain becomes the
+//!   exception chain, the root cause's type (found by downcasting `std::io::Error`,
+//!   `serde_json::Error`, std's parse errors, …) its class, and anyhow's own backtrace,
+//!   when it captured one, the stack (parsed from std's backtrace text).
+//!
+//!   ```
+//!   # #[cfg(feature = "anyhow")] {
+//!   use anyhow::Context as _;
+//!
+//!   let err = std::fs::read_to_string("/no/such/config.toml")
+//!       .context("loading config")
+//!       .unwrap_err();
+//!   // Class `std::io::Error: NotFound`, not `anyhow::Error`.
+//!   errscope::capture_anyhow(&err);
 //!   # }
 //!   ```
 //!
@@ -186,6 +204,8 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "anyhow")]
+mod anyhow;
 mod assemble;
 mod capture;
 mod client;
@@ -218,6 +238,8 @@ pub mod tower;
 #[cfg(feature = "tracing")]
 pub mod tracing;
 
+#[cfg(feature = "anyhow")]
+pub use crate::anyhow::capture_anyhow;
 pub use crate::capture::{AsDynError, capture_error, capture_message};
 pub use crate::client::{Guard, Stats, flush, init, stats};
 #[cfg(feature = "tokio")]

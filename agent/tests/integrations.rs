@@ -404,3 +404,89 @@ fn log_errors_are_captured_with_the_domain_and_earlier_lines_as_breadcrumbs() {
     assert!(outside["tags"].get("domain").is_none());
     drop(guard);
 }
+
+/// One call site for every anyhow capture of the test (one storm fingerprint per root).
+#[inline(never)]
+fn report(err: &anyhow::Error) -> errscope::EventId {
+    errscope::capture_anyhow(err)
+}
+
+fn read_port(text: &str) -> anyhow::Result<u16> {
+    use anyhow::Context as _;
+    text.trim().parse::<u16>().context("loading config")
+}
+
+fn read_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    std::fs::read_to_string(path).context("loading config")
+}
+
+#[test]
+fn anyhow_errors_with_one_context_and_different_root_causes_get_different_types() {
+    let _serial = serial();
+    let outbox = Outbox::new();
+    // One full event per fingerprint: a second error of the same root cause is counted.
+    let guard = errscope::init(options(&outbox).storm(1, Duration::from_secs(600)));
+    let parse = read_port("eighty").expect_err("not a number");
+    let missing = read_file(&outbox.dir.path().join("absent.toml")).expect_err("no file");
+    let parse_id = report(&parse);
+    let missing_id = report(&missing);
+    let again = report(&read_port("-1").expect_err("negative"));
+    assert!(!parse_id.is_nil() && !missing_id.is_nil());
+    assert_eq!(
+        again, parse_id,
+        "the same root cause is the same fingerprint"
+    );
+    assert!(guard.flush(FLUSH));
+
+    let root_and_top = |id: errscope::EventId| {
+        let event = outbox.event(&id.to_string()).expect("stored");
+        let values = event["exception"]["values"]
+            .as_array()
+            .expect("values")
+            .clone();
+        assert_eq!(values.len(), 2, "{values:#?}");
+        (event, values[0].clone(), values[1].clone())
+    };
+    let (event, root, top) = root_and_top(parse_id);
+    assert_eq!(root["type"], "core::num::error::ParseIntError");
+    assert_eq!(root["value"], "invalid digit found in string");
+    assert_eq!(top["type"], "anyhow::Context");
+    assert_eq!(top["value"], "loading config");
+    assert_eq!(top["mechanism"]["type"], "anyhow");
+    assert_eq!(top["mechanism"]["handled"], true);
+    // The stack: anyhow's own backtrace when it captured one (RUST_LIB_BACKTRACE), else
+    // the `capture_anyhow` call's. Either way the test's frames are in it.
+    let functions = util::functions(&top);
+    if parse.backtrace().status() == std::backtrace::BacktraceStatus::Captured {
+        assert!(
+            event["extra"]["backtrace"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("anyhow")),
+            "{}",
+            event["extra"]
+        );
+        assert!(
+            functions.last().is_some_and(|f| f.contains("read_port")),
+            "where the error was created: {functions:#?}"
+        );
+        let frames = top["stacktrace"]["frames"].as_array().expect("frames");
+        assert_eq!(
+            frames.last().map(|f| &f["in_app"]),
+            Some(&Value::Bool(true))
+        );
+    } else {
+        assert_eq!(event["extra"]["backtrace"], "capture_anyhow call");
+        assert!(
+            functions.last().is_some_and(|f| f.ends_with("report")),
+            "{functions:#?}"
+        );
+    }
+
+    let (_, root, top) = root_and_top(missing_id);
+    assert_eq!(root["type"], "std::io::Error");
+    assert_eq!(root["mechanism"]["data"]["io_kind"], "NotFound");
+    assert_eq!(root["mechanism"]["meta"]["errno"]["name"], "ENOENT");
+    assert_eq!(top["value"], "loading config");
+    drop(guard);
+}
