@@ -515,6 +515,7 @@ async fn api_requires_token_or_session_and_csrf_header() {
             && set_cookie.contains("SameSite=Strict")
             && set_cookie.contains("Path=/")
     );
+    assert!(!set_cookie.contains("Secure"), "plain http: {set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let r = s
         .http
@@ -575,6 +576,31 @@ async fn api_requires_token_or_session_and_csrf_header() {
             .unwrap()
             .status(),
         401
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn session_cookie_is_secure_behind_https() {
+    let s = server_with(|c| c.public_url = "https://errors.example.com".into()).await;
+    let r = s
+        .http
+        .post(format!("{}/auth/login", s.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure")
+    );
+    let (_, projects) = s.api("/api/0/projects/").await;
+    assert_eq!(
+        projects[0]["dsn"],
+        format!("https://{}@errors.example.com/1", s.key)
     );
     s.stop().await;
 }

@@ -93,7 +93,15 @@ pub async fn login(
     }
     let id = state.new_session();
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    let c = format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age=604800");
+    // `Secure` when the collector is reached over https (it cannot be set for plain http,
+    // which the default 127.0.0.1 setup uses).
+    let secure = if state.config.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let c =
+        format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age=604800{secure}");
     resp.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&c).map_err(|e| ApiError::Internal(e.to_string()))?,
