@@ -72,6 +72,31 @@ async fn stores_groups_and_serves_gzip_envelopes() {
         .map(|e| e["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![event_id(2), event_id(1)]);
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("errscope_events_accepted_total 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("errscope_writer_queue_depth 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("errscope_commit_seconds_count "),
+        "{metrics}"
+    );
     let (_, tags) = s.api("/api/0/projects/1/tags/release/values/").await;
     assert_eq!(tags, json!([{"value": "shop@1.0", "count": 3}]));
     s.stop().await;
