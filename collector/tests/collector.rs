@@ -1244,3 +1244,65 @@ async fn every_content_encoding_is_accepted() {
     assert_eq!(stats["events"], 5);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn dashboard_sessions_survive_a_restart_and_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut c = spawn_binary(dir.path(), &[]).await;
+    let r = http
+        .post(format!("{}/auth/login", c.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    c.child.start_kill().unwrap();
+    c.child.wait().await.unwrap();
+    let c2 = spawn_binary(dir.path(), &[]).await;
+    let session = |base: String, cookie: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/api/0/session/"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(session(c2.base.clone(), cookie.clone()).await, 200);
+    assert_eq!(
+        session(c2.base.clone(), "errscope_session=forged".into()).await,
+        401
+    );
+    let r = http
+        .post(format!("{}/auth/logout", c2.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(session(c2.base.clone(), cookie.clone()).await, 401);
+    // Only a hash of the session id is in the database.
+    let raw_id = cookie.trim_start_matches("errscope_session=");
+    assert!(
+        !appears_in_files(dir.path(), raw_id),
+        "the raw session id must not be stored"
+    );
+}
+
+/// Whether `needle` occurs in any file of `dir` (the database, its WAL and shm).
+fn appears_in_files(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let bytes = std::fs::read(e.path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
+}

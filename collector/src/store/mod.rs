@@ -141,6 +141,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX pending_counts_event ON pending_counts (project_id, event_id);
     "#,
+    // 2: dashboard sessions survive restarts; only a hash of each session id is stored.
+    r#"
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// Opens a connection with the collector's pragmas.
