@@ -359,7 +359,9 @@ pub trait DomainExt: Future + Sized {
 impl<F: Future> DomainExt for F {}
 
 /// `tokio::spawn` that carries the current domain into the task: captures and panics in
-/// the task carry the domain's data. Must be called inside a tokio runtime.
+/// the task carry the domain's data. Must be called inside a tokio runtime. Under the
+/// `tower` feature's `ErrorLayer`, a panic in the task also answers the request with a
+/// `500` at once.
 #[cfg(feature = "tokio")]
 pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
 where

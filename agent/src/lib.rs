@@ -51,15 +51,13 @@
 //!
 //! The optional integrations, each off by default:
 //!
-//! - `tower`: [`tower::ErrorLayer`](crate::tower::ErrorLayer), a domain per HTTP request
-//!   for axum/hyper services, named `METHOD <route template>`, with a request id (from
-//!   `x-request-id` or generated, echoed in the response), method, route, status and
-//!   user agent tags and the headers in its context (never the values of
-//!   `Authorization` or `Cookie`). A panic in the handler or in a task it spawned with
-//!   [`spawn`] is recorded and answered with a `500` and
-//!   `{"error": "internal_error", "message": "...", "event_id": "...", "request_id": "..."}`;
-//!   5xx responses are recorded as events of type `HTTP <code>`, 4xx are not
-//!   (configurable per status).
+//! - `tower`: `tower::ErrorLayer`, a domain per HTTP request for axum/hyper services, named `METHOD
+//!   <route template>`, with a request id (from `x-request-id` or generated, echoed in the
+//!   response), method, route, status and user agent tags and the headers in its context (never the
+//!   values of `Authorization` or `Cookie`). A panic in the handler or in a task it spawned with
+//!   [`spawn`] is recorded and answered with a `500` and `{"error": "internal_error", "message":
+//!   "...", "event_id": "...", "request_id": "..."}`; 5xx responses are recorded as events of type
+//!   `HTTP <code>`, 4xx are not (configurable per status).
 //!
 //!   ```
 //!   # #[cfg(feature = "tower")] {
@@ -75,11 +73,11 @@
 //!       );
 //!   # }
 //!   ```
-//! - `tracing`: [`tracing::ErrscopeLayer`](crate::tracing::ErrscopeLayer), a
-//!   `tracing_subscriber::Layer`: `error!` events are captured with their fields and the
-//!   span chain (`contexts.tracing`; an `error = &err as &dyn Error` field becomes the
-//!   exception chain), `warn!`/`info!` events become breadcrumbs of the current domain,
-//!   and spans entered inside a domain add their fields to its context (`spans.<name>`).
+//! - `tracing`: `tracing::ErrscopeLayer`, a `tracing_subscriber::Layer`: `error!` events are
+//!   captured with their fields and the span chain (`contexts.tracing`; an `error = &err as &dyn
+//!   Error` field becomes the exception chain), `warn!`/`info!` events become breadcrumbs of the
+//!   current domain, and spans entered inside a domain add their fields to its context
+//!   (`spans.<name>`).
 //!
 //!   ```
 //!   # #[cfg(feature = "tracing")] {
@@ -92,8 +90,8 @@
 //!       .expect("no other subscriber is set");
 //!   # }
 //!   ```
-//! - `log`: [`log::ErrscopeLogger`](crate::log::ErrscopeLogger), the same for the `log`
-//!   crate (key-values as fields; no spans), optionally wrapping another logger.
+//! - `log`: `log::ErrscopeLogger`, the same for the `log` crate (key-values as fields; no spans),
+//!   optionally wrapping another logger.
 //!
 //!   ```
 //!   # #[cfg(feature = "log")] {
@@ -103,10 +101,10 @@
 //!       .expect("no other logger is set");
 //!   # }
 //!   ```
-//! - `anyhow`: [`capture_anyhow`](crate::capture_anyhow): the context chain becomes the
-//!   exception chain, the root cause's type (found by downcasting `std::io::Error`,
-//!   `serde_json::Error`, std's parse errors, …) its class, and anyhow's own backtrace,
-//!   when it captured one, the stack (parsed from std's backtrace text).
+//! - `anyhow`: `capture_anyhow`: the context chain becomes the exception chain, the root cause's
+//!   type (found by downcasting `std::io::Error`, `serde_json::Error`, std's parse errors, …) its
+//!   class, and anyhow's own backtrace, when it captured one, the stack (parsed from std's
+//!   backtrace text).
 //!
 //!   ```
 //!   # #[cfg(feature = "anyhow")] {

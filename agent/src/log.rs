@@ -192,3 +192,63 @@ fn capture(record: &log::Record<'_>) {
         ..Custom::default()
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use log::Log as _;
+
+    struct Counting(Arc<AtomicUsize>);
+
+    impl log::Log for Counting {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Debug
+        }
+
+        fn log(&self, _: &log::Record<'_>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn a_wrapped_logger_sees_every_record_and_widens_enabled() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let logger = ErrscopeLogger::new().wrap(Counting(Arc::clone(&seen)));
+        let debug = log::Metadata::builder().level(log::Level::Debug).build();
+        let trace = log::Metadata::builder().level(log::Level::Trace).build();
+        assert!(logger.enabled(&debug), "the wrapped logger wants debug");
+        assert!(!logger.enabled(&trace));
+        assert!(!ErrscopeLogger::new().enabled(&debug));
+        for level in [log::Level::Error, log::Level::Info, log::Level::Debug] {
+            logger.log(
+                &log::Record::builder()
+                    .level(level)
+                    .args(format_args!("line"))
+                    .build(),
+            );
+        }
+        assert_eq!(seen.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn key_values_become_json() {
+        let kvs: &[(&str, log::kv::Value<'_>)] = &[
+            ("row", log::kv::Value::from(7u64)),
+            ("ok", log::kv::Value::from(false)),
+            ("file", log::kv::Value::from("a.csv")),
+        ];
+        let record = log::Record::builder()
+            .args(format_args!("x"))
+            .key_values(&kvs)
+            .build();
+        let got = kvs_of(&record);
+        assert_eq!(got["row"], json!(7));
+        assert_eq!(got["ok"], json!(false));
+        assert_eq!(got["file"], json!("a.csv"));
+    }
+}

@@ -11,9 +11,15 @@
 //!
 //! A panic in the handler, or in a task it spawned with [`crate::spawn`], is recorded as
 //! a programmer error and answered with a `500` and a JSON body: the client never sees a
-//! dropped connection or a hung socket. A response with a recorded status (5xx by
-//! default, see [`ErrorLayer::record_status`]) is recorded as an event of type
-//! `HTTP <code>`.
+//! dropped connection or a hung socket. As with Node's `domain`, a spawned task's panic
+//! answers the request at once and drops the handler's future, even if the handler was
+//! going to handle the task's `JoinError` itself; a task whose panic the handler wants to
+//! handle is spawned with `tokio::spawn(fut.in_current_domain())` instead (it keeps the
+//! domain's data but does not end the request). A task that panics after the response
+//! was sent is recorded as usual. A response with a recorded status (5xx by default, see
+//! [`ErrorLayer::record_status`]) is recorded as an event of type `HTTP <code>`, without a
+//! stack (the layer's own says nothing about the handler). Errors of the response body
+//! while it streams are not seen by the layer.
 
 use std::collections::BTreeMap;
 use std::fmt;

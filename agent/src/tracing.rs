@@ -233,7 +233,11 @@ where
                     .map(|span| {
                         let ext = span.extensions();
                         let fields = ext.get::<SpanFields>().map(|f| &f.fields);
-                        json!({"name": span.name(), "target": span.metadata().target(), "fields": fields})
+                        json!({
+                            "name": span.name(),
+                            "target": span.metadata().target(),
+                            "fields": fields,
+                        })
                     })
                     .collect()
             })
