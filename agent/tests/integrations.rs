@@ -122,6 +122,7 @@ fn app() -> Router {
         .route("/spawned", get(spawning_handler))
         .route("/busy", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
         .route("/teapot", get(|| async { StatusCode::IM_A_TEAPOT }))
+        .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
         .route("/ok", get(|| async { "fine" }))
         .layer(errscope::tower::ErrorLayer::new().record_status(StatusCode::IM_A_TEAPOT, true))
 }
@@ -218,7 +219,7 @@ fn server_errors_are_recorded_client_errors_are_not_and_secrets_stay_out() {
         ("cookie", "sid=ck-8e7c1b-never-stored"),
         ("accept", "application/json"),
     ];
-    let (missing, busy, teapot, ok) = rt.block_on(async {
+    let (missing, gone, busy, teapot, ok) = rt.block_on(async {
         let addr = serve(app()).await;
         let with_id = |id: &'static str| {
             let mut h = secrets.to_vec();
@@ -227,12 +228,16 @@ fn server_errors_are_recorded_client_errors_are_not_and_secrets_stay_out() {
         };
         (
             http_get(addr, "/missing", &with_id("req-404")).await,
+            http_get(addr, "/gone", &with_id("req-404b")).await,
             http_get(addr, "/busy", &with_id("req-503")).await,
             http_get(addr, "/teapot", &with_id("req-418")).await,
             http_get(addr, "/ok", &with_id("req-200")).await,
         )
     });
     assert_eq!(missing.status, 404);
+    assert_eq!(gone.status, 404);
+    // The handler's 404 went through the layer (the id is echoed) and was not recorded.
+    assert_eq!(gone.header("x-request-id"), Some("req-404b"));
     assert_eq!(busy.status, 503);
     assert_eq!(teapot.status, 418);
     assert_eq!(ok.status, 200);
@@ -240,6 +245,7 @@ fn server_errors_are_recorded_client_errors_are_not_and_secrets_stay_out() {
     assert!(guard.flush(FLUSH));
 
     assert!(events_with_tag(&outbox, "request_id", "req-404").is_empty());
+    assert!(events_with_tag(&outbox, "request_id", "req-404b").is_empty());
     assert!(events_with_tag(&outbox, "request_id", "req-200").is_empty());
     let recorded = events_with_tag(&outbox, "request_id", "req-503");
     assert_eq!(recorded.len(), 1, "{recorded:#?}");
