@@ -83,6 +83,9 @@ pub struct Options {
     /// power loss) instead of `NORMAL` (survives a crash or abort of the process, which is
     /// what a panic needs). Default: off.
     pub sync_full: bool,
+    /// How long the shipper waits for a server's answer to one envelope before it gives
+    /// up on that attempt (the events stay and are retried). Default: 30 s.
+    pub send_timeout: Duration,
 }
 
 impl Default for Options {
@@ -108,6 +111,7 @@ impl Default for Options {
             panic_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(2),
             sync_full: false,
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -135,6 +139,7 @@ impl fmt::Debug for Options {
             .field("panic_timeout", &self.panic_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("sync_full", &self.sync_full)
+            .field("send_timeout", &self.send_timeout)
             .finish()
     }
 }
@@ -320,6 +325,13 @@ impl Options {
     #[must_use]
     pub fn sync_full(mut self, on: bool) -> Self {
         self.sync_full = on;
+        self
+    }
+
+    /// Sets how long the shipper waits for an answer to one envelope.
+    #[must_use]
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
         self
     }
 }
