@@ -360,12 +360,14 @@ async fn run(
     // Nothing is sent before these instants.
     let mut backoff_until: Option<Instant> = None;
     let mut limited_until: Option<Instant> = None;
+    let mut last_attempt = Instant::now();
     loop {
         let now = Instant::now();
         let paused =
             backoff_until.is_some_and(|t| t > now) || limited_until.is_some_and(|t| t > now);
         let mut more = false;
         if !paused {
+            last_attempt = now;
             let round = tokio::select! {
                 biased;
                 () = stop.notified() => return,
@@ -429,8 +431,11 @@ async fn run(
                 }
                 Some(Cmd::Flush(ack)) => {
                     flushes.push(ack);
-                    // A flush tries now rather than after the backoff; a rate limit holds.
-                    backoff_until = None;
+                    // A flush tries soon rather than after the whole backoff (at most
+                    // once a second: a host flushing in a loop must not hammer a server
+                    // that is down); a rate limit holds.
+                    let soon = last_attempt + Duration::from_secs(1);
+                    backoff_until = backoff_until.map(|t| t.min(soon));
                 }
                 None => return,
             },

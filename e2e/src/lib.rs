@@ -205,6 +205,8 @@ struct ProxyShared {
     upstream: SocketAddr,
     script: Mutex<VecDeque<Fault>>,
     poison: Option<String>,
+    /// Hide `X-Errscope-Collector` from the agent, as a Sentry server would.
+    sentry_like: bool,
     log: Mutex<Vec<String>>,
 }
 
@@ -212,6 +214,21 @@ impl FaultProxy {
     /// Starts the proxy in front of `upstream` with the faults to inject in turn and the
     /// marker of the poisoned event.
     pub fn start(upstream: SocketAddr, script: &[Fault], poison: Option<&str>) -> Self {
+        Self::start_with(upstream, script, poison, false)
+    }
+
+    /// A proxy without faults that hides `X-Errscope-Collector`, so the agent takes the
+    /// collector for a plain Sentry server; it logs `events: N` for each request.
+    pub fn sentry_like(upstream: SocketAddr) -> Self {
+        Self::start_with(upstream, &[], None, true)
+    }
+
+    fn start_with(
+        upstream: SocketAddr,
+        script: &[Fault],
+        poison: Option<&str>,
+        sentry_like: bool,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -225,6 +242,7 @@ impl FaultProxy {
             upstream,
             script: Mutex::new(script.iter().copied().collect()),
             poison: poison.map(str::to_owned),
+            sentry_like,
             log: Mutex::new(Vec::new()),
         });
         let accepting = Arc::clone(&shared);
@@ -317,7 +335,7 @@ async fn serve_connection(mut conn: TcpStream, shared: &ProxyShared) -> std::io:
                 continue;
             }
             Some(Fault::LoseAnswer) => {
-                let _ = forward(shared.upstream, &head, &body).await?;
+                let _ = forward(shared.upstream, &head, &body, false).await?;
                 shared.note("forwarded, then lost the answer".into());
                 conn.set_zero_linger()?;
                 return Ok(());
@@ -336,7 +354,14 @@ async fn serve_connection(mut conn: TcpStream, shared: &ProxyShared) -> std::io:
             .await?;
             continue;
         }
-        let response = forward(shared.upstream, &head, &body).await?;
+        if shared.sentry_like {
+            let items = decoded(&head, &body)
+                .windows(14)
+                .filter(|w| w == br#""type":"event""#)
+                .count();
+            shared.note(format!("events: {items}"));
+        }
+        let response = forward(shared.upstream, &head, &body, shared.sentry_like).await?;
         shared.note(format!(
             "forwarded: {}",
             String::from_utf8_lossy(response.split(|b| *b == b'\r').next().unwrap_or(b""))
@@ -423,8 +448,13 @@ async fn respond(conn: &mut TcpStream, status: &str, extra: &str) -> std::io::Re
 
 /// Sends the request to the collector on a connection of its own (`connection: close`)
 /// and returns the whole response, minus its `connection` header (the client's
-/// connection stays open).
-async fn forward(upstream: SocketAddr, head: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
+/// connection stays open) and, with `hide`, its `x-errscope-collector` header.
+async fn forward(
+    upstream: SocketAddr,
+    head: &str,
+    body: &[u8],
+    hide: bool,
+) -> std::io::Result<Vec<u8>> {
     let mut up = TcpStream::connect(upstream).await?;
     let mut request = String::new();
     for line in head.trim_end().lines() {
@@ -446,7 +476,10 @@ async fn forward(upstream: SocketAddr, head: &str, body: &[u8]) -> std::io::Resu
     let head = String::from_utf8_lossy(&response[..end]).into_owned();
     let mut out = Vec::with_capacity(response.len());
     for line in head.lines() {
-        if !line.to_ascii_lowercase().starts_with("connection:") {
+        let lower = line.to_ascii_lowercase();
+        let dropped = lower.starts_with("connection:")
+            || (hide && lower.starts_with("x-errscope-collector:"));
+        if !dropped {
             out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(b"\r\n");
         }

@@ -224,6 +224,31 @@ fn every_network_fault_is_retried_and_the_poisoned_event_reported() {
     proxy.stop();
 }
 
+#[test]
+fn a_sentry_server_gets_one_event_per_envelope() {
+    let _lock = agent_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(&dir.path().join("collector"));
+    let proxy = FaultProxy::sentry_like(collector.addr);
+    let db = outbox(dir.path(), "sentry");
+    let guard = errscope::init(options(Some(&collector.dsn_via(proxy.addr)), &db));
+    let ids: Vec<_> = (0..40)
+        .map(|i| errscope::capture_message(&format!("to sentry {i}"), Level::Error))
+        .collect();
+    assert!(guard.flush(Duration::from_secs(30)), "{:#?}", proxy.log());
+    drop(guard);
+    let log = proxy.log();
+    let sizes: Vec<&str> = log
+        .iter()
+        .filter_map(|l| l.strip_prefix("events: "))
+        .collect();
+    assert_eq!(sizes.len(), 40, "{log:#?}");
+    assert!(sizes.iter().all(|n| *n == "1"), "{log:#?}");
+    assert_eq!(collector.event_count(), 40);
+    assert!(ids.iter().all(|id| collector.has_event(&id.to_string())));
+    proxy.stop();
+}
+
 fn host() -> Command {
     Command::new(env!("CARGO_BIN_EXE_e2e-host"))
 }
@@ -275,7 +300,7 @@ fn a_collector_down_at_start_gets_everything_when_it_comes_up() {
             &format!("http://{key}@{addr}/1"),
             db.to_str().expect("utf8"),
             "50",
-            "60",
+            "90",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
