@@ -35,6 +35,18 @@ pub(crate) struct Counters {
     /// Drops on the host's threads not yet written to the store's `discards`.
     pub(crate) pending_queue_full: AtomicU64,
     pub(crate) pending_sample_rate: AtomicU64,
+    /// Shipper: events the server confirmed.
+    pub(crate) sent: AtomicU64,
+    /// Shipper: requests that failed and are retried (or split after a rejection).
+    pub(crate) retried: AtomicU64,
+    /// Shipper: events the server refused for good (`send_error` discards).
+    pub(crate) dropped_send_error: AtomicU64,
+    /// Shipper: events waiting in the outbox when it last looked.
+    pub(crate) outbox_events: AtomicU64,
+    /// Shipper: the last attempt failed.
+    pub(crate) delivery_failing: AtomicBool,
+    /// The writer committed something: wakes the shipper.
+    pub(crate) outbox_changed: tokio::sync::Notify,
 }
 
 /// What the agent's thread needs of the configuration.
@@ -49,6 +61,7 @@ pub(crate) struct Shared {
 pub(crate) struct Client {
     pub(crate) shared: Arc<Shared>,
     tx: Sender<Msg>,
+    shipper: Option<crate::ship::Handle>,
 }
 
 thread_local! {
@@ -92,6 +105,18 @@ pub struct Stats {
     pub evicted: u64,
     /// The outbox file could not be used and events are kept in memory.
     pub degraded: bool,
+    /// Events the server confirmed (2xx).
+    pub sent: u64,
+    /// Deliveries that failed and are retried: network errors, timeouts, 5xx, 429, and
+    /// batches resent in halves after a rejection.
+    pub retried: u64,
+    /// Events the server refused for good (a 4xx other than 429): dropped and reported
+    /// as `send_error` in a client report.
+    pub dropped_send_error: u64,
+    /// Events waiting in the outbox, as the shipper last saw it (0 without a DSN).
+    pub outbox_events: u64,
+    /// The shipper's last attempt failed (it retries).
+    pub delivery_failing: bool,
 }
 
 /// The agent's counters.
@@ -112,10 +137,16 @@ pub fn stats() -> Stats {
         dropped_before_send: get(&c.dropped_before_send),
         evicted: get(&c.evicted),
         degraded: c.degraded.load(Ordering::Relaxed),
+        sent: get(&c.sent),
+        retried: get(&c.retried),
+        dropped_send_error: get(&c.dropped_send_error),
+        outbox_events: get(&c.outbox_events),
+        delivery_failing: c.delivery_failing.load(Ordering::Relaxed),
     }
 }
 
-/// Waits until every event captured before this call is committed (see [`Guard::flush`]).
+/// Waits until every event captured before this call is committed and, with a DSN,
+/// delivered (see [`Guard::flush`]).
 /// Returns `false` when errscope is not initialized or the time ran out.
 pub fn flush(timeout: Duration) -> bool {
     current().is_some_and(|c| c.flush(timeout))
@@ -169,7 +200,17 @@ pub fn init(mut options: Options) -> Guard {
     let Some(tx) = worker::start(Arc::clone(&shared)) else {
         return Guard { client: None };
     };
-    let client = Arc::new(Client { shared, tx });
+    // The shipper reads what the writer commits; without a DSN events just stay.
+    let shipper = shared
+        .options
+        .dsn
+        .as_ref()
+        .and_then(|dsn| crate::ship::start(Arc::clone(&shared), dsn));
+    let client = Arc::new(Client {
+        shared,
+        tx,
+        shipper,
+    });
     *slot = Some(Arc::clone(&client));
     drop(slot);
     crate::hook::install();
@@ -194,7 +235,9 @@ impl std::fmt::Debug for Client {
 
 impl Guard {
     /// Waits until every event captured before this call is committed, with storm counts
-    /// swept, or until `timeout` passes. Returns whether everything was committed.
+    /// swept, and, with a DSN, until the outbox is empty (everything delivered, or refused
+    /// and reported), or until `timeout` passes. Returns whether all of it happened; what
+    /// is not delivered stays in the outbox for later (or the next start).
     /// An inert guard (from a second `init`) flushes the running agent.
     pub fn flush(&self, timeout: Duration) -> bool {
         match &self.client {
@@ -227,6 +270,10 @@ impl Drop for Guard {
         {
             let _ = ack_rx.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(100)));
         }
+        // A request in flight is abandoned; its events stay in the outbox.
+        if let Some(shipper) = &client.shipper {
+            shipper.stop(Instant::now() + Duration::from_millis(100));
+        }
     }
 }
 
@@ -241,7 +288,13 @@ impl Client {
         if self.tx.send_deadline(Msg::Flush(ack_tx), deadline).is_err() {
             return false;
         }
-        ack_rx.recv_deadline(deadline).is_ok()
+        if ack_rx.recv_deadline(deadline).is_err() {
+            return false;
+        }
+        match &self.shipper {
+            Some(shipper) => shipper.flush(deadline),
+            None => true,
+        }
     }
 
     fn sampled_out(&self, id: EventId) -> bool {

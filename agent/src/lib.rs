@@ -208,6 +208,7 @@ mod assemble;
 mod capture;
 mod client;
 mod domain;
+mod envelope;
 mod event;
 mod hook;
 #[cfg_attr(
@@ -223,6 +224,7 @@ mod integration;
 mod options;
 mod rand;
 mod scrub;
+mod ship;
 mod store;
 mod storm;
 mod time;

@@ -85,6 +85,9 @@ pub struct Options {
     /// power loss) instead of `NORMAL` (survives a crash or abort of the process, which is
     /// what a panic needs). Default: off.
     pub sync_full: bool,
+    /// How long the shipper waits for a server's answer to one envelope before it gives
+    /// up on that attempt (the events stay and are retried). Default: 30 s.
+    pub send_timeout: Duration,
 }
 
 impl Default for Options {
@@ -110,6 +113,7 @@ impl Default for Options {
             panic_timeout: Duration::from_secs(3),
             shutdown_timeout: Duration::from_secs(2),
             sync_full: false,
+            send_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -137,6 +141,7 @@ impl fmt::Debug for Options {
             .field("panic_timeout", &self.panic_timeout)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("sync_full", &self.sync_full)
+            .field("send_timeout", &self.send_timeout)
             .finish()
     }
 }
@@ -322,6 +327,13 @@ impl Options {
     #[must_use]
     pub fn sync_full(mut self, on: bool) -> Self {
         self.sync_full = on;
+        self
+    }
+
+    /// Sets how long the shipper waits for an answer to one envelope.
+    #[must_use]
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
         self
     }
 }

@@ -259,6 +259,315 @@ impl SqliteStore {
     }
 }
 
+/// One stored event as the shipper reads it.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub(crate) rowid: i64,
+    pub(crate) event_id: String,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// One discard counter as the shipper reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DiscardRow {
+    pub(crate) reason: String,
+    pub(crate) category: String,
+    pub(crate) quantity: u64,
+}
+
+/// What waits in the outbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Depth {
+    pub(crate) events: u64,
+    pub(crate) counts: u64,
+    pub(crate) discards: u64,
+}
+
+impl Depth {
+    pub(crate) fn is_empty(self) -> bool {
+        self.events == 0 && self.counts == 0 && self.discards == 0
+    }
+}
+
+/// The shipper's side: read in rowid order, delete only what the server confirmed.
+impl SqliteStore {
+    fn write_error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Up to `max` events with a rowid above `after`, oldest first, stopping before
+    /// `max_bytes` of payload (at least one event).
+    pub(crate) fn pending_events(
+        &self,
+        after: i64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, event_id, payload FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.write_error(e))?;
+        let mut rows = stmt
+            .query(params![after, i64::try_from(max).unwrap_or(i64::MAX)])
+            .map_err(|e| self.write_error(e))?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next().map_err(|e| self.write_error(e))? {
+            let payload: Vec<u8> = row.get(2).map_err(|e| self.write_error(e))?;
+            if !out.is_empty() && bytes + payload.len() > max_bytes {
+                break;
+            }
+            bytes += payload.len();
+            out.push(Pending {
+                rowid: row.get(0).map_err(|e| self.write_error(e))?,
+                event_id: row.get(1).map_err(|e| self.write_error(e))?,
+                payload,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes events the server confirmed and lowers the totals by what was actually
+    /// deleted (the writer may have evicted some meanwhile).
+    pub(crate) fn delete_events(&mut self, rowids: &[i64]) -> Result<u64, StoreError> {
+        self.delete_events_with(rowids, None)
+    }
+
+    /// Deletes events the server rejected for good, with the counts that refer to them,
+    /// and records them as discards with `reason` (sent later as a client report).
+    pub(crate) fn drop_events(
+        &mut self,
+        rowids: &[i64],
+        reason: &'static str,
+    ) -> Result<u64, StoreError> {
+        self.delete_events_with(rowids, Some(reason))
+    }
+
+    fn delete_events_with(
+        &mut self,
+        rowids: &[i64],
+        dropped: Option<&'static str>,
+    ) -> Result<u64, StoreError> {
+        if rowids.is_empty() {
+            return Ok(0);
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let (mut n, mut bytes, mut lost) = (0u64, 0u64, 0u64);
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM events WHERE id = ?1 RETURNING size, event_id")
+                .map_err(err)?;
+            let mut counted = tx
+                .prepare_cached("DELETE FROM counts WHERE event_id = ?1 RETURNING count")
+                .map_err(err)?;
+            for id in rowids {
+                let gone: Option<(i64, String)> = delete
+                    .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(err)?;
+                let Some((size, event_id)) = gone else {
+                    continue;
+                };
+                n += 1;
+                bytes += u64::try_from(size).unwrap_or(0);
+                if dropped.is_some() {
+                    let counts = counted
+                        .query_map([&event_id], |r| r.get::<_, i64>(0))
+                        .map_err(err)?;
+                    for c in counts {
+                        lost += u64::try_from(c.map_err(err)?).unwrap_or(0);
+                    }
+                }
+            }
+        }
+        if let Some(reason) = dropped
+            && n > 0
+        {
+            let mut d = Discards::new();
+            d.insert((reason, "error"), n + lost);
+            add_discards(&tx, &d).map_err(err)?;
+        }
+        tx.execute(
+            "UPDATE totals SET events = max(events - ?1, 0), bytes = max(bytes - ?2, 0)
+             WHERE id = 1",
+            params![
+                i64::try_from(n).unwrap_or(i64::MAX),
+                i64::try_from(bytes).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(n)
+    }
+
+    /// Up to `max` storm counts whose event is no longer waiting in the outbox (it was
+    /// delivered before them, as the collector expects).
+    pub(crate) fn ready_counts(&self, max: usize) -> Result<Vec<CountRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, event_id, count, start, \"end\" FROM counts
+                 WHERE event_id NOT IN (SELECT event_id FROM events) LIMIT ?1",
+            )
+            .map_err(|e| self.write_error(e))?;
+        let rows = stmt
+            .query_map([i64::try_from(max).unwrap_or(i64::MAX)], |r| {
+                let event_id: String = r.get(1)?;
+                let count: i64 = r.get(2)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    event_id,
+                    count,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })
+            .map_err(|e| self.write_error(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, event_id, count, start, end) = row.map_err(|e| self.write_error(e))?;
+            // A row this agent did not write (another version) is skipped, not fatal.
+            let Ok(event_id) = event_id.parse() else {
+                continue;
+            };
+            out.push(CountRecord {
+                id,
+                event_id,
+                count: u64::try_from(count).unwrap_or(0),
+                start,
+                end,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes counts the server confirmed; with `dropped`, records their occurrences
+    /// as discards with that reason.
+    pub(crate) fn delete_counts(
+        &mut self,
+        counts: &[CountRecord],
+        dropped: Option<&'static str>,
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let mut lost = 0;
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM counts WHERE id = ?1")
+                .map_err(err)?;
+            for c in counts {
+                if delete.execute([&c.id]).map_err(err)? > 0 {
+                    lost += c.count;
+                }
+            }
+        }
+        if let Some(reason) = dropped
+            && lost > 0
+        {
+            let mut d = Discards::new();
+            d.insert((reason, "error"), lost);
+            add_discards(&tx, &d).map_err(err)?;
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// The discard counters, to send as a client report.
+    pub(crate) fn discards(&self) -> Result<Vec<DiscardRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT reason, category, quantity FROM discards WHERE quantity > 0
+                 ORDER BY reason, category",
+            )
+            .map_err(|e| self.write_error(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let q: i64 = r.get(2)?;
+                Ok(DiscardRow {
+                    reason: r.get(0)?,
+                    category: r.get(1)?,
+                    quantity: u64::try_from(q).unwrap_or(0),
+                })
+            })
+            .map_err(|e| self.write_error(e))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(|e| self.write_error(e))
+    }
+
+    /// Lowers the discard counters by what a confirmed client report carried (writers
+    /// may have added more meanwhile); rows that reach zero go.
+    pub(crate) fn subtract_discards(&mut self, sent: &[DiscardRow]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        {
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE discards SET quantity = max(quantity - ?3, 0)
+                     WHERE reason = ?1 AND category = ?2",
+                )
+                .map_err(err)?;
+            for d in sent {
+                update
+                    .execute(params![
+                        d.reason,
+                        d.category,
+                        i64::try_from(d.quantity).unwrap_or(i64::MAX)
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.execute("DELETE FROM discards WHERE quantity <= 0", [])
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// What waits to be shipped: events (from the totals), counts, discard rows.
+    pub(crate) fn depth(&self) -> Result<Depth, StoreError> {
+        let (events, _) = totals(&self.conn).map_err(|e| self.write_error(e))?;
+        let (counts, discards): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM counts),
+                        (SELECT count(*) FROM discards WHERE quantity > 0)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.write_error(e))?;
+        Ok(Depth {
+            events,
+            counts: u64::try_from(counts).unwrap_or(0),
+            discards: u64::try_from(discards).unwrap_or(0),
+        })
+    }
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -83,7 +83,7 @@ fn default_database() -> PathBuf {
     }
 }
 
-fn database_path(shared: &Shared) -> PathBuf {
+pub(crate) fn database_path(shared: &Shared) -> PathBuf {
     shared
         .options
         .database
@@ -274,6 +274,7 @@ fn write_loop(shared: &Shared, jobs: &Receiver<Job>) {
                 "internal error while writing a batch of events"
             ));
         }
+        shared.counters.outbox_changed.notify_one();
         for ack in job.acks.drain(..) {
             let _ = ack.try_send(());
         }
