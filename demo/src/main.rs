@@ -226,10 +226,7 @@ fn env_secret(name: &str) -> Option<String> {
 fn quiet_demo_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !info
-            .location()
-            .is_some_and(|l| l.file().ends_with("service.rs"))
-        {
+        if info.location().is_none_or(|l| l.file() != service::SOURCE) {
             default(info);
         }
     }));

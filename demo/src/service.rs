@@ -27,6 +27,9 @@ use tracing::{info, warn};
 
 use crate::directory;
 
+/// This file, as panic locations name it: its panics are the demo's deliberate bugs.
+pub(crate) const SOURCE: &str = file!();
+
 /// The service's routes, each request in its own errscope domain.
 pub(crate) fn router(directory: SocketAddr) -> Router {
     Router::new()
