@@ -91,7 +91,7 @@
 //! - Shipping (with a DSN): the `errscope-shipper` thread, with a current-thread tokio
 //!   runtime and a connection of its own, reads the outbox in rowid order and sends
 //!   gzipped Sentry envelopes to `{dsn}/api/{project}/envelope/` with `X-Sentry-Auth`;
-//!   up to 500 events per envelope (2 in flight) to an errscope collector (it answers with
+//!   up to 1,000 events per envelope (3 in flight) to an errscope collector (it answers with
 //!   `X-Errscope-Collector`), one per envelope (4 in flight) to other Sentry-compatible
 //!   servers. Rows are deleted only after a 2xx, so what a previous run left is shipped at
 //!   start and a batch whose answer was lost is resent with the same `event_id`s.

@@ -37,11 +37,11 @@ use crate::store::{Bounds, Pending, SqliteStore};
 use crate::warn;
 
 /// Events per envelope to an errscope collector.
-pub(crate) const MAX_BATCH: usize = 500;
+pub(crate) const MAX_BATCH: usize = 1000;
 /// Bytes of event JSON per envelope (the collector takes 100 MiB decompressed).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Envelopes in flight to an errscope collector.
-const PIPELINE: usize = 2;
+const PIPELINE: usize = 3;
 /// Single-event envelopes in flight to other Sentry-compatible servers.
 const SENTRY_CONCURRENCY: usize = 4;
 /// Storm counts per envelope.
