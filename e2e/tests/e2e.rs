@@ -197,10 +197,26 @@ fn every_network_fault_is_retried_and_the_poisoned_event_reported() {
     assert!(guard.flush(Duration::from_secs(30)), "{:#?}", proxy.log());
     let stats = errscope::stats();
     drop(guard);
+    let timed = proxy.timed_log();
     let log = proxy.log();
     assert!(
         log.iter().any(|l| l == "closed an idle connection"),
         "{log:#?}"
+    );
+    // Retry-After: 2 is honored. Until the first 2xx the agent has one request in
+    // flight (it does not know the server yet), and every fault comes before that: the
+    // next request after the 429 is a new one and must wait.
+    let limited = timed
+        .iter()
+        .position(|(_, l)| l == "answered 429")
+        .expect("a 429 was answered");
+    let next = timed[limited..]
+        .iter()
+        .find(|(_, l)| l == "request")
+        .expect("a request after the 429");
+    assert!(
+        next.0 >= timed[limited].0 + Duration::from_millis(1900),
+        "sent during the rate limit: {timed:#?}"
     );
     // Exactly once: the collector holds every good event and nothing else (the batch
     // whose answer was lost was stored once although sent twice).
