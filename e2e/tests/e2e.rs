@@ -265,6 +265,30 @@ fn a_sentry_server_gets_one_event_per_envelope() {
     proxy.stop();
 }
 
+#[test]
+fn an_https_dsn_uses_tls_and_a_failed_handshake_is_retried() {
+    let _lock = agent_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(&dir.path().join("collector"));
+    // The collector speaks plain HTTP: the TLS handshake fails, which is a network
+    // failure like any other (and proves the TLS stack and its crypto provider are there).
+    let dsn = format!("https://{}@{}/1", collector.key, collector.addr);
+    let db = outbox(dir.path(), "https");
+    let guard = errscope::init(options(Some(&dsn), &db));
+    errscope::capture_message("over tls", Level::Error);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while errscope::stats().retried == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = errscope::stats();
+    assert!(!guard.flush(Duration::from_millis(200)));
+    drop(guard);
+    assert!(stats.retried >= 1 && stats.delivery_failing, "{stats:?}");
+    assert_eq!(stats.sent, 0);
+    assert_eq!(rows(&db, "events"), 1, "the event stays for later");
+    assert_eq!(collector.event_count(), 0);
+}
+
 fn host() -> Command {
     Command::new(env!("CARGO_BIN_EXE_e2e-host"))
 }
