@@ -417,12 +417,6 @@ fn a_host_killed_mid_burst_delivers_what_it_committed_once() {
     let before = collector.event_count();
     let left = errscope_e2e::event_ids(&db);
     assert!(before > 0, "some were delivered before the kill");
-    eprintln!(
-        "DEBUG left={} before={} printed={}",
-        left.len(),
-        before,
-        ids.len()
-    );
     // A restart of the host ships what was committed and not yet confirmed.
     let out = host()
         .args(["drain", &collector.dsn(), db_arg, "30"])
