@@ -43,6 +43,34 @@ pub(crate) enum Payload {
         message: String,
         location: Option<(String, u32, u32)>,
     },
+    /// A capture made by an integration (tower, tracing, log, anyhow).
+    #[cfg_attr(
+        not(any(
+            feature = "tower",
+            feature = "tracing",
+            feature = "log",
+            feature = "anyhow"
+        )),
+        allow(dead_code)
+    )]
+    Custom(Box<Custom>),
+}
+
+/// What an integration captures: an error chain (outermost first, as `walk_chain` gives
+/// it) or, with an empty chain, a message; plus extra data and contexts of its own.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Custom {
+    pub(crate) chain: Vec<Link>,
+    pub(crate) message: Option<String>,
+    /// The `mechanism.type` of each exception (e.g. `anyhow`, `tracing`).
+    pub(crate) mechanism: &'static str,
+    /// Where the integration says it happened (`file:line`), as `extra.capture_location`.
+    pub(crate) location: Option<String>,
+    /// Frames given by the integration (anyhow's own backtrace), oldest first; they replace
+    /// the stack of the capture call.
+    pub(crate) frames: Option<Vec<crate::event::Frame>>,
+    pub(crate) extra: BTreeMap<String, Value>,
+    pub(crate) contexts: BTreeMap<String, Value>,
 }
 
 /// Turns a capture into a Sentry event.
@@ -118,6 +146,65 @@ pub(crate) fn build_event(
                     stacktrace,
                 }],
             });
+        }
+        Payload::Custom(custom) => {
+            let Custom {
+                chain,
+                message,
+                mechanism,
+                location,
+                frames,
+                extra,
+                contexts,
+            } = *custom;
+            let stacktrace = match frames {
+                Some(mut frames) => {
+                    for f in &mut frames {
+                        f.in_app = shared
+                            .in_app
+                            .is_in_app(f.function.as_deref(), f.abs_path.as_deref());
+                    }
+                    Some(Stacktrace::new(frames)).filter(|st| !st.frames.is_empty())
+                }
+                None => stacktrace,
+            };
+            if chain.is_empty() {
+                event.message = message;
+                if let Some(st) = stacktrace {
+                    event.threads = Some(Values {
+                        values: vec![crate::event::Thread {
+                            name: record.thread.as_deref().map(str::to_owned),
+                            current: true,
+                            crashed: false,
+                            stacktrace: Some(st),
+                        }],
+                    });
+                }
+            } else {
+                let mut values: Vec<Exception> = chain
+                    .into_iter()
+                    .rev()
+                    .map(|link| {
+                        let mut e = exception_of(link);
+                        if let Some(m) = e.mechanism.as_mut() {
+                            mechanism.clone_into(&mut m.ty);
+                        }
+                        e
+                    })
+                    .collect();
+                if let Some(last) = values.last_mut() {
+                    last.stacktrace = stacktrace;
+                }
+                event.exception = Some(Values { values });
+                event.message = message;
+            }
+            if let Some(location) = location {
+                event
+                    .extra
+                    .insert("capture_location".to_owned(), json!(location));
+            }
+            event.extra.extend(extra);
+            event.contexts.extend(contexts);
         }
     }
     event.contexts.insert("os".to_owned(), os.clone());

@@ -308,7 +308,12 @@ impl Client {
     }
 
     /// The caller-thread half of a capture: storm check, then the record to the queue.
-    fn capture(&self, key: StormKey, level: Level, payload: impl FnOnce() -> Payload) -> EventId {
+    pub(crate) fn capture(
+        &self,
+        key: StormKey,
+        level: Level,
+        payload: impl FnOnce() -> Payload,
+    ) -> EventId {
         let event_id = EventId::new();
         if self.sampled_out(event_id) {
             return EventId::nil();

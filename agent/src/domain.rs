@@ -38,6 +38,21 @@ pub(crate) struct DomainData {
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) context: BTreeMap<String, Value>,
     pub(crate) breadcrumbs: VecDeque<Breadcrumb>,
+    /// Told about a panic in a task spawned with [`spawn`] inside this domain (the tower
+    /// layer answers the request with a 500 instead of waiting for a handler that may
+    /// wait forever on the dead task).
+    pub(crate) on_task_panic: Option<TaskPanicWatch>,
+}
+
+/// A callback for panics of spawned tasks (see [`DomainData::on_task_panic`]).
+#[derive(Clone)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) struct TaskPanicWatch(pub(crate) Arc<dyn Fn(DomainPanic) + Send + Sync>);
+
+impl fmt::Debug for TaskPanicWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TaskPanicWatch")
+    }
 }
 
 /// A named scope whose tags, context and breadcrumbs go with every event captured inside.
@@ -99,6 +114,12 @@ impl Domain {
         Arc::clone(&self.data.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
+    /// Whether both handles are clones of one domain.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+
     /// The domain's name.
     #[must_use]
     pub fn name(&self) -> String {
@@ -135,6 +156,14 @@ impl Domain {
         self.update(|d| {
             d.context.insert(key, value);
         });
+    }
+
+    /// Calls `f` with each panic of a task spawned with [`spawn`] in this domain (or in a
+    /// domain created inside it), on the task's thread, before the task ends.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn watch_task_panics(&self, f: impl Fn(DomainPanic) + Send + Sync + 'static) {
+        let watch = TaskPanicWatch(Arc::new(f));
+        self.update(|d| d.on_task_panic = Some(watch));
     }
 
     /// Records a breadcrumb (the last 100 are kept).
@@ -330,14 +359,49 @@ pub trait DomainExt: Future + Sized {
 impl<F: Future> DomainExt for F {}
 
 /// `tokio::spawn` that carries the current domain into the task: captures and panics in
-/// the task carry the domain's data. Must be called inside a tokio runtime.
+/// the task carry the domain's data. Must be called inside a tokio runtime. Under the
+/// `tower` feature's `ErrorLayer`, a panic in the task also answers the request with a
+/// `500` at once.
 #[cfg(feature = "tokio")]
 pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(fut.in_current_domain())
+    tokio::spawn(TaskPanics {
+        fut: Box::pin(fut.in_current_domain()),
+        domain: current(),
+    })
+}
+
+/// Tells the domain's [`TaskPanicWatch`] about a panic of a spawned task, then lets the
+/// panic go on to tokio (the `JoinHandle` still reports it).
+#[cfg(feature = "tokio")]
+struct TaskPanics<F> {
+    fut: Pin<Box<F>>,
+    domain: Option<Domain>,
+}
+
+#[cfg(feature = "tokio")]
+impl<F: Future> Future for TaskPanics<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let _ = LAST_PANIC.try_with(|p| p.set(None));
+        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => {
+                if let Some(domain) = &this.domain
+                    && let Some(watch) = domain.snapshot().on_task_panic.clone()
+                {
+                    let panic = domain.panicked(&*payload);
+                    let _ = catch_unwind(AssertUnwindSafe(|| (watch.0)(panic)));
+                }
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
 }
 
 /// Calls `f` with the current domain, if there is one.

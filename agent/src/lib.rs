@@ -49,6 +49,75 @@
 //! - `tokio` (default): [`spawn`], a `tokio::spawn` that carries the current domain.
 //!   Domains themselves work on any executor.
 //!
+//! The optional integrations, each off by default:
+//!
+//! - `tower`: `tower::ErrorLayer`, a domain per HTTP request for axum/hyper services, named `METHOD
+//!   <route template>`, with a request id (from `x-request-id` or generated, echoed in the
+//!   response), method, route, status and user agent tags and the headers in its context (never the
+//!   values of `Authorization` or `Cookie`). A panic in the handler or in a task it spawned with
+//!   [`spawn`] is recorded and answered with a `500` and `{"error": "internal_error", "message":
+//!   "...", "event_id": "...", "request_id": "..."}`; 5xx responses are recorded as events of type
+//!   `HTTP <code>`, 4xx are not (configurable per status).
+//!
+//!   ```
+//!   # #[cfg(feature = "tower")] {
+//!   use axum::{Router, http::StatusCode, routing::get};
+//!
+//!   let app: Router = Router::new()
+//!       .route("/orders/{id}", get(|| async { "order" }))
+//!       .layer(
+//!           errscope::tower::ErrorLayer::new()
+//!               // Also record 429s; 503s from a draining instance are expected.
+//!               .record_status(StatusCode::TOO_MANY_REQUESTS, true)
+//!               .record_status(StatusCode::SERVICE_UNAVAILABLE, false),
+//!       );
+//!   # }
+//!   ```
+//! - `tracing`: `tracing::ErrscopeLayer`, a `tracing_subscriber::Layer`: `error!` events are
+//!   captured with their fields and the span chain (`contexts.tracing`; an `error = &err as &dyn
+//!   Error` field becomes the exception chain), `warn!`/`info!` events become breadcrumbs of the
+//!   current domain, and spans entered inside a domain add their fields to its context
+//!   (`spans.<name>`).
+//!
+//!   ```
+//!   # #[cfg(feature = "tracing")] {
+//!   use tracing_subscriber::prelude::*;
+//!
+//!   tracing_subscriber::registry()
+//!       .with(errscope::tracing::ErrscopeLayer::new())
+//!       .with(tracing_subscriber::fmt::layer())
+//!       .try_init()
+//!       .expect("no other subscriber is set");
+//!   # }
+//!   ```
+//! - `log`: `log::ErrscopeLogger`, the same for the `log` crate (key-values as fields; no spans),
+//!   optionally wrapping another logger.
+//!
+//!   ```
+//!   # #[cfg(feature = "log")] {
+//!   errscope::log::ErrscopeLogger::new()
+//!       // .wrap(env_logger::Logger::from_default_env())
+//!       .install()
+//!       .expect("no other logger is set");
+//!   # }
+//!   ```
+//! - `anyhow`: `capture_anyhow`: the context chain becomes the exception chain, the root cause's
+//!   type (found by downcasting `std::io::Error`, `serde_json::Error`, std's parse errors, …) its
+//!   class, and anyhow's own backtrace, when it captured one, the stack (parsed from std's
+//!   backtrace text).
+//!
+//!   ```
+//!   # #[cfg(feature = "anyhow")] {
+//!   use anyhow::Context as _;
+//!
+//!   let err = std::fs::read_to_string("/no/such/config.toml")
+//!       .context("loading config")
+//!       .unwrap_err();
+//!   // Class `std::io::Error: NotFound`, not `anyhow::Error`.
+//!   errscope::capture_anyhow(&err);
+//!   # }
+//!   ```
+//!
 //! Synchronous code uses [`Domain::run_sync`]; a future that should carry the current
 //! domain somewhere else (a spawned task, a `select!` arm) uses
 //! [`DomainExt::in_current_domain`]; code deep below a handler adds context with
@@ -62,8 +131,9 @@
 //!   domain go over a bounded queue ([`Options::queue_size`]) to the agent's thread
 //!   `errscope-worker`, which resolves symbols (cached per address), builds the event,
 //!   applies `before_send` and scrubs secrets; the `errscope-writer` thread writes each
-//!   batch in one SQLite transaction. A full queue drops the capture and counts it, in
-//!   [`stats`] and in the outbox's `discards` table: never silently.
+//!   batch in one SQLite transaction. A capture that finds the queue full is counted
+//!   against a stored event of its fingerprint, or else dropped and counted, in [`stats`]
+//!   and in the outbox's `discards` table: never silently.
 //! - The panic hook (installed once, calling the previous hook after it) records the
 //!   message, location, thread, stack and domain and waits for the commit (at most
 //!   [`Options::panic_timeout`]) before it returns, so `panic = "abort"` builds and
@@ -82,7 +152,8 @@
 //! - Error storms: per fingerprint (error type, enum variant or concrete type of a `dyn
 //!   Error` as its `Debug` names it, call site, I/O error kind) only the first
 //!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
-//!   full; the rest are counted exactly against a stored event of the same fingerprint.
+//!   full; the rest are counted exactly against a stored event of the same fingerprint,
+//!   written once per window, at a flush, and with every panic (the process may abort).
 //! - Scrubbing (on by default, [`Options::scrub`], [`Options::scrub_keys`]): values under
 //!   keys containing password, passwd, secret, api_key, apikey, auth, credentials, token,
 //!   private_key, cookie or session (any case) become `[Filtered]`, in tags, contexts,
@@ -149,6 +220,8 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+#[cfg(feature = "anyhow")]
+mod anyhow;
 mod assemble;
 mod capture;
 mod client;
@@ -156,6 +229,16 @@ mod domain;
 mod envelope;
 mod event;
 mod hook;
+#[cfg_attr(
+    not(any(
+        feature = "tower",
+        feature = "tracing",
+        feature = "log",
+        feature = "anyhow"
+    )),
+    allow(dead_code)
+)]
+mod integration;
 mod options;
 mod rand;
 mod scrub;
@@ -166,6 +249,15 @@ mod time;
 mod trace;
 mod worker;
 
+#[cfg(feature = "log")]
+pub mod log;
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
+
+#[cfg(feature = "anyhow")]
+pub use crate::anyhow::capture_anyhow;
 pub use crate::capture::{AsDynError, capture_error, capture_message};
 pub use crate::client::{Guard, Stats, flush, init, stats};
 #[cfg(feature = "tokio")]

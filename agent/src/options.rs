@@ -53,7 +53,8 @@ pub struct Options {
     pub sample_rate: f64,
     /// Called on the agent's thread with each event before it is scrubbed and stored.
     /// Returning `None` drops the event (counted as `before_send`). A panicking hook is
-    /// caught; the event is then stored unchanged. Default: none.
+    /// caught (and recorded as a panic); the event is then stored unchanged. Storm counts
+    /// of a dropped event are dropped with it. Default: none.
     pub before_send: Option<BeforeSend>,
     /// Replace secrets (passwords, tokens, cookies, card numbers, URL credentials) with
     /// `[Filtered]` before anything is stored. Default: on.
@@ -65,17 +66,18 @@ pub struct Options {
     /// Capture the stack of `capture_error` and `capture_message` calls (about 5 µs on
     /// the caller's thread for 20 frames). Panics always have theirs. Default: on.
     pub attach_stacktrace: bool,
-    /// Capacity of the queue between the host's threads and the agent's thread.
-    /// A capture that finds it full is dropped and counted. Default: 4096.
+    /// Capacity of the queue between the host's threads and the agent's thread. A capture
+    /// that finds it full is counted against a stored event of its fingerprint if there is
+    /// one, else dropped and counted (`queue_overflow`). Default: 4096.
     pub queue_size: usize,
-    /// Storm limiter: per error fingerprint (type, `Debug` name, call site, I/O error kind), only the
-    /// first `storm_burst` events of each `storm_window` are stored in full; the rest are
-    /// counted exactly. Default: 5.
+    /// Storm limiter: per error fingerprint (type, `Debug` name, call site, I/O error
+    /// kind), only the first `storm_burst` events of each `storm_window` are stored in
+    /// full; the rest are counted exactly. Default: 5.
     pub storm_burst: u32,
     /// The storm limiter's window. Default: 10 s.
     pub storm_window: Duration,
-    /// How long a panic waits for its event to be committed before the hook returns.
-    /// Default: 3 s.
+    /// How long a panic waits for the agent's threads to commit its event; after that the
+    /// hook writes the event itself before it returns. Default: 3 s.
     pub panic_timeout: Duration,
     /// How long dropping the [`Guard`](crate::Guard) waits for pending events. Default: 2 s.
     pub shutdown_timeout: Duration,

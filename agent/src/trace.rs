@@ -93,7 +93,7 @@ impl InApp {
         }
     }
 
-    fn is_in_app(&self, function: Option<&str>, abs_path: Option<&str>) -> bool {
+    pub(crate) fn is_in_app(&self, function: Option<&str>, abs_path: Option<&str>) -> bool {
         let Some(function) = function else {
             return false;
         };
@@ -262,7 +262,7 @@ pub(crate) fn demangle(raw: &str) -> String {
 }
 
 /// Strips a trailing legacy hash from an already demangled name.
-fn strip_hash(name: &str) -> &str {
+pub(crate) fn strip_hash(name: &str) -> &str {
     if let Some((head, hash)) = name.rsplit_once("::h")
         && hash.len() == 16
         && hash.bytes().all(|b| b.is_ascii_hexdigit())
@@ -273,7 +273,7 @@ fn strip_hash(name: &str) -> &str {
 }
 
 /// `shop::ldap` for `shop::ldap::bind::{{closure}}`; none for trait impls and C symbols.
-fn module_of(function: &str) -> Option<String> {
+pub(crate) fn module_of(function: &str) -> Option<String> {
     if function.starts_with('<') {
         return None;
     }
@@ -306,7 +306,7 @@ fn module_of(function: &str) -> Option<String> {
 }
 
 /// A short display path: `src/main.rs`, `tokio-1.54.1/src/runtime/...`, `library/std/...`.
-fn short_path(abs: &str, cwd: Option<&std::path::Path>) -> String {
+pub(crate) fn short_path(abs: &str, cwd: Option<&std::path::Path>) -> String {
     if let Some(idx) = abs.find("/registry/src/") {
         // .../registry/src/<index-dir>/<crate-version>/src/x.rs
         let rest = &abs[idx + "/registry/src/".len()..];

@@ -225,7 +225,12 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
             Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => true,
         };
-        let sweep_all = disconnected || !batch.flushes.is_empty() || batch.shutdown.is_some();
+        // A panic may be the last thing this process does (`panic = "abort"`): its commit
+        // takes every storm count along, like a flush.
+        let sweep_all = disconnected
+            || !batch.flushes.is_empty()
+            || !batch.acks.is_empty()
+            || batch.shutdown.is_some();
         // Nothing the agent does may take the host down: a bug here loses a batch, says
         // so, and the thread goes on.
         let built = catch_unwind(AssertUnwindSafe(|| {

@@ -131,6 +131,29 @@ fn an_aborting_panic_on_the_main_thread_is_committed() {
     assert!(events[0].get("tags").is_none(), "no domain, no tags");
 }
 
+#[test]
+fn an_aborting_panic_takes_the_storm_counts_along() {
+    let outbox = Outbox::new();
+    let out = run_child("storm-then-abort", &outbox.path);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{out:?}");
+    let events = read_events(&outbox.path);
+    let panics = events.iter().filter(|e| e["level"] == "fatal").count();
+    let errors = events.iter().filter(|e| e["level"] == "error").count();
+    assert_eq!(panics, 1);
+    let conn = rusqlite::Connection::open(&outbox.path).expect("open");
+    let counted: i64 = conn
+        .query_row("SELECT coalesce(sum(count), 0) FROM counts", [], |r| {
+            r.get(0)
+        })
+        .expect("counts");
+    // Nothing of the storm was lost to the abort: stored or counted, all 100.
+    assert_eq!(
+        errors as i64 + counted,
+        100,
+        "{errors} stored, {counted} counted"
+    );
+}
+
 /// One `errscope:` line on stderr, naming the cause; the host carries on.
 fn assert_degrades_once(database: &Path, why: &str) {
     let out = run_child("degrade", database);

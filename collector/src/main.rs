@@ -174,6 +174,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
+                // Responses are small and answer a request: never hold them back (Nagle).
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, app(started.state.clone()))
                     .with_graceful_shutdown(shutdown_signal())
                     .await?;

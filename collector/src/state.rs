@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
+use rusqlite::OptionalExtension;
 
 use crate::metrics::Metrics;
 use crate::store::writer::{Retention, Writer};
@@ -86,6 +87,9 @@ pub struct Inner {
     verified: Mutex<Vec<String>>,
     sessions: Mutex<HashMap<String, i64>>,
     rate: Mutex<HashMap<i64, (i64, u64)>>,
+    /// One argon2 verification at a time: wrong tokens or passwords cannot take more
+    /// than one core, nor the blocking threads reads need.
+    hashing: tokio::sync::Semaphore,
 }
 
 /// A started collector: its state and the writer thread to join on shutdown.
@@ -133,6 +137,15 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// What the database keeps of a session id: its BLAKE2s-256 digest, hex.
+fn session_key(id: &str) -> String {
+    use blake2::Digest;
+    blake2::Blake2s256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -210,6 +223,7 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         verified: Mutex::new(verified),
         sessions: Mutex::new(HashMap::new()),
         rate: Mutex::new(HashMap::new()),
+        hashing: tokio::sync::Semaphore::new(1),
     };
     Ok(Started {
         state: AppState(Arc::new(inner)),
@@ -270,6 +284,9 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let t = token.to_owned();
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         let ok = tokio::task::spawn_blocking(move || verify_secret(&t, &hash))
             .await
             .unwrap_or(false);
@@ -290,14 +307,35 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let p = password.to_owned();
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
         tokio::task::spawn_blocking(move || verify_secret(&p, &hash))
             .await
             .unwrap_or(false)
     }
 
-    /// Starts a dashboard session; returns its id.
-    pub fn new_session(&self) -> String {
+    /// Starts a dashboard session and stores it (hashed); returns its id.
+    pub async fn new_session(&self) -> Result<String, StoreError> {
         let id = format!("{}{}", random_secret(), random_secret());
+        let now = now_ms();
+        let expires = now + SESSION_TTL_MS;
+        let key = session_key(&id);
+        self.writer
+            .exec(move |tx| {
+                tx.execute("DELETE FROM sessions WHERE expires <= ?1", [now])?;
+                tx.execute(
+                    "INSERT INTO sessions (token_hash, expires) VALUES (?1, ?2)",
+                    rusqlite::params![key, expires],
+                )?;
+                Ok(())
+            })
+            .await?;
+        self.remember_session(&id, expires);
+        Ok(id)
+    }
+
+    fn remember_session(&self, id: &str, expires: i64) {
         let now = now_ms();
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         s.retain(|_, exp| *exp > now);
@@ -306,22 +344,55 @@ impl Inner {
         {
             s.remove(&oldest);
         }
-        s.insert(id.clone(), now + SESSION_TTL_MS);
-        id
+        s.insert(id.to_owned(), expires);
     }
 
-    /// Whether a session id is live.
-    pub fn session_valid(&self, id: &str) -> bool {
-        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        s.get(id).is_some_and(|exp| *exp > now_ms())
+    /// Whether a session id is live (memory first, then the database, so sessions
+    /// survive a restart).
+    pub async fn session_valid(&self, id: &str) -> bool {
+        let now = now_ms();
+        if let Some(exp) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return *exp > now;
+        }
+        let key = session_key(id);
+        let found = self
+            .reads
+            .run(move |c| {
+                Ok(c.query_row(
+                    "SELECT expires FROM sessions WHERE token_hash = ?1",
+                    [key],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?)
+            })
+            .await;
+        match found {
+            Ok(Some(exp)) if exp > now => {
+                self.remember_session(id, exp);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Ends a session.
-    pub fn end_session(&self, id: &str) {
+    pub async fn end_session(&self, id: &str) -> Result<(), StoreError> {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        let key = session_key(id);
+        self.writer
+            .exec(move |tx| {
+                tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [key])?;
+                Ok(())
+            })
+            .await
     }
 
     /// Counts `n` events against the project's per-minute limit. Returns the seconds to

@@ -72,6 +72,31 @@ async fn stores_groups_and_serves_gzip_envelopes() {
         .map(|e| e["event_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![event_id(2), event_id(1)]);
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("errscope_events_accepted_total 3\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("errscope_writer_queue_depth 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("errscope_commit_seconds_count "),
+        "{metrics}"
+    );
     let (_, tags) = s.api("/api/0/projects/1/tags/release/values/").await;
     assert_eq!(tags, json!([{"value": "shop@1.0", "count": 3}]));
     s.stop().await;
@@ -515,6 +540,7 @@ async fn api_requires_token_or_session_and_csrf_header() {
             && set_cookie.contains("SameSite=Strict")
             && set_cookie.contains("Path=/")
     );
+    assert!(!set_cookie.contains("Secure"), "plain http: {set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let r = s
         .http
@@ -575,6 +601,31 @@ async fn api_requires_token_or_session_and_csrf_header() {
             .unwrap()
             .status(),
         401
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn session_cookie_is_secure_behind_https() {
+    let s = server_with(|c| c.public_url = "https://errors.example.com".into()).await;
+    let r = s
+        .http
+        .post(format!("{}/auth/login", s.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure")
+    );
+    let (_, projects) = s.api("/api/0/projects/").await;
+    assert_eq!(
+        projects[0]["dsn"],
+        format!("https://{}@errors.example.com/1", s.key)
     );
     s.stop().await;
 }
@@ -1154,4 +1205,104 @@ async fn rust_sentry_crate_events_are_stored_and_grouped() {
     let msg = data.iter().find(|i| i["class"] == "message").unwrap();
     assert_eq!(msg["level"], "warning");
     s.stop().await;
+}
+
+#[tokio::test]
+async fn every_content_encoding_is_accepted() {
+    use std::io::Write as _;
+    let s = server().await;
+    let body = |n: u64| envelope(&[event(&event_id(n), "f", "v")]);
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    zlib.write_all(&body(2)).unwrap();
+    let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    raw.write_all(&body(3)).unwrap();
+    let cases = [
+        ("gzip", gzip(&body(1))),
+        ("deflate", zlib.finish().unwrap()),
+        ("deflate", raw.finish().unwrap()),
+        ("br", brotli_stored(&body(4))),
+        ("identity", body(5)),
+    ];
+    for (n, (encoding, bytes)) in cases.into_iter().enumerate() {
+        let r = s
+            .http
+            .post(format!("{}/api/1/envelope/", s.base))
+            .header("x-sentry-auth", s.auth())
+            .header("content-encoding", encoding)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{encoding}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["id"],
+            event_id(n as u64 + 1),
+            "{encoding}"
+        );
+    }
+    let (_, stats) = s.api("/api/0/projects/1/stats/").await;
+    assert_eq!(stats["events"], 5);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn dashboard_sessions_survive_a_restart_and_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut c = spawn_binary(dir.path(), &[]).await;
+    let r = http
+        .post(format!("{}/auth/login", c.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    c.child.start_kill().unwrap();
+    c.child.wait().await.unwrap();
+    let c2 = spawn_binary(dir.path(), &[]).await;
+    let session = |base: String, cookie: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/api/0/session/"))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(session(c2.base.clone(), cookie.clone()).await, 200);
+    assert_eq!(
+        session(c2.base.clone(), "errscope_session=forged".into()).await,
+        401
+    );
+    let r = http
+        .post(format!("{}/auth/logout", c2.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(session(c2.base.clone(), cookie.clone()).await, 401);
+    // Only a hash of the session id is in the database.
+    let raw_id = cookie.trim_start_matches("errscope_session=");
+    assert!(
+        !appears_in_files(dir.path(), raw_id),
+        "the raw session id must not be stored"
+    );
+}
+
+/// Whether `needle` occurs in any file of `dir` (the database, its WAL and shm).
+fn appears_in_files(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let bytes = std::fs::read(e.path()).unwrap_or_default();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    })
 }

@@ -248,3 +248,34 @@ pub(crate) async fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Chil
         stdout,
     }
 }
+
+/// A valid brotli stream holding `data` in uncompressed meta-blocks (no encoder needed):
+/// WBITS=16, then per block ISLAST=0, MNIBBLES=4, MLEN-1, ISUNCOMPRESSED=1, byte-aligned
+/// raw bytes; then an empty last block.
+pub(crate) fn brotli_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut first = true;
+    for chunk in data.chunks(65_536) {
+        let mut bits: Vec<u8> = Vec::new();
+        if first {
+            bits.push(0); // WBITS = 16
+            first = false;
+        }
+        bits.push(0); // ISLAST
+        bits.extend([0, 0]); // MNIBBLES = 4
+        let mlen = (chunk.len() - 1) as u32;
+        bits.extend((0..16).map(|i| ((mlen >> i) & 1) as u8));
+        bits.push(1); // ISUNCOMPRESSED
+        while !bits.len().is_multiple_of(8) {
+            bits.push(0);
+        }
+        out.extend(bits.chunks(8).map(|b| {
+            b.iter()
+                .enumerate()
+                .fold(0u8, |acc, (i, bit)| acc | (bit << i))
+        }));
+        out.extend_from_slice(chunk);
+    }
+    out.push(0b0000_0011); // ISLAST, ISLASTEMPTY
+    out
+}

@@ -9,7 +9,7 @@ import { launch, loginByApi, screenshot } from './lib/browser.mjs';
 
 const ISSUES = Number(process.env.ERRSCOPE_PERF_ISSUES || 10_000);
 const BATCH = 250;
-const LOADS = 9;
+const LOADS = 15;
 
 const median = (xs) => { const s = xs.slice().sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
 const fmt = (xs) => `median ${median(xs).toFixed(0)} ms, min ${Math.min(...xs).toFixed(0)}, max ${Math.max(...xs).toFixed(0)} (${xs.length} runs)`;

@@ -45,7 +45,10 @@ async fn principal(state: &AppState, headers: &HeaderMap) -> Option<Principal> {
         return Some(Principal::Token);
     }
     let session = cookie(headers, SESSION_COOKIE)?;
-    state.session_valid(&session).then_some(Principal::Session)
+    state
+        .session_valid(&session)
+        .await
+        .then_some(Principal::Session)
 }
 
 /// Middleware: 401 without a valid token or session, 403 for a cookie-authenticated
@@ -91,9 +94,17 @@ pub async fn login(
     if login.username != ADMIN_USER || !state.check_password(&login.password).await {
         return Err(ApiError::Unauthorized("wrong username or password"));
     }
-    let id = state.new_session();
+    let id = state.new_session().await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
-    let c = format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age=604800");
+    // `Secure` when the collector is reached over https (it cannot be set for plain http,
+    // which the default 127.0.0.1 setup uses).
+    let secure = if state.config.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let c =
+        format!("{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age=604800{secure}");
     resp.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&c).map_err(|e| ApiError::Internal(e.to_string()))?,
@@ -103,8 +114,10 @@ pub async fn login(
 
 /// `POST /auth/logout`.
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        state.end_session(&id);
+    if let Some(id) = cookie(&headers, SESSION_COOKIE)
+        && let Err(e) = state.end_session(&id).await
+    {
+        return ApiError::from(e).into_response();
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.headers_mut().insert(

@@ -1,9 +1,10 @@
 //! SQLite storage: schema and migrations, the writer thread, the read pool and queries.
 //!
 //! One connection writes (owned by the [`writer`] thread, which batches many requests into
-//! one transaction); reads run on a small pool of other connections, which WAL mode lets
+//! one transaction; `apply.rs` holds that transaction's SQL); reads run on a small pool of other connections, which WAL mode lets
 //! proceed while the writer commits.
 
+mod apply;
 pub mod queries;
 pub mod writer;
 
@@ -139,6 +140,13 @@ const MIGRATIONS: &[&str] = &[
         received INTEGER NOT NULL
     );
     CREATE INDEX pending_counts_event ON pending_counts (project_id, event_id);
+    "#,
+    // 2: dashboard sessions survive restarts; only a hash of each session id is stored.
+    r#"
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        expires INTEGER NOT NULL
+    ) WITHOUT ROWID;
     "#,
 ];
 
