@@ -289,6 +289,30 @@ fn an_https_dsn_uses_tls_and_a_failed_handshake_is_retried() {
     assert_eq!(collector.event_count(), 0);
 }
 
+#[test]
+fn a_wrong_key_is_retried_not_dropped() {
+    let _lock = agent_lock();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(&dir.path().join("collector"));
+    // 401 is a configuration problem, not a bad event: keep everything.
+    let dsn = format!("http://not-a-key@{}/1", collector.addr);
+    let db = outbox(dir.path(), "wrong-key");
+    let guard = errscope::init(options(Some(&dsn), &db));
+    for i in 0..3 {
+        errscope::capture_message(&format!("unauthorized {i}"), Level::Error);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while errscope::stats().retried == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = errscope::stats();
+    drop(guard);
+    assert!(stats.retried >= 1 && stats.delivery_failing, "{stats:?}");
+    assert_eq!((stats.sent, stats.dropped_send_error), (0, 0), "{stats:?}");
+    assert_eq!(rows(&db, "events"), 3);
+    assert_eq!(rows(&db, "discards"), 0);
+}
+
 fn host() -> Command {
     Command::new(env!("CARGO_BIN_EXE_e2e-host"))
 }
