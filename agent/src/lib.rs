@@ -159,6 +159,24 @@
 //!   private_key, cookie or session (any case) become `[Filtered]`, in tags, contexts,
 //!   extra and breadcrumb data at any depth; so do card-like numbers (13–19 digits starting
 //!   with 2–6 and passing the Luhn check) and the password of `user:pass@` URLs in any string.
+//! - Shipping (with a DSN): the `errscope-shipper` thread, with a current-thread tokio
+//!   runtime and a connection of its own, reads the outbox in rowid order and sends
+//!   gzipped Sentry envelopes to `{dsn}/api/{project}/envelope/` with `X-Sentry-Auth`;
+//!   up to 1,000 events per envelope (3 in flight) to an errscope collector (it answers with
+//!   `X-Errscope-Collector`), one per envelope (4 in flight) to other Sentry-compatible
+//!   servers. Rows are deleted only after a 2xx, so what a previous run left is shipped at
+//!   start and a batch whose answer was lost is resent with the same `event_id`s.
+//!   Connection errors, resets, timeouts ([`Options::send_timeout`]), 5xx, 401/403/404:
+//!   everything stays, exponential backoff with full jitter up to 30 s (at least the
+//!   server's `Retry-After`). 429: nothing is sent until `X-Sentry-Rate-Limits` (error
+//!   categories) or `Retry-After` has passed, 60 s by default. Another 4xx (400, 413): the
+//!   batch is split in halves and resent down to the refused event, which is dropped and
+//!   counted as a `send_error` discard. Storm counts follow their events (`errscope.counts`
+//!   items), discards go as `client_report` items; both are deleted after a 2xx. One stderr
+//!   line when delivery starts failing and one when it recovers; [`stats`] has the
+//!   counters. [`flush`] and dropping the [`Guard`] wait (bounded) for the outbox to empty;
+//!   the capture path never waits for the network. Events held in memory by a degraded
+//!   outbox are not shipped.
 //! - Nothing in the agent panics its host: failures degrade with one line on stderr
 //!   starting with `errscope:` (an outbox that cannot be opened or written is replaced by
 //!   a bounded in-memory buffer, and [`Stats::degraded`] says so).

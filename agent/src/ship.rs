@@ -37,11 +37,11 @@ use crate::store::{Bounds, Pending, SqliteStore};
 use crate::warn;
 
 /// Events per envelope to an errscope collector.
-pub(crate) const MAX_BATCH: usize = 500;
+pub(crate) const MAX_BATCH: usize = 1000;
 /// Bytes of event JSON per envelope (the collector takes 100 MiB decompressed).
 const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Envelopes in flight to an errscope collector.
-const PIPELINE: usize = 2;
+const PIPELINE: usize = 3;
 /// Single-event envelopes in flight to other Sentry-compatible servers.
 const SENTRY_CONCURRENCY: usize = 4;
 /// Storm counts per envelope.
@@ -389,11 +389,12 @@ async fn run(
                     shipper.failed(&reason, true);
                 }
             }
-            let empty = shipper.depth().is_some_and(|d| d.is_empty());
-            if empty {
-                for f in flushes.drain(..) {
-                    let _ = f.try_send(true);
-                }
+        }
+        // Also keeps `stats().outbox_events` current.
+        let depth = shipper.depth();
+        if !flushes.is_empty() && depth.is_some_and(|d| d.is_empty()) {
+            for f in flushes.drain(..) {
+                let _ = f.try_send(true);
             }
         }
         // Waiters whose flush timed out are not told apart from live ones: keep a few.
@@ -671,6 +672,120 @@ fn store_failure(e: crate::store::StoreError) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{DiscardRow, Discards, Row};
+    use crate::storm::CountRecord;
+
+    fn row(i: usize) -> Row {
+        Row {
+            event_id: format!("{i:032x}"),
+            created_at: i as f64,
+            payload: vec![b'x'; 100],
+        }
+    }
+
+    fn count(id: char, event: usize, n: u64) -> CountRecord {
+        CountRecord {
+            id: id.to_string().repeat(32),
+            event_id: format!("{event:032x}").parse().expect("id"),
+            count: n,
+            start: 1.0,
+            end: 2.0,
+        }
+    }
+
+    #[test]
+    fn the_outbox_gives_up_rows_only_when_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bounds = Bounds {
+            max_events: 100,
+            max_bytes: 1_000_000,
+        };
+        let path = dir.path().join("outbox.db");
+        let mut writer = SqliteStore::open(&path, bounds, false).expect("open");
+        let mut discards = Discards::new();
+        discards.insert(("queue_overflow", "error"), 3);
+        let rows: Vec<_> = (1..=10).map(row).collect();
+        writer
+            .write(&rows, &[count('a', 1, 7), count('b', 2, 5)], &discards)
+            .expect("write");
+        let mut shipper = SqliteStore::open(&path, bounds, false).expect("open shipper");
+
+        // Rowid order, capped by count and by bytes (at least one event).
+        let first = shipper.pending_events(0, 4, 1_000_000).expect("read");
+        assert_eq!(first.len(), 4);
+        assert_eq!(first[0].event_id, format!("{:032x}", 1));
+        let next = shipper
+            .pending_events(first[3].rowid, 100, 250)
+            .expect("read");
+        assert_eq!(next.len(), 2, "250 bytes hold two 100-byte events");
+        assert_eq!(shipper.pending_events(0, 5, 10).expect("read").len(), 1);
+
+        // Counts wait for their event to leave the outbox.
+        assert!(shipper.ready_counts(10).expect("counts").is_empty());
+        let rowids: Vec<i64> = first.iter().map(|e| e.rowid).collect();
+        assert_eq!(shipper.delete_events(&rowids[..1]).expect("delete"), 1);
+        let ready = shipper.ready_counts(10).expect("counts");
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].count, 7);
+        shipper.delete_counts(&ready, None).expect("delete counts");
+
+        // A refused event goes with its counts, both recorded as discards.
+        assert_eq!(
+            shipper
+                .drop_events(&rowids[1..2], "send_error")
+                .expect("drop"),
+            1
+        );
+        // Deleting what is already gone changes nothing.
+        assert_eq!(shipper.delete_events(&rowids[..2]).expect("delete"), 0);
+        let depth = shipper.depth().expect("depth");
+        assert_eq!(
+            depth,
+            crate::store::Depth {
+                events: 8,
+                counts: 0,
+                discards: 2
+            }
+        );
+        let report = shipper.discards().expect("discards");
+        assert_eq!(
+            report,
+            vec![
+                DiscardRow {
+                    reason: "queue_overflow".into(),
+                    category: "error".into(),
+                    quantity: 3
+                },
+                DiscardRow {
+                    reason: "send_error".into(),
+                    category: "error".into(),
+                    quantity: 1 + 5
+                },
+            ]
+        );
+        // The writer adds more while the report is in flight: only what was sent goes.
+        let mut more = Discards::new();
+        more.insert(("queue_overflow", "error"), 2);
+        writer.write(&[], &[], &more).expect("write");
+        shipper.subtract_discards(&report).expect("subtract");
+        let left = shipper.discards().expect("discards");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].quantity, 2);
+
+        // The totals the writers bound the outbox by went down with the deletes.
+        let rest: Vec<i64> = shipper
+            .pending_events(0, 100, usize::MAX)
+            .expect("read")
+            .iter()
+            .map(|e| e.rowid)
+            .collect();
+        assert_eq!(shipper.delete_events(&rest).expect("delete"), 8);
+        assert_eq!(shipper.depth().expect("depth").events, 0);
+        let out = writer
+            .write(&[row(50)], &[], &Discards::new())
+            .expect("write");
+        assert_eq!(out.evicted, 0);
+    }
 
     #[test]
     fn endpoints_follow_the_dsn() {

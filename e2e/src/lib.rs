@@ -207,7 +207,8 @@ struct ProxyShared {
     poison: Option<String>,
     /// Hide `X-Errscope-Collector` from the agent, as a Sentry server would.
     sentry_like: bool,
-    log: Mutex<Vec<String>>,
+    started: Instant,
+    log: Mutex<Vec<(Duration, String)>>,
 }
 
 impl FaultProxy {
@@ -243,6 +244,7 @@ impl FaultProxy {
             script: Mutex::new(script.iter().copied().collect()),
             poison: poison.map(str::to_owned),
             sentry_like,
+            started: Instant::now(),
             log: Mutex::new(Vec::new()),
         });
         let accepting = Arc::clone(&shared);
@@ -259,6 +261,11 @@ impl FaultProxy {
 
     /// What the proxy did, one line per request or closed connection.
     pub fn log(&self) -> Vec<String> {
+        self.timed_log().into_iter().map(|(_, line)| line).collect()
+    }
+
+    /// What the proxy did, with the time since it started.
+    pub fn timed_log(&self) -> Vec<(Duration, String)> {
         self.shared
             .log
             .lock()
@@ -286,7 +293,7 @@ impl ProxyShared {
         self.log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(line);
+            .push((self.started.elapsed(), line));
     }
 }
 
@@ -304,6 +311,7 @@ async fn serve_connection(mut conn: TcpStream, shared: &ProxyShared) -> std::io:
             Ok(Some(head)) => head,
         };
         let fault = if head.starts_with("POST ") {
+            shared.note("request".into());
             shared
                 .script
                 .lock()
