@@ -23,8 +23,9 @@
 //! 1. An explicit `fingerprint` wins; an entry `{{ default }}` is replaced by the default
 //!    components below.
 //! 2. If any stack frames are present: for each exception of the chain its type (with the
-//!    io kind), then the frames of its stack trace, each as `module` + `function`. Line
-//!    numbers, addresses and file paths are never used; Rust symbol hashes (`::h0123…`)
+//!    io kind), then the frames of its stack trace, each as `module` (or, without one,
+//!    `filename`) + `function`. Line numbers and addresses are never used, file names only
+//!    for frames without a module; Rust symbol hashes (`::h0123…`)
 //!    are stripped; runs of identical frames (recursion) are collapsed to one. When the
 //!    trace has in-app frames only those count; frames of `std`, `core`, `alloc`,
 //!    `tokio`, `hyper` and `node_modules` never count unless nothing else is left.
@@ -459,11 +460,11 @@ fn frame_function(f: &Frame<'_>) -> String {
 fn frame_components(st: &Stacktrace<'_>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for f in significant_frames(st) {
-        let c = format!(
-            "frame:{}|{}",
-            f.module.as_deref().unwrap_or(""),
-            frame_function(f)
-        );
+        // A frame without a module (an inlined frame of a `line-tables-only` build is just
+        // `{closure#0}`) is told apart by its file, so bare names of different functions
+        // do not make one issue.
+        let place = f.module.as_deref().or(f.filename.as_deref()).unwrap_or("");
+        let c = format!("frame:{place}|{}", frame_function(f));
         if out.last() != Some(&c) {
             out.push(c);
         }
@@ -574,6 +575,21 @@ mod tests {
                 false,
                 "ValueError",
                 Kind::Operational,
+            ),
+            // Bare inlined names (no module) in two files: two issues; one file, other lines: one.
+            (
+                r#"{"platform":"native","exception":{"values":[{"type":"panic","stacktrace":{"frames":[{"function":"{async_fn#0}","filename":"src/orders.rs","lineno":10,"in_app":true}]}}]}}"#,
+                r#"{"platform":"native","exception":{"values":[{"type":"panic","stacktrace":{"frames":[{"function":"{async_fn#0}","filename":"src/profile.rs","lineno":10,"in_app":true}]}}]}}"#,
+                false,
+                "panic",
+                Kind::Programmer,
+            ),
+            (
+                r#"{"platform":"native","exception":{"values":[{"type":"panic","stacktrace":{"frames":[{"function":"{async_fn#0}","filename":"src/orders.rs","lineno":10,"in_app":true}]}}]}}"#,
+                r#"{"platform":"native","exception":{"values":[{"type":"panic","stacktrace":{"frames":[{"function":"{async_fn#0}","filename":"src/orders.rs","lineno":14,"in_app":true}]}}]}}"#,
+                true,
+                "panic",
+                Kind::Programmer,
             ),
             // Recursion depth does not matter.
             (
