@@ -86,6 +86,14 @@ pub(crate) enum StoreError {
     Encode(serde_json::Error),
 }
 
+/// Maps the SQLite errors of a write to the outbox at `path`.
+fn write_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + Copy + '_ {
+    move |source| StoreError::Write {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// One serialized event ready to store.
 #[derive(Clone, Debug)]
 pub(crate) struct Row {
@@ -169,10 +177,7 @@ impl SqliteStore {
         counts: &[CountRecord],
         discards: &Discards,
     ) -> Result<WriteOutcome, StoreError> {
-        let write_err = |source| StoreError::Write {
-            path: self.path.clone(),
-            source,
-        };
+        let write_err = write_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -356,11 +361,7 @@ impl SqliteStore {
         if rowids.is_empty() {
             return Ok(0);
         }
-        let path = self.path.clone();
-        let err = |source| StoreError::Write {
-            path: path.clone(),
-            source,
-        };
+        let err = write_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -461,11 +462,7 @@ impl SqliteStore {
         counts: &[CountRecord],
         dropped: Option<&'static str>,
     ) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Write {
-            path: path.clone(),
-            source,
-        };
+        let err = write_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -517,11 +514,7 @@ impl SqliteStore {
     /// Lowers the discard counters by what a confirmed client report carried (writers
     /// may have added more meanwhile); rows that reach zero go.
     pub(crate) fn subtract_discards(&mut self, sent: &[DiscardRow]) -> Result<(), StoreError> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Write {
-            path: path.clone(),
-            source,
-        };
+        let err = write_err(&self.path);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
