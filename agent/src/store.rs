@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -14,6 +16,12 @@ use crate::storm::CountRecord;
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Bytes committed to the WAL before the writer asks for a checkpoint (SQLite's own
+/// automatic checkpoint comes after 1000 pages, about as much).
+const CHECKPOINT_AFTER: u64 = 4 << 20;
+/// Bytes the WAL may hold beyond the last complete checkpoint before the writer
+/// checkpoints itself: the WAL stays bounded when the checkpointer falls behind.
+const CHECKPOINT_INLINE_AFTER: u64 = 64 << 20;
 
 /// Numbered migrations; `PRAGMA user_version` is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -84,6 +92,15 @@ pub(crate) enum StoreError {
     },
     #[error("cannot encode an event: {0}")]
     Encode(serde_json::Error),
+    #[error("cannot start the checkpoint thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// `n` off a byte count that another thread may have lowered meanwhile.
+fn subtract(count: &AtomicU64, n: u64) {
+    let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+        Some(c.saturating_sub(n))
+    });
 }
 
 /// Maps the SQLite errors of a write to the outbox at `path`.
@@ -126,6 +143,20 @@ pub(crate) struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     bounds: Bounds,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// The writer's handle on the `errscope-checkpoint` thread, which copies the WAL into
+/// the database file on a connection of its own. A checkpoint writes every page a second
+/// time and waits for two fsyncs; done inline (SQLite's default), it stalls the commits
+/// behind it.
+struct Checkpointer {
+    wake: crossbeam_channel::Sender<()>,
+    /// Bytes committed since the last complete checkpoint (the checkpointer subtracts
+    /// what it has copied).
+    pending: Arc<AtomicU64>,
+    /// Bytes committed since the checkpointer was last woken.
+    since_wake: u64,
 }
 
 impl SqliteStore {
@@ -166,7 +197,74 @@ impl SqliteStore {
             conn,
             path: path.to_owned(),
             bounds,
+            checkpointer: None,
         })
+    }
+
+    /// Moves WAL checkpoints to a thread of their own. Without it (no thread, no second
+    /// connection), SQLite's automatic checkpoints on commit stay on.
+    pub(crate) fn checkpoint_in_background(&mut self) -> Result<(), StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = Connection::open(&self.path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let (wake, woken) = crossbeam_channel::bounded::<()>(1);
+        let pending = Arc::new(AtomicU64::new(0));
+        let copied = Arc::clone(&pending);
+        std::thread::Builder::new()
+            .name("errscope-checkpoint".to_owned())
+            .spawn(move || {
+                // Ends when the store, and with it `wake`, is dropped.
+                while woken.recv().is_ok() {
+                    let before = copied.load(Ordering::Relaxed);
+                    // PASSIVE: never waits for the writer or readers; what it cannot
+                    // copy now, the next round does.
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
+                    });
+                    if let Ok(true) = done {
+                        subtract(&copied, before);
+                    }
+                }
+            })
+            .map_err(StoreError::Thread)?;
+        self.conn
+            .execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(open_err)?;
+        self.checkpointer = Some(Checkpointer {
+            wake,
+            pending,
+            since_wake: 0,
+        });
+        Ok(())
+    }
+
+    /// After a commit of about `bytes`: wakes the checkpointer when enough has piled up,
+    /// or checkpoints here when it has fallen far behind.
+    fn committed(&mut self, bytes: u64) {
+        let Some(ckpt) = self.checkpointer.as_mut() else {
+            return;
+        };
+        let pending = ckpt.pending.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if pending >= CHECKPOINT_INLINE_AFTER {
+            let done = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
+                });
+            if let Ok(true) = done {
+                subtract(&ckpt.pending, pending);
+            }
+            ckpt.since_wake = 0;
+            return;
+        }
+        ckpt.since_wake += bytes;
+        if ckpt.since_wake >= CHECKPOINT_AFTER {
+            ckpt.since_wake = 0;
+            let _ = ckpt.wake.try_send(());
+        }
     }
 
     /// Writes events, counts and discard counters in one transaction, evicting the
@@ -245,6 +343,8 @@ impl SqliteStore {
         )
         .map_err(write_err)?;
         tx.commit().map_err(write_err)?;
+        // A row's payload and its index entry; the page overhead is small beside them.
+        self.committed(added_bytes + 64 * rows.len() as u64);
         outcome.evicted = evicted;
         Ok(outcome)
     }
@@ -742,6 +842,74 @@ mod tests {
     fn count_rows(conn: &Connection, table: &str) -> i64 {
         conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .expect("count")
+    }
+
+    /// Polls `f` for up to 30 s.
+    fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn the_checkpointer_moves_the_wal_into_the_file_and_keeps_it_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        let wal = dir.path().join("outbox.db-wal");
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let bounds = Bounds {
+            max_events: 1_000_000,
+            max_bytes: 1 << 30,
+        };
+        let mut store = SqliteStore::open(&path, bounds, false).expect("open");
+        store.checkpoint_in_background().expect("checkpointer");
+        // Ten rounds of a little more than one checkpoint's worth: without checkpoints
+        // the WAL would hold all 44 MB and the database file none of it.
+        let per_round = (CHECKPOINT_AFTER / 2000 + 100) as usize;
+        let mut next = 0;
+        for round in 1..=10u64 {
+            let rows: Vec<_> = (next..next + per_round).map(|i| row(i, 2000)).collect();
+            next += per_round;
+            store.write(&rows, &[], &Discards::new()).expect("write");
+            let pending = Arc::clone(&store.checkpointer.as_ref().expect("on").pending);
+            eventually("the checkpoint copies the whole WAL", || {
+                pending.load(Ordering::Relaxed) == 0
+            });
+            let expected = round * CHECKPOINT_AFTER;
+            assert!(
+                size(&path) >= expected,
+                "round {round}: file {}",
+                size(&path)
+            );
+            assert!(
+                size(&wal) <= 3 * CHECKPOINT_AFTER,
+                "round {round}: WAL {} bytes",
+                size(&wal)
+            );
+        }
+        assert_eq!(count_rows(&store.conn, "events"), next as i64);
+        // Every committed row is readable from a fresh connection too.
+        drop(store);
+        let conn = Connection::open(&path).expect("reopen");
+        assert_eq!(count_rows(&conn, "events"), next as i64);
+    }
+
+    #[test]
+    fn without_the_checkpointer_the_wal_grows_until_sqlite_checkpoints() {
+        // The contrast to the test above: the file grows on commit here, not later.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("outbox.db");
+        let bounds = Bounds {
+            max_events: 1_000_000,
+            max_bytes: 1 << 30,
+        };
+        let mut store = SqliteStore::open(&path, bounds, false).expect("open");
+        let rows: Vec<_> = (0..3000).map(|i| row(i, 2000)).collect();
+        store.write(&rows, &[], &Discards::new()).expect("write");
+        let file = std::fs::metadata(&path).expect("file").len();
+        assert!(file >= 3000 * 2000, "the commit checkpointed: {file} bytes");
     }
 
     #[test]

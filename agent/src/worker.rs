@@ -125,7 +125,12 @@ impl Outbox {
     fn open(shared: &Shared) -> Self {
         let path = database_path(shared);
         match SqliteStore::open(&path, bounds(shared), shared.options.sync_full) {
-            Ok(store) => Self::Sqlite(store),
+            Ok(mut store) => {
+                if let Err(e) = store.checkpoint_in_background() {
+                    warn(format_args!("{e}; checkpointing on commit instead"));
+                }
+                Self::Sqlite(store)
+            }
             Err(e) => {
                 warn(format_args!(
                     "{e}; keeping events in memory instead (they are lost at exit)"
