@@ -121,8 +121,7 @@ fn main() -> ExitCode {
             .database(&args.db)
             .attach_stacktrace(false)
             // Every capture a full event: the tests count events.
-            .storm(u32::MAX, Duration::from_secs(1))
-            .send_timeout(Duration::from_secs(10)),
+            .storm(u32::MAX, Duration::from_secs(1)),
     );
     let mut out = BufWriter::new(std::io::stdout().lock());
     let started = Instant::now();
