@@ -680,3 +680,466 @@ async fn bad_input_is_refused_and_good_events_are_kept() {
         "RSS after each round: {rss_after_round:?}"
     );
 }
+
+/// Every `(method, path)` the router serves under `/api/0/`, read from the router's source
+/// so that a route added later is covered without editing this test.
+fn api_routes() -> Vec<(String, String)> {
+    let src = include_str!("../src/lib.rs");
+    let mut routes = Vec::new();
+    for call in src.split(".route(").skip(1) {
+        // The call's text: up to its closing parenthesis.
+        let mut depth = 1;
+        let end = call
+            .char_indices()
+            .find_map(|(i, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                (depth == 0).then_some(i)
+            })
+            .expect("a closed .route( call");
+        let call = &call[..end];
+        let path = call.split('"').nth(1).expect("a path literal");
+        if !path.starts_with("/api/0/") {
+            continue;
+        }
+        let handlers = &call[call.find(',').expect("a method router")..];
+        for method in ["get", "post", "put", "patch", "delete"] {
+            // `get(handler)` or `.post(handler)`, not `api::get_event`.
+            let called = handlers.match_indices(&format!("{method}(")).any(|(i, _)| {
+                !handlers[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':')
+            });
+            if called {
+                routes.push((method.to_uppercase(), path.to_owned()));
+            }
+        }
+    }
+    routes
+}
+
+/// Request headers, as name and value.
+type Headers = Vec<(&'static str, String)>;
+
+/// A concrete URL path for a route template.
+fn fill(template: &str) -> String {
+    template
+        .replace("{pid}", "1")
+        .replace("{id}", "1")
+        .replace("{event_id}", &event_id(1))
+        .replace("{key}", "environment")
+}
+
+#[tokio::test]
+async fn every_api_route_refuses_requests_without_a_token_or_session() {
+    let s = server().await;
+    assert_eq!(
+        s.post_envelope(envelope(&[event(&event_id(1), "f", "v")]))
+            .await
+            .status(),
+        200
+    );
+    let routes = api_routes();
+    assert!(
+        routes.len() >= 11,
+        "routes read from the router: {routes:?}"
+    );
+    assert!(routes.contains(&("PUT".into(), "/api/0/issues/{id}/".into())));
+    assert!(routes.contains(&("POST".into(), "/api/0/projects/".into())));
+    // A session that was never issued, one that was and has ended, a wrong token, the
+    // right token where it is not read, the admin password as Basic auth.
+    let login = s
+        .http
+        .post(format!("{}/auth/login", s.base))
+        .json(&json!({"username": "admin", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let ended = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = s
+        .http
+        .post(format!("{}/auth/logout", s.base))
+        .header("cookie", &ended)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let basic = format!("Basic {}", b64(&format!("admin:{PASSWORD}")));
+    let attempts: Vec<(&str, Headers, &str)> = vec![
+        ("no credentials", vec![], ""),
+        (
+            "wrong token",
+            vec![("authorization", "Bearer wrong".into())],
+            "",
+        ),
+        (
+            "empty bearer",
+            vec![("authorization", "Bearer ".into())],
+            "",
+        ),
+        (
+            "token as Basic",
+            vec![("authorization", format!("Basic {TOKEN}"))],
+            "",
+        ),
+        ("password as Basic", vec![("authorization", basic)], ""),
+        ("token in the query", vec![], "?token=test-admin-token"),
+        (
+            "forged cookie",
+            vec![(
+                "cookie",
+                "errscope_session=0123456789abcdef0123456789abcdef".into(),
+            )],
+            "",
+        ),
+        ("ended session", vec![("cookie", ended.clone())], ""),
+        (
+            "empty cookie",
+            vec![("cookie", "errscope_session=".into())],
+            "",
+        ),
+        (
+            "SQL in the cookie",
+            vec![("cookie", "errscope_session=' OR '1'='1".into())],
+            "",
+        ),
+        (
+            "SQL in the token",
+            vec![("authorization", "Bearer ' OR 1=1 --".into())],
+            "",
+        ),
+        (
+            "token in X-Sentry-Auth",
+            vec![("x-sentry-auth", format!("Sentry sentry_key={}", s.key))],
+            "",
+        ),
+    ];
+    let mut refused = 0;
+    for (method, template) in &routes {
+        let path = fill(template);
+        let method: reqwest::Method = method.parse().unwrap();
+        for (what, headers, query) in &attempts {
+            let mut req = s
+                .http
+                .request(method.clone(), format!("{}{path}{query}", s.base))
+                .header("x-errscope-request", "1")
+                .json(&json!({"name": "intruder", "status": "resolved"}));
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 401, "{method} {path} with {what}: {body}");
+            assert!(body["detail"].is_string(), "{method} {path}: {body}");
+            refused += 1;
+        }
+        // The same path without its trailing slash serves nothing either.
+        let r = s
+            .http
+            .request(
+                method.clone(),
+                format!("{}{}", s.base, path.trim_end_matches('/')),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            matches!(r.status().as_u16(), 401 | 404),
+            "{method} {path} without the slash: {}",
+            r.status()
+        );
+        // The route is real: with the token it gets past authentication.
+        let r = s
+            .http
+            .request(method.clone(), format!("{}{path}", s.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"name": format!("p-{}", refused), "status": "resolved"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "{method} {path} with the token: {}",
+            r.status()
+        );
+    }
+    // Nothing was changed by the refused requests.
+    let (_, projects) = s.api("/api/0/projects/").await;
+    assert!(
+        projects
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["name"] != "intruder"),
+        "{projects}"
+    );
+    eprintln!(
+        "reliability: scenario=security-auth routes={} attempts={} refused_401={refused}",
+        routes.len(),
+        routes.len() * attempts.len()
+    );
+    s.stop().await;
+}
+
+/// Standard base64 with padding (for a Basic credential).
+fn b64(s: &str) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in s.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Creates a project through the API; its id and key.
+async fn create_project(s: &Server, name: &str) -> (i64, String) {
+    let r = s
+        .http
+        .post(format!("{}/api/0/projects/", s.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "name": name }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let p: Value = r.json().await.unwrap();
+    let key = p["dsn"].as_str().unwrap()["http://".len()..]
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    (p["id"].as_i64().unwrap(), key)
+}
+
+#[tokio::test]
+async fn a_project_key_writes_only_to_its_own_project() {
+    let s = server().await;
+    let (a, key_a) = (1, s.key.clone());
+    let (b, key_b) = create_project(&s, "b").await;
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let mut n = 0u64;
+    let mut next_id = || {
+        n += 1;
+        event_id(n)
+    };
+    let by_dsn = |key: &str, project: i64, id: &str| {
+        format!(
+            "{}\n{}\n{}\n",
+            json!({ "dsn": format!("http://{key}@{host}/{project}") }),
+            json!({"type": "event"}),
+            event(id, "f", "v")
+        )
+    };
+    let mut attempts = 0;
+    // (key, project in the URL, how the key is given) -> status.
+    for (key, to, own) in [(&key_a, b, false), (&key_b, a, false), (&key_a, a, true)] {
+        let expected = if own { 200 } else { 403 };
+        for how in ["header", "query", "dsn", "store"] {
+            let id = next_id();
+            let url = format!("{}/api/{to}/envelope/", s.base);
+            let req = match how {
+                "header" => s
+                    .http
+                    .post(&url)
+                    .header("x-sentry-auth", format!("Sentry sentry_key={key}"))
+                    .body(envelope(&[event(&id, "f", "v")])),
+                "query" => s
+                    .http
+                    .post(format!("{url}?sentry_key={key}"))
+                    .body(envelope(&[event(&id, "f", "v")])),
+                "dsn" => s.http.post(&url).body(by_dsn(key, to, &id)),
+                _ => s
+                    .http
+                    .post(format!("{}/api/{to}/store/?sentry_key={key}", s.base))
+                    .body(event(&id, "f", "v").to_string()),
+            };
+            let r = req.send().await.unwrap();
+            assert_eq!(
+                r.status(),
+                expected,
+                "key of {} to {to} by {how}",
+                if *key == key_a { a } else { b }
+            );
+            attempts += 1;
+        }
+    }
+    // The DSN of the project in the URL does not help a key given in the header.
+    let id = next_id();
+    let r = s
+        .http
+        .post(format!("{}/api/{b}/envelope/", s.base))
+        .header("x-sentry-auth", format!("Sentry sentry_key={key_a}"))
+        .body(by_dsn(&key_b, b, &id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    attempts += 1;
+    let (_, stats_a) = s.api(&format!("/api/0/projects/{a}/stats/")).await;
+    let (_, stats_b) = s.api(&format!("/api/0/projects/{b}/stats/")).await;
+    assert_eq!(stats_a["events"], 4, "{stats_a}");
+    assert_eq!(stats_b["events"], 0, "{stats_b}");
+    // Nor can project B's events be read through project A's id.
+    let ok_b = next_id();
+    let r = s
+        .http
+        .post(format!("{}/api/{b}/store/?sentry_key={key_b}", s.base))
+        .body(event(&ok_b, "f", "v").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (st, _) = s.api(&format!("/api/0/projects/{a}/events/{ok_b}/")).await;
+    assert_eq!(st, 404);
+    let (st, _) = s.api(&format!("/api/0/projects/{b}/events/{ok_b}/")).await;
+    assert_eq!(st, 200);
+    eprintln!(
+        "reliability: scenario=security-isolation attempts={attempts} cross_project_stored={}",
+        stats_b["events"]
+    );
+    s.stop().await;
+}
+
+/// Strings that would do harm if the collector built SQL or HTML out of them.
+const HOSTILE: [&str; 10] = [
+    "'; DROP TABLE events;--",
+    "\" OR 1=1 --",
+    "1' OR '1'='1",
+    "%' OR 1=1; --",
+    "x'); DELETE FROM issues; --",
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "javascript:alert(document.cookie)",
+    "\"><svg onload=alert(1)>",
+    "{{constructor.constructor('alert(1)')()}}",
+];
+
+/// An event carrying `h` in every field a client controls.
+fn hostile_event(id: &str, h: &str) -> Value {
+    json!({
+        "event_id": id,
+        "timestamp": 1.7e9,
+        "platform": "rust",
+        "level": "error",
+        "logger": h,
+        "transaction": h,
+        "environment": h,
+        "release": h,
+        "server_name": h,
+        "dist": h,
+        "message": {"formatted": h, "message": h},
+        "fingerprint": [h],
+        "tags": {"hostile": h, h: "key"},
+        "user": {"id": h, "email": h, "username": h, "ip_address": h},
+        "request": {"url": h, "method": h, "headers": {"X-Hostile": h}, "query_string": h, "data": h},
+        "exception": {"values": [{
+            "type": h,
+            "value": h,
+            "module": h,
+            "mechanism": {"type": h, "handled": true, "data": {"k": h}},
+            "stacktrace": {"frames": [{
+                "function": h, "module": h, "filename": h, "abs_path": h,
+                "lineno": 1, "context_line": h, "pre_context": [h], "in_app": true, "vars": {"v": h}
+            }]}
+        }]},
+        "breadcrumbs": {"values": [{"timestamp": 1.7e9, "category": h, "message": h, "data": {"k": h}}]},
+        "contexts": {"domain": {"name": h, "tags": {"t": h}, "data": {"d": h}}, "hostile": {"type": h, "v": h}},
+        "extra": {"hostile": h, h: h},
+        "sdk": {"name": h, "version": h}
+    })
+}
+
+#[tokio::test]
+async fn hostile_strings_are_stored_and_served_verbatim() {
+    let s = server().await;
+    let plain = event(&event_id(999), "plain", "nothing to see");
+    assert_eq!(s.post_envelope(envelope(&[plain])).await.status(), 200);
+    let mut checked = 0;
+    for (i, h) in HOSTILE.iter().enumerate() {
+        let id = event_id(i as u64 + 1);
+        let sent = hostile_event(&id, h);
+        let r = s.post_envelope(envelope(std::slice::from_ref(&sent))).await;
+        assert_eq!(r.status(), 200, "{h}");
+        // The stored event is the sent one, byte for byte in every field.
+        let (st, got) = s.api(&format!("/api/0/projects/1/events/{id}/")).await;
+        assert_eq!(st, 200, "{h}: {got}");
+        for (k, v) in sent.as_object().unwrap() {
+            assert_eq!(&got[k], v, "{h}: field {k}");
+            checked += 1;
+        }
+        // The issue's derived strings keep it too, and a search finds exactly this issue.
+        let issue_id = got["issue_id"].as_i64().unwrap();
+        let (_, issue) = s.api(&format!("/api/0/issues/{issue_id}/")).await;
+        assert_eq!(issue["class"], *h, "{issue}");
+        assert!(issue["title"].as_str().unwrap().contains(h), "{issue}");
+        assert!(issue["culprit"].as_str().unwrap().contains(h), "{issue}");
+        for key in ["environment", "release", "server_name", "hostile"] {
+            assert_eq!(issue["tags"][key][0]["value"], *h, "{key}: {issue}");
+        }
+        let q = |s: &str| s.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+        let (st, found) = s
+            .api(&format!(
+                "/api/0/projects/1/issues/?status=all&query={}",
+                q(h)
+            ))
+            .await;
+        assert_eq!(st, 200);
+        let ids: Vec<i64> = found["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![issue_id], "search for {h}");
+        let (_, by_env) = s
+            .api(&format!(
+                "/api/0/projects/1/issues/?status=all&environment={}",
+                q(h)
+            ))
+            .await;
+        assert_eq!(by_env["data"].as_array().unwrap().len(), 1, "{h}: {by_env}");
+        let (st, values) = s
+            .api(&format!("/api/0/projects/1/tags/{}/values/", q(h)))
+            .await;
+        assert_eq!(st, 200);
+        assert_eq!(values, json!([{"value": "key", "count": 1}]), "{h}");
+        checked += 1;
+    }
+    // The tables are all there and hold what was sent.
+    let (_, stats) = s.api("/api/0/projects/1/stats/").await;
+    assert_eq!(stats["events"], HOSTILE.len() as u64 + 1, "{stats}");
+    assert_eq!(stats["issues"], HOSTILE.len() as u64 + 1, "{stats}");
+    let (_, classes) = s.api("/api/0/projects/1/classes/?status=all").await;
+    for h in HOSTILE {
+        assert!(
+            classes.as_array().unwrap().iter().any(|c| c["class"] == h),
+            "{h}: {classes}"
+        );
+    }
+    eprintln!(
+        "reliability: scenario=security-strings strings={} fields_checked={checked} stored_verbatim={}",
+        HOSTILE.len(),
+        HOSTILE.len()
+    );
+    s.stop().await;
+}
