@@ -3,12 +3,12 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! use errscope_collector::{Config, app, start};
+//! use errscope_collector::{Config, app, serve::serve, start};
 //! let started = start(Config::new("./errscope-data"))?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! let stop = async { tokio::signal::ctrl_c().await.ok(); };
 //! let header_timeout = started.state.config.header_timeout;
-//! let stop = async { let _ = tokio::signal::ctrl_c().await; };
-//! errscope_collector::serve::serve(listener, app(started.state.clone()), header_timeout, stop).await;
+//! serve(listener, app(started.state.clone()), header_timeout, stop).await;
 //! started.state.writer.shutdown();
 //! # Ok(()) }
 //! ```
