@@ -3,10 +3,12 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! use errscope_collector::{Config, app, start};
+//! use errscope_collector::{Config, app, serve::serve, start};
 //! let started = start(Config::new("./errscope-data"))?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
-//! axum::serve(listener, app(started.state.clone())).await?;
+//! let stop = async { tokio::signal::ctrl_c().await.ok(); };
+//! let header_timeout = started.state.config.header_timeout;
+//! serve(listener, app(started.state.clone()), header_timeout, stop).await;
 //! started.state.writer.shutdown();
 //! # Ok(()) }
 //! ```
@@ -19,6 +21,7 @@
 //! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
 //! - [`api`]: the dashboard's JSON API and session;
 //! - [`dashboard`]: the embedded web UI;
+//! - [`serve`]: the HTTP/1.1 server loop and the deadlines for slow clients;
 //! - [`metrics`]: Prometheus counters; [`state`]: configuration and shared state.
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout)]
@@ -28,6 +31,7 @@ pub mod dashboard;
 pub mod grouping;
 pub mod ingest;
 pub mod metrics;
+pub mod serve;
 pub mod state;
 pub mod store;
 pub mod time;
@@ -97,6 +101,11 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(dashboard::root))
         .route("/assets/{*path}", get(dashboard::asset))
         .fallback(dashboard::fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            serve::body_deadline,
+        ))
+        .layer(axum::middleware::map_response(serve::json_errors))
         .with_state(state)
         // A bug must cost one request a 500, never the connection or the process.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -3,11 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use errscope_collector::store::writer::Retention;
-use errscope_collector::{Config, app, start, state, store};
+use errscope_collector::{Config, app, serve, start, state, store};
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +46,16 @@ enum Command {
         /// Requests the writer queue holds before answering 503.
         #[arg(long, env = "ERRSCOPE_QUEUE", default_value_t = 1024)]
         queue: usize,
+        /// Seconds a client has to send a request head; also the longest a keep-alive
+        /// connection may stay idle. Slower connections are closed.
+        #[arg(long, env = "ERRSCOPE_HEADER_TIMEOUT_SECS", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        header_timeout_secs: u64,
+        /// Seconds a client has to send a request body once its head arrived; slower
+        /// requests are answered 408.
+        #[arg(long, env = "ERRSCOPE_BODY_TIMEOUT_SECS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        body_timeout_secs: u64,
     },
     /// Manage projects.
     Project {
@@ -125,6 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_events_per_issue,
             retention_days,
             queue,
+            header_timeout_secs,
+            body_timeout_secs,
         } => {
             // Few blocking threads (reads are short): each one can pin a malloc arena.
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -144,6 +157,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     retention_days,
                 };
                 config.queue_capacity = queue.max(1);
+                config.header_timeout = Duration::from_secs(header_timeout_secs);
+                config.body_timeout = Duration::from_secs(body_timeout_secs);
                 config.admin_token = env_secret("ERRSCOPE_ADMIN_TOKEN");
                 config.admin_password = env_secret("ERRSCOPE_ADMIN_PASSWORD");
                 let started = tokio::task::spawn_blocking(move || start(config))
@@ -174,13 +189,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
-                // Responses are small and answer a request: never hold them back (Nagle).
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(listener, app(started.state.clone()))
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await?;
+                let header_timeout = started.state.config.header_timeout;
+                serve::serve(
+                    listener,
+                    app(started.state.clone()),
+                    header_timeout,
+                    shutdown_signal(),
+                )
+                .await;
                 // Stop accepting happened above; commit what was accepted, then exit.
                 started.state.writer.shutdown();
                 let handle = started.writer_thread;

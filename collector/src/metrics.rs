@@ -14,6 +14,8 @@ pub enum Reject {
     Forbidden,
     /// Too large (413).
     TooLarge,
+    /// The body did not arrive in time (408).
+    Timeout,
     /// Unsupported content encoding (415).
     Encoding,
     /// Rate limited (429).
@@ -24,11 +26,12 @@ pub enum Reject {
     Internal,
 }
 
-const REASONS: [(Reject, &str); 8] = [
+const REASONS: [(Reject, &str); 9] = [
     (Reject::Malformed, "malformed"),
     (Reject::Unauthorized, "unauthorized"),
     (Reject::Forbidden, "forbidden"),
     (Reject::TooLarge, "too_large"),
+    (Reject::Timeout, "timeout"),
     (Reject::Encoding, "unsupported_encoding"),
     (Reject::RateLimited, "rate_limited"),
     (Reject::QueueFull, "queue_full"),
@@ -45,7 +48,7 @@ pub struct Metrics {
     pub events_accepted: AtomicU64,
     /// Events that were retries of stored ones.
     pub events_duplicate: AtomicU64,
-    rejected: [AtomicU64; 8],
+    rejected: [AtomicU64; 9],
     /// Jobs waiting for the writer.
     pub queue_depth: AtomicI64,
     commits: AtomicU64,

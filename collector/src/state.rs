@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -33,6 +34,11 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// Overrides the stored admin password.
     pub admin_password: Option<String>,
+    /// How long a client has to send a request head, and how long a keep-alive
+    /// connection may stay idle between requests (with [`serve`](crate::serve::serve)).
+    pub header_timeout: Duration,
+    /// How long a client has to send a request body, counted from its head.
+    pub body_timeout: Duration,
 }
 
 impl Config {
@@ -46,6 +52,8 @@ impl Config {
             rate_limit_per_minute: None,
             admin_token: None,
             admin_password: None,
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -279,3 +279,107 @@ pub(crate) fn brotli_stored(data: &[u8]) -> Vec<u8> {
     out.push(0b0000_0011); // ISLAST, ISLASTEMPTY
     out
 }
+
+/// Whether the long variant of the reliability scenarios was asked for (`ERRSCOPE_LONG=1`).
+#[allow(dead_code, reason = "used by tests/abuse.rs only")]
+pub(crate) fn long() -> bool {
+    std::env::var("ERRSCOPE_LONG").is_ok_and(|v| v == "1")
+}
+
+/// What a raw HTTP exchange saw.
+#[allow(dead_code, reason = "used by tests/abuse.rs only")]
+#[derive(Debug)]
+pub(crate) struct Raw {
+    /// Every byte the server sent.
+    pub(crate) bytes: Vec<u8>,
+    /// When the server closed (or reset) the connection, from the first byte written;
+    /// `None` if it was still open when the exchange gave up.
+    pub(crate) closed_after: Option<std::time::Duration>,
+    /// Whether every write went through (the server had not cut the client off).
+    pub(crate) wrote_all: bool,
+}
+
+#[allow(dead_code, reason = "used by tests/abuse.rs only")]
+impl Raw {
+    /// The status of the first response, if one arrived.
+    pub(crate) fn status(&self) -> Option<u16> {
+        let line = self.bytes.split(|b| *b == b'\n').next()?;
+        let line = std::str::from_utf8(line).ok()?;
+        line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+    }
+
+    /// The body of the first response (everything after its head).
+    pub(crate) fn body(&self) -> &[u8] {
+        let end =
+            memchr::memmem::find(&self.bytes, b"\r\n\r\n").map_or(self.bytes.len(), |p| p + 4);
+        &self.bytes[end..]
+    }
+
+    /// The value of a header of the first response.
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
+        let end = memchr::memmem::find(&self.bytes, b"\r\n\r\n")?;
+        String::from_utf8_lossy(&self.bytes[..end])
+            .split("\r\n")
+            .skip(1)
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+    }
+}
+
+/// Connects to `addr` and writes `writes` in turn (each after its pause) while reading
+/// whatever the server answers, until the server closes the connection or `limit` passes.
+#[allow(dead_code, reason = "used by tests/abuse.rs only")]
+pub(crate) async fn raw_exchange(
+    addr: &str,
+    writes: Vec<(std::time::Duration, Vec<u8>)>,
+    limit: std::time::Duration,
+) -> Raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut rd, mut wr) = sock.into_split();
+    let started = tokio::time::Instant::now();
+    let wrote = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::clone(&wrote);
+    let writer = tokio::spawn(async move {
+        for (pause, bytes) in writes {
+            tokio::time::sleep(pause).await;
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Keep the write side open: a half-close would end the request early.
+        std::future::pending::<()>().await;
+    });
+    let mut bytes = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed_after = loop {
+        match tokio::time::timeout_at(started + limit, rd.read(&mut buf)).await {
+            Err(_) => break None,
+            Ok(Ok(0) | Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+        }
+    };
+    writer.abort();
+    Raw {
+        bytes,
+        closed_after,
+        wrote_all: wrote.load(std::sync::atomic::Ordering::SeqCst),
+    }
+}
+
+/// The peak (`VmHWM`) and current (`VmRSS`) resident memory of a process, in KiB.
+#[allow(dead_code, reason = "used by tests/abuse.rs only")]
+pub(crate) fn memory_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}

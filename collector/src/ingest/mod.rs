@@ -9,7 +9,7 @@ pub mod body;
 pub mod envelope;
 pub mod event;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -47,6 +47,9 @@ pub enum IngestError {
     /// 403.
     #[error("{0}")]
     Forbidden(String),
+    /// 408.
+    #[error("{0}")]
+    Timeout(String),
     /// 413.
     #[error("{0}")]
     TooLarge(String),
@@ -71,6 +74,7 @@ impl IngestError {
             IngestError::Unauthorized(_) => Reject::Unauthorized,
             IngestError::Forbidden(_) => Reject::Forbidden,
             IngestError::TooLarge(_) => Reject::TooLarge,
+            IngestError::Timeout(_) => Reject::Timeout,
             IngestError::UnsupportedEncoding(_) => Reject::Encoding,
             IngestError::RateLimited(_) => Reject::RateLimited,
             IngestError::QueueFull => Reject::QueueFull,
@@ -95,6 +99,7 @@ impl IntoResponse for IngestError {
             IngestError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             IngestError::Forbidden(_) => StatusCode::FORBIDDEN,
             IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             IngestError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
@@ -220,11 +225,20 @@ fn parse_project(raw: &str) -> Result<i64, IngestError> {
 }
 
 async fn read_body(body: Body) -> Result<bytes::Bytes, IngestError> {
+    // A declared length over the limit is refused before a byte of the body is read.
+    if body.size_hint().lower() > MAX_WIRE as u64 {
+        return Err(IngestError::TooLarge(format!(
+            "the request body exceeds {MAX_WIRE} bytes"
+        )));
+    }
     axum::body::to_bytes(body, MAX_WIRE).await.map_err(|e| {
         let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = src {
             if s.is::<http_body_util::LengthLimitError>() {
                 return IngestError::TooLarge(format!("the request body exceeds {MAX_WIRE} bytes"));
+            }
+            if let Some(t) = s.downcast_ref::<crate::serve::BodyTimeout>() {
+                return IngestError::Timeout(t.to_string());
             }
             src = s.source();
         }
@@ -404,6 +418,64 @@ fn prefix(e: IngestError, item: usize) -> IngestError {
     }
 }
 
+/// Whether JSON that parsed when skipped may still not load into a value: it has an
+/// escaped UTF-16 surrogate (`\uD800`-`\uDFFF`, fine in a pair, an error alone), a
+/// number with an exponent of three digits or more, or a run of 300 digits.
+fn may_not_load(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    let mut digits = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                digits = 0;
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or(&[])) {
+                        Some(p) if bytes[i + p] == b'\\' => {
+                            let esc = bytes.get(i + p + 1..i + p + 4).unwrap_or(&[]);
+                            if let [b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'] =
+                                esc
+                            {
+                                return true;
+                            }
+                            i += p + 2;
+                        }
+                        Some(p) => {
+                            i += p + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
+                }
+                continue;
+            }
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= 300 {
+                    return true;
+                }
+            }
+            b'e' | b'E' => {
+                let rest = &bytes[i + 1..];
+                let rest = rest
+                    .strip_prefix(b"-")
+                    .or_else(|| rest.strip_prefix(b"+"))
+                    .unwrap_or(rest);
+                if rest
+                    .get(..3)
+                    .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+                {
+                    return true;
+                }
+                digits = 0;
+            }
+            _ => digits = 0,
+        }
+        i += 1;
+    }
+    false
+}
+
 const LEVELS: [&str; 5] = ["fatal", "error", "warning", "info", "debug"];
 
 fn clip(s: &str, max: usize) -> String {
@@ -440,6 +512,13 @@ pub fn prepare_event(
     }
     let ev: Event<'_> = serde_json::from_slice(bytes)
         .map_err(|e| IngestError::Malformed(format!("invalid event: {e}")))?;
+    // Fields the collector does not read were only skipped over; an escaped surrogate
+    // or a number past f64 there would be stored, then fail to load when the event is
+    // viewed. Such events are read in full once, and refused if that fails.
+    if may_not_load(bytes) {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| IngestError::Malformed(format!("invalid event: {e}")))?;
+    }
     let event_id = match ev.event_id.as_deref() {
         Some(id) => event::parse_event_id(id).ok_or_else(|| {
             IngestError::Malformed("event_id must be 32 hex digits (or a UUID)".into())
@@ -671,6 +750,37 @@ mod tests {
         let r = IngestError::Internal("/var/secret/path: disk on fire".into()).into_response();
         let body = axum::body::to_bytes(r.into_body(), 1000).await.unwrap();
         assert_eq!(&body[..], br#"{"detail":"internal error"}"#);
+    }
+
+    #[test]
+    fn events_that_would_not_load_back_are_refused() {
+        for bad in [
+            &br#"{"extra":{"a":"\ud800"}}"#[..],
+            br#"{"extra":{"a":"x\uDC00"}}"#,
+            br#"{"extra":[1e999]}"#,
+            br#"{"extra":{"n":-2E+400}}"#,
+            format!(r#"{{"extra":{}}}"#, "9".repeat(400)).as_bytes(),
+        ] {
+            assert!(
+                matches!(prepare_event(bad, 0, None), Err(IngestError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Pairs, in-range exponents and long strings of digits are fine.
+        for good in [
+            &br#"{"message":"\ud83d\ude00","extra":{"n":1e300,"m":1.5E-7}}"#[..],
+            format!(r#"{{"message":"{}","extra":"e999"}}"#, "7".repeat(400)).as_bytes(),
+        ] {
+            let e = prepare_event(good, 0, None).unwrap();
+            let raw = crate::store::queries::decode_event(e.encoding, &e.data).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&raw).unwrap();
+        }
+        assert!(
+            may_not_load(br#"{"a":1e308}"#),
+            "conservative: parsed in full"
+        );
+        assert!(!may_not_load(br#"{"a":"1e308","b":true,"c":12e10}"#));
     }
 
     #[test]

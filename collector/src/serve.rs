@@ -1,0 +1,193 @@
+//! The HTTP/1.1 server loop and its deadlines for slow clients.
+//!
+//! `axum::serve` gives hyper no timer, so hyper's header read timeout is off and a client
+//! that trickles its request head (or keeps an idle keep-alive connection) holds the
+//! connection forever. [`serve`] runs the router on hyper's HTTP/1.1 connections with a
+//! timer and [`Config::header_timeout`](crate::Config::header_timeout), which bounds both
+//! the time to send a request head and the idle time between keep-alive requests.
+//! [`body_deadline`] (a layer of [`app`](crate::app)) bounds the time to send a body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::body::{Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::state::AppState;
+
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets
+/// the requests in flight finish and returns when every connection has closed.
+///
+/// A request head (or the next one on a keep-alive connection) must arrive within
+/// `header_timeout`, or the connection is closed without an answer.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses are small and answer a request: never hold them back (Nagle).
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut stop = stop_rx.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("connection closed: {e}");
+                    }
+                }
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(());
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// Connection-level accept errors are the client's; others (out of file descriptors)
+/// are logged and retried after a pause, as hyper's own server did.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept failed: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// The error a request body gives once its deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {} s", .0.as_secs_f64())]
+pub struct BodyTimeout(pub Duration);
+
+/// Middleware: the body of every request must arrive within
+/// [`Config::body_timeout`](crate::Config::body_timeout) of its head. A request that
+/// misses it is answered `408` with `Connection: close`.
+pub async fn body_deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.body_timeout;
+    let expired = Arc::new(AtomicBool::new(false));
+    let req = req.map(|inner| {
+        Body::new(DeadlineBody {
+            inner,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            limit,
+            expired: Arc::clone(&expired),
+        })
+    });
+    let resp = next.run(req).await;
+    if !expired.load(Relaxed) {
+        return resp;
+    }
+    tracing::debug!("request body timed out after {limit:?}");
+    let mut resp = (
+        StatusCode::REQUEST_TIMEOUT,
+        axum::Json(json!({ "detail": BodyTimeout(limit).to_string() })),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+struct DeadlineBody {
+    inner: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    expired: Arc<AtomicBool>,
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        if this.sleep.as_mut().poll(cx).is_ready() {
+            this.expired.store(true, Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(this.limit)))));
+        }
+        Pin::new(&mut this.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Middleware: error responses the framework writes itself (an unknown method, a path
+/// parameter that is not UTF-8, a body that is not JSON) get the JSON shape every other
+/// error has: `{"detail": "..."}`.
+pub async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let detail = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        t => t.to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&json!({ "detail": detail })).unwrap_or_default();
+    Response::from_parts(parts, Body::from(body))
+}
