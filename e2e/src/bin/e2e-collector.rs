@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use errscope_collector::serve::serve;
 use errscope_collector::store::writer::Retention;
 use errscope_collector::{Config, app, start, store};
 
@@ -57,6 +58,15 @@ fn parse() -> Result<Args, String> {
 }
 
 fn main() -> ExitCode {
+    // Warnings and errors on stderr, as `errscope-collector serve` logs them: the tests
+    // read stderr for them.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ERRSCOPE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
@@ -102,12 +112,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         writeln!(out, "key {key}")?;
         out.flush()?;
         drop(out);
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app(started.state.clone()))
-            .with_graceful_shutdown(stdin_closed())
-            .await?;
+        let header_timeout = started.state.config.header_timeout;
+        serve(
+            listener,
+            app(started.state.clone()),
+            header_timeout,
+            stdin_closed(),
+        )
+        .await;
         started.state.writer.shutdown();
         let writer = started.writer_thread;
         tokio::task::spawn_blocking(move || writer.join())
