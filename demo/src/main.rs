@@ -119,13 +119,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("the collector has no project")?;
     let dsn = collector_state.dsn(&project);
     let (collector_stop, mut collector_stopped) = watch::channel(false);
-    let collector = tokio::spawn(
-        axum::serve(listener, errscope_collector::app(collector_state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = collector_stopped.wait_for(|stopped| *stopped).await;
-            })
-            .into_future(),
-    );
+    let collector = tokio::spawn(errscope_collector::serve::serve(
+        listener,
+        errscope_collector::app(collector_state.clone()),
+        collector_state.config.header_timeout,
+        async move {
+            let _ = collector_stopped.wait_for(|stopped| *stopped).await;
+        },
+    ));
 
     // 2. The agent: what a service adds to its `main`.
     quiet_demo_panics();
@@ -206,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("agent: not everything was delivered in 5 s; the rest stays in the outbox");
     }
     let _ = collector_stop.send(true);
-    collector.await??;
+    collector.await?;
     collector_state.writer.shutdown();
     let writer = started.writer_thread;
     tokio::task::spawn_blocking(move || writer.join())
