@@ -13,6 +13,7 @@ use crate::capture::{first_io_kind, walk_chain};
 use crate::domain;
 use crate::event::{EventId, Level};
 use crate::options::Options;
+use crate::scrub::Scrubber;
 use crate::storm::{Admission, Storm, StormKey};
 use crate::trace::{InApp, RawTrace};
 use crate::warn;
@@ -56,6 +57,7 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) storm: Storm,
     pub(crate) server_name: Option<String>,
+    pub(crate) scrubber: Scrubber,
 }
 
 pub(crate) struct Client {
@@ -173,17 +175,13 @@ fn with_client<R>(f: impl FnOnce(&Client) -> R) -> Option<R> {
 /// A second call while a [`Guard`] is alive warns on stderr and returns an inert guard;
 /// the first configuration stays in force. After the first guard is dropped, `init` may
 /// be called again.
-pub fn init(mut options: Options) -> Guard {
+pub fn init(options: Options) -> Guard {
     let mut slot = CLIENT.write().unwrap_or_else(PoisonError::into_inner);
     if slot.is_some() {
         warn(format_args!(
             "init called while already initialized; keeping the first configuration"
         ));
         return Guard { client: None };
-    }
-    // Scrubbing compares lowercase.
-    for key in &mut options.scrub_keys {
-        key.make_ascii_lowercase();
     }
     let server_name = options.server_name.clone().or_else(|| {
         hostname::get()
@@ -195,6 +193,7 @@ pub fn init(mut options: Options) -> Guard {
         storm: Storm::new(options.storm_burst, options.storm_window),
         counters: Counters::default(),
         server_name,
+        scrubber: Scrubber::new(&options.scrub_keys),
         options,
     });
     let Some(tx) = worker::start(Arc::clone(&shared)) else {

@@ -99,7 +99,7 @@ pub(crate) fn write_directly(shared: &Shared, record: Record) -> Result<(), Stor
     let mut resolver = Resolver::new(shared.in_app.clone());
     let mut event = build_event(record, shared, &mut resolver, &os_context());
     if shared.options.scrub {
-        crate::scrub::scrub_event(&mut event, &shared.options.scrub_keys);
+        crate::scrub::scrub_event(&mut event, &shared.scrubber);
     }
     let payload = serde_json::to_vec(&event).map_err(StoreError::Encode)?;
     let row = Row {
@@ -315,7 +315,7 @@ fn build_job(
             continue;
         };
         if shared.options.scrub {
-            crate::scrub::scrub_event(&mut event, &shared.options.scrub_keys);
+            crate::scrub::scrub_event(&mut event, &shared.scrubber);
         }
         // Sized like the previous event: the rows of a batch live until it is committed,
         // and oversized buffers cost page faults.
@@ -412,6 +412,7 @@ mod tests {
             storm: Storm::new(5, Duration::from_secs(10)),
             counters: crate::client::Counters::default(),
             server_name: Some("host-1".to_owned()),
+            scrubber: crate::scrub::Scrubber::new(&options.scrub_keys),
             options,
         }
     }
