@@ -3,11 +3,12 @@
 //! queries of its API, and a fault-injecting HTTP proxy to put in front of it.
 #![warn(missing_docs)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use errscope_collector::{AppState, Config, app, start};
 use serde_json::Value;
@@ -135,6 +136,28 @@ impl Collector {
             .unwrap_or(0)
     }
 
+    /// How many rows the collector stored for each event id, read from its database.
+    pub fn stored_copies(&self) -> HashMap<String, u64> {
+        let read = self.state.reads.run(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT event_id, count(*) FROM events GROUP BY event_id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
+            let mut copies = HashMap::new();
+            for row in rows {
+                let (id, n) = row?;
+                copies.insert(id, n.unsigned_abs());
+            }
+            Ok(copies)
+        });
+        self.rt.block_on(read).expect("read stored events")
+    }
+
+    /// Events the collector answered as retries of stored ones, without storing them
+    /// again: the duplicates it saw on the wire.
+    pub fn wire_duplicates(&self) -> u64 {
+        self.state.metrics.events_duplicate.load(Ordering::Relaxed)
+    }
+
     /// Polls `event_count` until it reaches `n` or `timeout` passes; returns the last count.
     pub fn wait_for_events(&self, n: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
@@ -174,6 +197,60 @@ pub fn outbox(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}-outbox.db"))
 }
 
+/// Whether the long versions of the reliability scenarios run: `ERRSCOPE_LONG=1`.
+pub fn long_run() -> bool {
+    static LONG: OnceLock<bool> = OnceLock::new();
+    *LONG.get_or_init(|| std::env::var("ERRSCOPE_LONG").is_ok_and(|v| v == "1"))
+}
+
+/// The seed of a randomized test: `ERRSCOPE_SEED` when set (to replay a failure),
+/// otherwise taken from the clock.
+pub fn seed() -> u64 {
+    if let Some(seed) = std::env::var("ERRSCOPE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return seed;
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// A small seeded pseudo-random generator (xorshift64*): the same seed draws the same
+/// sequence, so a failure can be replayed.
+#[derive(Clone, Debug)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator for `seed` (any value, zero included).
+    pub fn new(seed: u64) -> Self {
+        // The state must not be zero; the constant spreads small seeds over the bits.
+        Self((seed ^ 0x9e37_79b9_7f4a_7c15).max(1))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `[low, high)` (`low` when the range is empty).
+    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        low + high.saturating_sub(low).mul_f64(self.unit())
+    }
+}
+
 /// What the proxy does to the next envelope request, in turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -188,12 +265,69 @@ pub enum Fault {
     /// Forwards the request (the collector stores it), then resets the connection
     /// instead of answering: the answer is lost.
     LoseAnswer,
+    /// Reads the request, holds it for the stall time of [`RandomFaults`] (10 s for a
+    /// scripted one) and closes the connection without an answer.
+    Stall,
+}
+
+/// Faults drawn for every envelope request once the scripted ones are used up.
+#[derive(Clone, Copy, Debug)]
+pub struct RandomFaults {
+    /// The seed of the draws: the same seed draws the same fault for the n-th request.
+    pub seed: u64,
+    /// Probability of a reset (RST): half of them before the request is forwarded
+    /// ([`Fault::ResetMidRequest`]), half after it (the answer lost, [`Fault::LoseAnswer`]).
+    pub reset: f64,
+    /// Probability of a [`Fault::Stall`].
+    pub stall: f64,
+    /// How long a stalled request is held before its connection is closed.
+    pub stall_for: Duration,
+}
+
+impl RandomFaults {
+    /// Resets 20 % of the requests and stalls 5 % for 10 s.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            reset: 0.20,
+            stall: 0.05,
+            stall_for: Duration::from_secs(10),
+        }
+    }
+
+    /// No faults: every request forwarded (a clean proxy to compare with).
+    pub fn none(seed: u64) -> Self {
+        Self {
+            reset: 0.0,
+            stall: 0.0,
+            ..Self::new(seed)
+        }
+    }
+}
+
+/// What a proxy did with the envelope requests it received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Envelope requests (`POST`) received.
+    pub requests: u64,
+    /// Forwarded and answered.
+    pub forwarded: u64,
+    /// Reset before being forwarded.
+    pub reset_mid_request: u64,
+    /// Forwarded and accepted by the collector (2xx), then reset: the answer lost, so
+    /// the agent sends those events again.
+    pub accepted_then_reset: u64,
+    /// Forwarded, refused by the collector, then reset.
+    pub refused_then_reset: u64,
+    /// Held, then closed without an answer.
+    pub stalled: u64,
 }
 
 /// A loopback HTTP/1.1 proxy in front of the collector that injects faults: the
-/// scripted ones in turn, one per envelope request; a `400` for every request whose body
-/// contains the poison marker; and it closes every client connection that stays idle
-/// for 1 s (as servers close idle keep-alive connections).
+/// scripted ones in turn, one per envelope request, then (in random mode) one drawn for
+/// each request; a `400` for every request whose body contains the poison marker; and it
+/// closes every client connection that stays idle for 1 s (as servers close idle
+/// keep-alive connections).
 pub struct FaultProxy {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -207,6 +341,8 @@ struct ProxyShared {
     poison: Option<String>,
     /// Hide `X-Errscope-Collector` from the agent, as a Sentry server would.
     sentry_like: bool,
+    random: Option<Mutex<(RandomFaults, XorShift)>>,
+    tally: Mutex<Tally>,
     started: Instant,
     log: Mutex<Vec<(Duration, String)>>,
 }
@@ -215,13 +351,18 @@ impl FaultProxy {
     /// Starts the proxy in front of `upstream` with the faults to inject in turn and the
     /// marker of the poisoned event.
     pub fn start(upstream: SocketAddr, script: &[Fault], poison: Option<&str>) -> Self {
-        Self::start_with(upstream, script, poison, false)
+        Self::start_with(upstream, script, poison, false, None)
     }
 
     /// A proxy without faults that hides `X-Errscope-Collector`, so the agent takes the
     /// collector for a plain Sentry server; it logs `events: N` for each request.
     pub fn sentry_like(upstream: SocketAddr) -> Self {
-        Self::start_with(upstream, &[], None, true)
+        Self::start_with(upstream, &[], None, true, None)
+    }
+
+    /// A proxy that draws a fault for every envelope request.
+    pub fn random(upstream: SocketAddr, faults: RandomFaults) -> Self {
+        Self::start_with(upstream, &[], None, false, Some(faults))
     }
 
     fn start_with(
@@ -229,6 +370,7 @@ impl FaultProxy {
         script: &[Fault],
         poison: Option<&str>,
         sentry_like: bool,
+        random: Option<RandomFaults>,
     ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -244,6 +386,8 @@ impl FaultProxy {
             script: Mutex::new(script.iter().copied().collect()),
             poison: poison.map(str::to_owned),
             sentry_like,
+            random: random.map(|r| Mutex::new((r, XorShift::new(r.seed)))),
+            tally: Mutex::new(Tally::default()),
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
         });
@@ -273,6 +417,15 @@ impl FaultProxy {
             .clone()
     }
 
+    /// What the proxy did with the envelope requests so far.
+    pub fn tally(&self) -> Tally {
+        *self
+            .shared
+            .tally
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Faults not injected yet.
     pub fn faults_left(&self) -> usize {
         self.shared
@@ -295,6 +448,43 @@ impl ProxyShared {
             .unwrap_or_else(PoisonError::into_inner)
             .push((self.started.elapsed(), line));
     }
+
+    fn count(&self, f: impl FnOnce(&mut Tally)) {
+        f(&mut self.tally.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// The next scripted fault, else one drawn in random mode.
+    fn next_fault(&self) -> Option<Fault> {
+        let scripted = self
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        scripted.or_else(|| {
+            let mut random = self
+                .random
+                .as_ref()?
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let (faults, rng) = &mut *random;
+            let r = rng.unit();
+            if r < faults.reset / 2.0 {
+                Some(Fault::ResetMidRequest)
+            } else if r < faults.reset {
+                Some(Fault::LoseAnswer)
+            } else if r < faults.reset + faults.stall {
+                Some(Fault::Stall)
+            } else {
+                None
+            }
+        })
+    }
+
+    fn stall_for(&self) -> Duration {
+        self.random.as_ref().map_or(Duration::from_secs(10), |r| {
+            r.lock().unwrap_or_else(PoisonError::into_inner).0.stall_for
+        })
+    }
 }
 
 const IDLE_CLOSE: Duration = Duration::from_secs(1);
@@ -312,16 +502,14 @@ async fn serve_connection(mut conn: TcpStream, shared: &ProxyShared) -> std::io:
         };
         let fault = if head.starts_with("POST ") {
             shared.note("request".into());
-            shared
-                .script
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front()
+            shared.count(|t| t.requests += 1);
+            shared.next_fault()
         } else {
             None
         };
         if fault == Some(Fault::ResetMidRequest) {
             shared.note("reset mid-request".into());
+            shared.count(|t| t.reset_mid_request += 1);
             conn.set_zero_linger()?;
             return Ok(());
         }
@@ -343,9 +531,20 @@ async fn serve_connection(mut conn: TcpStream, shared: &ProxyShared) -> std::io:
                 continue;
             }
             Some(Fault::LoseAnswer) => {
-                let _ = forward(shared.upstream, &head, &body, false).await?;
+                let response = forward(shared.upstream, &head, &body, false).await?;
                 shared.note("forwarded, then lost the answer".into());
+                if response.starts_with(b"HTTP/1.1 2") {
+                    shared.count(|t| t.accepted_then_reset += 1);
+                } else {
+                    shared.count(|t| t.refused_then_reset += 1);
+                }
                 conn.set_zero_linger()?;
+                return Ok(());
+            }
+            Some(Fault::Stall) => {
+                shared.note("stalled".into());
+                shared.count(|t| t.stalled += 1);
+                tokio::time::sleep(shared.stall_for()).await;
                 return Ok(());
             }
             Some(Fault::ResetMidRequest) | None => {}
@@ -370,6 +569,9 @@ async fn serve_connection(mut conn: TcpStream, shared: &ProxyShared) -> std::io:
             shared.note(format!("events: {items}"));
         }
         let response = forward(shared.upstream, &head, &body, shared.sentry_like).await?;
+        if fault.is_none() && head.starts_with("POST ") {
+            shared.count(|t| t.forwarded += 1);
+        }
         shared.note(format!(
             "forwarded: {}",
             String::from_utf8_lossy(response.split(|b| *b == b'\r').next().unwrap_or(b""))
