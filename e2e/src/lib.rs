@@ -54,13 +54,15 @@ impl Collector {
         let state = started.state.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = app(state.clone());
-        rt.spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let header_timeout = state.config.header_timeout;
+        rt.spawn(errscope_collector::serve::serve(
+            listener,
+            router,
+            header_timeout,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let key = rt
             .block_on(state.reads.run(errscope_collector::store::list_projects))
             .map_err(std::io::Error::other)?
