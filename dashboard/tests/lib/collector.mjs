@@ -10,7 +10,10 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const COLLECTOR_BIN = process.env.ERRSCOPE_COLLECTOR_BIN
   ? path.resolve(process.env.ERRSCOPE_COLLECTOR_BIN)
-  : path.resolve(here, '../../../target/debug/errscope-collector');
+  : path.resolve(
+      process.env.CARGO_TARGET_DIR ?? path.resolve(here, '../../../target'),
+      'debug/errscope-collector',
+    );
 
 export const ADMIN_PASSWORD = 'correct horse battery staple';
 export const ADMIN_TOKEN = 'test-admin-token-0123456789abcdef';
