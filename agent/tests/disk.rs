@@ -48,21 +48,19 @@ fn long() -> bool {
 // ---------------------------------------------------------------------------------------
 // Parent: disks.
 
-/// Runs a command, returning its stderr as the error.
+/// Runs a command, returning the first line of its stderr as the error.
 fn run(cmd: &mut Command) -> Result<(), String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("{cmd:?}: {e}"))?;
+        .map_err(|e| format!("{program}: {e}"))?;
     if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?}: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().next().unwrap_or_default().trim();
+    Err(format!("{program} ({}): {line}", out.status))
 }
 
 /// A file system mounted for one case, unmounted when dropped (also when the test fails;
@@ -336,14 +334,45 @@ struct Ended {
     stderr: String,
 }
 
-/// What both cases check once the child has exited.
+/// The figures of one case, summed over its rounds.
+#[derive(Default)]
+struct Figures {
+    /// How the disk failed, and why the fallback ran if it did.
+    method: String,
+    rounds: u64,
+    captured: u64,
+    stored: u64,
+    on_disk: u64,
+    dropped: u64,
+    lost_at_exit: u64,
+    warnings: u64,
+}
+
+impl Figures {
+    fn print(&self, scenario: &str, start: Instant) {
+        eprintln!(
+            "reliability: scenario={scenario} method={} rounds={} captured={} stored={} \
+             on_disk={} dropped={} lost_at_exit={} warnings={} secs={:.1}",
+            self.method,
+            self.rounds,
+            self.captured,
+            self.stored,
+            self.on_disk,
+            self.dropped,
+            self.lost_at_exit,
+            self.warnings,
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// What both cases check once the child has exited; adds the round to `figures`.
 fn check_outcome(
-    scenario: &str,
     method: &Method,
     database: &Path,
     captures: u64,
     end: &Ended,
-    start: Instant,
+    figures: &mut Figures,
 ) {
     let Ended { done, ok, stderr } = end;
     assert!(*ok, "the host must keep running; its stderr:\n{stderr}");
@@ -383,20 +412,17 @@ fn check_outcome(
     // The rest went to memory, within the same bound; what did not fit was counted.
     let after = stored - on_disk;
     assert_eq!(evicted, after.saturating_sub(MAX_EVENTS), "{done:?}");
-    let in_memory = after - evicted;
-    let reason = match method {
-        Method::Rlimit { reason } => format!(" fallback_reason={reason:?}"),
-        _ => String::new(),
+    figures.method = match method {
+        Method::Rlimit { reason } => format!("rlimit fallback_reason={reason:?}"),
+        m => m.name().to_owned(),
     };
-    eprintln!(
-        "reliability: scenario={scenario} method={} captured={} stored={stored} on_disk={on_disk} \
-         dropped={} lost_at_exit={in_memory} warnings={} secs={:.1}{reason}",
-        method.name(),
-        captured + panics,
-        evicted + queue_full,
-        warnings.len(),
-        start.elapsed().as_secs_f64()
-    );
+    figures.rounds += 1;
+    figures.captured += captured + panics;
+    figures.stored += stored;
+    figures.on_disk += on_disk;
+    figures.dropped += evicted + queue_full;
+    figures.lost_at_exit += after - evicted;
+    figures.warnings += warnings.len() as u64;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -408,10 +434,11 @@ fn outbox_turning_read_only_while_capturing() {
         child(&role);
         return;
     }
+    let start = Instant::now();
     let rounds = if long() { 5 } else { 1 };
     let (before, after) = if long() { (60, 2000) } else { (40, 300) };
+    let mut figures = Figures::default();
     for _ in 0..rounds {
-        let start = Instant::now();
         let dir = tempfile::tempdir().expect("tempdir");
         let method = Method::read_only(dir.path());
         let database = method.database(dir.path());
@@ -441,16 +468,11 @@ fn outbox_turning_read_only_while_capturing() {
         let done = child.expect("done", deadline);
         let (ok, stderr) = child.finish(deadline);
         let end = Ended { done, ok, stderr };
-        check_outcome(
-            "disk-read-only",
-            &method,
-            &database,
-            before + after,
-            &end,
-            start,
-        );
+        check_outcome(&method, &database, before + after, &end, &mut figures);
+        // Unmounts before the temp dir goes.
         drop(method);
     }
+    figures.print("disk-read-only", start);
 }
 
 #[test]
@@ -459,10 +481,11 @@ fn outbox_on_a_disk_that_fills() {
         child(&role);
         return;
     }
+    let start = Instant::now();
     let rounds = if long() { 5 } else { 1 };
     let captures: u64 = if long() { 2000 } else { 300 };
+    let mut figures = Figures::default();
     for _ in 0..rounds {
-        let start = Instant::now();
         let dir = tempfile::tempdir().expect("tempdir");
         let method = Method::full(dir.path());
         let database = method.database(dir.path());
@@ -478,9 +501,10 @@ fn outbox_on_a_disk_that_fills() {
         let done = child.expect("done", deadline);
         let (ok, stderr) = child.finish(deadline);
         let end = Ended { done, ok, stderr };
-        check_outcome("disk-full", &method, &database, captures, &end, start);
+        check_outcome(&method, &database, captures, &end, &mut figures);
         drop(method);
     }
+    figures.print("disk-full", start);
 }
 
 // ---------------------------------------------------------------------------------------
