@@ -38,6 +38,18 @@ pub mod time;
 
 pub use state::{AppState, Config, Started, start};
 
+/// Logs to stderr what `ERRSCOPE_LOG` selects (an `EnvFilter` directive; default `warn`),
+/// as `errscope-collector serve` does. Call once, at the start of a program.
+pub fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ERRSCOPE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};

@@ -615,15 +615,7 @@ async fn bad_input_is_refused_and_good_events_are_kept() {
     }
     let (peak_rss_kb, rss_kb) = memory_kb(pid);
     // Every good event is stored, and nothing from a bad request is.
-    let stats: Value = http
-        .get(format!("{}/api/0/projects/1/stats/", c.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, stats) = api_at(&http, &c.base, "/api/0/projects/1/stats/").await;
     let mut good_stored = 0;
     for id in &good {
         let r = http

@@ -878,15 +878,7 @@ async fn a_killed_collector_keeps_every_event_it_acknowledged() {
             .unwrap();
         assert_eq!(r.status(), 200, "event {id} was acknowledged but is gone");
     }
-    let stats: Value = http
-        .get(format!("{}/api/0/projects/1/stats/", c2.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, stats) = api_at(&http, &c2.base, "/api/0/projects/1/stats/").await;
     assert!(stats["events"].as_u64().unwrap() >= acked.len() as u64);
 }
 

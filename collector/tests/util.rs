@@ -87,15 +87,7 @@ impl Server {
     }
 
     pub(crate) async fn api(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        api_at(&self.http, &self.base, path).await
     }
 
     pub(crate) async fn stop(mut self) {
@@ -107,6 +99,18 @@ impl Server {
         }
         self.state.writer.shutdown();
     }
+}
+
+/// `GET` an API path of the collector at `base` with the admin token: status and JSON body.
+pub(crate) async fn api_at(http: &reqwest::Client, base: &str, path: &str) -> (u16, Value) {
+    let r = http
+        .get(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 pub(crate) fn event_id(n: u64) -> String {

@@ -60,13 +60,7 @@ fn parse() -> Result<Args, String> {
 fn main() -> ExitCode {
     // Warnings and errors on stderr, as `errscope-collector serve` logs them: the tests
     // read stderr for them.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ERRSCOPE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    errscope_collector::log_to_stderr();
     let args = match parse() {
         Ok(a) => a,
         Err(e) => {
