@@ -533,9 +533,18 @@ pub fn prepare_event(
         Some(Timestamp::Seconds(_)) => {
             return Err(IngestError::Malformed("timestamp is out of range".into()));
         }
-        Some(Timestamp::Text(t)) => parse_rfc3339(t).ok_or_else(|| {
-            IngestError::Malformed("timestamp must be epoch seconds or RFC 3339".into())
-        })?,
+        Some(Timestamp::Text(t)) => match parse_rfc3339(t) {
+            // The same range as epoch seconds: nothing before 1970.
+            Some(ms) if ms >= 0 => ms,
+            Some(_) => {
+                return Err(IngestError::Malformed("timestamp is out of range".into()));
+            }
+            None => {
+                return Err(IngestError::Malformed(
+                    "timestamp must be epoch seconds or RFC 3339".into(),
+                ));
+            }
+        },
     };
     // A clock running ahead must not put events in the future.
     let timestamp = timestamp.min(received);
@@ -581,10 +590,12 @@ pub fn prepare_event(
             if tags.len() >= MAX_TAGS {
                 break;
             }
-            if k.is_empty() || tags.iter().any(|(x, _)| x == k) {
+            // Compared once clipped: two long keys that clip alike are one tag.
+            let k = clip(k, 64);
+            if k.is_empty() || tags.iter().any(|(x, _)| *x == k) {
                 continue;
             }
-            tags.push((clip(k, 64), clip(v, 200)));
+            tags.push((k, clip(v, 200)));
         }
     }
     let (encoding, data) = compress(bytes);
@@ -798,6 +809,8 @@ mod tests {
             br#"{"event_id":"nope"}"#,
             br#"{"level":"loud"}"#,
             br#"{"timestamp":"soon"}"#,
+            br#"{"timestamp":"0001-01-01T00:00:00Z"}"#,
+            br#"{"timestamp":-1}"#,
             b"{\"message\":\"\xff\"}",
         ] {
             assert!(
@@ -823,5 +836,19 @@ mod tests {
             prepare_event(big.as_bytes(), 0, None),
             Err(IngestError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn long_tag_keys_that_clip_alike_are_one_tag() {
+        let (a64, a65) = ("a".repeat(64), "a".repeat(65));
+        let body = format!(r#"{{"tags":{{"{a64}":"1","{a65}":"2"}}}}"#);
+        let e = prepare_event(body.as_bytes(), 1000, None).unwrap();
+        let keys: Vec<&str> = e
+            .tags
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| k.starts_with('a'))
+            .collect();
+        assert_eq!(keys, [a64.as_str()]);
     }
 }
