@@ -106,7 +106,10 @@ pub struct Event {
     /// Always `"native"`.
     pub platform: String,
     /// The message of [`capture_message`](crate::capture_message) events.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_opt_text"
+    )]
     pub message: Option<String>,
     /// The service's release, e.g. `shop@1.4.0`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +157,7 @@ pub struct Exception {
     #[serde(rename = "type")]
     pub ty: String,
     /// The `Display` text of the error, or the panic message.
+    #[serde(serialize_with = "serialize_text")]
     pub value: String,
     /// How the error was caught.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -387,6 +391,79 @@ impl Event {
     }
 }
 
+/// Strings shorter than this are escaped by serde_json as usual.
+const LONG_TEXT: usize = 256;
+
+/// Serializes free text (an error's message can be kilobytes). serde_json escapes a string
+/// one byte at a time; a long one is escaped here 16 bytes at a time instead and handed
+/// over as raw JSON (serde_json checks it with its own fast scan and copies it).
+fn serialize_text<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    if text.len() < LONG_TEXT {
+        return serializer.serialize_str(text);
+    }
+    match RawValue::from_string(json_string(text)) {
+        Ok(raw) => raw.serialize(serializer),
+        Err(_) => serializer.serialize_str(text),
+    }
+}
+
+fn serialize_opt_text<S: Serializer>(
+    text: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match text {
+        Some(text) => serialize_text(text, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Whether JSON needs `b` escaped inside a string.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// `text` as a JSON string literal, quotes included.
+fn json_string(text: &str) -> String {
+    use std::fmt::Write as _;
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len() + text.len() / 16 + 2);
+    out.push('"');
+    let (mut copied, mut i) = (0, 0);
+    while i < bytes.len() {
+        // A whole chunk without anything to escape is skipped at once (vectorized).
+        if let Some(chunk) = bytes
+            .get(i..i + 16)
+            .and_then(|c| <&[u8; 16]>::try_from(c).ok())
+            && !chunk.iter().fold(false, |any, &b| any | needs_escape(b))
+        {
+            i += 16;
+            continue;
+        }
+        let b = bytes[i];
+        if needs_escape(b) {
+            // Escaped bytes are ASCII: `copied` and `i` sit on character boundaries.
+            out.push_str(&text[copied..i]);
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                b'\n' => out.push_str("\\n"),
+                b'\r' => out.push_str("\\r"),
+                b'\t' => out.push_str("\\t"),
+                0x08 => out.push_str("\\b"),
+                0x0c => out.push_str("\\f"),
+                _ => {
+                    let _ = write!(out, "\\u{b:04x}");
+                }
+            }
+            copied = i + 1;
+        }
+        i += 1;
+    }
+    out.push_str(&text[copied..]);
+    out.push('"');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,5 +489,54 @@ mod tests {
             serde_json::to_string(&Level::Fatal).ok().as_deref(),
             Some("\"fatal\"")
         );
+    }
+
+    #[test]
+    fn long_text_is_escaped_as_serde_json_escapes_it() {
+        let pieces = [
+            "x",
+            "é",
+            "\"",
+            "\\",
+            "\n",
+            "\r",
+            "\t",
+            "\u{8}",
+            "\u{c}",
+            "\u{1}",
+            "\u{1f}",
+            "🦀",
+            "</script>",
+            "\u{7f}",
+        ];
+        let mut seed = 0x2545_f491_u32;
+        for len in [0, 1, 15, 16, 17, 255, 256, 257, 300, 1000, 4000] {
+            for _ in 0..20 {
+                let mut text = String::new();
+                while text.len() < len {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    // Mostly plain text, as messages are, with the odd special character.
+                    let piece = if seed % 4 == 0 {
+                        pieces[(seed as usize / 4) % pieces.len()]
+                    } else {
+                        "x"
+                    };
+                    text.push_str(piece);
+                }
+                let ours = json_string(&text);
+                assert_eq!(ours, serde_json::to_string(&text).unwrap(), "{text:?}");
+                let ex = Exception {
+                    ty: "E".to_owned(),
+                    value: text.clone(),
+                    mechanism: None,
+                    stacktrace: None,
+                };
+                let back: Value =
+                    serde_json::from_str(&serde_json::to_string(&ex).unwrap()).unwrap();
+                assert_eq!(back["value"], text.as_str());
+            }
+        }
     }
 }
