@@ -518,7 +518,7 @@ mod tests {
                     seed ^= seed >> 17;
                     seed ^= seed << 5;
                     // Mostly plain text, as messages are, with the odd special character.
-                    let piece = if seed % 4 == 0 {
+                    let piece = if seed.is_multiple_of(4) {
                         pieces[(seed as usize / 4) % pieces.len()]
                     } else {
                         "x"
