@@ -115,16 +115,7 @@ pub(crate) fn build_event(
             event
                 .extra
                 .insert("capture_location".to_owned(), json!(location.to_string()));
-            if let Some(st) = stacktrace {
-                event.threads = Some(Values {
-                    values: vec![crate::event::Thread {
-                        name: record.thread.as_deref().map(str::to_owned),
-                        current: true,
-                        crashed: false,
-                        stacktrace: Some(st),
-                    }],
-                });
-            }
+            event.threads = stacktrace.map(|st| current_thread(record.thread.as_deref(), st));
         }
         Payload::Panic { message, location } => {
             let mut data = BTreeMap::new();
@@ -170,16 +161,7 @@ pub(crate) fn build_event(
             };
             if chain.is_empty() {
                 event.message = message;
-                if let Some(st) = stacktrace {
-                    event.threads = Some(Values {
-                        values: vec![crate::event::Thread {
-                            name: record.thread.as_deref().map(str::to_owned),
-                            current: true,
-                            crashed: false,
-                            stacktrace: Some(st),
-                        }],
-                    });
-                }
+                event.threads = stacktrace.map(|st| current_thread(record.thread.as_deref(), st));
             } else {
                 let mut values: Vec<Exception> = chain
                     .into_iter()
@@ -237,6 +219,18 @@ pub(crate) fn build_event(
         }
     }
     event
+}
+
+/// The capturing thread with its stack, for events without an exception to carry it.
+fn current_thread(name: Option<&str>, stacktrace: Stacktrace) -> Values<crate::event::Thread> {
+    Values {
+        values: vec![crate::event::Thread {
+            name: name.map(str::to_owned),
+            current: true,
+            crashed: false,
+            stacktrace: Some(stacktrace),
+        }],
+    }
 }
 
 fn exception_of(link: Link) -> Exception {

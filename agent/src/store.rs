@@ -96,6 +96,15 @@ pub(crate) enum StoreError {
     Thread(std::io::Error),
 }
 
+/// A PASSIVE checkpoint: it never waits for the writer or readers, and what it cannot
+/// copy now, the next one does. Returns whether the whole WAL is in the file.
+fn checkpoint(conn: &Connection) -> bool {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
+    })
+    .unwrap_or(false)
+}
+
 /// `n` off a byte count that another thread may have lowered meanwhile.
 fn subtract(count: &AtomicU64, n: u64) {
     let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
@@ -219,12 +228,7 @@ impl SqliteStore {
                 // Ends when the store, and with it `wake`, is dropped.
                 while woken.recv().is_ok() {
                     let before = copied.load(Ordering::Relaxed);
-                    // PASSIVE: never waits for the writer or readers; what it cannot
-                    // copy now, the next round does.
-                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
-                    });
-                    if let Ok(true) = done {
+                    if checkpoint(&conn) {
                         subtract(&copied, before);
                     }
                 }
@@ -249,12 +253,7 @@ impl SqliteStore {
         };
         let pending = ckpt.pending.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if pending >= CHECKPOINT_INLINE_AFTER {
-            let done = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok(r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
-                });
-            if let Ok(true) = done {
+            if checkpoint(&self.conn) {
                 subtract(&ckpt.pending, pending);
             }
             ckpt.since_wake = 0;

@@ -12,7 +12,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use proc::{CollectorArgs, CollectorProc, Db, LoadProc, Rng};
+use errscope_e2e::XorShift;
+use proc::{CollectorArgs, CollectorProc, Db, LoadProc};
 
 /// How hard and how long.
 struct Plan {
@@ -25,7 +26,7 @@ struct Plan {
 
 impl Plan {
     fn new() -> Self {
-        if proc::long() {
+        if errscope_e2e::long_run() {
             Plan {
                 agents: 8,
                 rate: 150,
@@ -44,7 +45,7 @@ impl Plan {
 
     /// One kill per slot of the load, at a random moment inside it, and how long the
     /// collector stays down after it.
-    fn kills(&self, rng: &mut Rng) -> Vec<(Duration, Duration)> {
+    fn kills(&self, rng: &mut XorShift) -> Vec<(Duration, Duration)> {
         // Leave the first and last second of the load alone: the last restart is up
         // before the agents stop capturing.
         let window = self.load.saturating_sub(Duration::from_secs(3));
@@ -52,8 +53,8 @@ impl Plan {
         (0..self.restarts as u32)
             .map(|i| {
                 let start = Duration::from_secs(1) + slot * i;
-                let at = rng.range(start, start + slot.mul_f64(0.6));
-                let down = rng.range(Duration::ZERO, Duration::from_millis(1500));
+                let at = rng.between(start, start + slot.mul_f64(0.6));
+                let down = rng.between(Duration::ZERO, Duration::from_millis(1500));
                 (at, down)
             })
             .collect()
@@ -63,8 +64,8 @@ impl Plan {
 #[test]
 fn collector_killed_and_restarted_under_load_loses_and_duplicates_nothing() {
     let plan = Plan::new();
-    let seed = proc::seed();
-    let mut rng = Rng::new(seed);
+    let seed = errscope_e2e::seed();
+    let mut rng = XorShift::new(seed);
     let kills = plan.kills(&mut rng);
     eprintln!("restarts: seed={seed} kills (at, down): {kills:?}");
 

@@ -12,11 +12,6 @@ use errscope::{Breadcrumb, Domain, Level, Options};
 use errscope_e2e::{Collector, outbox};
 use serde_json::json;
 
-/// Whether the long variant was asked for (`ERRSCOPE_LONG=1`).
-fn long() -> bool {
-    std::env::var("ERRSCOPE_LONG").is_ok_and(|v| v == "1")
-}
-
 /// Secrets a service hands the agent; none may be stored by the collector.
 const PASSWORD: &str = "hunter2-pw-7f3a9c";
 const BEARER: &str = "sk_live_9f8e7d6c5b4a3f2e";
@@ -148,7 +143,7 @@ fn personal_data_never_reaches_the_collector_database() {
             ),
     );
     // The long run stores many pages' worth, so the WAL grows and checkpoints.
-    let rounds = if long() { 250 } else { 1 };
+    let rounds = if errscope_e2e::long_run() { 250 } else { 1 };
     let mut ids = Vec::new();
     for _ in 0..rounds {
         let panicked = domain.run_sync(|| {

@@ -108,7 +108,11 @@ fn mb(bytes: u64) -> String {
 
 #[test]
 fn a_steady_load_keeps_memory_and_database_flat_and_delivers_everything() {
-    let secs = proc::env_u64("ERRSCOPE_SOAK_SECS").unwrap_or(if proc::long() { 600 } else { 30 });
+    let secs = proc::env_u64("ERRSCOPE_SOAK_SECS").unwrap_or(if errscope_e2e::long_run() {
+        600
+    } else {
+        30
+    });
     let span = secs as f64;
     let dir = tempfile::tempdir().expect("tempdir");
     let args = CollectorArgs {

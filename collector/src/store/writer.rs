@@ -631,9 +631,13 @@ mod store_tests {
         );
     }
 
-    #[tokio::test]
-    async fn tag_counts_of_busy_batches_follow_within_a_second() {
-        let (w, h, dir) = writer(test_db::fresh(), Retention::default(), 64);
+    /// Holds the writer thread in a job until the returned sender is sent to.
+    async fn occupy(
+        w: &Writer,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let busy = {
@@ -650,6 +654,13 @@ mod store_tests {
         tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
             .await
             .unwrap();
+        (busy, release_tx)
+    }
+
+    #[tokio::test]
+    async fn tag_counts_of_busy_batches_follow_within_a_second() {
+        let (w, h, dir) = writer(test_db::fresh(), Retention::default(), 64);
+        let (busy, release_tx) = occupy(&w).await;
         // Three requests queue up behind the busy writer and go out as one batch.
         let jobs: Vec<_> = (1..=3)
             .map(|n| {
@@ -699,23 +710,8 @@ mod store_tests {
     #[tokio::test]
     async fn a_full_queue_is_refused_not_dropped() {
         let (w, h, _dir) = writer(test_db::fresh(), Retention::default(), 1);
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         // Occupy the writer thread.
-        let busy = {
-            let w = w.clone();
-            tokio::spawn(async move {
-                w.exec(move |_| {
-                    started_tx.send(()).unwrap();
-                    release_rx.recv().unwrap();
-                    Ok(())
-                })
-                .await
-            })
-        };
-        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
-            .await
-            .unwrap();
+        let (busy, release_tx) = occupy(&w).await;
         // One job fits in the queue, the next is refused.
         let queued = {
             let w = w.clone();

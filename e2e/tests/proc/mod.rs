@@ -15,49 +15,9 @@ use std::time::{Duration, Instant};
 /// The admin token the collector processes are started with.
 pub(crate) const TOKEN: &str = "e2e-admin-token";
 
-/// Whether the LONG variant of the scenarios runs (`ERRSCOPE_LONG=1`).
-pub(crate) fn long() -> bool {
-    std::env::var("ERRSCOPE_LONG").is_ok_and(|v| v.trim() == "1")
-}
-
 /// A number from the environment, if it is set and parses.
 pub(crate) fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-/// The seed for random choices: `ERRSCOPE_SEED` or the clock.
-pub(crate) fn seed() -> u64 {
-    env_u64("ERRSCOPE_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    })
-}
-
-/// SplitMix64: small, seeded, reproducible.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    /// A generator from a seed.
-    pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    /// The next 64 random bits.
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi)`.
-    pub(crate) fn range(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let span = hi.saturating_sub(lo).as_millis().max(1) as u64;
-        lo + Duration::from_millis(self.next_u64() % span)
-    }
 }
 
 /// Everything a child wrote to a pipe, collected by a thread.
