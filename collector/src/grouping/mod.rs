@@ -45,8 +45,10 @@
 //! and every other run of digits (`<num>`).
 
 mod normalize;
+mod symbol;
 
 pub use normalize::normalize;
+pub use symbol::normalize_function;
 
 use crate::ingest::event::{Event, Exception, Frame, Stacktrace};
 
@@ -171,17 +173,9 @@ pub fn group(ev: &Event<'_>) -> Grouping {
         .iter()
         .rev()
         .find(|e| e.ty.is_some() || e.value.is_some());
-    let exc_line = top.map(|e| {
-        let ty = io_kind(e, excs)
-            .map(str::to_owned)
-            .unwrap_or_else(|| e.ty.as_deref().unwrap_or("").to_owned());
-        let value = first_line(e.value.as_deref().unwrap_or(""));
-        match (ty.is_empty(), value.is_empty()) {
-            (false, false) => format!("{ty}: {value}"),
-            (false, true) => ty,
-            (true, _) => value.to_owned(),
-        }
-    });
+    let exc_line = top.map(|e| exception_line(e, excs, false));
+    // A context chain (`anyhow`'s `.context(..)`): what was being done, then why it failed.
+    let exc_line = chain_title(top, excs).or(exc_line);
     let title = exc_line
         .clone()
         .filter(|t| !t.is_empty())
@@ -204,7 +198,8 @@ pub fn group(ev: &Event<'_>) -> Grouping {
         .or_else(|| ev.transaction.as_deref().map(str::to_owned))
         .unwrap_or_default();
 
-    let default = default_components(ev, excs, template);
+    let platform = ev.platform.as_deref().unwrap_or("");
+    let default = default_components(ev, excs, template, platform);
     let components: Vec<String> = match &ev.fingerprint {
         Some(fp) if !fp.is_empty() => {
             let mut out = Vec::new();
@@ -238,7 +233,71 @@ pub fn group(ev: &Event<'_>) -> Grouping {
     }
 }
 
-fn default_components(ev: &Event<'_>, excs: &[Exception<'_>], template: &str) -> Vec<String> {
+/// `Type: value` of one exception, the io kind standing for `std::io::Error`; with
+/// `short`, the type without its path (`ParseIntError`).
+fn exception_line(e: &Exception<'_>, chain: &[Exception<'_>], short: bool) -> String {
+    let ty = io_kind(e, chain)
+        .map(str::to_owned)
+        .unwrap_or_else(|| e.ty.as_deref().unwrap_or("").to_owned());
+    let ty = if short {
+        let base = ty.split('<').next().unwrap_or("");
+        base.rsplit("::").next().unwrap_or("").to_owned()
+    } else {
+        ty
+    };
+    let value = first_line(e.value.as_deref().unwrap_or(""));
+    match (ty.is_empty(), value.is_empty()) {
+        (false, false) => format!("{ty}: {value}"),
+        (false, true) => ty,
+        (true, _) => value.to_owned(),
+    }
+}
+
+/// Types that error-chain libraries give their context layers (the errscope agent names
+/// anyhow's `anyhow::Context`): the layer says what was being done, not what failed.
+const CONTEXT_TYPES: &[&str] = &["anyhow::Context", "eyre::Context"];
+
+/// Types of a root cause that carry no information of their own (`anyhow!("...")`).
+const UNTYPED_ROOTS: &[&str] = &["anyhow::Error", "eyre::Report", "Error"];
+
+/// Longest context kept in a chain's title, so the root cause always fits.
+const CONTEXT_MAX: usize = 100;
+
+/// The title of a context chain: the outermost context, then the root cause,
+/// `binding the user at the directory: ConnectionReset: connection reset by peer (os
+/// error 104)`, as anyhow's `{:#}` prints the chain (middle layers left out), with the
+/// root cause's io kind or type. Chains whose last exception is not a context layer (a
+/// Python `raise ... from ...`) keep Sentry's title, the last exception's.
+fn chain_title(top: Option<&Exception<'_>>, chain: &[Exception<'_>]) -> Option<String> {
+    let top = top?;
+    if !CONTEXT_TYPES.contains(&top.ty.as_deref().unwrap_or("")) {
+        return None;
+    }
+    let root = chain
+        .iter()
+        .find(|e| e.ty.is_some() || e.value.is_some())
+        .filter(|root| !std::ptr::eq(*root, top))?;
+    let context = truncate(first_line(top.value.as_deref().unwrap_or("")), CONTEXT_MAX);
+    let untyped = UNTYPED_ROOTS.contains(&root.ty.as_deref().unwrap_or(""))
+        && first_line(root.value.as_deref().unwrap_or("")) != "";
+    let cause = if untyped {
+        first_line(root.value.as_deref().unwrap_or("")).to_owned()
+    } else {
+        exception_line(root, chain, true)
+    };
+    Some(match (context.is_empty(), cause.is_empty()) {
+        (false, false) => format!("{context}: {cause}"),
+        (true, false) => cause,
+        (_, true) => return None,
+    })
+}
+
+fn default_components(
+    ev: &Event<'_>,
+    excs: &[Exception<'_>],
+    template: &str,
+    platform: &str,
+) -> Vec<String> {
     let mut out = Vec::new();
     let any_frames = excs
         .iter()
@@ -247,7 +306,7 @@ fn default_components(ev: &Event<'_>, excs: &[Exception<'_>], template: &str) ->
         for e in excs {
             out.push(format!("type:{}", type_with_kind(e, excs)));
             if let Some(st) = &e.stacktrace {
-                out.extend(frame_components(st));
+                out.extend(frame_components(st, platform));
             }
         }
     } else if !excs.is_empty() {
@@ -261,7 +320,7 @@ fn default_components(ev: &Event<'_>, excs: &[Exception<'_>], template: &str) ->
     } else {
         out.push(format!("message:{}", normalize(template)));
         if let Some(st) = event_trace(ev) {
-            out.extend(frame_components(st));
+            out.extend(frame_components(st, platform));
         }
     }
     out
@@ -389,17 +448,58 @@ const IGNORED_PREFIXES: &[&str] = &[
     "tokio::",
     "hyper::",
     "hyper_util::",
+    "errscope::",
     "<std::",
     "<core::",
     "<alloc::",
     "<tokio::",
     "<hyper::",
+    "<errscope::",
     "__rust",
     "rust_begin_unwind",
     "rust_panic",
 ];
 
-fn is_ignored(f: &Frame<'_>) -> bool {
+/// Event platforms whose frames are native code (function names from symbols or DWARF).
+const NATIVE_PLATFORMS: &[&str] = &["native", "rust", "c", "cpp", "objc", "cocoa", "swift"];
+
+/// One frame as grouping sees it.
+struct Seen<'f> {
+    frame: &'f Frame<'f>,
+    /// For a native frame, the fingerprint's spelling of its function
+    /// ([`normalize_function`]).
+    native: Option<String>,
+}
+
+/// A frame with an instruction address, or of a native event, is native.
+fn is_native(f: &Frame<'_>, platform: &str) -> bool {
+    f.instruction_addr.is_some() || NATIVE_PLATFORMS.contains(&platform)
+}
+
+/// The frames of a trace, oldest first. With `physical_only`, a frame with the same
+/// instruction address as the frame before it is left out: that is a function inlined
+/// into it (Sentry's convention, which the agent and symbolicators follow), a frame a
+/// build without debug info never reports.
+fn seen_frames<'f>(st: &'f Stacktrace<'_>, platform: &str, physical_only: bool) -> Vec<Seen<'f>> {
+    let frames = st.frames.as_deref().unwrap_or(&[]);
+    let mut out = Vec::with_capacity(frames.len());
+    let mut prev = None;
+    for f in frames {
+        let addr = f.instruction_addr;
+        let inlined = physical_only && addr.is_some() && addr == prev;
+        prev = addr;
+        if inlined {
+            continue;
+        }
+        let native = is_native(f, platform)
+            .then(|| normalize_function(f.function.as_deref().unwrap_or("")));
+        out.push(Seen { frame: f, native });
+    }
+    out
+}
+
+fn is_ignored(s: &Seen<'_>) -> bool {
+    let f = s.frame;
     let function = f.function.as_deref().unwrap_or("");
     let module = f.module.as_deref().unwrap_or("");
     let path = f
@@ -408,21 +508,39 @@ fn is_ignored(f: &Frame<'_>) -> bool {
         .or(f.filename.as_deref())
         .unwrap_or("");
     let m = |s: &str| IGNORED_PREFIXES.iter().any(|p| s.starts_with(p));
-    let top_module = |s: &str| matches!(s, "std" | "core" | "alloc" | "tokio" | "hyper");
-    m(function) || m(module) || top_module(module) || path.contains("node_modules/")
+    let top_module = |s: &str| {
+        matches!(
+            s,
+            "std" | "core" | "alloc" | "tokio" | "hyper" | "errscope"
+        )
+    };
+    m(function)
+        || m(module)
+        || top_module(module)
+        || path.contains("node_modules/")
+        || s.native.as_deref().is_some_and(symbol::is_ignored)
+}
+
+/// A frame of the errscope agent itself: never a culprit.
+fn is_agent(s: &Seen<'_>) -> bool {
+    let module = s.frame.module.as_deref().unwrap_or("");
+    module == "errscope"
+        || module.starts_with("errscope::")
+        || s.native
+            .as_deref()
+            .is_some_and(|n| symbol::crate_of(n) == "errscope")
 }
 
 /// Chooses the frames that identify a call site.
-fn significant_frames<'f>(st: &'f Stacktrace<'_>) -> Vec<&'f Frame<'f>> {
-    let frames = st.frames.as_deref().unwrap_or(&[]);
-    let in_app: Vec<&Frame<'_>> = frames
+fn significant<'a, 'f>(frames: &'a [Seen<'f>]) -> Vec<&'a Seen<'f>> {
+    let in_app: Vec<&Seen<'_>> = frames
         .iter()
-        .filter(|f| f.in_app == Some(true) && !is_ignored(f))
+        .filter(|s| s.frame.in_app == Some(true) && !is_ignored(s))
         .collect();
     if !in_app.is_empty() {
         return in_app;
     }
-    let kept: Vec<&Frame<'_>> = frames.iter().filter(|f| !is_ignored(f)).collect();
+    let kept: Vec<&Seen<'_>> = frames.iter().filter(|s| !is_ignored(s)).collect();
     if kept.is_empty() {
         frames.iter().collect()
     } else {
@@ -441,30 +559,56 @@ pub fn strip_symbol_hash(function: &str) -> &str {
     function
 }
 
+fn looks_like_address(function: &str) -> bool {
+    function.starts_with("0x") && function[2..].bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The file (never its line) of a frame without a function name.
+fn nameless(f: &Frame<'_>) -> String {
+    let file = f
+        .filename
+        .as_deref()
+        .or(f.abs_path.as_deref())
+        .unwrap_or("");
+    file.rsplit('/').next().unwrap_or("").to_owned()
+}
+
 fn frame_function(f: &Frame<'_>) -> String {
     let function = strip_symbol_hash(f.function.as_deref().unwrap_or("").trim());
-    let looks_like_address =
-        function.starts_with("0x") && function[2..].bytes().all(|c| c.is_ascii_hexdigit());
-    if function.is_empty() || function == "?" || looks_like_address {
-        // No name: the file (never its line) identifies the frame.
-        let file = f
-            .filename
-            .as_deref()
-            .or(f.abs_path.as_deref())
-            .unwrap_or("");
-        return file.rsplit('/').next().unwrap_or("").to_owned();
+    if function.is_empty() || function == "?" || looks_like_address(function) {
+        return nameless(f);
     }
     function.to_owned()
 }
 
-fn frame_components(st: &Stacktrace<'_>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for f in significant_frames(st) {
-        // A frame without a module (an inlined frame of a `line-tables-only` build is just
-        // `{closure#0}`) is told apart by its file, so bare names of different functions
+fn component(s: &Seen<'_>) -> String {
+    let f = s.frame;
+    match s.native.as_deref() {
+        // Native frames: the normalized name alone, so a build that reports no module,
+        // file or line groups with one that does.
+        Some(name) if name.is_empty() || name == "?" || looks_like_address(name) => {
+            format!("native:|{}", nameless(f))
+        }
+        // A bare closure name (an inlined frame of a `line-tables-only` build is just
+        // `{closure#0}`) is told apart by its file, so closures of different functions
         // do not make one issue.
-        let place = f.module.as_deref().or(f.filename.as_deref()).unwrap_or("");
-        let c = format!("frame:{place}|{}", frame_function(f));
+        Some(name) if symbol::is_bare(name) && name.starts_with('{') => {
+            let place = f.module.as_deref().or(f.filename.as_deref()).unwrap_or("");
+            format!("native:{place}|{name}")
+        }
+        Some(name) => format!("native:{name}"),
+        None => {
+            let place = f.module.as_deref().or(f.filename.as_deref()).unwrap_or("");
+            format!("frame:{place}|{}", frame_function(f))
+        }
+    }
+}
+
+fn frame_components(st: &Stacktrace<'_>, platform: &str) -> Vec<String> {
+    let frames = seen_frames(st, platform, true);
+    let mut out: Vec<String> = Vec::new();
+    for s in significant(&frames) {
+        let c = component(s);
         if out.last() != Some(&c) {
             out.push(c);
         }
@@ -473,7 +617,9 @@ fn frame_components(st: &Stacktrace<'_>) -> Vec<String> {
 }
 
 fn culprit_of(st: &Stacktrace<'_>, platform: &str) -> Option<String> {
-    let f = *significant_frames(st).last()?;
+    let frames = seen_frames(st, platform, false);
+    let s = *significant(&frames).iter().rev().find(|s| !is_agent(s))?;
+    let f = s.frame;
     let function = frame_function(f);
     let module = f.module.as_deref().unwrap_or("");
     Some(
@@ -711,6 +857,162 @@ mod tests {
             r#"{"platform":"python","exception":{"values":[{"type":"E","stacktrace":{"frames":[{"function":"view","module":"shop.views","in_app":true}]}}]}}"#,
         );
         assert_eq!(py.culprit, "shop.views in view");
+    }
+
+    /// One bug (an io error raised in `Cache::get`, called from an async fn that
+    /// `block_on` polls from `main`), as each kind of build reports it. The spellings are
+    /// what rustc 1.95 and the `backtrace` crate produce for such a program (see
+    /// `symbol.rs`); `block_on` and the async fn are inlined into `main`.
+    fn build_event(frames: &str) -> String {
+        format!(
+            r#"{{"platform":"native","exception":{{"values":[{{"type":"std::io::Error","value":"connection reset by peer (os error 104)",
+            "mechanism":{{"type":"errscope","handled":true,"data":{{"io_kind":"ConnectionReset"}}}},
+            "stacktrace":{{"frames":[{frames}]}}}}]}}}}"#
+        )
+    }
+
+    const BUILDS: &[(&str, &str)] = &[
+        (
+            "debug info (DWARF names via linkage names, inlined frames, files and lines)",
+            r#"{"function":"std::rt::lang_start_internal","module":"std::rt","filename":"library/std/src/rt.rs","lineno":174,"in_app":false,"instruction_addr":"0x55d0c1a2b3c4"},
+               {"function":"shop::main","module":"shop","filename":"src/main.rs","abs_path":"/srv/shop/src/main.rs","lineno":43,"in_app":true,"instruction_addr":"0x55d0c1a0f000"},
+               {"function":"shop::block_on","module":"shop","filename":"src/main.rs","lineno":34,"in_app":true,"instruction_addr":"0x55d0c1a0f000"},
+               {"function":"shop::fetch::{{closure}}","module":"shop::fetch","filename":"src/main.rs","lineno":30,"in_app":true,"instruction_addr":"0x55d0c1a0f000"},
+               {"function":"shop::Cache<K,V>::get","module":"shop::Cache","filename":"src/cache.rs","lineno":9,"in_app":true,"instruction_addr":"0x55d0c1a0e100"},
+               {"function":"errscope::capture_error","module":"errscope","filename":"/home/ci/.cargo/registry/src/errscope-0.1.0/src/capture.rs","lineno":88,"in_app":false,"instruction_addr":"0x55d0c1a3a000"}"#,
+        ),
+        (
+            "default release profile (symbol table: legacy names, no file, no line, no inlined frames)",
+            r#"{"function":"std::rt::lang_start_internal","module":"std::rt","in_app":false,"instruction_addr":"0x5600aa000100"},
+               {"function":"shop::main","module":"shop","in_app":true,"instruction_addr":"0x5600aa000200"},
+               {"function":"shop::Cache<K,V>::get","module":"shop::Cache","in_app":true,"instruction_addr":"0x5600aa000300"},
+               {"function":"errscope::capture_error","module":"errscope","in_app":true,"instruction_addr":"0x5600aa000400"}"#,
+        ),
+        (
+            "stripped, symbolicated on the server (v0-style DWARF names, inlined frames expanded, no module)",
+            r#"{"function":"std::rt::lang_start_internal","filename":"rt.rs","lineno":174,"in_app":false,"instruction_addr":"0x7f0000001000"},
+               {"function":"shop::main","filename":"src/main.rs","lineno":43,"in_app":true,"instruction_addr":"0x7f0000002000"},
+               {"function":"shop::block_on::<shop::fetch::{closure#0}>","filename":"src/main.rs","lineno":34,"in_app":true,"instruction_addr":"0x7f0000002000"},
+               {"function":"shop::fetch::{async_fn#0}","filename":"src/main.rs","lineno":30,"in_app":true,"instruction_addr":"0x7f0000002000"},
+               {"function":"<shop::Cache<alloc::string::String, u64>>::get","filename":"src/cache.rs","lineno":9,"in_app":true,"instruction_addr":"0x7f0000003000"},
+               {"function":"<errscope::domain::DomainRun<F> as core::future::future::Future>::poll","in_app":false,"instruction_addr":"0x7f0000004000"}"#,
+        ),
+        (
+            "after a toolchain upgrade to v0 mangling, names sent with their crate disambiguators",
+            r#"{"function":"std[8f2b1a]::rt::lang_start_internal","in_app":false,"instruction_addr":"0x1000"},
+               {"function":"shop[5f3c2ab1d9e0f412]::main","in_app":true,"instruction_addr":"0x2000"},
+               {"function":"<shop[5f3c2ab1d9e0f412]::Cache<alloc[11aa22]::string::String, u64>>::get","in_app":true,"instruction_addr":"0x3000"}"#,
+        ),
+        (
+            "still mangled (an SDK that sends raw symbols), legacy with hashes",
+            r#"{"function":"_ZN3std2rt19lang_start_internal17h5e1a2b3c4d5e6f70E","in_app":false,"instruction_addr":"0x1000"},
+               {"function":"_ZN4shop4main17h00330a5efbb668baE","in_app":true,"instruction_addr":"0x2000"},
+               {"function":"_ZN4shop18Cache$LT$K$C$V$GT$3get17hca1b3072ce9c0266E","in_app":true,"instruction_addr":"0x3000"}"#,
+        ),
+    ];
+
+    #[test]
+    fn one_bug_from_every_kind_of_build_is_one_issue() {
+        let (first_name, first) = BUILDS[0];
+        let want = ev(&build_event(first));
+        assert_eq!(want.culprit, "shop::Cache<K,V>::get", "errscope frames are never the culprit");
+        for (name, frames) in &BUILDS[1..] {
+            let g = ev(&build_event(frames));
+            assert_eq!(g.fingerprint, want.fingerprint, "{name} vs {first_name}");
+            assert_eq!(g.class, want.class, "{name}");
+            assert!(!g.culprit.contains("errscope"), "{name}: culprit {}", g.culprit);
+        }
+        // Another call site in the same builds is another issue.
+        for (name, frames) in BUILDS {
+            let other = frames.replace("Cache<", "Store<").replace("Cache$LT$", "Store$LT$");
+            assert_ne!(ev(&build_event(&other)).fingerprint, want.fingerprint, "{name}");
+        }
+        // A different caller of the same function is another issue, in every build.
+        let from_load = BUILDS[1].1.replace("shop::main", "shop::load");
+        assert_ne!(ev(&build_event(&from_load)).fingerprint, want.fingerprint);
+    }
+
+    #[test]
+    fn agent_frames_never_count() {
+        let with = build_event(
+            r#"{"function":"shop::main","in_app":true,"instruction_addr":"0x1"},
+               {"function":"errscope::capture::capture_error","module":"errscope::capture","in_app":true,"instruction_addr":"0x2"}"#,
+        );
+        let without = build_event(r#"{"function":"shop::main","in_app":true,"instruction_addr":"0x1"}"#);
+        assert_eq!(ev(&with).fingerprint, ev(&without).fingerprint);
+        assert_eq!(ev(&with).culprit, "shop::main");
+        // Only agent frames: still no agent culprit.
+        let only = build_event(
+            r#"{"function":"<errscope::domain::TaskPanics<F> as core::future::future::Future>::poll","instruction_addr":"0x2"}"#,
+        );
+        assert_eq!(ev(&only).culprit, "");
+    }
+
+    #[test]
+    fn context_chains_are_titled_by_their_root_cause() {
+        let chain = |root: &str| {
+            format!(
+                r#"{{"exception":{{"values":[{root},
+                {{"type":"anyhow::Context","value":"binding the user at the directory","mechanism":{{"type":"anyhow","handled":true}}}}]}}}}"#
+            )
+        };
+        let io = |kind: &str, msg: &str| {
+            chain(&format!(
+                r#"{{"type":"std::io::Error","value":"{msg}","mechanism":{{"type":"anyhow","data":{{"io_kind":"{kind}"}}}}}}"#
+            ))
+        };
+        let titles = [
+            ev(&io("ConnectionReset", "connection reset by peer (os error 104)")).title,
+            ev(&io("ConnectionRefused", "connection refused (os error 111)")).title,
+            ev(&io("TimedOut", "connection timed out (os error 110)")).title,
+        ];
+        assert_eq!(
+            titles,
+            [
+                "binding the user at the directory: ConnectionReset: connection reset by peer (os error 104)",
+                "binding the user at the directory: ConnectionRefused: connection refused (os error 111)",
+                "binding the user at the directory: TimedOut: connection timed out (os error 110)",
+            ]
+        );
+        // Typed roots by their short type; `anyhow!("...")` roots by their message.
+        let parse = chain(
+            r#"{"type":"core::num::error::ParseIntError","value":"invalid digit found in string"}"#,
+        );
+        assert_eq!(
+            ev(&parse).title,
+            "binding the user at the directory: ParseIntError: invalid digit found in string"
+        );
+        let plain = chain(r#"{"type":"anyhow::Error","value":"directory has no such user"}"#);
+        assert_eq!(
+            ev(&plain).title,
+            "binding the user at the directory: directory has no such user"
+        );
+        // The root cause survives a long context.
+        let long = io("TimedOut", "connection timed out (os error 110)")
+            .replace("binding the user at the directory", &"x".repeat(400));
+        let t = ev(&long).title;
+        assert!(t.ends_with("TimedOut: connection timed out (os error 110)"), "{t}");
+        assert!(t.len() <= TITLE_MAX + 3);
+        // A Python chain keeps Sentry's title: the exception raised last.
+        let py = r#"{"exception":{"values":[{"type":"KeyError","value":"'k'"},{"type":"RuntimeError","value":"wrap"}]}}"#;
+        assert_eq!(ev(py).title, "RuntimeError: wrap");
+        // A lone context layer (no root cause sent) keeps its own line.
+        let lone = r#"{"exception":{"values":[{"type":"anyhow::Context","value":"loading"}]}}"#;
+        assert_eq!(ev(lone).title, "anyhow::Context: loading");
+    }
+
+    #[test]
+    fn non_native_fingerprints_did_not_change() {
+        // Python and JavaScript frames are hashed as before native names were normalized,
+        // so their existing issues keep receiving events after an upgrade.
+        let py = ev(
+            r#"{"platform":"python","exception":{"values":[{"type":"KeyError","value":"'u1'","stacktrace":{"frames":[
+              {"function":"lookup","module":"shop.views","filename":"shop/views.py","lineno":3,"in_app":true}]}}]}}"#,
+        );
+        assert_eq!(
+            py.fingerprint,
+            hash_components(&["type:KeyError".to_owned(), "frame:shop.views|lookup".to_owned()])
+        );
     }
 
     #[test]

@@ -223,6 +223,55 @@ pub struct Frame<'a> {
     /// Whether the frame belongs to the application.
     #[serde(default)]
     pub in_app: Option<bool>,
+    /// The instruction address (`"0x…"` or a number); inlined frames share the address of
+    /// the frame they were inlined into. Any other JSON value reads as none.
+    #[serde(default, deserialize_with = "lenient_addr")]
+    pub instruction_addr: Option<u64>,
+}
+
+/// An address as SDKs send it: a hex string (`0x…`), a decimal string or a number.
+fn lenient_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an instruction address")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            let s = s.trim();
+            Ok(match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            })
+        }
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+            Ok(Some(n))
+        }
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+            Ok(u64::try_from(n).ok())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map
+                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// Threads interface.
@@ -388,6 +437,40 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Event<'_>>(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn instruction_addresses_of_any_shape() {
+        let addrs: Vec<Option<u64>> = [
+            r#"{"instruction_addr":"0x55d1c0a0"}"#,
+            r#"{"instruction_addr":"0X1F"}"#,
+            r#"{"instruction_addr":1234}"#,
+            r#"{"instruction_addr":"1234"}"#,
+            r#"{"instruction_addr":"zz"}"#,
+            r#"{"instruction_addr":-1}"#,
+            r#"{"instruction_addr":[1,{"a":2}]}"#,
+            r#"{"instruction_addr":{"x":[]}}"#,
+            r#"{"instruction_addr":null}"#,
+            r#"{}"#,
+        ]
+        .iter()
+        .map(|j| serde_json::from_str::<Frame<'_>>(j).unwrap().instruction_addr)
+        .collect();
+        assert_eq!(
+            addrs,
+            [
+                Some(0x55d1c0a0),
+                Some(0x1f),
+                Some(1234),
+                Some(1234),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
     }
 
     #[test]
