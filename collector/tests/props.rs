@@ -487,6 +487,8 @@ enum Var {
     Quoted(char),
     Timestamp(u8),
     Url,
+    /// A device or file path: another disk or temporary file in every occurrence.
+    Path,
 }
 
 fn gen_var() -> impl Strategy<Value = Var> {
@@ -502,6 +504,7 @@ fn gen_var() -> impl Strategy<Value = Var> {
         select(vec!['\'', '"', '`']).prop_map(Var::Quoted),
         (0u8..3).prop_map(Var::Timestamp),
         Just(Var::Url),
+        Just(Var::Path),
     ]
 }
 
@@ -583,6 +586,12 @@ impl Var {
                 r.below(60),
                 r.below(1000)
             ),
+            Var::Path => match r.below(4) {
+                0 => format!("/dev/sd{}{}", ["a", "b", "c"][r.below(3) as usize], r.below(9)),
+                1 => format!("/dev/nvme{}n{}p{}", r.below(4), 1 + r.below(3), r.below(9)),
+                2 => format!("/var/lib/x/{}.tmp", r.below(100_000)),
+                _ => format!("~/.cache/shop/upload-{:x}", r.next()),
+            },
             Var::Url => format!(
                 "https://api.example.com/users/{}/orders?id={:x}&q={}&page={}",
                 r.below(100_000),
@@ -780,8 +789,32 @@ fn library_frame(r: &mut Rng) -> Value {
     f
 }
 
+/// How another build or toolchain spells a function: closures and async bodies as the
+/// legacy mangling, v0 or another rustc's DWARF name them, generic arguments as
+/// parameters or instantiated types, a v0 crate disambiguator.
+fn respell(function: &str, r: &mut Rng) -> String {
+    let closures = ["{{closure}}", "{closure#0}", "{async_fn#0}", "{coroutine#0}"];
+    let mut out = function.to_owned();
+    for c in ["{closure#0}", "{async_fn#0}"] {
+        if out.contains(c) {
+            out = out.replace(c, closures[r.below(4) as usize]);
+        }
+    }
+    if let Some((head, tail)) = out.split_once("::") {
+        let generics = ["", "<K,V>", "<alloc::string::String, u64>", "[5f3c2ab1]"];
+        out = format!("{head}{}::{tail}", generics[r.below(4) as usize]);
+    }
+    if r.coin() {
+        out.push_str(&format!("::<{}>", ["T", "shop::Order", "u8"][r.below(3) as usize]));
+    }
+    out
+}
+
 /// The frames of one occurrence: other line numbers, addresses, symbol hashes, build
-/// paths, recursion depth and library frames around the same call site.
+/// paths, recursion depth and library frames around the same call site; and the same
+/// call site from another build: names spelled differently, no file or line (a build
+/// without debug info), functions inlined into a frame (a build with debug info reports
+/// them with the frame's address).
 fn render_frames(frames: &[GenFrame], r: &mut Rng) -> Vec<Value> {
     let mut out = Vec::new();
     for f in frames {
@@ -790,7 +823,7 @@ fn render_frames(frames: &[GenFrame], r: &mut Rng) -> Vec<Value> {
                 out.push(library_frame(r));
             }
         }
-        let mut function = f.function.clone();
+        let mut function = respell(&f.function, r);
         if r.coin() {
             function.push_str(&format!("::h{:016x}", r.next()));
         }
@@ -814,12 +847,30 @@ fn render_frames(frames: &[GenFrame], r: &mut Rng) -> Vec<Value> {
         if let Some(in_app) = f.in_app {
             v["in_app"] = in_app.into();
         }
+        // A build without debug info: no file, line or column (a bare closure name only
+        // comes from DWARF, which always has its file).
+        if !function.starts_with('{') && r.below(3) == 0 {
+            for k in ["filename", "abs_path", "lineno", "colno"] {
+                v.as_object_mut().expect("an object").remove(k);
+            }
+        }
+        let addr = v["instruction_addr"].clone();
         // Recursion: the same frame again, at another line.
         for _ in 0..r.below(3) {
             out.push(v.clone());
             v["lineno"] = r.below(10_000).into();
         }
         out.push(v);
+        // Functions inlined into this frame, reported with its address.
+        for _ in 0..r.below(3) {
+            out.push(json!({
+                "function": format!("shop::inlined::helper_{}::{{{{closure}}}}", r.below(1000)),
+                "filename": "src/inlined.rs",
+                "lineno": r.below(500),
+                "in_app": r.coin(),
+                "instruction_addr": addr.clone(),
+            }));
+        }
     }
     if !frames.is_empty() && r.coin() {
         out.push(library_frame(r));
@@ -1005,7 +1056,7 @@ fn another_call_site_is_another_issue() {
 // Arbitrary JSON in any field.
 
 /// Keys the collector reads, so arbitrary objects often land where they are looked at.
-const KEYS: [&str; 26] = [
+const KEYS: [&str; 27] = [
     "event_id",
     "timestamp",
     "level",
@@ -1029,6 +1080,7 @@ const KEYS: [&str; 26] = [
     "abs_path",
     "lineno",
     "in_app",
+    "instruction_addr",
     "threads",
     "fingerprint",
     "tags",

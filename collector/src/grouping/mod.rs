@@ -23,12 +23,22 @@
 //! 1. An explicit `fingerprint` wins; an entry `{{ default }}` is replaced by the default
 //!    components below.
 //! 2. If any stack frames are present: for each exception of the chain its type (with the
-//!    io kind), then the frames of its stack trace, each as `module` (or, without one,
-//!    `filename`) + `function`. Line numbers and addresses are never used, file names only
-//!    for frames without a module; Rust symbol hashes (`::h0123…`)
-//!    are stripped; runs of identical frames (recursion) are collapsed to one. When the
-//!    trace has in-app frames only those count; frames of `std`, `core`, `alloc`,
-//!    `tokio`, `hyper` and `node_modules` never count unless nothing else is left.
+//!    io kind), then the frames of its stack trace. Line numbers and addresses are never
+//!    used; runs of identical frames (recursion) are collapsed to one. When the trace has
+//!    in-app frames only those count; frames of `std`, `core`, `alloc`, `tokio`, `hyper`,
+//!    `node_modules` and the errscope agent (`errscope::*`) never count unless nothing
+//!    else is left (and an agent frame is never the culprit).
+//!    - A frame of another platform (Python, JavaScript) is `module` (or, without one,
+//!      `filename`) + `function`, a Rust symbol hash (`::h0123…`) stripped.
+//!    - A native frame (a native or Rust event, or any frame with an `instruction_addr`)
+//!      is its function name alone, normalized ([`normalize_function`]: legacy and v0
+//!      manglings, DWARF names, closures, generic arguments, `<T>::f`, shims and hashes
+//!      spelled one way), so a build that sends no module, file or line groups with one
+//!      that does. Only a bare closure name (`{closure#0}`, an inlined frame of a
+//!      `line-tables-only` build) adds its file. Of frames that share an instruction
+//!      address (functions inlined into the first of them) only the first counts: a
+//!      build without debug info reports that one alone.
+//!
 //!    A message event with a stack trace uses its normalized message plus the frames.
 //! 3. Else, without frames: each exception's type plus its normalized value.
 //! 4. Else the normalized message (the template when the SDK sends one).
@@ -42,7 +52,16 @@
 //! values (`'<str>'`), UUIDs (`<uuid>`), emails (`<email>`), IPv4/IPv6 addresses with
 //! their port (`<ip>`), dates and times (`<timestamp>`), hex numbers and hex-looking
 //! words of 8+ characters (`<hex>`), the numeric path segments and query values of URLs,
-//! and every other run of digits (`<num>`).
+//! file and device paths (`/dev/nvme0n1p2`, `~/x`, `C:\x` become `<path>`), and every
+//! other run of digits (`<num>`).
+//!
+//! # Titles
+//!
+//! The title is `Type: value` of the exception raised last (Sentry's choice), the io kind
+//! standing in for `std::io::Error`. A context chain (the last exception an
+//! `anyhow::Context` layer) is titled by its outermost context and its root cause,
+//! `binding the user at the directory: ConnectionReset: connection reset by peer (os
+//! error 104)`, so chains with different root causes read differently in the list.
 
 mod normalize;
 mod symbol;
@@ -617,7 +636,7 @@ fn frame_components(st: &Stacktrace<'_>, platform: &str) -> Vec<String> {
 }
 
 fn culprit_of(st: &Stacktrace<'_>, platform: &str) -> Option<String> {
-    let frames = seen_frames(st, platform, false);
+    let frames = seen_frames(st, platform, true);
     let s = *significant(&frames).iter().rev().find(|s| !is_agent(s))?;
     let f = s.frame;
     let function = frame_function(f);
@@ -788,6 +807,21 @@ mod tests {
             (
                 r#"{"message":"payment 123 declined for bob@example.com"}"#,
                 r#"{"message":{"formatted":"payment 456 declined for eve@example.org"}}"#,
+                true,
+                "message",
+                Kind::Operational,
+            ),
+            // Device and file paths do not split a message-only issue.
+            (
+                r#"{"message":"I/O error on /dev/sda1, remounting read-only"}"#,
+                r#"{"message":"I/O error on /dev/nvme0n1p2, remounting read-only"}"#,
+                true,
+                "message",
+                Kind::Operational,
+            ),
+            (
+                r#"{"message":"cannot rename /var/lib/x/1234.tmp"}"#,
+                r#"{"message":"cannot rename /var/lib/x/report-final.tmp"}"#,
                 true,
                 "message",
                 Kind::Operational,

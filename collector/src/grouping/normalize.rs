@@ -83,6 +83,9 @@ fn normalize_core(core: &str) -> String {
     if let Some(pos) = core.find("://") {
         return normalize_url(core, pos);
     }
+    if is_path(core) {
+        return "<path>".into();
+    }
     if is_email(core) {
         return "<email>".into();
     }
@@ -147,6 +150,33 @@ fn replace_inner(core: &str) -> String {
         i += ch.len_utf8();
     }
     out
+}
+
+/// An absolute or home-relative file or device path: `/dev/nvme0n1p2`,
+/// `/var/lib/x/1234.tmp`, `~/.config/app`, `./data/x.db`, `C:\data\x.db`.
+fn is_path(s: &str) -> bool {
+    let rest = if let Some(r) = s.strip_prefix('/') {
+        r
+    } else if let Some(r) = ["~/", "./", "../", "\\\\"]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+    {
+        r
+    } else {
+        let b = s.as_bytes();
+        if b.len() > 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/') {
+            &s[3..]
+        } else {
+            return false;
+        }
+    };
+    // `//` (a comment or protocol-relative URL) and a lone `/` are no paths.
+    !rest.is_empty()
+        && !rest.starts_with('/')
+        && rest.bytes().any(|c| c.is_ascii_alphanumeric())
+        && rest.bytes().all(|c| {
+            c.is_ascii_alphanumeric() || b"._-+@%~/\\:,=#".contains(&c) || c >= 0x80
+        })
 }
 
 fn boundary(b: &[u8], start: usize, end: usize) -> bool {
@@ -311,6 +341,24 @@ mod tests {
             ),
             ("took 12.5ms", "took <num>ms"),
             ("plain words stay", "plain words stay"),
+            // Device and file paths: one message whatever the disk or file.
+            (
+                "I/O error on /dev/sda1: no space left",
+                "I/O error on <path>: no space left",
+            ),
+            (
+                "I/O error on /dev/nvme0n1p2: no space left",
+                "I/O error on <path>: no space left",
+            ),
+            (
+                "cannot rename /var/lib/x/1234.tmp (os error 2)",
+                "cannot rename <path> (os error <num>)",
+            ),
+            ("mount (/mnt/data-7) failed", "mount (<path>) failed"),
+            ("config ~/.config/shop/app.toml missing", "config <path> missing"),
+            ("open C:\\data\\shop.db failed", "open <path> failed"),
+            ("read/write and a/b stay", "read/write and a/b stay"),
+            ("a / b and // c stay", "a / b and // c stay"),
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input), want, "input: {input}");
