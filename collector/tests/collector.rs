@@ -986,6 +986,68 @@ sentry_sdk.flush(10)
     s.stop().await;
 }
 
+/// One anyhow chain (an io error under `.context(..)`) from three builds of one service:
+/// with debug info (DWARF names via linkage names, inlined frames, files), the default
+/// release profile (symbol-table names, no files or lines) and stripped, symbolicated on
+/// the server (v0-style names). One issue, titled by its root cause; another root cause
+/// is another issue with another title.
+#[tokio::test]
+async fn one_bug_from_three_builds_is_one_issue_titled_by_its_root_cause() {
+    let s = server().await;
+    let chain = |id: u64, kind: &str, msg: &str, frames: Value| {
+        json!({
+            "event_id": event_id(id), "timestamp": 1.7e9, "level": "error", "platform": "native",
+            "exception": {"values": [
+                {"type": "std::io::Error", "value": msg,
+                 "mechanism": {"type": "anyhow", "handled": true, "data": {"io_kind": kind}}},
+                {"type": "anyhow::Context", "value": "binding the user at the directory",
+                 "mechanism": {"type": "anyhow", "handled": true},
+                 "stacktrace": {"frames": frames}}
+            ]}
+        })
+    };
+    let debug_info = json!([
+        {"function": "shop::main", "module": "shop", "filename": "src/main.rs", "lineno": 43, "in_app": true, "instruction_addr": "0x55d0c1a0f000"},
+        {"function": "shop::service::handle::{{closure}}", "module": "shop::service", "filename": "src/service.rs", "lineno": 60, "in_app": true, "instruction_addr": "0x55d0c1a0f000"},
+        {"function": "shop::Directory<C>::bind", "module": "shop::Directory", "filename": "src/directory.rs", "lineno": 12, "in_app": true, "instruction_addr": "0x55d0c1a0e100"},
+        {"function": "<errscope::domain::DomainRun<F> as core::future::future::Future>::poll", "in_app": false, "instruction_addr": "0x55d0c1a3a000"}
+    ]);
+    let default_profile = json!([
+        {"function": "shop::main", "module": "shop", "in_app": true, "instruction_addr": "0x5600aa000200"},
+        {"function": "shop::Directory<C>::bind", "module": "shop::Directory", "in_app": true, "instruction_addr": "0x5600aa000300"},
+        {"function": "<errscope::domain::DomainRun<F> as core::future::future::Future>::poll", "in_app": true, "instruction_addr": "0x5600aa000400"}
+    ]);
+    let symbolicated = json!([
+        {"function": "shop::main", "filename": "src/main.rs", "lineno": 43, "in_app": true, "instruction_addr": "0x7f0000002000"},
+        {"function": "shop::service::handle::{async_fn#0}", "filename": "src/service.rs", "lineno": 60, "in_app": true, "instruction_addr": "0x7f0000002000"},
+        {"function": "<shop::Directory<shop::ldap::Client>>::bind", "filename": "src/directory.rs", "lineno": 12, "in_app": true, "instruction_addr": "0x7f0000003000"}
+    ]);
+    let reset = "connection reset by peer (os error 104)";
+    let body = envelope(&[
+        chain(1, "ConnectionReset", reset, debug_info.clone()),
+        chain(2, "ConnectionReset", reset, default_profile),
+        chain(3, "ConnectionReset", reset, symbolicated),
+        chain(4, "ConnectionRefused", "connection refused (os error 111)", debug_info),
+    ]);
+    assert_eq!(s.post_envelope(body).await.status(), 200);
+    let (_, issues) = s.api("/api/0/projects/1/issues/?sort=count").await;
+    let data = issues["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{issues}");
+    assert_eq!(data[0]["count"], 3, "{issues}");
+    assert_eq!(
+        data[0]["title"],
+        "binding the user at the directory: ConnectionReset: connection reset by peer (os error 104)"
+    );
+    assert_eq!(data[0]["class"], "std::io::Error: ConnectionReset");
+    assert_eq!(data[0]["culprit"], "shop::Directory<C>::bind");
+    assert_eq!(data[1]["count"], 1);
+    assert_eq!(
+        data[1]["title"],
+        "binding the user at the directory: ConnectionRefused: connection refused (os error 111)"
+    );
+    s.stop().await;
+}
+
 /// Events shaped the way the errscope agent sends them (see `agent/src/lib.rs`).
 #[tokio::test]
 async fn errscope_agent_events_get_their_class_and_kind() {

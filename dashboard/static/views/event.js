@@ -40,7 +40,33 @@ function messageOf(ev) {
   return '';
 }
 
-function frameRow(f) {
+/** At most this many lines before and after a frame's line are shown. */
+const CONTEXT_MAX = 20;
+
+/**
+ * The source around a frame's line, the line itself marked: `pre_context`,
+ * `context_line`, `post_context` as the Python and Node SDKs send them (and source
+ * bundles fill them for Rust frames). Each line is a Text node, never markup.
+ */
+function sourceContext(f) {
+  if (typeof f.context_line !== 'string') return null;
+  const lines = (v) => (Array.isArray(v) ? v.map(str) : []);
+  const pre = lines(f.pre_context).slice(-CONTEXT_MAX);
+  const post = lines(f.post_context).slice(0, CONTEXT_MAX);
+  const lineno = Number.isInteger(f.lineno) && f.lineno > pre.length ? f.lineno : null;
+  const row = (text, i, current) => h('li', {
+    class: ['src-line', current ? 'src-current' : null],
+    'aria-current': current ? 'true' : null,
+  },
+  h('span', { class: 'src-no' }, lineno === null ? '' : String(lineno - pre.length + i)),
+  h('code', { class: 'src-code' }, text));
+  return h('ol', { class: 'src', 'aria-label': lineno === null ? 'Source' : `Source around line ${lineno}` },
+    pre.map((t, i) => row(t, i, false)),
+    row(f.context_line, pre.length, true),
+    post.map((t, i) => row(t, pre.length + 1 + i, false)));
+}
+
+function frameRow(f, openSource = false) {
   const loc = [];
   const file = f.filename || f.abs_path;
   if (file) loc.push(str(file));
@@ -49,26 +75,31 @@ function frameRow(f) {
   if (f.module && f.module !== f.function) sub.push(h('span', { class: 'frame-module' }, str(f.module)));
   if (f.abs_path && f.abs_path !== f.filename) sub.push(h('span', { class: 'frame-path', title: str(f.abs_path) }, str(f.abs_path)));
   if (f.instruction_addr) sub.push(h('span', { class: 'frame-addr' }, str(f.instruction_addr)));
+  const src = sourceContext(f);
   return h('li', { class: ['frame', f.in_app ? 'in-app' : 'lib'] },
     h('div', { class: 'frame-main' },
       h('span', { class: 'frame-fn' }, str(f.function) || '<unknown>'),
       loc.length ? h('span', { class: 'frame-loc' }, ' ', h('span', { class: 'frame-at' }, 'at '), loc[0], line) : null,
       f.in_app ? h('span', { class: 'frame-tag' }, 'in app') : null),
-    sub.length ? h('div', { class: 'frame-sub' }, sub) : null);
+    sub.length ? h('div', { class: 'frame-sub' }, sub) : null,
+    src ? h('details', { class: 'frame-src', open: openSource }, h('summary', null, 'Source'), src) : null);
 }
 
 /** Frames newest first; runs of library frames fold behind a toggle when in-app frames exist. */
 function stacktrace(frames) {
   const list = frames.slice().reverse();
   const hasInApp = list.some((f) => f.in_app);
+  // The source of the most recent in-app frame (or frame, without in-app ones) is open.
+  const withSource = list.find((f) => (f.in_app || !hasInApp) && typeof f.context_line === 'string');
+  const row = (f) => frameRow(f, f === withSource);
   const ol = h('ol', { class: 'frames' });
   let run = [];
   const flush = () => {
     if (!run.length) return;
     if (!hasInApp) {
-      run.forEach((f) => ol.appendChild(frameRow(f)));
+      run.forEach((f) => ol.appendChild(row(f)));
     } else {
-      const inner = h('ol', { class: 'frames-folded', hidden: true }, run.map(frameRow));
+      const inner = h('ol', { class: 'frames-folded', hidden: true }, run.map(row));
       const n = run.length;
       const label = () => (inner.hidden ? `Show ${n} library frame${n === 1 ? '' : 's'}` : `Hide ${n} library frame${n === 1 ? '' : 's'}`);
       const btn = h('button', { type: 'button', class: 'frames-toggle', 'aria-expanded': 'false' }, label());
@@ -82,7 +113,7 @@ function stacktrace(frames) {
     run = [];
   };
   for (const f of list) {
-    if (f.in_app) { flush(); ol.appendChild(frameRow(f)); } else run.push(f);
+    if (f.in_app) { flush(); ol.appendChild(row(f)); } else run.push(f);
   }
   flush();
   const inApp = list.filter((f) => f.in_app).length;
