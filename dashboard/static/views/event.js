@@ -60,7 +60,7 @@ function sourceContext(f) {
   },
   h('span', { class: 'src-no' }, lineno === null ? '' : String(lineno - pre.length + i)),
   h('code', { class: 'src-code' }, text));
-  return h('ol', { class: 'src', 'aria-label': lineno === null ? 'Source' : `Source around line ${lineno}` },
+  return h('ol', { class: 'src', tabindex: '0', 'aria-label': lineno === null ? 'Source' : `Source around line ${lineno}` },
     pre.map((t, i) => row(t, i, false)),
     row(f.context_line, pre.length, true),
     post.map((t, i) => row(t, pre.length + 1 + i, false)));
