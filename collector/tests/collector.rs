@@ -1027,7 +1027,12 @@ async fn one_bug_from_three_builds_is_one_issue_titled_by_its_root_cause() {
         chain(1, "ConnectionReset", reset, debug_info.clone()),
         chain(2, "ConnectionReset", reset, default_profile),
         chain(3, "ConnectionReset", reset, symbolicated),
-        chain(4, "ConnectionRefused", "connection refused (os error 111)", debug_info),
+        chain(
+            4,
+            "ConnectionRefused",
+            "connection refused (os error 111)",
+            debug_info,
+        ),
     ]);
     assert_eq!(s.post_envelope(body).await.status(), 200);
     let (_, issues) = s.api("/api/0/projects/1/issues/?sort=count").await;
@@ -1042,8 +1047,11 @@ async fn one_bug_from_three_builds_is_one_issue_titled_by_its_root_cause() {
     // The culprit is displayed as the event spelled it, never an agent frame.
     let culprit = data[0]["culprit"].as_str().unwrap();
     assert!(
-        ["shop::Directory<C>::bind", "<shop::Directory<shop::ldap::Client>>::bind"]
-            .contains(&culprit),
+        [
+            "shop::Directory<C>::bind",
+            "<shop::Directory<shop::ldap::Client>>::bind"
+        ]
+        .contains(&culprit),
         "{culprit}"
     );
     assert_eq!(data[1]["count"], 1);

@@ -480,8 +480,12 @@ enum Var {
     Decimal,
     Uuid,
     Email,
-    Ipv4 { port: bool },
-    Ipv6 { bracketed: bool },
+    Ipv4 {
+        port: bool,
+    },
+    Ipv6 {
+        bracketed: bool,
+    },
     Hex,
     HexWord,
     Quoted(char),
@@ -587,7 +591,11 @@ impl Var {
                 r.below(1000)
             ),
             Var::Path => match r.below(4) {
-                0 => format!("/dev/sd{}{}", ["a", "b", "c"][r.below(3) as usize], r.below(9)),
+                0 => format!(
+                    "/dev/sd{}{}",
+                    ["a", "b", "c"][r.below(3) as usize],
+                    r.below(9)
+                ),
                 1 => format!("/dev/nvme{}n{}p{}", r.below(4), 1 + r.below(3), r.below(9)),
                 2 => format!("/var/lib/x/{}.tmp", r.below(100_000)),
                 _ => format!("~/.cache/shop/upload-{:x}", r.next()),
@@ -793,7 +801,12 @@ fn library_frame(r: &mut Rng) -> Value {
 /// legacy mangling, v0 or another rustc's DWARF name them, generic arguments as
 /// parameters or instantiated types, a v0 crate disambiguator.
 fn respell(function: &str, r: &mut Rng) -> String {
-    let closures = ["{{closure}}", "{closure#0}", "{async_fn#0}", "{coroutine#0}"];
+    let closures = [
+        "{{closure}}",
+        "{closure#0}",
+        "{async_fn#0}",
+        "{coroutine#0}",
+    ];
     let mut out = function.to_owned();
     for c in ["{closure#0}", "{async_fn#0}"] {
         if out.contains(c) {
@@ -805,7 +818,10 @@ fn respell(function: &str, r: &mut Rng) -> String {
         out = format!("{head}{}::{tail}", generics[r.below(4) as usize]);
     }
     if r.coin() {
-        out.push_str(&format!("::<{}>", ["T", "shop::Order", "u8"][r.below(3) as usize]));
+        out.push_str(&format!(
+            "::<{}>",
+            ["T", "shop::Order", "u8"][r.below(3) as usize]
+        ));
     }
     out
 }

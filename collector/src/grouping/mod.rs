@@ -298,7 +298,7 @@ fn chain_title(top: Option<&Exception<'_>>, chain: &[Exception<'_>]) -> Option<S
         .filter(|root| !std::ptr::eq(*root, top))?;
     let context = truncate(first_line(top.value.as_deref().unwrap_or("")), CONTEXT_MAX);
     let untyped = UNTYPED_ROOTS.contains(&root.ty.as_deref().unwrap_or(""))
-        && first_line(root.value.as_deref().unwrap_or("")) != "";
+        && !first_line(root.value.as_deref().unwrap_or("")).is_empty();
     let cause = if untyped {
         first_line(root.value.as_deref().unwrap_or("")).to_owned()
     } else {
@@ -510,8 +510,8 @@ fn seen_frames<'f>(st: &'f Stacktrace<'_>, platform: &str, physical_only: bool) 
         if inlined {
             continue;
         }
-        let native = is_native(f, platform)
-            .then(|| normalize_function(f.function.as_deref().unwrap_or("")));
+        let native =
+            is_native(f, platform).then(|| normalize_function(f.function.as_deref().unwrap_or("")));
         out.push(Seen { frame: f, native });
     }
     out
@@ -527,12 +527,8 @@ fn is_ignored(s: &Seen<'_>) -> bool {
         .or(f.filename.as_deref())
         .unwrap_or("");
     let m = |s: &str| IGNORED_PREFIXES.iter().any(|p| s.starts_with(p));
-    let top_module = |s: &str| {
-        matches!(
-            s,
-            "std" | "core" | "alloc" | "tokio" | "hyper" | "errscope"
-        )
-    };
+    let top_module =
+        |s: &str| matches!(s, "std" | "core" | "alloc" | "tokio" | "hyper" | "errscope");
     m(function)
         || m(module)
         || top_module(module)
@@ -949,17 +945,30 @@ mod tests {
     fn one_bug_from_every_kind_of_build_is_one_issue() {
         let (first_name, first) = BUILDS[0];
         let want = ev(&build_event(first));
-        assert_eq!(want.culprit, "shop::Cache<K,V>::get", "errscope frames are never the culprit");
+        assert_eq!(
+            want.culprit, "shop::Cache<K,V>::get",
+            "errscope frames are never the culprit"
+        );
         for (name, frames) in &BUILDS[1..] {
             let g = ev(&build_event(frames));
             assert_eq!(g.fingerprint, want.fingerprint, "{name} vs {first_name}");
             assert_eq!(g.class, want.class, "{name}");
-            assert!(!g.culprit.contains("errscope"), "{name}: culprit {}", g.culprit);
+            assert!(
+                !g.culprit.contains("errscope"),
+                "{name}: culprit {}",
+                g.culprit
+            );
         }
         // Another call site in the same builds is another issue.
         for (name, frames) in BUILDS {
-            let other = frames.replace("Cache<", "Store<").replace("Cache$LT$", "Store$LT$");
-            assert_ne!(ev(&build_event(&other)).fingerprint, want.fingerprint, "{name}");
+            let other = frames
+                .replace("Cache<", "Store<")
+                .replace("Cache$LT$", "Store$LT$");
+            assert_ne!(
+                ev(&build_event(&other)).fingerprint,
+                want.fingerprint,
+                "{name}"
+            );
         }
         // A different caller of the same function is another issue, in every build.
         let from_load = BUILDS[1].1.replace("shop::main", "shop::load");
@@ -972,7 +981,8 @@ mod tests {
             r#"{"function":"shop::main","in_app":true,"instruction_addr":"0x1"},
                {"function":"errscope::capture::capture_error","module":"errscope::capture","in_app":true,"instruction_addr":"0x2"}"#,
         );
-        let without = build_event(r#"{"function":"shop::main","in_app":true,"instruction_addr":"0x1"}"#);
+        let without =
+            build_event(r#"{"function":"shop::main","in_app":true,"instruction_addr":"0x1"}"#);
         assert_eq!(ev(&with).fingerprint, ev(&without).fingerprint);
         assert_eq!(ev(&with).culprit, "shop::main");
         // Only agent frames: still no agent culprit.
@@ -996,8 +1006,16 @@ mod tests {
             ))
         };
         let titles = [
-            ev(&io("ConnectionReset", "connection reset by peer (os error 104)")).title,
-            ev(&io("ConnectionRefused", "connection refused (os error 111)")).title,
+            ev(&io(
+                "ConnectionReset",
+                "connection reset by peer (os error 104)",
+            ))
+            .title,
+            ev(&io(
+                "ConnectionRefused",
+                "connection refused (os error 111)",
+            ))
+            .title,
             ev(&io("TimedOut", "connection timed out (os error 110)")).title,
         ];
         assert_eq!(
@@ -1025,7 +1043,10 @@ mod tests {
         let long = io("TimedOut", "connection timed out (os error 110)")
             .replace("binding the user at the directory", &"x".repeat(400));
         let t = ev(&long).title;
-        assert!(t.ends_with("TimedOut: connection timed out (os error 110)"), "{t}");
+        assert!(
+            t.ends_with("TimedOut: connection timed out (os error 110)"),
+            "{t}"
+        );
         assert!(t.len() <= TITLE_MAX + 3);
         // A Python chain keeps Sentry's title: the exception raised last.
         let py = r#"{"exception":{"values":[{"type":"KeyError","value":"'k'"},{"type":"RuntimeError","value":"wrap"}]}}"#;
@@ -1045,7 +1066,10 @@ mod tests {
         );
         assert_eq!(
             py.fingerprint,
-            hash_components(&["type:KeyError".to_owned(), "frame:shop.views|lookup".to_owned()])
+            hash_components(&[
+                "type:KeyError".to_owned(),
+                "frame:shop.views|lookup".to_owned()
+            ])
         );
     }
 

@@ -164,7 +164,8 @@ fn is_path(s: &str) -> bool {
         r
     } else {
         let b = s.as_bytes();
-        if b.len() > 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/') {
+        if b.len() > 3 && b[0].is_ascii_alphabetic() && b[1] == b':' && matches!(b[2], b'\\' | b'/')
+        {
             &s[3..]
         } else {
             return false;
@@ -174,9 +175,9 @@ fn is_path(s: &str) -> bool {
     !rest.is_empty()
         && !rest.starts_with('/')
         && rest.bytes().any(|c| c.is_ascii_alphanumeric())
-        && rest.bytes().all(|c| {
-            c.is_ascii_alphanumeric() || b"._-+@%~/\\:,=#".contains(&c) || c >= 0x80
-        })
+        && rest
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-+@%~/\\:,=#".contains(&c) || c >= 0x80)
 }
 
 fn boundary(b: &[u8], start: usize, end: usize) -> bool {
@@ -355,7 +356,10 @@ mod tests {
                 "cannot rename <path> (os error <num>)",
             ),
             ("mount (/mnt/data-7) failed", "mount (<path>) failed"),
-            ("config ~/.config/shop/app.toml missing", "config <path> missing"),
+            (
+                "config ~/.config/shop/app.toml missing",
+                "config <path> missing",
+            ),
             ("open C:\\data\\shop.db failed", "open <path> failed"),
             ("read/write and a/b stay", "read/write and a/b stay"),
             ("a / b and // c stay", "a / b and // c stay"),

@@ -141,10 +141,7 @@ fn is_ident_byte(c: u8) -> bool {
 
 /// The crate of a path `krate::…`, if `s` is one.
 fn path_crate(s: &str) -> Option<&str> {
-    let end = s
-        .bytes()
-        .position(|c| !is_ident_byte(c))
-        .unwrap_or(s.len());
+    let end = s.bytes().position(|c| !is_ident_byte(c)).unwrap_or(s.len());
     (end > 0 && s[end..].starts_with("::")).then(|| &s[..end])
 }
 
@@ -402,7 +399,11 @@ mod tests {
             "<fn() as core::ops::function::FnOnce>::call_once",
         ),
         (
-            &["shop::load.llvm.8714521983", "shop::load.cold", "shop::load.part.0"],
+            &[
+                "shop::load.llvm.8714521983",
+                "shop::load.cold",
+                "shop::load.part.0",
+            ],
             "shop::load",
         ),
         // DWARF names of a `line-tables-only` build: no path at all.
@@ -427,7 +428,8 @@ mod tests {
     fn rustc_demangle_really_spells_them_apart() {
         // What the agent and the server's symbolicator see, before normalization.
         let legacy = "_ZN4shop18Cache$LT$K$C$V$GT$3get17hca1b3072ce9c0266E";
-        let v0 = "_RNvMCsbxQjNsTKZZh_4shopINtB2_5CacheNtNtCslNYArtu3iFV_5alloc6string6StringyE3getB2_";
+        let v0 =
+            "_RNvMCsbxQjNsTKZZh_4shopINtB2_5CacheNtNtCslNYArtu3iFV_5alloc6string6StringyE3getB2_";
         let d = |s| format!("{:#}", rustc_demangle::demangle(s));
         assert_eq!(d(legacy), "shop::Cache<K,V>::get");
         assert_eq!(d(v0), "<shop::Cache<alloc::string::String, u64>>::get");
@@ -464,7 +466,12 @@ mod tests {
         let normalized: Vec<String> = names.iter().map(|n| normalize_function(n)).collect();
         for (i, a) in normalized.iter().enumerate() {
             for (j, b) in normalized.iter().enumerate() {
-                assert!(i == j || a != b, "{} and {} both became {a}", names[i], names[j]);
+                assert!(
+                    i == j || a != b,
+                    "{} and {} both became {a}",
+                    names[i],
+                    names[j]
+                );
             }
         }
     }
@@ -480,7 +487,11 @@ mod tests {
                 true,
             ),
             ("errscope::capture_error", "errscope", true),
-            ("<fn() as core::ops::function::FnOnce>::call_once", "core", true),
+            (
+                "<fn() as core::ops::function::FnOnce>::call_once",
+                "core",
+                true,
+            ),
             (
                 "<&dyn core::ops::function::Fn + core::marker::Sync as core::ops::function::FnOnce>::call_once",
                 "core",
@@ -502,8 +513,26 @@ mod tests {
     #[test]
     fn odd_names_do_not_panic_and_stay_deterministic() {
         for odd in [
-            "", "<", ">", "<<>>", "{", "}", "{{", "a<", "a::<", "<a as", "a[", "a[1", "_R",
-            "_ZN", "->", "a -> b", "é<中>::{closure#0}", "{x#}", "::", "a<b>>::c",
+            "",
+            "<",
+            ">",
+            "<<>>",
+            "{",
+            "}",
+            "{{",
+            "a<",
+            "a::<",
+            "<a as",
+            "a[",
+            "a[1",
+            "_R",
+            "_ZN",
+            "->",
+            "a -> b",
+            "é<中>::{closure#0}",
+            "{x#}",
+            "::",
+            "a<b>>::c",
         ] {
             let once = normalize_function(odd);
             assert_eq!(normalize_function(odd), once, "{odd:?}");

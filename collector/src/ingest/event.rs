@@ -239,10 +239,12 @@ fn lenient_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
         }
         fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
             let s = s.trim();
-            Ok(match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-                Some(hex) => u64::from_str_radix(hex, 16).ok(),
-                None => s.parse().ok(),
-            })
+            Ok(
+                match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                    Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                    None => s.parse().ok(),
+                },
+            )
         }
         fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
             Ok(Some(n))
@@ -454,7 +456,11 @@ mod tests {
             r#"{}"#,
         ]
         .iter()
-        .map(|j| serde_json::from_str::<Frame<'_>>(j).unwrap().instruction_addr)
+        .map(|j| {
+            serde_json::from_str::<Frame<'_>>(j)
+                .unwrap()
+                .instruction_addr
+        })
         .collect();
         assert_eq!(
             addrs,
