@@ -179,6 +179,20 @@ def main():
     }
     for i, m in enumerate(sorted(messages)):
         write(f"normalize/msg-{i}.txt", m.encode())
+    for i, n in enumerate(NAMES):
+        write(f"normalize/name-{i}.txt", n.encode())
+
+
+# Native function names for normalize_function: legacy, v0 and DWARF spellings.
+NAMES = [
+    "_ZN4shop4load28_$u7b$$u7b$closure$u7d$$u7d$17h3ce1fe0fc0f0ab4eE",
+    "_RNvMCsbxQjNsTKZZh_4shopINtB2_5CacheNtNtCslNYArtu3iFV_5alloc6string6StringyE3getB2_",
+    "<shop::Cache<alloc::string::String, u64>>::get",
+    "shop[5f3c2ab1d9e0f412]::block_on::<shop::fetch::{closure#0}>",
+    "<&dyn core::ops::function::Fn<(), Output = i32> + core::marker::Sync as core::ops::function::FnOnce<()>>::call_once",
+    "core::ops::function::FnOnce::call_once{{vtable.shim}}::h0123456789abcdef",
+    "block_on<shop::fetch::{async_fn_env#0}>",
+]
 
 
 if __name__ == "__main__":

@@ -504,7 +504,8 @@ fn seen_frames<'f>(st: &'f Stacktrace<'_>, platform: &str, physical_only: bool) 
     let mut out = Vec::with_capacity(frames.len());
     let mut prev = None;
     for f in frames {
-        let addr = f.instruction_addr;
+        // Address 0 is what some SDKs send for "unknown": no frame is inlined into it.
+        let addr = f.instruction_addr.filter(|&a| a != 0);
         let inlined = physical_only && addr.is_some() && addr == prev;
         prev = addr;
         if inlined {
@@ -973,6 +974,20 @@ mod tests {
         // A different caller of the same function is another issue, in every build.
         let from_load = BUILDS[1].1.replace("shop::main", "shop::load");
         assert_ne!(ev(&build_event(&from_load)).fingerprint, want.fingerprint);
+    }
+
+    #[test]
+    fn frames_at_address_zero_are_not_inlined_frames() {
+        let frames = |second: &str| {
+            build_event(&format!(
+                r#"{{"function":"shop::main","in_app":true,"instruction_addr":"0x0"}},
+                   {{"function":"{second}","in_app":true,"instruction_addr":"0x0"}}"#
+            ))
+        };
+        assert_ne!(
+            ev(&frames("shop::load")).fingerprint,
+            ev(&frames("shop::store")).fingerprint
+        );
     }
 
     #[test]
