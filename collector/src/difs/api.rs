@@ -25,11 +25,12 @@ use crate::time::rfc3339;
 /// The size of one chunk sentry-cli sends.
 pub const CHUNK_SIZE: usize = 8 << 20;
 /// Chunks per chunk-upload request.
-pub const CHUNKS_PER_REQUEST: usize = 8;
+pub const CHUNKS_PER_REQUEST: usize = 4;
 /// The largest chunk-upload request body.
 pub const MAX_REQUEST_SIZE: usize = 32 << 20;
 /// The largest debug file, in bytes (also bounded by the budget).
 pub const MAX_FILE_SIZE: u64 = 2 << 30;
+const BUSY: &str = "too many debug file uploads at once; retry in a moment";
 /// Files per assemble request.
 const MAX_FILES_PER_ASSEMBLE: usize = 256;
 
@@ -196,7 +197,7 @@ async fn upload_chunks(
     let _permit = difs
         .upload_permit()
         .await
-        .ok_or_else(|| DifApiError::Busy("shutting down".into()))?;
+        .ok_or_else(|| DifApiError::Busy(BUSY.into()))?;
     let mut chunks: Vec<(String, Vec<u8>)> = Vec::new();
     while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {
         let gzip = match field.name() {
@@ -356,7 +357,7 @@ async fn assemble_one(difs: &Difs, pid: i64, checksum: &str, f: AssembleFile) ->
     }
     let Some(_permit) = difs.upload_permit().await else {
         difs.release(checksum);
-        return file_state("error", &[], Some("the collector is shutting down".into()), None);
+        return file_state("error", &[], Some(BUSY.into()), None);
     };
     let d = difs.clone();
     let sum = checksum.to_owned();
@@ -495,7 +496,7 @@ async fn upload_multipart(
     let _permit = difs
         .upload_permit()
         .await
-        .ok_or_else(|| DifApiError::Busy("shutting down".into()))?;
+        .ok_or_else(|| DifApiError::Busy(BUSY.into()))?;
     let limit = MAX_FILE_SIZE.min(difs.max_bytes());
     let mut stored = Vec::new();
     while let Some(mut field) = form.next_field().await.map_err(multipart_error)? {

@@ -624,9 +624,12 @@ impl Difs {
         Ok(())
     }
 
-    /// Waits for a free upload slot.
+    /// Waits (up to 30 s) for one of the [`CONCURRENT_UPLOADS`] upload slots.
     pub async fn upload_permit(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.0.uploads.acquire().await.ok()
+        tokio::time::timeout(Duration::from_secs(30), self.0.uploads.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Claims a checksum for assembly; `false` if another request is assembling it.

@@ -31,8 +31,16 @@ export async function difsView(ctx) {
     if (!ctx.alive()) return;
     const rows = files.map((d) => {
       const del = h('button', { type: 'button', class: 'btn btn-small', 'aria-label': `Delete ${d.objectName}` }, 'Delete');
+      // A second click within 5 s confirms: no blocking dialog.
+      let armed = null;
       del.addEventListener('click', async () => {
-        if (!window.confirm(`Delete ${d.objectName} (${d.debugId})?`)) return;
+        if (!armed) {
+          del.textContent = 'Confirm delete';
+          del.classList.add('btn-danger');
+          armed = setTimeout(() => { armed = null; del.textContent = 'Delete'; del.classList.remove('btn-danger'); }, 5000);
+          return;
+        }
+        clearTimeout(armed);
         del.disabled = true;
         try {
           await api.deleteDif(pid, d.id);
