@@ -48,7 +48,8 @@ pub(crate) enum DifsCommand {
 
 fn open(data: &std::path::Path, max_mb: u64) -> anyhow::Result<(rusqlite::Connection, Difs)> {
     let conn = store::open_and_migrate(data).context("opening the database")?;
-    let difs = Difs::open(data, max_mb.saturating_mul(1 << 20)).context("opening the debug files")?;
+    let difs =
+        Difs::open(data, max_mb.saturating_mul(1 << 20)).context("opening the debug files")?;
     Ok((conn, difs))
 }
 
@@ -106,7 +107,9 @@ pub(crate) fn run(cmd: DifsCommand) -> anyhow::Result<()> {
         DifsCommand::List { project, data } => {
             let (conn, difs) = open(&data, u64::MAX >> 20)?;
             let pid = project.map(|p| project_id(&conn, &p)).transpose()?;
-            println!("id\tproject\tname\tkind\tarch\tdebug_id\tcode_id\tfeatures\tsize\tuploaded\tlast_used");
+            println!(
+                "id\tproject\tname\tkind\tarch\tdebug_id\tcode_id\tfeatures\tsize\tuploaded\tlast_used"
+            );
             for r in difs.list(pid) {
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",

@@ -169,12 +169,18 @@ async fn sentry_cli_uploads_a_debug_file_and_its_sources() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sentry-cli failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "sentry-cli failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("OK"), "{stdout}\n{stderr}");
 
     let files = dsyms(&s).await;
     assert_eq!(files.len(), 2, "{files:?}");
-    let elf = files.iter().find(|d| d["kind"] == "elf").expect("the ELF file");
+    let elf = files
+        .iter()
+        .find(|d| d["kind"] == "elf")
+        .expect("the ELF file");
     let bundle = files
         .iter()
         .find(|d| d["kind"] == "sourcebundle")
@@ -213,7 +219,11 @@ async fn sentry_cli_uploads_a_debug_file_and_its_sources() {
     assert_eq!(debug_id, expect);
 
     // The symbolication interface.
-    let m = s.state.difs.find(&debug_id, None).expect("found by debug id");
+    let m = s
+        .state
+        .difs
+        .find(&debug_id, None)
+        .expect("found by debug id");
     assert!(m.has_debug_info);
     assert_eq!(m.kind, errscope_collector::difs::DifKind::Elf);
     assert_eq!(std::fs::read(&m.path).unwrap(), bytes);
@@ -227,7 +237,10 @@ async fn sentry_cli_uploads_a_debug_file_and_its_sources() {
     let zip = std::fs::read(&bundle_path).unwrap();
     assert!(zip.starts_with(b"SYSB"), "a symbolic source bundle");
     assert!(
-        s.state.difs.find(&debug_id.replace('-', "").to_uppercase(), None).is_some(),
+        s.state
+            .difs
+            .find(&debug_id.replace('-', "").to_uppercase(), None)
+            .is_some(),
         "the Breakpad spelling of the id matches too"
     );
     let mut announced = Vec::new();
@@ -358,7 +371,10 @@ async fn curl_upload_list_delete_and_the_cli_while_serve_runs() {
         .unwrap();
     assert_eq!(r.status(), 404);
     let b: Value = r.json().await.unwrap();
-    assert!(b["detail"].as_str().unwrap().contains("no debug file"), "{b}");
+    assert!(
+        b["detail"].as_str().unwrap().contains("no debug file"),
+        "{b}"
+    );
     let del = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
         .args(["debug-files", "delete", &second_id, "--data"])
         .arg(data.path())
@@ -424,7 +440,10 @@ async fn least_recently_used_files_are_evicted_beyond_the_budget() {
     big.resize(budget as usize + 1, 0);
     let (st, body) = upload_multipart(&s.http, &s.base, "big.debug", big).await;
     assert_eq!(st, 413, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("budget"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("budget"),
+        "{body}"
+    );
     assert_eq!(dsyms(&s).await.len(), 2);
     s.stop().await;
 }
@@ -437,8 +456,10 @@ fn zip_bomb() -> Vec<u8> {
         .compression_method(zip::CompressionMethod::Deflated)
         .large_file(true);
     w.start_file("manifest.json", opts).unwrap();
-    w.write_all(br#"{"files":{},"attributes":{"debug_id":"3b25f3a8-4a2c-4c0d-8b1d-9f8e7d6c5b4a"}}"#)
-        .unwrap();
+    w.write_all(
+        br#"{"files":{},"attributes":{"debug_id":"3b25f3a8-4a2c-4c0d-8b1d-9f8e7d6c5b4a"}}"#,
+    )
+    .unwrap();
     w.start_file("files/zeros.c", opts).unwrap();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..200 {
@@ -457,10 +478,17 @@ async fn bad_uploads_get_4xx_and_store_nothing() {
     let detail = |b: &Value| b["detail"].as_str().unwrap_or_default().to_owned();
 
     // A truncated ELF file, a text file, a zip bomb.
-    let (st, b) = upload_multipart(&s.http, &s.base, "cut.debug", good[..good.len() / 2].to_vec()).await;
+    let (st, b) = upload_multipart(
+        &s.http,
+        &s.base,
+        "cut.debug",
+        good[..good.len() / 2].to_vec(),
+    )
+    .await;
     assert_eq!(st, 400, "{b}");
     assert!(detail(&b).contains("truncated"), "{b}");
-    let (st, b) = upload_multipart(&s.http, &s.base, "notes.txt", b"just some notes\n".to_vec()).await;
+    let (st, b) =
+        upload_multipart(&s.http, &s.base, "notes.txt", b"just some notes\n".to_vec()).await;
     assert_eq!(st, 400, "{b}");
     assert!(detail(&b).contains("not a debug file"), "{b}");
     let bomb = zip_bomb();
@@ -487,12 +515,16 @@ async fn bad_uploads_get_4xx_and_store_nothing() {
             .multipart(form)
             .send()
     };
-    let r = post_chunk(sha1_hex(b"something else"), good.clone()).await.unwrap();
+    let r = post_chunk(sha1_hex(b"something else"), good.clone())
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let b: Value = r.json().await.unwrap();
     assert!(detail(&b).contains("SHA-1"), "{b}");
     // An oversize chunk and an oversize request.
-    let r = post_chunk(sha1_hex(b"x"), vec![7u8; chunk_size + 1]).await.unwrap();
+    let r = post_chunk(sha1_hex(b"x"), vec![7u8; chunk_size + 1])
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
     let b: Value = r.json().await.unwrap();
     assert!(detail(&b).contains("chunk size"), "{b}");
@@ -515,7 +547,14 @@ async fn bad_uploads_get_4xx_and_store_nothing() {
     let assemble_url = format!("{}/api/0/projects/o/default/files/difs/assemble/", s.base);
     let sum = sha1_hex(&good);
     let req = serde_json::json!({ sum.clone(): {"name": "hello.debug", "chunks": [sum.clone()]} });
-    let r = s.http.post(&assemble_url).bearer_auth(TOKEN).json(&req).send().await.unwrap();
+    let r = s
+        .http
+        .post(&assemble_url)
+        .bearer_auth(TOKEN)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b[&sum]["state"], "not_found", "{b}");
@@ -524,13 +563,28 @@ async fn bad_uploads_get_4xx_and_store_nothing() {
     let half = &good[..good.len() / 2];
     let r = post_chunk(sha1_hex(half), half.to_vec()).await.unwrap();
     assert_eq!(r.status(), 200);
-    let req = serde_json::json!({ sum.clone(): {"name": "hello.debug", "chunks": [sha1_hex(half)]} });
-    let r = s.http.post(&assemble_url).bearer_auth(TOKEN).json(&req).send().await.unwrap();
+    let req =
+        serde_json::json!({ sum.clone(): {"name": "hello.debug", "chunks": [sha1_hex(half)]} });
+    let r = s
+        .http
+        .post(&assemble_url)
+        .bearer_auth(TOKEN)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
     let b: Value = r.json().await.unwrap();
     assert_eq!(b[&sum]["state"], "error", "{b}");
     assert!(b[&sum]["detail"].as_str().unwrap().contains("SHA-1"), "{b}");
     // A malformed assemble body, an unknown project.
-    let r = s.http.post(&assemble_url).bearer_auth(TOKEN).body("[1]").send().await.unwrap();
+    let r = s
+        .http
+        .post(&assemble_url)
+        .bearer_auth(TOKEN)
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let (st, b) = s.api("/api/0/projects/o/nope/files/dsyms/").await;
     assert_eq!(st, 404, "{b}");

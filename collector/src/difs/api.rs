@@ -229,7 +229,11 @@ async fn upload_chunks(
             }
             raw.extend_from_slice(&part);
         }
-        let data = if gzip { gunzip_chunk(&raw, &checksum)? } else { raw };
+        let data = if gzip {
+            gunzip_chunk(&raw, &checksum)?
+        } else {
+            raw
+        };
         let actual = hex(&sha1::Sha1::digest(&data));
         if actual != checksum {
             return Err(DifApiError::BadRequest(format!(
@@ -327,7 +331,12 @@ async fn assemble(
     Ok(Json(Value::Object(out)).into_response())
 }
 
-fn file_state(state: &str, missing: &[String], detail: Option<String>, dif: Option<Value>) -> Value {
+fn file_state(
+    state: &str,
+    missing: &[String],
+    detail: Option<String>,
+    dif: Option<Value>,
+) -> Value {
     json!({ "state": state, "missingChunks": missing, "detail": detail, "dif": dif })
 }
 
@@ -385,11 +394,21 @@ async fn assemble_one(difs: &Difs, pid: i64, checksum: &str, f: AssembleFile) ->
         }
         Err(DifError::Store(e)) => {
             tracing::error!("debug files: storing {checksum} failed: {e}");
-            file_state("error", &[], Some("internal error while storing the file".into()), None)
+            file_state(
+                "error",
+                &[],
+                Some("internal error while storing the file".into()),
+                None,
+            )
         }
         Err(DifError::Io(p, e)) => {
             tracing::error!("debug files: {}: {e}", p.display());
-            file_state("error", &[], Some("internal error while storing the file".into()), None)
+            file_state(
+                "error",
+                &[],
+                Some("internal error while storing the file".into()),
+                None,
+            )
         }
         Err(e) => file_state("error", &[], Some(e.to_string()), None),
     }
@@ -447,7 +466,11 @@ async fn list(
         .list(Some(pid))
         .iter()
         .filter(|r| debug_id.as_ref().is_none_or(|d| &r.debug_id == d))
-        .filter(|r| code_id.as_ref().is_none_or(|c| r.code_id.as_ref() == Some(c)))
+        .filter(|r| {
+            code_id
+                .as_ref()
+                .is_none_or(|c| r.code_id.as_ref() == Some(c))
+        })
         .filter(|r| {
             query.as_ref().is_none_or(|s| {
                 r.name.to_ascii_lowercase().contains(s)

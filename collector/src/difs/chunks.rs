@@ -21,7 +21,9 @@ pub struct Chunks {
 
 /// Whether `s` is a SHA-1 in lower-case hex.
 pub fn is_sha1(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Chunks {

@@ -108,12 +108,20 @@ fn check_elf_extent(data: &[u8]) -> Result<(), DifError> {
     let is64 = match data[4] {
         1 => false,
         2 => true,
-        _ => return Err(DifError::Invalid("the ELF file has an unknown class".into())),
+        _ => {
+            return Err(DifError::Invalid(
+                "the ELF file has an unknown class".into(),
+            ));
+        }
     };
     let le = match data[5] {
         1 => true,
         2 => false,
-        _ => return Err(DifError::Invalid("the ELF file has an unknown byte order".into())),
+        _ => {
+            return Err(DifError::Invalid(
+                "the ELF file has an unknown byte order".into(),
+            ));
+        }
     };
     let rd = |off: usize, n: usize| -> Result<u64, DifError> {
         let b = data.get(off..off + n).ok_or_else(short)?;

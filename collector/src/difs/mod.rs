@@ -126,7 +126,9 @@ pub enum DifError {
     #[error("{0}")]
     Invalid(String),
     /// The file is larger than the whole budget.
-    #[error("the file has {size} bytes, more than the debug files' budget of {budget} bytes (--difs-max-mb)")]
+    #[error(
+        "the file has {size} bytes, more than the debug files' budget of {budget} bytes (--difs-max-mb)"
+    )]
     TooLarge {
         /// The file's size.
         size: u64,
@@ -580,7 +582,14 @@ impl Difs {
         let (version, rows) = {
             let conn = self.0.conn.lock().unwrap_or_else(|e| e.into_inner());
             let version = store::version(&conn)?;
-            if version == self.0.index.read().unwrap_or_else(|e| e.into_inner()).version {
+            if version
+                == self
+                    .0
+                    .index
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .version
+            {
                 return Ok(());
             }
             (version, store::all(&conn)?)
@@ -607,9 +616,10 @@ impl Difs {
 
     /// Writes the last-use times marked since the last flush.
     pub fn flush_used(&self) -> Result<(), DifError> {
-        let ids: Vec<i64> = std::mem::take(&mut *self.0.dirty.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_iter()
-            .collect();
+        let ids: Vec<i64> =
+            std::mem::take(&mut *self.0.dirty.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
         if ids.is_empty() {
             return Ok(());
         }
@@ -672,7 +682,8 @@ impl TempFile {
 
     fn finish(&mut self) -> Result<(), DifError> {
         if let Some(f) = self.file.take() {
-            f.sync_all().map_err(|e| DifError::Io(self.path.clone(), e))?;
+            f.sync_all()
+                .map_err(|e| DifError::Io(self.path.clone(), e))?;
         }
         Ok(())
     }
@@ -713,10 +724,6 @@ pub fn hex(bytes: &[u8]) -> String {
 /// The file name part of an uploaded name, printable and at most 200 characters.
 fn clean_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let s: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    let s: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
     if s.is_empty() { "unnamed".into() } else { s }
 }
