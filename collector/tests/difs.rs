@@ -598,3 +598,44 @@ async fn bad_uploads_get_4xx_and_store_nothing() {
     assert_eq!(r.status(), 200);
     s.stop().await;
 }
+
+#[test]
+fn find_prefers_debug_info_to_a_symbol_table_and_ignores_source_bundles() {
+    use errscope_collector::difs::{DifKind, Difs};
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let conn = errscope_collector::store::open_and_migrate(dir.path()).unwrap();
+    errscope_collector::store::create_project(&conn, "default").unwrap();
+    let difs = Difs::open(dir.path(), 1 << 30).unwrap();
+    // The same build twice: with its symbol table only, and its debug companion.
+    let symtab_only = f.path("hello-1.symtab");
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&symtab_only)
+        .arg(f.path("hello-1")));
+    let lean = difs
+        .add_bytes(1, "hello-1", &std::fs::read(&symtab_only).unwrap())
+        .unwrap();
+    assert!(lean.features.symtab && !lean.features.debug, "{lean:?}");
+    let m = difs.find(&lean.debug_id, None).unwrap();
+    assert!(!m.has_debug_info);
+    let full = difs
+        .add_bytes(
+            1,
+            "hello-1.debug",
+            &std::fs::read(f.path("hello-1.debug")).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(full.debug_id, lean.debug_id);
+    let m = difs.find(&lean.debug_id, full.code_id.as_deref()).unwrap();
+    assert_eq!(m.id, full.id);
+    assert!(m.has_debug_info);
+    assert_eq!(m.kind, DifKind::Elf);
+    assert!(difs.find_sources(&lean.debug_id).is_none());
+    assert!(difs.find("not an id", None).is_none());
+    // Deleting the better file falls back to the other one.
+    assert!(difs.delete(None, full.id).unwrap());
+    assert_eq!(difs.find(&lean.debug_id, None).unwrap().id, lean.id);
+    assert!(!difs.delete(None, full.id).unwrap());
+}

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -191,8 +191,20 @@ async fn chunk_options(State(state): State<AppState>, Path(org): Path<String>) -
 /// `file_gzip`, gzip-compressed), each named by the SHA-1 of its content.
 async fn upload_chunks(
     State(state): State<AppState>,
+    headers: HeaderMap,
     mut form: Multipart,
 ) -> Result<Response, DifApiError> {
+    // Refuse a body announced too large before reading any of it.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_REQUEST_SIZE as u64) {
+        return Err(DifApiError::TooLarge(format!(
+            "the request has {} bytes; chunk uploads take at most {MAX_REQUEST_SIZE} (maxRequestSize)",
+            announced.unwrap_or_default()
+        )));
+    }
     let difs = state.difs.clone();
     let _permit = difs
         .upload_permit()
