@@ -79,9 +79,7 @@ pub(crate) fn run(cmd: DifsCommand) -> anyhow::Result<()> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| f.display().to_string());
-                let stored = std::fs::read(f)
-                    .with_context(|| format!("reading {}", f.display()))
-                    .and_then(|bytes| Ok(difs.add_bytes(pid, &name, &bytes)?));
+                let stored = difs.add_path(pid, &name, f);
                 match stored {
                     Ok(r) => println!(
                         "stored {} (id {}): debug id {}, code id {}, {}, {}, features {}",

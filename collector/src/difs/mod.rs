@@ -462,6 +462,26 @@ impl Difs {
         self.add_file(project_id, name, tmp, &checksum)
     }
 
+    /// Stores a copy of the file at `path` (streamed, never held in memory whole).
+    /// Blocking.
+    pub fn add_path(&self, project_id: i64, name: &str, path: &Path) -> Result<DifRow, DifError> {
+        let mut src = std::fs::File::open(path).map_err(|e| DifError::Io(path.to_owned(), e))?;
+        let mut tmp = self.temp_file()?;
+        let mut hasher = sha1::Sha1::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut src, &mut buf)
+                .map_err(|e| DifError::Io(path.to_owned(), e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n])?;
+        }
+        let checksum = hex(&hasher.finalize());
+        self.add_file(project_id, name, tmp, &checksum)
+    }
+
     /// Stores a file already written to a [`TempFile`] whose SHA-1 is `checksum`:
     /// inspects it, moves it under `<data>/difs/<project>/`, indexes it and evicts the
     /// least recently used files beyond the budget. The same content uploaded twice to a
