@@ -20,6 +20,7 @@
 //! - [`grouping`]: class, fingerprint and normalization;
 //! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
 //! - [`api`]: the dashboard's JSON API and session;
+//! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
 //! - [`dashboard`]: the embedded web UI;
 //! - [`serve`]: the HTTP/1.1 server loop and the deadlines for slow clients;
 //! - [`metrics`]: Prometheus counters; [`state`]: configuration and shared state.
@@ -28,6 +29,7 @@
 
 pub mod api;
 pub mod dashboard;
+pub mod difs;
 pub mod grouping;
 pub mod ingest;
 pub mod metrics;
@@ -99,6 +101,7 @@ pub fn app(state: AppState) -> Router {
             get(api::get_issue).put(api::update_issue),
         )
         .route("/api/0/issues/{id}/events/", get(api::issue_events))
+        .merge(difs::api::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_auth,

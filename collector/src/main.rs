@@ -1,4 +1,4 @@
-//! The `errscope-collector` binary: `serve` and `project create`.
+//! The `errscope-collector` binary: `serve`, `project create` and `debug-files`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use errscope_collector::store::writer::Retention;
 use errscope_collector::{Config, app, serve, start, state, store};
+
+mod difs_cli;
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +58,15 @@ enum Command {
         #[arg(long, env = "ERRSCOPE_BODY_TIMEOUT_SECS", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(1..))]
         body_timeout_secs: u64,
+        /// Megabytes of debug files kept; beyond it the least recently used are deleted.
+        #[arg(long, env = "ERRSCOPE_DIFS_MAX_MB", default_value_t = 2048,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        difs_max_mb: u64,
+    },
+    /// Upload, list and delete debug files (also while `serve` runs on the same data).
+    DebugFiles {
+        #[command(subcommand)]
+        command: difs_cli::DifsCommand,
     },
     /// Manage projects.
     Project {
@@ -103,6 +114,7 @@ fn env_secret(name: &str) -> Option<String> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::DebugFiles { command } => difs_cli::run(command),
         Command::Project {
             command:
                 ProjectCommand::Create {
@@ -132,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             queue,
             header_timeout_secs,
             body_timeout_secs,
+            difs_max_mb,
         } => {
             // Few blocking threads (reads are short): each one can pin a malloc arena.
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -153,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.queue_capacity = queue.max(1);
                 config.header_timeout = Duration::from_secs(header_timeout_secs);
                 config.body_timeout = Duration::from_secs(body_timeout_secs);
+                config.difs_max_bytes = difs_max_mb.saturating_mul(1 << 20);
                 config.admin_token = env_secret("ERRSCOPE_ADMIN_TOKEN");
                 config.admin_password = env_secret("ERRSCOPE_ADMIN_PASSWORD");
                 let started = tokio::task::spawn_blocking(move || start(config))

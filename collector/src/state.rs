@@ -12,6 +12,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use rand::RngCore;
 use rusqlite::OptionalExtension;
 
+use crate::difs::Difs;
 use crate::metrics::Metrics;
 use crate::store::writer::{Retention, Writer};
 use crate::store::{self, ProjectRow, ReadPool, StoreError};
@@ -39,6 +40,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long a client has to send a request body, counted from its head.
     pub body_timeout: Duration,
+    /// The most bytes of debug files kept; the least recently used go first.
+    pub difs_max_bytes: u64,
 }
 
 impl Config {
@@ -54,6 +57,7 @@ impl Config {
             admin_password: None,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            difs_max_bytes: 2048 << 20,
         }
     }
 }
@@ -89,6 +93,8 @@ pub struct Inner {
     pub writer: Writer,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Uploaded debug files.
+    pub difs: Difs,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     password_hash: RwLock<String>,
@@ -212,6 +218,12 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         .map(|p| (p.key, p.id))
         .collect();
 
+    let difs = Difs::open(&config.data_dir, config.difs_max_bytes).map_err(|e| match e {
+        crate::difs::DifError::Store(e) => e,
+        crate::difs::DifError::Io(p, e) => StoreError::Io(p, e),
+        e => StoreError::Task(e.to_string()),
+    })?;
+    difs.start_maintenance();
     let metrics = Arc::new(Metrics::default());
     let (writer, writer_thread) = Writer::start(
         conn,
@@ -225,6 +237,7 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         config,
         writer,
         metrics,
+        difs,
         keys: RwLock::new(keys),
         token_hash: RwLock::new(token_hash),
         password_hash: RwLock::new(password_hash),

@@ -79,5 +79,7 @@ export const api = {
   setStatus: (id, status) => request('PUT', `/api/0/issues/${enc(id)}/`, { status }),
   issueEvents: (id, params) => get(`/api/0/issues/${enc(id)}/events/${qs(params)}`),
   event: (pid, eventId) => get(`/api/0/projects/${enc(pid)}/events/${enc(eventId)}/`),
+  difs: (pid) => get(`/api/0/projects/errscope/${enc(pid)}/files/dsyms/`),
+  deleteDif: (pid, id) => request('DELETE', `/api/0/projects/errscope/${enc(pid)}/files/dsyms/?id=${enc(id)}`),
   tagValues: (pid, key) => get(`/api/0/projects/${enc(pid)}/tags/${enc(key)}/values/`),
 };

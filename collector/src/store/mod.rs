@@ -148,6 +148,27 @@ const MIGRATIONS: &[&str] = &[
         expires INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 3: uploaded debug files (collector/src/difs/): the files live under <data>/difs/.
+    r#"
+    CREATE TABLE difs (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        checksum TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        object_kind TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        debug_id TEXT NOT NULL,
+        code_id TEXT,
+        features TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        uploaded INTEGER NOT NULL,
+        last_used INTEGER,
+        UNIQUE (project_id, checksum)
+    );
+    CREATE INDEX difs_debug_id ON difs (debug_id);
+    CREATE INDEX difs_code_id ON difs (code_id);
+    "#,
 ];
 
 /// Opens a connection with the collector's pragmas.
