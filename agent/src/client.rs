@@ -213,6 +213,7 @@ pub fn init(options: Options) -> Guard {
     *slot = Some(Arc::clone(&client));
     drop(slot);
     crate::hook::install();
+    crate::crash::install(&client.shared);
     Guard {
         client: Some(client),
     }

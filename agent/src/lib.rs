@@ -225,6 +225,12 @@ mod anyhow;
 mod assemble;
 mod capture;
 mod client;
+mod crash;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod crash_report;
 mod domain;
 mod envelope;
 mod event;
@@ -267,7 +273,7 @@ pub use crate::domain::{
 };
 pub use crate::event::{
     Breadcrumb, Errno, Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Sdk,
-    Stacktrace, Thread, Values,
+    Signal, Stacktrace, Thread, Values,
 };
 pub use crate::options::{BeforeSend, Dsn, DsnError, Options};
 
