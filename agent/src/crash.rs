@@ -120,7 +120,13 @@ mod imp {
         }
 
         #[cfg(test)]
-        pub(crate) fn for_test(signal: i32, code: i32, fault_addr: u64, sp: u64, frames: &[u64]) -> Self {
+        pub(crate) fn for_test(
+            signal: i32,
+            code: i32,
+            fault_addr: u64,
+            sp: u64,
+            frames: &[u64],
+        ) -> Self {
             let mut rec = Self::EMPTY;
             rec.magic = MAGIC;
             rec.signal = signal;
@@ -143,8 +149,9 @@ mod imp {
     unsafe impl<T> Sync for Reserved<T> {}
 
     static RECORD: Reserved<CrashRecord> = Reserved(UnsafeCell::new(CrashRecord::EMPTY));
-    static PREVIOUS: Reserved<[MaybeUninit<libc::sigaction>; SIGNALS.len()]> =
-        Reserved(UnsafeCell::new([const { MaybeUninit::uninit() }; SIGNALS.len()]));
+    static PREVIOUS: Reserved<[MaybeUninit<libc::sigaction>; SIGNALS.len()]> = Reserved(
+        UnsafeCell::new([const { MaybeUninit::uninit() }; SIGNALS.len()]),
+    );
     /// This run's file (opened at `init`, never closed) and where its record goes.
     static FD: AtomicI32 = AtomicI32::new(-1);
     static OFFSET: AtomicU64 = AtomicU64::new(0);

@@ -125,7 +125,11 @@ fn dead_runs(database: &Path) -> Vec<DeadRun> {
     };
     let mut runs = Vec::new();
     for entry in entries.flatten() {
-        if !entry.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+        if !entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
             continue;
         }
         let path = entry.path();
@@ -139,11 +143,7 @@ fn dead_runs(database: &Path) -> Vec<DeadRun> {
         }
         // Bounded: a header and one record; anything larger is not ours.
         let mut bytes = Vec::new();
-        if (&mut file)
-            .take(1 << 20)
-            .read_to_end(&mut bytes)
-            .is_err()
-        {
+        if (&mut file).take(1 << 20).read_to_end(&mut bytes).is_err() {
             continue;
         }
         runs.push(DeadRun {
@@ -175,8 +175,7 @@ pub(crate) fn deliver(
                 continue;
             };
             let Some(record) = record else { continue };
-            let Some(event) = crash_event(&header, &record, shared, resolver, os, &current)
-            else {
+            let Some(event) = crash_event(&header, &record, shared, resolver, os, &current) else {
                 continue;
             };
             let Some(mut event) = crate::worker::apply_before_send(shared, event) else {
@@ -341,7 +340,10 @@ fn frames_of(
         };
         newest_first.push(frames);
     }
-    (newest_first.into_iter().rev().flatten().collect(), symbolicated)
+    (
+        newest_first.into_iter().rev().flatten().collect(),
+        symbolicated,
+    )
 }
 
 /// Where an address of the dead run lies in this process, if the module it was in is
@@ -349,9 +351,7 @@ fn frames_of(
 fn relocate(ip: u64, then: &[Module], now: &[Module]) -> Option<u64> {
     let old = then.iter().find(|m| m.start <= ip && ip < m.end)?;
     let old_id = old.build_id.as_deref()?;
-    let new = now
-        .iter()
-        .find(|m| m.build_id.as_deref() == Some(old_id))?;
+    let new = now.iter().find(|m| m.build_id.as_deref() == Some(old_id))?;
     (ip - old.base).checked_add(new.base)
 }
 
@@ -365,10 +365,7 @@ fn classify(
 ) -> (String, String) {
     let code = code_name.map(|c| format!(" ({c})")).unwrap_or_default();
     let faulted = matches!(rec.signal, libc::SIGSEGV | libc::SIGBUS);
-    if faulted
-        && rec.fault_addr != 0
-        && rec.fault_addr.abs_diff(rec.sp) <= OVERFLOW_REACH
-    {
+    if faulted && rec.fault_addr != 0 && rec.fault_addr.abs_diff(rec.sp) <= OVERFLOW_REACH {
         return (
             "stack overflow".to_owned(),
             format!(
@@ -389,7 +386,9 @@ fn classify(
         if alloc_failed {
             return (
                 "out of memory".to_owned(),
-                format!("a memory allocation failed on thread '{thread}' and the process aborted ({signal})"),
+                format!(
+                    "a memory allocation failed on thread '{thread}' and the process aborted ({signal})"
+                ),
             );
         }
         return (
@@ -480,7 +479,9 @@ pub(crate) fn loaded_modules() -> Vec<Module> {
             let name = if info.dlpi_name.is_null() {
                 String::new()
             } else {
-                CStr::from_ptr(info.dlpi_name).to_string_lossy().into_owned()
+                CStr::from_ptr(info.dlpi_name)
+                    .to_string_lossy()
+                    .into_owned()
             };
             let phdrs = if info.dlpi_phdr.is_null() {
                 &[][..]
@@ -533,7 +534,8 @@ fn gnu_build_id(mut notes: &[u8]) -> Option<String> {
     const NT_GNU_BUILD_ID: u32 = 3;
     let align4 = |n: usize| n.div_ceil(4) * 4;
     while notes.len() >= 12 {
-        let word = |i: usize| u32::from_ne_bytes([notes[i], notes[i + 1], notes[i + 2], notes[i + 3]]);
+        let word =
+            |i: usize| u32::from_ne_bytes([notes[i], notes[i + 1], notes[i + 2], notes[i + 3]]);
         let (namesz, descsz, ty) = (word(0) as usize, word(4) as usize, word(8));
         let name_end = 12 + align4(namesz);
         let desc_end = name_end + align4(descsz);
@@ -568,7 +570,10 @@ mod tests {
         let overflow = CrashRecord::for_test(libc::SIGSEGV, 2, sp - 8, sp, &[1]);
         let (ty, value) = classify(&overflow, &[], "deep", "SIGSEGV", Some("SEGV_ACCERR"));
         assert_eq!(ty, "stack overflow");
-        assert!(value.starts_with("thread 'deep' overflowed its stack"), "{value}");
+        assert!(
+            value.starts_with("thread 'deep' overflowed its stack"),
+            "{value}"
+        );
 
         let null = CrashRecord::for_test(libc::SIGSEGV, 1, 0, sp, &[1]);
         let (ty, value) = classify(&null, &[], "main", "SIGSEGV", Some("SEGV_MAPERR"));
@@ -579,8 +584,14 @@ mod tests {
         );
 
         let abort = CrashRecord::for_test(libc::SIGABRT, -6, 0, sp, &[1]);
-        let oom = [frame("std::process::abort"), frame("alloc::alloc::handle_alloc_error")];
-        assert_eq!(classify(&abort, &oom, "t", "SIGABRT", None).0, "out of memory");
+        let oom = [
+            frame("std::process::abort"),
+            frame("alloc::alloc::handle_alloc_error"),
+        ];
+        assert_eq!(
+            classify(&abort, &oom, "t", "SIGABRT", None).0,
+            "out of memory"
+        );
         assert_eq!(classify(&abort, &oom[..1], "t", "SIGABRT", None).0, "abort");
     }
 
@@ -598,7 +609,11 @@ mod tests {
         moved.end += 0x1000;
         assert_eq!(relocate(ip + 0x1000, &[moved.clone()], &modules), Some(ip));
         moved.build_id = Some("00".to_owned());
-        assert_eq!(relocate(ip + 0x1000, &[moved], &modules), None, "another binary");
+        assert_eq!(
+            relocate(ip + 0x1000, &[moved], &modules),
+            None,
+            "another binary"
+        );
     }
 
     #[inline(never)]
@@ -624,10 +639,16 @@ mod tests {
         let (frames, symbolicated) = frames_of(&rec, &modules, &modules, &mut resolver);
         assert!(symbolicated);
         assert!(
-            frames.iter().all(|f| f.instruction_addr == format!("{ip:#x}")),
+            frames
+                .iter()
+                .all(|f| f.instruction_addr == format!("{ip:#x}")),
             "the handler's frame above pc is dropped: {frames:#?}"
         );
-        assert!(frames.iter().any(|f| f.function.as_deref().is_some_and(|n| n.contains("trace"))));
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.function.as_deref().is_some_and(|n| n.contains("trace")))
+        );
         let (frames, symbolicated) = frames_of(&rec, &[], &modules, &mut resolver);
         assert!(!symbolicated);
         assert_eq!(frames.len(), 1);

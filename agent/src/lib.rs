@@ -177,6 +177,12 @@
 //!   counters. [`flush`] and dropping the [`Guard`] wait (bounded) for the outbox to empty;
 //!   the capture path never waits for the network. Events held in memory by a degraded
 //!   outbox are not shipped.
+//! - Fatal signals (Linux): SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and SIGTRAP are
+//!   recorded by an async-signal-safe handler into a run file beside the outbox, then
+//!   the process dies as it would have (the previous handlers are put back, the signal
+//!   re-faults or is raised again). The next start stores the record, before anything of
+//!   its own, as a `fatal` event with `mechanism {type: "signalhandler", handled: false,
+//!   meta.signal}`, classed `SIGSEGV`, `stack overflow`, `out of memory`, `abort`, …
 //! - Nothing in the agent panics its host: failures degrade with one line on stderr
 //!   starting with `errscope:` (an outbox that cannot be opened or written is replaced by
 //!   a bounded in-memory buffer, and [`Stats::degraded`] says so).

@@ -210,7 +210,11 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
     // What a fatal signal left in an earlier run, committed before anything of this one.
     crate::crash::deliver(shared, &mut resolver, &os, |rows| {
         let (ack, done) = crossbeam_channel::bounded(1);
-        let job = Job { rows, acks: vec![ack], ..Job::default() };
+        let job = Job {
+            rows,
+            acks: vec![ack],
+            ..Job::default()
+        };
         jobs_tx.send(job).is_ok() && done.recv().is_ok()
     });
     loop {
