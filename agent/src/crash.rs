@@ -167,7 +167,7 @@ mod imp {
     /// process. Without a run file (the outbox's directory is unusable: the outbox says
     /// so) nothing is installed.
     pub(crate) fn install(shared: &Shared) {
-        if INSTALLED.swap(true, Ordering::AcqRel) {
+        if !shared.options.catch_signals || INSTALLED.swap(true, Ordering::AcqRel) {
             return;
         }
         let Some((file, offset)) = crate::crash_report::create_run_file(shared) else {

@@ -424,3 +424,18 @@ fn an_aborting_panic_is_one_event_not_two() {
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_recorded_panic(&events[0]);
 }
+
+#[test]
+fn with_catch_signals_off_a_segfault_leaves_nothing() {
+    let outbox = Outbox::new();
+    let out = Command::new(child_binary())
+        .arg("segv-main")
+        .arg(&outbox.path)
+        .env("ERRSCOPE_CHILD_NO_SIGNALS", "1")
+        .output()
+        .expect("run child");
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{out:?}");
+    let next = run_child("deliver", &outbox.path);
+    assert!(next.status.success(), "{next:?}");
+    assert!(read_events(&outbox.path).is_empty());
+}
