@@ -201,6 +201,12 @@
 //! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT`: `agent_version` |
 //! | `totals` | one row (`id = 1`): `events INTEGER`, `bytes INTEGER`, the count and size of `events`, kept by every writer in the same transaction as its change (a shipper deleting sent events must lower them too), so several processes sharing one file keep its bounds |
 //!
+//! Beside it, each process that installed the fatal-signal handlers keeps a run file,
+//! `<outbox file>-run-<32 hex>`, under `flock` while it lives: one JSON line (run id, pid,
+//! start, release, environment, the loaded modules with their build ids) and, if a fatal
+//! signal ended the run, the handler's fixed-size record. The next start delivers and
+//! deletes the files of runs that are over.
+//!
 //! # Event shape
 //!
 //! Sentry's event JSON: `event_id` (32 hex), `timestamp` (epoch seconds), `level`,
