@@ -76,7 +76,11 @@ pub(crate) fn create_run_file(shared: &Shared) -> Option<(File, u64)> {
         std::fs::create_dir_all(dir).ok()?;
     }
     let run_id = EventId::new().to_string();
-    let path = database.with_file_name(format!("{}{run_id}", run_prefix(&database)?));
+    let final_path = database.with_file_name(format!("{}{run_id}", run_prefix(&database)?));
+    // Made under another name and renamed once locked and headed: the agent's thread may
+    // be looking for dead runs right now, and must not take this one for one.
+    let name = database.file_name()?.to_str()?;
+    let path = database.with_file_name(format!("{name}-new-{run_id}"));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -97,7 +101,7 @@ pub(crate) fn create_run_file(shared: &Shared) -> Option<(File, u64)> {
     };
     let mut line = serde_json::to_vec(&header).ok()?;
     line.push(b'\n');
-    if file.write_all(&line).is_err() {
+    if file.write_all(&line).is_err() || std::fs::rename(&path, &final_path).is_err() {
         let _ = std::fs::remove_file(&path);
         return None;
     }
