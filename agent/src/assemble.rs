@@ -241,10 +241,11 @@ fn exception_of(link: Link) -> Exception {
         if let Some(code) = io.raw_os_error {
             data.insert("os_code".to_owned(), json!(code));
             meta = Some(MechanismMeta {
-                errno: Errno {
+                errno: Some(Errno {
                     number: code,
                     name: errno_name(code).map(str::to_owned),
-                },
+                }),
+                signal: None,
             });
         }
     }

@@ -168,9 +168,9 @@ fn with_client<R>(f: impl FnOnce(&Client) -> R) -> Option<R> {
     current().map(|client| f(&client))
 }
 
-/// Starts the agent: installs the panic hook (once per process) and starts the agent's
-/// thread, which opens the outbox. Cheap: no symbols are loaded and no file is opened
-/// on the calling thread.
+/// Starts the agent: installs the panic hook and the fatal-signal handlers (once per
+/// process) and starts the agent's thread, which opens the outbox. Cheap: no symbols are
+/// loaded; the one file the calling thread writes is the small run file of the handlers.
 ///
 /// A second call while a [`Guard`] is alive warns on stderr and returns an inert guard;
 /// the first configuration stays in force. After the first guard is dropped, `init` may
@@ -213,6 +213,7 @@ pub fn init(options: Options) -> Guard {
     *slot = Some(Arc::clone(&client));
     drop(slot);
     crate::hook::install();
+    crate::crash::install(&client.shared);
     Guard {
         client: Some(client),
     }

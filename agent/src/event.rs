@@ -204,8 +204,28 @@ pub struct Mechanism {
 /// Operating-system details of an exception.
 #[derive(Clone, Debug, Serialize)]
 pub struct MechanismMeta {
-    /// The `errno` value.
-    pub errno: Errno,
+    /// The `errno` value, for `std::io::Error`s that carry one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<Errno>,
+    /// The signal that killed the process, for fatal signals.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<Signal>,
+}
+
+/// A POSIX signal and its `si_code`, Sentry's `mechanism.meta.signal`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Signal {
+    /// e.g. 11.
+    pub number: i32,
+    /// The `si_code`, e.g. 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    /// e.g. `SIGSEGV`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// e.g. `SEGV_MAPERR`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_name: Option<String>,
 }
 
 /// An OS error number and its symbolic name.

@@ -177,6 +177,12 @@
 //!   counters. [`flush`] and dropping the [`Guard`] wait (bounded) for the outbox to empty;
 //!   the capture path never waits for the network. Events held in memory by a degraded
 //!   outbox are not shipped.
+//! - Fatal signals (Linux): SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT and SIGTRAP are
+//!   recorded by an async-signal-safe handler into a run file beside the outbox, then
+//!   the process dies as it would have (the previous handlers are put back, the signal
+//!   re-faults or is raised again). The next start stores the record, before anything of
+//!   its own, as a `fatal` event with `mechanism {type: "signalhandler", handled: false,
+//!   meta.signal}`, classed `SIGSEGV`, `stack overflow`, `out of memory`, `abort`, …
 //! - Nothing in the agent panics its host: failures degrade with one line on stderr
 //!   starting with `errscope:` (an outbox that cannot be opened or written is replaced by
 //!   a bounded in-memory buffer, and [`Stats::degraded`] says so).
@@ -194,6 +200,12 @@
 //! | `discards` | `reason TEXT`, `category TEXT`, `quantity INTEGER`, key (`reason`, `category`): client-report counters (`queue_overflow`, `cache_overflow`, `sample_rate`, `before_send`) |
 //! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT`: `agent_version` |
 //! | `totals` | one row (`id = 1`): `events INTEGER`, `bytes INTEGER`, the count and size of `events`, kept by every writer in the same transaction as its change (a shipper deleting sent events must lower them too), so several processes sharing one file keep its bounds |
+//!
+//! Beside it, each process that installed the fatal-signal handlers keeps a run file,
+//! `<outbox file>-run-<32 hex>`, under `flock` while it lives: one JSON line (run id, pid,
+//! start, release, environment, the loaded modules with their build ids) and, if a fatal
+//! signal ended the run, the handler's fixed-size record. The next start delivers and
+//! deletes the files of runs that are over.
 //!
 //! # Event shape
 //!
@@ -225,6 +237,12 @@ mod anyhow;
 mod assemble;
 mod capture;
 mod client;
+mod crash;
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+mod crash_report;
 mod domain;
 mod envelope;
 mod event;
@@ -267,7 +285,7 @@ pub use crate::domain::{
 };
 pub use crate::event::{
     Breadcrumb, Errno, Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Sdk,
-    Stacktrace, Thread, Values,
+    Signal, Stacktrace, Thread, Values,
 };
 pub use crate::options::{BeforeSend, Dsn, DsnError, Options};
 

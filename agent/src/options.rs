@@ -66,6 +66,11 @@ pub struct Options {
     /// Capture the stack of `capture_error` and `capture_message` calls (about 5 µs on
     /// the caller's thread for 20 frames). Panics always have theirs. Default: on.
     pub attach_stacktrace: bool,
+    /// Install handlers for fatal signals (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT,
+    /// SIGTRAP; Linux) that record the crash for the next start. Off for a host whose own
+    /// crash reporter must see these signals first. What an earlier run recorded is
+    /// delivered either way. Default: on.
+    pub catch_signals: bool,
     /// Capacity of the queue between the host's threads and the agent's thread. A capture
     /// that finds it full is counted against a stored event of its fingerprint if there is
     /// one, else dropped and counted (`queue_overflow`). Default: 4096.
@@ -107,6 +112,7 @@ impl Default for Options {
             scrub: true,
             scrub_keys: Vec::new(),
             attach_stacktrace: true,
+            catch_signals: true,
             queue_size: 4096,
             storm_burst: 5,
             storm_window: Duration::from_secs(10),
@@ -135,6 +141,7 @@ impl fmt::Debug for Options {
             .field("scrub", &self.scrub)
             .field("scrub_keys", &self.scrub_keys)
             .field("attach_stacktrace", &self.attach_stacktrace)
+            .field("catch_signals", &self.catch_signals)
             .field("queue_size", &self.queue_size)
             .field("storm_burst", &self.storm_burst)
             .field("storm_window", &self.storm_window)
@@ -291,6 +298,13 @@ impl Options {
     #[must_use]
     pub fn attach_stacktrace(mut self, on: bool) -> Self {
         self.attach_stacktrace = on;
+        self
+    }
+
+    /// Turns the fatal-signal handlers on or off (see [`Options::catch_signals`]).
+    #[must_use]
+    pub fn catch_signals(mut self, on: bool) -> Self {
+        self.catch_signals = on;
         self
     }
 

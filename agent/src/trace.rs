@@ -43,6 +43,11 @@ impl RawTrace {
         Self { ips }
     }
 
+    /// Addresses recorded elsewhere (a crash record), newest first.
+    pub(crate) fn from_ips(ips: Vec<usize>) -> Self {
+        Self { ips }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ips.len()

@@ -207,6 +207,16 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
     }
     let mut resolver = Resolver::new(shared.in_app.clone());
     let os = os_context();
+    // What a fatal signal left in an earlier run, committed before anything of this one.
+    crate::crash::deliver(shared, &mut resolver, &os, |rows| {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        let job = Job {
+            rows,
+            acks: vec![ack],
+            ..Job::default()
+        };
+        jobs_tx.send(job).is_ok() && done.recv().is_ok()
+    });
     loop {
         let mut batch = Batch::default();
         let disconnected = match rx.recv_timeout(TICK) {
@@ -381,7 +391,7 @@ fn write_job(shared: &Shared, outbox: &mut Outbox, job: &mut Job) {
         .fetch_add(outcome.evicted, Ordering::Relaxed);
 }
 
-fn apply_before_send(shared: &Shared, event: Event) -> Option<Event> {
+pub(crate) fn apply_before_send(shared: &Shared, event: Event) -> Option<Event> {
     let Some(hook) = shared.options.before_send.as_ref() else {
         return Some(event);
     };

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use serde_json::Value;
+
 use util::{Outbox, read_events};
 
 fn fixture_dir() -> PathBuf {
@@ -188,4 +190,252 @@ fn a_corrupt_file_warns_once_and_keeps_running() {
         16 * 1024,
         "left as it was"
     );
+}
+
+// Deaths that are not panics: fatal signals, recorded by the handler, delivered by the
+// next run.
+
+fn run_child_as(mode: &str, database: &Path, agent: bool, address_space: Option<u64>) -> Output {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(child_binary());
+    cmd.arg(mode).arg(database).env("RUST_BACKTRACE", "0");
+    if !agent {
+        cmd.env("ERRSCOPE_CHILD_NO_INIT", "1");
+    }
+    if let Some(limit) = address_space {
+        // SAFETY: setrlimit(2) between fork and exec, as `ulimit -v` does; it allocates
+        // nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    cmd.output().expect("run child")
+}
+
+/// Runs `mode` without the agent and with it and checks that it dies the same way both
+/// times; then the next run of the program delivers the crash to the outbox. Returns the
+/// dying run's output and the stored event.
+fn dies_the_same_and_is_delivered(mode: &str, address_space: Option<u64>) -> (Output, Value) {
+    let bare = Outbox::new();
+    let without = run_child_as(mode, &bare.path, false, address_space);
+    let outbox = Outbox::new();
+    let with = run_child_as(mode, &outbox.path, true, address_space);
+    assert!(without.status.signal().is_some(), "{without:?}");
+    assert_eq!(
+        with.status.signal(),
+        without.status.signal(),
+        "with the agent: {with:?}\nwithout: {without:?}"
+    );
+    assert_eq!(with.status.code(), without.status.code());
+    assert_eq!(with.status.core_dumped(), without.status.core_dumped());
+    let next = run_child("deliver", &outbox.path);
+    assert!(next.status.success(), "{next:?}");
+    assert_eq!(String::from_utf8_lossy(&next.stdout).trim(), "flushed=true");
+    let events = read_events(&outbox.path);
+    let crashes: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["exception"]["values"][0]["mechanism"]["type"] == "signalhandler")
+        .collect();
+    assert_eq!(crashes.len(), 1, "{events:#?}");
+    // The dead run's file is gone; the delivering run's own was removed at its start by
+    // nobody (it was alive), and is the only one left.
+    let runs = std::fs::read_dir(outbox.dir.path())
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().contains("-run-"))
+        })
+        .count();
+    assert_eq!(runs, 1, "one run file: the delivering run's");
+    (with, crashes[0].clone())
+}
+
+/// A fatal `signalhandler` event of class `ty` for `signal`, with `function` (of the
+/// child) in its stack and the crashing thread's name.
+fn assert_signal_event(
+    event: &Value,
+    ty: &str,
+    signal: i32,
+    signal_name: &str,
+    function: &str,
+    thread: &str,
+) {
+    assert_eq!(event["level"], "fatal", "{event:#}");
+    assert_eq!(event["release"], "child@1");
+    let exc = &event["exception"]["values"][0];
+    assert_eq!(exc["type"], ty, "{event:#}");
+    assert_eq!(exc["mechanism"]["handled"], false);
+    assert_eq!(exc["mechanism"]["meta"]["signal"]["number"], signal);
+    assert_eq!(exc["mechanism"]["meta"]["signal"]["name"], signal_name);
+    assert!(exc["mechanism"]["meta"]["signal"]["code"].is_i64());
+    assert_eq!(exc["mechanism"]["data"]["symbolicated"], true);
+    let frames = exc["stacktrace"]["frames"].as_array().expect("frames");
+    let want = format!("errscope_child::{function}");
+    assert!(
+        frames.iter().any(|f| f["function"] == want.as_str()
+            && f["in_app"] == true
+            && f["filename"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("src/main.rs"))),
+        "{want} in {frames:#?}"
+    );
+    assert!(frames.iter().all(|f| {
+        f["instruction_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("0x"))
+    }));
+    assert!(
+        !frames.iter().any(|f| f["function"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("errscope::crash"))),
+        "the handler's own frames are dropped: {frames:#?}"
+    );
+    assert_eq!(event["contexts"]["thread"]["name"], thread);
+    assert_eq!(event["threads"]["values"][0]["name"], thread);
+    assert_eq!(event["threads"]["values"][0]["crashed"], true);
+}
+
+#[test]
+fn a_segfault_on_the_main_thread_dies_as_before_and_is_delivered_by_the_next_run() {
+    let (out, event) = dies_the_same_and_is_delivered("segv-main", None);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV));
+    assert_signal_event(
+        &event,
+        "SIGSEGV",
+        libc::SIGSEGV,
+        "SIGSEGV",
+        "write_through_null",
+        "main",
+    );
+    let exc = &event["exception"]["values"][0];
+    assert_eq!(
+        exc["mechanism"]["meta"]["signal"]["code_name"],
+        "SEGV_MAPERR"
+    );
+    assert_eq!(exc["mechanism"]["data"]["fault_address"], "0x0");
+    assert_eq!(
+        exc["value"],
+        "invalid memory access at 0x0 on thread 'main' (SIGSEGV (SEGV_MAPERR))"
+    );
+    // The crashing function is the newest frame of the program's own.
+    let frames = exc["stacktrace"]["frames"].as_array().expect("frames");
+    let newest_in_app = frames
+        .iter()
+        .rev()
+        .find(|f| f["in_app"] == true)
+        .expect("in-app");
+    assert_eq!(
+        newest_in_app["function"],
+        "errscope_child::write_through_null"
+    );
+}
+
+#[test]
+fn a_segfault_on_a_named_thread_names_the_thread() {
+    let (out, event) = dies_the_same_and_is_delivered("segv-thread", None);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV));
+    assert_signal_event(
+        &event,
+        "SIGSEGV",
+        libc::SIGSEGV,
+        "SIGSEGV",
+        "write_through_null",
+        "pricing",
+    );
+}
+
+#[test]
+fn a_stack_overflow_still_prints_rusts_message_and_is_classed() {
+    let (out, event) = dies_the_same_and_is_delivered("overflow", None);
+    // Rust's own handler ran after ours: it prints and aborts.
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `thread 'deep-walker' (<tid>) has overflowed its stack` (older Rust: no tid).
+    assert!(
+        stderr.contains("thread 'deep-walker'") && stderr.contains("has overflowed its stack"),
+        "{stderr}"
+    );
+    assert_signal_event(
+        &event,
+        "stack overflow",
+        libc::SIGSEGV,
+        "SIGSEGV",
+        "descend",
+        "deep-walker",
+    );
+}
+
+#[test]
+fn an_abort_is_delivered_as_abort() {
+    let (out, event) = dies_the_same_and_is_delivered("abort", None);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+    assert_signal_event(&event, "abort", libc::SIGABRT, "SIGABRT", "give_up", "main");
+}
+
+#[test]
+fn running_out_of_memory_under_an_address_space_limit_is_classed() {
+    let (out, event) = dies_the_same_and_is_delivered("oom", Some(2 << 30));
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("memory allocation of 17179869184 bytes failed"),
+        "{stderr}"
+    );
+    assert_signal_event(
+        &event,
+        "out of memory",
+        libc::SIGABRT,
+        "SIGABRT",
+        "load_catalog",
+        "main",
+    );
+}
+
+#[test]
+fn a_host_handler_installed_after_init_still_works() {
+    let outbox = Outbox::new();
+    let out = run_child("own-handler", &outbox.path);
+    assert_eq!(out.status.code(), Some(42), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("host handler ran"));
+    let next = run_child("deliver", &outbox.path);
+    assert!(next.status.success(), "{next:?}");
+    let events = read_events(&outbox.path);
+    assert!(events.is_empty(), "ours never ran: {events:#?}");
+}
+
+#[test]
+fn an_aborting_panic_is_one_event_not_two() {
+    let outbox = Outbox::new();
+    let out = run_child("main-panic", &outbox.path);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{out:?}");
+    let next = run_child("deliver", &outbox.path);
+    assert!(next.status.success(), "{next:?}");
+    let events = read_events(&outbox.path);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_recorded_panic(&events[0]);
+}
+
+#[test]
+fn with_catch_signals_off_a_segfault_leaves_nothing() {
+    let outbox = Outbox::new();
+    let out = Command::new(child_binary())
+        .arg("segv-main")
+        .arg(&outbox.path)
+        .env("ERRSCOPE_CHILD_NO_SIGNALS", "1")
+        .output()
+        .expect("run child");
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{out:?}");
+    let next = run_child("deliver", &outbox.path);
+    assert!(next.status.success(), "{next:?}");
+    assert!(read_events(&outbox.path).is_empty());
 }
