@@ -21,12 +21,14 @@
 //! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
 //! - [`api`]: the dashboard's JSON API and session;
 //! - [`dashboard`]: the embedded web UI;
-//! - [`serve`]: the HTTP/1.1 server loop and the deadlines for slow clients;
+//! - [`serve`]: the HTTP/1.1 server loop, the connection cap and the deadlines for slow
+//!   clients; [`budget`]: the memory budget for request bodies in flight;
 //! - [`metrics`]: Prometheus counters; [`state`]: configuration and shared state.
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout)]
 
 pub mod api;
+pub mod budget;
 pub mod dashboard;
 pub mod grouping;
 pub mod ingest;

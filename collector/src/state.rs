@@ -12,6 +12,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use rand::RngCore;
 use rusqlite::OptionalExtension;
 
+use crate::budget::Budget;
 use crate::metrics::Metrics;
 use crate::store::writer::{Retention, Writer};
 use crate::store::{self, ProjectRow, ReadPool, StoreError};
@@ -39,6 +40,10 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long a client has to send a request body, counted from its head.
     pub body_timeout: Duration,
+    /// Bytes all ingestion requests in flight may hold together (the memory budget).
+    pub max_inflight_bytes: usize,
+    /// Connections open at once (with [`serve_with`](crate::serve::serve_with)).
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -54,6 +59,8 @@ impl Config {
             admin_password: None,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_connections: 1024,
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct Inner {
     pub writer: Writer,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The memory budget of ingestion requests in flight.
+    pub budget: Budget,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     password_hash: RwLock<String>,
@@ -222,6 +231,7 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
     .map_err(|e| StoreError::Io(config.data_dir.clone(), e))?;
     let inner = Inner {
         reads: ReadPool::new(store::db_path(&config.data_dir)),
+        budget: Budget::new(config.max_inflight_bytes),
         config,
         writer,
         metrics,
