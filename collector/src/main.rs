@@ -248,7 +248,9 @@ fn connection_cap(wanted: usize) -> usize {
             wanted
         }
         Err(e) => {
-            eprintln!("warning: could not read the open file limit ({e}); --max-connections {wanted} may not be reachable");
+            eprintln!(
+                "warning: could not read the open file limit ({e}); --max-connections {wanted} may not be reachable"
+            );
             wanted
         }
     }

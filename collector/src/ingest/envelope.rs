@@ -376,9 +376,8 @@ impl Framer {
         let n = self.seen + 1;
         let what = format!("item {n}");
         let ih: ItemHeaderOpt = header_json(&line, &what)?;
-        let ih = ih
-            .0
-            .ok_or_else(|| EnvelopeError::Header(what.clone(), "missing `type`".into()))?;
+        let ih =
+            ih.0.ok_or_else(|| EnvelopeError::Header(what.clone(), "missing `type`".into()))?;
         self.seen = n;
         let keep = self.limits.keep.contains(&ih.ty.as_str());
         let limit = self.limits.limit(&ih.ty);
@@ -450,7 +449,8 @@ impl Framer {
         if let Some(e) = self.failed.take() {
             return Err(e.into());
         }
-        if matches!(self.state, State::EnvelopeHeader | State::ItemHeader) && !self.line.is_empty() {
+        if matches!(self.state, State::EnvelopeHeader | State::ItemHeader) && !self.line.is_empty()
+        {
             self.end_line(None)?;
         }
         match self.state {
@@ -542,8 +542,17 @@ mod tests {
 
     const KEEP: &[&str] = &["event", "attachment", "session"];
 
-    fn framed(body: &[u8], split: usize, known: bool) -> Result<(EnvelopeHeader, Vec<OwnedItem>), FrameError> {
-        let limits = Limits { event: 1 << 20, kept: 1 << 20, total: 1 << 24, keep: KEEP };
+    fn framed(
+        body: &[u8],
+        split: usize,
+        known: bool,
+    ) -> Result<(EnvelopeHeader, Vec<OwnedItem>), FrameError> {
+        let limits = Limits {
+            event: 1 << 20,
+            kept: 1 << 20,
+            total: 1 << 24,
+            keep: KEEP,
+        };
         let mut f = Framer::new(limits, known.then_some(body.len()));
         for piece in body.chunks(split.max(1)) {
             f.push(piece)?;
@@ -584,7 +593,11 @@ mod tests {
                     .into_iter()
                     .enumerate()
                     .filter(|(_, i)| KEEP.contains(&i.ty.as_str()))
-                    .map(|(n, i)| OwnedItem { n: n + 1, ty: i.ty, payload: i.payload.to_vec() })
+                    .map(|(n, i)| OwnedItem {
+                        n: n + 1,
+                        ty: i.ty,
+                        payload: i.payload.to_vec(),
+                    })
                     .collect();
                 (h, kept)
             });
@@ -592,11 +605,16 @@ mod tests {
                 for known in [false, true] {
                     let got = framed(body, split, known);
                     match (&want, &got) {
-                        (Ok(w), Ok(g)) => assert_eq!(w, g, "{:?} split {split}", String::from_utf8_lossy(body)),
+                        (Ok(w), Ok(g)) => {
+                            assert_eq!(w, g, "{:?} split {split}", String::from_utf8_lossy(body))
+                        }
                         (Err(w), Err(FrameError::Malformed(g))) => {
                             assert_eq!(w, g, "{:?} split {split}", String::from_utf8_lossy(body))
                         }
-                        _ => panic!("{:?} split {split}: parse {want:?}, framer {got:?}", String::from_utf8_lossy(body)),
+                        _ => panic!(
+                            "{:?} split {split}: parse {want:?}, framer {got:?}",
+                            String::from_utf8_lossy(body)
+                        ),
                     }
                 }
             }
@@ -605,18 +623,31 @@ mod tests {
 
     #[test]
     fn the_streaming_framer_refuses_large_items_as_soon_as_it_sees_them() {
-        let limits = Limits { event: 100, kept: 50, total: 1000, keep: &["event", "client_report"] };
+        let limits = Limits {
+            event: 100,
+            kept: 50,
+            total: 1000,
+            keep: &["event", "client_report"],
+        };
         // An announced length over the limit: refused on the header line.
         let mut f = Framer::new(limits, None);
         assert_eq!(
             f.push(b"{}\n{\"type\":\"event\",\"length\":1000000000}\n"),
-            Err(FrameError::LengthTooLarge(1, 1_000_000_000, "event".into(), 100))
+            Err(FrameError::LengthTooLarge(
+                1,
+                1_000_000_000,
+                "event".into(),
+                100
+            ))
         );
         // Unless the body visibly ends first: then it is truncated.
         let body = b"{}\n{\"type\":\"event\",\"length\":1000000000}\n{}\n";
         let mut f = Framer::new(limits, Some(body.len()));
         f.push(body).unwrap();
-        assert_eq!(f.finish(), Err(EnvelopeError::Truncated(1, 1_000_000_000, 3).into()));
+        assert_eq!(
+            f.finish(),
+            Err(EnvelopeError::Truncated(1, 1_000_000_000, 3).into())
+        );
         // A line payload: refused once it passes the limit, before its end arrives.
         let mut f = Framer::new(limits, None);
         f.push(b"{}\n{\"type\":\"client_report\"}\n").unwrap();

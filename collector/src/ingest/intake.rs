@@ -257,7 +257,9 @@ pub async fn read(
             known_len,
         ))
     };
-    held.cover(BASE).await.map_err(|_| IngestError::MemoryBusy)?;
+    held.cover(BASE)
+        .await
+        .map_err(|_| IngestError::MemoryBusy)?;
     let mut body = body;
     let mut wire = 0usize;
     let mut decoder = match enc {
@@ -314,7 +316,12 @@ pub async fn read(
             let buffered = feed.buffered();
             if buffered >= 2 || feed.eof {
                 let mut first = [0u8; 2];
-                let head: Vec<u8> = feed.chunks.iter().flat_map(|c| c.iter().copied()).take(2).collect();
+                let head: Vec<u8> = feed
+                    .chunks
+                    .iter()
+                    .flat_map(|c| c.iter().copied())
+                    .take(2)
+                    .collect();
                 first[..head.len()].copy_from_slice(&head);
                 let feed = std::mem::take(feed);
                 let zlib = head.len() >= 2
@@ -448,7 +455,8 @@ mod tests {
         // A truncated stream is an error once the feed ends.
         let mut d = make("gzip", Feed::default());
         let feed = d.feed().unwrap();
-        feed.chunks.push_back(Bytes::copy_from_slice(&gz[..gz.len() / 2]));
+        feed.chunks
+            .push_back(Bytes::copy_from_slice(&gz[..gz.len() / 2]));
         feed.eof = true;
         let mut out = vec![0u8; 1 << 16];
         let r = loop {

@@ -323,9 +323,7 @@ async fn ingest(
         };
         let mut dsn_key = None;
         match framed {
-            intake::Framed::Store(event) => {
-                job.events.push(prepare_event(&event, received, None)?)
-            }
+            intake::Framed::Store(event) => job.events.push(prepare_event(&event, received, None)?),
             intake::Framed::Envelope(header, items) => {
                 dsn_key = header.dsn.as_deref().and_then(key_from_dsn);
                 let header_id = header.event_id.as_deref().and_then(event::parse_event_id);

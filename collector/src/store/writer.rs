@@ -732,10 +732,16 @@ mod store_tests {
         };
         // About 8 MiB of incompressible events.
         for n in 0..160u64 {
-            let json = format!(r#"{{"event_id":"{:032x}","message":"m","extra":{{"x":"{}"}}}}"#, n + 1, noise(50_000));
-            w.ingest(job(vec![prepare_event(json.as_bytes(), now, None).unwrap()]))
-                .await
-                .unwrap();
+            let json = format!(
+                r#"{{"event_id":"{:032x}","message":"m","extra":{{"x":"{}"}}}}"#,
+                n + 1,
+                noise(50_000)
+            );
+            w.ingest(job(vec![
+                prepare_event(json.as_bytes(), now, None).unwrap(),
+            ]))
+            .await
+            .unwrap();
         }
         let wal = dir.path().join("errscope.sqlite3-wal");
         let grown = std::fs::metadata(&wal).unwrap().len();
