@@ -182,26 +182,25 @@ impl Conns {
         self.changed.notify_one();
     }
 
-    /// Whether another connection may be accepted, evicting the longest idle one if the
-    /// cap is reached.
+    /// Whether another connection may be accepted now. At the cap, asks the longest idle
+    /// connection to close (once: until it has closed, the cap still counts it), and the
+    /// caller waits for [`Conns::changed`].
     fn make_room(&self, max: usize) -> bool {
         let mut map = self.lock();
-        let open = map.values().filter(|c| c.evict.is_some()).count();
-        if open < max {
+        if map.len() < max {
             return true;
         }
-        let oldest = map
-            .iter_mut()
-            .filter(|(_, c)| c.evict.is_some())
-            .filter_map(|(_, c)| c.idle_since.map(|t| (t, c)))
-            .min_by_key(|(t, _)| *t);
-        match oldest.and_then(|(_, c)| c.evict.take()) {
-            Some(tx) => {
-                let _ = tx.send(());
-                true
-            }
-            None => false,
+        if map.values().any(|c| c.evict.is_none()) {
+            return false;
         }
+        let oldest = map
+            .values_mut()
+            .filter_map(|c| c.idle_since.map(|t| (t, c)))
+            .min_by_key(|(t, _)| *t);
+        if let Some(tx) = oldest.and_then(|(_, c)| c.evict.take()) {
+            let _ = tx.send(());
+        }
+        false
     }
 }
 

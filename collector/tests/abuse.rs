@@ -1559,3 +1559,43 @@ async fn the_dedup_table_and_wal_stay_bounded_after_a_storm() {
         "WAL {wal_after_storm} -> {wal_idle} bytes"
     );
 }
+
+#[test]
+fn bad_limits_stop_startup_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env, flag) in [
+        (&["--max-inflight-mb", "0"][..], None, "--max-inflight-mb"),
+        (
+            &["--max-inflight-mb", "lots"][..],
+            None,
+            "--max-inflight-mb",
+        ),
+        (&["--max-connections", "0"][..], None, "--max-connections"),
+        (&["--max-connections", "-5"][..], None, "--max-connections"),
+        (&["--dedup-max-ids", "0"][..], None, "--dedup-max-ids"),
+        (
+            &[][..],
+            Some(("ERRSCOPE_MAX_CONNECTIONS", "many")),
+            "--max-connections",
+        ),
+        (
+            &[][..],
+            Some(("ERRSCOPE_MAX_INFLIGHT_MB", "0")),
+            "--max-inflight-mb",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path())
+            .args(args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} started");
+        assert!(stderr.contains(flag), "{args:?} {env:?}: {stderr}");
+    }
+    // Nothing was created: startup stopped before the database.
+    assert!(!dir.path().join("errscope.sqlite3").exists());
+}
