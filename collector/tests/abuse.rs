@@ -1430,14 +1430,21 @@ async fn a_storm_of_bombs_idle_sockets_and_slow_bodies_stays_in_bounds() {
     );
     assert!(health_ok > 0);
     assert_eq!(slow_cut, 200, "every slow body is cut with 408");
-    // The listener and connections being closed right now besides the 1,024.
+    // Besides the 1,024 connections: the listener and tokio's signal socket pair.
     assert!(
-        peak_sockets <= 1024 + 16,
+        peak_sockets <= 1024 + 8,
         "the collector had {peak_sockets} sockets open; the cap is 1024"
     );
+    // Every idle socket got through the backlog, and the hoarders were the ones closed.
+    // (One still "open" may only have been let in by the kernel, not yet accepted.)
+    assert_eq!(
+        idle_closed + idle_open,
+        idle_n,
+        "some idle sockets never connected"
+    );
     assert!(
-        idle_open <= 1024 && idle_closed + idle_open == idle_n,
-        "of {idle_n} idle sockets {idle_closed} were closed, {idle_open} still open"
+        idle_closed >= idle_n / 4,
+        "of {idle_n} idle sockets only {idle_closed} were closed to make room"
     );
     assert!(
         peak_kb < STORM_PEAK_KB,
@@ -1571,7 +1578,7 @@ fn bad_limits_stop_startup_naming_the_flag() {
             "--max-inflight-mb",
         ),
         (&["--max-connections", "0"][..], None, "--max-connections"),
-        (&["--max-connections", "-5"][..], None, "--max-connections"),
+        (&["--max-connections=-5"][..], None, "--max-connections"),
         (&["--dedup-max-ids", "0"][..], None, "--dedup-max-ids"),
         (
             &[][..],
