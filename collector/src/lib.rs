@@ -108,7 +108,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(ingest)
         .merge(api)
-        .route("/auth/login", post(api::login))
+        // Unauthenticated, outside the ingestion budget: a login body is a few bytes.
+        .route(
+            "/auth/login",
+            post(api::login).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+        )
         .route("/auth/logout", post(api::logout))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
