@@ -259,6 +259,7 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
             lim.rlim_cur = lim.rlim_max;
         }
     }
+    #[allow(clippy::unnecessary_cast, reason = "rlim_t is not u64 on every unix")]
     Ok(lim.rlim_cur as u64)
 }
 

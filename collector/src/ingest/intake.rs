@@ -35,7 +35,7 @@ pub enum Framed {
 
 impl Framed {
     /// Bytes of payload held.
-    pub fn len(&self) -> usize {
+    pub fn payload_bytes(&self) -> usize {
         match self {
             Framed::Store(b) => b.len(),
             Framed::Envelope(_, items) => items.iter().map(|i| i.payload.len()).sum(),
@@ -179,7 +179,7 @@ fn brotli_window(first: &[u8]) -> Option<usize> {
 /// Where inflated bytes go.
 enum Sink {
     Store(Vec<u8>),
-    Envelope(Framer),
+    Envelope(Box<Framer>),
 }
 
 impl Sink {
@@ -247,7 +247,7 @@ pub async fn read(
     let mut sink = if store {
         Sink::Store(Vec::new())
     } else {
-        Sink::Envelope(Framer::new(
+        Sink::Envelope(Box::new(Framer::new(
             Limits {
                 event: MAX_EVENT,
                 kept: MAX_EVENT,
@@ -255,7 +255,7 @@ pub async fn read(
                 keep: KEPT_ITEMS,
             },
             known_len,
-        ))
+        )))
     };
     held.cover(BASE)
         .await

@@ -310,7 +310,7 @@ async fn ingest(
     let mut held = state.budget.reserve();
     let framed = intake::read(body, headers, kind == Kind::Store, &mut held).await?;
     let received = now_ms();
-    let size = framed.len();
+    let size = framed.payload_bytes();
     let inline = size <= INLINE_PARSE;
     // Preparing copies each event once more (compressed), until the commit.
     held.cover(2 * size + 64 * 1024)

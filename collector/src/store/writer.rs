@@ -423,10 +423,10 @@ impl WriterThread {
     fn maybe_prune(&mut self) {
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune();
-        } else if self.ids_since_prune >= (self.retention.dedup_max_ids / 10).max(1) {
-            if let Err(e) = self.prune_dedup_cap() {
-                tracing::error!("pruning dedup ids failed: {e}");
-            }
+        } else if self.ids_since_prune >= (self.retention.dedup_max_ids / 10).max(1)
+            && let Err(e) = self.prune_dedup_cap()
+        {
+            tracing::error!("pruning dedup ids failed: {e}");
         }
     }
 
