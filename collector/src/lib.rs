@@ -22,12 +22,14 @@
 //! - [`api`]: the dashboard's JSON API and session;
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
 //! - [`dashboard`]: the embedded web UI;
-//! - [`serve`]: the HTTP/1.1 server loop and the deadlines for slow clients;
+//! - [`serve`]: the HTTP/1.1 server loop, the connection cap and the deadlines for slow
+//!   clients; [`budget`]: the memory budget for request bodies in flight;
 //! - [`metrics`]: Prometheus counters; [`state`]: configuration and shared state.
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout)]
 
 pub mod api;
+pub mod budget;
 pub mod dashboard;
 pub mod difs;
 pub mod grouping;
@@ -109,7 +111,11 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(ingest)
         .merge(api)
-        .route("/auth/login", post(api::login))
+        // Unauthenticated, outside the ingestion budget: a login body is a few bytes.
+        .route(
+            "/auth/login",
+            post(api::login).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+        )
         .route("/auth/logout", post(api::logout))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))

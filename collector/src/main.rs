@@ -58,6 +58,19 @@ enum Command {
         #[arg(long, env = "ERRSCOPE_BODY_TIMEOUT_SECS", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(1..))]
         body_timeout_secs: u64,
+        /// MiB that all ingestion requests in flight may hold together (compressed and
+        /// inflated); a request that would pass it waits up to 2 s, then gets 503.
+        #[arg(long, env = "ERRSCOPE_MAX_INFLIGHT_MB", default_value_t = 256,
+              value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        max_inflight_mb: u64,
+        /// Connections open at once; at the cap the longest idle one is closed first.
+        #[arg(long, env = "ERRSCOPE_MAX_CONNECTIONS", default_value_t = 1024,
+              value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+        max_connections: u64,
+        /// Event ids remembered for retries (24 h at most); the oldest go first.
+        #[arg(long, env = "ERRSCOPE_DEDUP_MAX_IDS", default_value_t = 1_000_000,
+              value_parser = clap::value_parser!(i64).range(1..))]
+        dedup_max_ids: i64,
         /// Megabytes of debug files kept; beyond it the least recently used are deleted.
         #[arg(long, env = "ERRSCOPE_DIFS_MAX_MB", default_value_t = 2048,
               value_parser = clap::value_parser!(u64).range(1..))]
@@ -144,8 +157,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             queue,
             header_timeout_secs,
             body_timeout_secs,
+            max_inflight_mb,
+            max_connections,
+            dedup_max_ids,
             difs_max_mb,
         } => {
+            let max_connections = connection_cap(max_connections as usize);
             // Few blocking threads (reads are short): each one can pin a malloc arena.
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .max_blocking_threads(16)
@@ -162,7 +179,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.retention = Retention {
                     max_events_per_issue,
                     retention_days,
+                    dedup_max_ids,
                 };
+                config.max_inflight_bytes = (max_inflight_mb as usize).saturating_mul(1 << 20);
+                config.max_connections = max_connections;
                 config.queue_capacity = queue.max(1);
                 config.header_timeout = Duration::from_secs(header_timeout_secs);
                 config.body_timeout = Duration::from_secs(body_timeout_secs);
@@ -197,11 +217,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
-                let header_timeout = started.state.config.header_timeout;
-                serve::serve(
+                let options = serve::ServeOptions {
+                    header_timeout: started.state.config.header_timeout,
+                    max_connections: started.state.config.max_connections,
+                };
+                serve::serve_with(
                     listener,
                     app(started.state.clone()),
-                    header_timeout,
+                    options,
                     shutdown_signal(),
                 )
                 .await;
@@ -214,6 +237,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("shut down cleanly");
                 Ok(())
             })
+        }
+    }
+}
+
+/// File descriptors kept for the database, the listener and the log, besides connections.
+const SPARE_FDS: usize = 64;
+
+/// Raises the open-file limit to its hard limit and returns how many connections can be
+/// served at once: `wanted`, or fewer (said on stderr) if the limit does not allow it.
+fn connection_cap(wanted: usize) -> usize {
+    match serve::raise_fd_limit() {
+        Ok(limit) => {
+            let room = usize::try_from(limit).unwrap_or(usize::MAX);
+            let room = room.saturating_sub(SPARE_FDS).max(1);
+            if room < wanted {
+                eprintln!(
+                    "warning: the open file limit is {limit}: --max-connections {wanted} \
+                     cannot be reached; serving at most {room} connections at once \
+                     (raise the limit with `ulimit -n` or LimitNOFILE=)"
+                );
+                return room;
+            }
+            wanted
+        }
+        Err(e) => {
+            eprintln!(
+                "warning: could not read the open file limit ({e}); --max-connections {wanted} may not be reachable"
+            );
+            wanted
         }
     }
 }

@@ -22,11 +22,13 @@ pub enum Reject {
     RateLimited,
     /// Writer queue full (503).
     QueueFull,
+    /// The memory budget for request bodies in flight was taken (503).
+    MemoryBusy,
     /// Internal error (500).
     Internal,
 }
 
-const REASONS: [(Reject, &str); 9] = [
+const REASONS: [(Reject, &str); 10] = [
     (Reject::Malformed, "malformed"),
     (Reject::Unauthorized, "unauthorized"),
     (Reject::Forbidden, "forbidden"),
@@ -35,6 +37,7 @@ const REASONS: [(Reject, &str); 9] = [
     (Reject::Encoding, "unsupported_encoding"),
     (Reject::RateLimited, "rate_limited"),
     (Reject::QueueFull, "queue_full"),
+    (Reject::MemoryBusy, "memory_busy"),
     (Reject::Internal, "internal"),
 ];
 
@@ -48,7 +51,7 @@ pub struct Metrics {
     pub events_accepted: AtomicU64,
     /// Events that were retries of stored ones.
     pub events_duplicate: AtomicU64,
-    rejected: [AtomicU64; 9],
+    rejected: [AtomicU64; 10],
     /// Jobs waiting for the writer.
     pub queue_depth: AtomicI64,
     commits: AtomicU64,

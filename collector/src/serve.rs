@@ -5,7 +5,8 @@
 //! connection forever. [`serve`] runs the router on hyper's HTTP/1.1 connections with a
 //! timer and [`Config::header_timeout`](crate::Config::header_timeout), which bounds both
 //! the time to send a request head and the idle time between keep-alive requests.
-//! [`body_deadline`] (a layer of [`app`](crate::app)) bounds the time to send a body.
+//! [`body_deadline`] (a layer of [`app`](crate::app)) bounds the time to send a body, and
+//! [`serve_with`] caps the connections open at once, closing idle ones first.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,21 +29,59 @@ use tokio::net::TcpListener;
 
 use crate::state::AppState;
 
+/// How [`serve_with`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// The time to send a request head, and the longest a keep-alive connection may idle.
+    pub header_timeout: Duration,
+    /// Connections open at once; at the cap, the connection idle the longest is closed to
+    /// make room (one in the middle of a request never is).
+    pub max_connections: usize,
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// the requests in flight finish and returns when every connection has closed.
 ///
 /// A request head (or the next one on a keep-alive connection) must arrive within
-/// `header_timeout`, or the connection is closed without an answer.
+/// `header_timeout`, or the connection is closed without an answer. At most 1,024
+/// connections are open at once (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
+    let options = ServeOptions {
+        header_timeout,
+        max_connections: 1024,
+    };
+    serve_with(listener, router, options, shutdown).await;
+}
+
+/// [`serve`] with every option: at `max_connections` open connections, the one that has
+/// been idle longest (between keep-alive requests, or opened and sent nothing yet) is
+/// closed before the next is accepted, so whoever hoards idle sockets loses them, not a
+/// client sending a request. When every connection is in a request, accepting waits.
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    let conns = Arc::new(Conns::default());
+    let max = options.max_connections.max(1);
+    let mut next_id = 0u64;
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
+    'accept: loop {
+        // Room first: evict the longest idle connection, or wait for one to free up.
+        while !conns.make_room(max) {
+            tokio::select! {
+                () = conns.changed.notified() => {}
+                () = &mut shutdown => break 'accept,
+            }
+        }
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -55,9 +94,27 @@ pub async fn serve(
         };
         // Responses are small and answer a request: never hold them back (Nagle).
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        next_id += 1;
+        let id = next_id;
+        let evicted = conns.open(id);
+        let svc = TowerToHyperService::new(router.clone());
+        let slot = Slot {
+            conns: Arc::clone(&conns),
+            id,
+        };
+        let service = hyper::service::service_fn(move |req| {
+            let busy = slot.busy();
+            let fut = hyper::service::Service::call(&svc, req);
+            async move {
+                let r = fut.await;
+                drop(busy);
+                r
+            }
+        });
         let mut stop = stop_rx.clone();
         let open = open_rx.clone();
+        let header_timeout = options.header_timeout;
+        let conns = Arc::clone(&conns);
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -70,11 +127,14 @@ pub async fn serve(
                         tracing::debug!("connection closed: {e}");
                     }
                 }
+                // Only an idle connection is evicted: dropping it loses no request.
+                _ = evicted => tracing::debug!("idle connection closed to make room"),
                 _ = stop.changed() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
             }
+            conns.close(id);
             drop(open);
         });
     }
@@ -82,6 +142,131 @@ pub async fn serve(
     let _ = stop_tx.send(());
     drop(open_rx);
     open_tx.closed().await;
+}
+
+/// The open connections: which are idle, since when, and how to close them.
+#[derive(Default)]
+struct Conns {
+    map: std::sync::Mutex<std::collections::HashMap<u64, Conn>>,
+    /// Signalled when a connection closes or becomes idle.
+    changed: tokio::sync::Notify,
+}
+
+struct Conn {
+    /// `None` while a request is in flight.
+    idle_since: Option<std::time::Instant>,
+    /// Taken when the connection is asked to close.
+    evict: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Conns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Conn>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a connection; the receiver fires if it is evicted.
+    fn open(&self, id: u64) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().insert(
+            id,
+            Conn {
+                idle_since: Some(std::time::Instant::now()),
+                evict: Some(tx),
+            },
+        );
+        rx
+    }
+
+    fn close(&self, id: u64) {
+        self.lock().remove(&id);
+        self.changed.notify_one();
+    }
+
+    /// Whether another connection may be accepted now. At the cap, asks the longest idle
+    /// connection to close (once: until it has closed, the cap still counts it), and the
+    /// caller waits for [`Conns::changed`].
+    fn make_room(&self, max: usize) -> bool {
+        let mut map = self.lock();
+        if map.len() < max {
+            return true;
+        }
+        if map.values().any(|c| c.evict.is_none()) {
+            return false;
+        }
+        let oldest = map
+            .values_mut()
+            .filter_map(|c| c.idle_since.map(|t| (t, c)))
+            .min_by_key(|(t, _)| *t);
+        if let Some(tx) = oldest.and_then(|(_, c)| c.evict.take()) {
+            let _ = tx.send(());
+        }
+        false
+    }
+}
+
+/// One connection's handle, to mark it busy for the length of each request.
+struct Slot {
+    conns: Arc<Conns>,
+    id: u64,
+}
+
+impl Slot {
+    fn busy(&self) -> Busy {
+        if let Some(c) = self.conns.lock().get_mut(&self.id) {
+            c.idle_since = None;
+        }
+        Busy {
+            conns: Arc::clone(&self.conns),
+            id: self.id,
+        }
+    }
+}
+
+/// Marks its connection idle again when dropped (the response is ready).
+struct Busy {
+    conns: Arc<Conns>,
+    id: u64,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(c) = self.conns.lock().get_mut(&self.id) {
+            c.idle_since = Some(std::time::Instant::now());
+        }
+        self.conns.changed.notify_one();
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit; returns the soft
+/// limit now in force.
+#[cfg(unix)]
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` through a valid, exclusive pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `setrlimit` reads one `rlimit` through a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    #[allow(clippy::unnecessary_cast, reason = "rlim_t is not u64 on every unix")]
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Elsewhere there is no such limit to raise.
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    Ok(u64::MAX)
 }
 
 /// Connection-level accept errors are the client's; others (out of file descriptors)

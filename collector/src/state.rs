@@ -13,6 +13,7 @@ use rand::RngCore;
 use rusqlite::OptionalExtension;
 
 use crate::difs::Difs;
+use crate::budget::Budget;
 use crate::metrics::Metrics;
 use crate::store::writer::{Retention, Writer};
 use crate::store::{self, ProjectRow, ReadPool, StoreError};
@@ -42,6 +43,10 @@ pub struct Config {
     pub body_timeout: Duration,
     /// The most bytes of debug files kept; the least recently used go first.
     pub difs_max_bytes: u64,
+    /// Bytes all ingestion requests in flight may hold together (the memory budget).
+    pub max_inflight_bytes: usize,
+    /// Connections open at once (with [`serve_with`](crate::serve::serve_with)).
+    pub max_connections: usize,
 }
 
 impl Config {
@@ -58,6 +63,8 @@ impl Config {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             difs_max_bytes: 2048 << 20,
+            max_inflight_bytes: 256 * 1024 * 1024,
+            max_connections: 1024,
         }
     }
 }
@@ -95,6 +102,8 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     /// Uploaded debug files.
     pub difs: Difs,
+    /// The memory budget of ingestion requests in flight.
+    pub budget: Budget,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     password_hash: RwLock<String>,
@@ -234,6 +243,7 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
     .map_err(|e| StoreError::Io(config.data_dir.clone(), e))?;
     let inner = Inner {
         reads: ReadPool::new(store::db_path(&config.data_dir)),
+        budget: Budget::new(config.max_inflight_bytes),
         config,
         writer,
         metrics,

@@ -1135,3 +1135,474 @@ async fn hostile_strings_are_stored_and_served_verbatim() {
     );
     s.stop().await;
 }
+
+/// The memory budget the storm runs under (`--max-inflight-mb`).
+const STORM_BUDGET_MB: u64 = 64;
+/// The collector's peak resident memory through the whole storm must stay under this:
+/// the budget, plus what the idle process, SQLite's page caches and 1,024 connections'
+/// buffers take (about 60 MiB in a debug build), with room for the allocator. Before the
+/// budget, 64 gzip bombs alone took the peak past 1.5 GiB.
+const STORM_PEAK_KB: u64 = (STORM_BUDGET_MB + 128) * 1024;
+
+/// An envelope with one event item whose message is `n` bytes of `a`, and nothing after:
+/// a bomb once compressed.
+fn event_bomb(n: usize) -> Vec<u8> {
+    let mut b = b"{}\n{\"type\":\"event\"}\n{\"message\":\"".to_vec();
+    b.resize(b.len() + n, b'a');
+    b.extend_from_slice(b"\"}\n");
+    b
+}
+
+/// Sends `bytes` until the answer is not a `503` (waiting its `Retry-After`, as SDKs do);
+/// the final status and how many `503`s came first.
+async fn until_not_busy(addr: &str, bytes: &[u8], limit: Duration) -> (Option<u16>, u32) {
+    let mut busy = 0;
+    loop {
+        let raw = raw_exchange(addr, at_once(bytes.to_vec()), limit).await;
+        match raw.status() {
+            Some(503) if busy < 10 => {
+                assert_eq!(raw.header("retry-after").as_deref(), Some("1"));
+                busy += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            s => return (s, busy),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_bombs_idle_sockets_and_slow_bodies_stays_in_bounds() {
+    let started = Instant::now();
+    // Room for 2,000 idle sockets and the rest, here and in the collector (which inherits
+    // the limit and also raises its own).
+    let fds = errscope_collector::serve::raise_fd_limit().unwrap();
+    let scale = if long() { 4 } else { 1 };
+    let idle_n = 2000usize.min(fds as usize / 2 - 600);
+    let dir = tempfile::tempdir().unwrap();
+    let c = spawn_binary(
+        dir.path(),
+        &[
+            "--max-inflight-mb",
+            &STORM_BUDGET_MB.to_string(),
+            "--max-connections",
+            "1024",
+            // Idle sockets stay until the collector needs their room, not a deadline.
+            "--header-timeout-secs",
+            "300",
+            "--body-timeout-secs",
+            "4",
+            "--max-events-per-issue",
+            "1000000",
+        ],
+    )
+    .await;
+    let pid = c.child.id().unwrap();
+    let (base_hwm, _) = memory_kb(pid);
+    let key = c.dsn.as_deref().unwrap()["http://".len()..]
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let addr = c.base.trim_start_matches("http://").to_owned();
+    let t = std::sync::Arc::new(Target {
+        addr: addr.clone(),
+        key: key.clone(),
+        other_key: String::new(),
+    });
+
+    // 2,000 sockets that connect and say nothing.
+    let (idle_stop, idle_stop_rx) = tokio::sync::watch::channel(false);
+    let idle: Vec<_> = (0..idle_n)
+        .map(|_| {
+            let addr = addr.clone();
+            let mut stop = idle_stop_rx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut s = tokio::net::TcpStream::connect(&addr).await.ok()?;
+                let mut buf = [0u8; 16];
+                // Closed by the collector (to make room), or still open at the end.
+                tokio::select! {
+                    r = s.read(&mut buf) => Some(matches!(r, Ok(0) | Err(_))),
+                    _ = stop.changed() => Some(false),
+                }
+            })
+        })
+        .collect();
+
+    // /healthz, every 50 ms on a fresh connection, must always answer. Meanwhile the
+    // collector's open sockets are counted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sockets = move || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        std::fs::read_link(e.path())
+                            .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let health = {
+        let (base, stop) = (c.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut ok = 0u32;
+            let mut failed = Vec::new();
+            let mut peak_sockets = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                peak_sockets = peak_sockets.max(sockets());
+                let http = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                match http.get(format!("{base}/healthz")).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (ok, failed, peak_sockets)
+        })
+    };
+
+    // The bombs: every one must end in a 413.
+    // 20 MiB inflated (20 times the event limit): the collector stops at 1 MiB either way.
+    let gzip_bomb = gzip_of(&event_bomb(20 << 20), 1);
+    let zlib_bomb = zlib_of(&event_bomb(20 << 20), 1);
+    let brotli_bomb = unhex(BROTLI_BOMB);
+    let announce = |encoding: Option<&str>| {
+        let env = b"{}\n{\"type\":\"event\",\"length\":1000000000}\n{\"message\":\"".to_vec();
+        match encoding {
+            // Chunked: the collector cannot know where the body ends.
+            None => chunked(
+                &t,
+                format!("{:x}\r\n", env.len())
+                    .as_bytes()
+                    .iter()
+                    .chain(&env)
+                    .chain(b"\r\n")
+                    .copied()
+                    .collect::<Vec<u8>>()
+                    .as_slice(),
+            ),
+            Some(e) => t.encoded(e, &gzip_of(&env, 1)),
+        }
+    };
+    let mut bombs: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    for i in 0..64 * scale {
+        bombs.push(("gzip", t.encoded("gzip", &gzip_bomb)));
+        bombs.push(("deflate", t.encoded("deflate", &zlib_bomb)));
+        let headers = [t.auth(), ("Content-Encoding", "br".to_owned())];
+        bombs.push((
+            "brotli",
+            t.request("POST", "/api/1/store/", &headers, &brotli_bomb),
+        ));
+        let how = if i % 2 == 0 { None } else { Some("gzip") };
+        bombs.push(("1 GB length", announce(how)));
+    }
+    let bomb_tasks: Vec<_> = bombs
+        .into_iter()
+        .map(|(kind, bytes)| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let (status, busy) = until_not_busy(&addr, &bytes, Duration::from_secs(60)).await;
+                (kind, status, busy)
+            })
+        })
+        .collect();
+
+    // 200 uploads whose bodies trickle: cut with 408 by the body deadline.
+    let slow: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = addr.clone();
+            let mut writes = vec![(
+                Duration::ZERO,
+                format!(
+                    "POST /api/1/envelope/ HTTP/1.1\r\nHost: {addr}\r\nX-Sentry-Auth: Sentry sentry_key={key}\r\nContent-Length: 100000\r\n\r\n"
+                )
+                .into_bytes(),
+            )];
+            writes.extend((0..100).map(|_| (Duration::from_millis(200), vec![b' '; 10])));
+            tokio::spawn(async move { raw_exchange(&addr, writes, Duration::from_secs(60)).await })
+        })
+        .collect();
+
+    // Meanwhile a client sends 1,000 good events, four at a time.
+    let good_n = 1000 * scale as u64;
+    let senders: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (base, key) = (c.base.clone(), key.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut busy = 0;
+                let mut ids = Vec::new();
+                for n in (w..good_n).step_by(4) {
+                    let id = format!("{:032x}", 0x5707_0000_0000u64 + n);
+                    let body = envelope(&[event(&id, "checkout", &format!("storm {n}"))]);
+                    loop {
+                        let r = http
+                            .post(format!("{base}/api/1/envelope/?sentry_key={key}"))
+                            .body(body.clone())
+                            .send()
+                            .await
+                            .expect("good event sent");
+                        match r.status().as_u16() {
+                            200 => break,
+                            503 if busy < 100 => {
+                                busy += 1;
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            s => panic!("good event {n}: {s} {:?}", r.text().await),
+                        }
+                    }
+                    ids.push(id);
+                }
+                (ids, busy)
+            })
+        })
+        .collect();
+
+    let mut good = Vec::new();
+    let mut good_busy = 0;
+    for s in senders {
+        let (ids, busy) = s.await.unwrap();
+        good.extend(ids);
+        good_busy += busy;
+    }
+    let mut by_kind: std::collections::BTreeMap<&str, (u32, u32, u32)> = Default::default();
+    let mut wrong = Vec::new();
+    for task in bomb_tasks {
+        let (kind, status, busy) = task.await.unwrap();
+        let e = by_kind.entry(kind).or_default();
+        e.0 += 1;
+        e.2 += busy;
+        if status == Some(413) {
+            e.1 += 1;
+        } else {
+            wrong.push(format!("{kind}: {status:?}"));
+        }
+    }
+    let mut slow_cut = 0;
+    for task in slow {
+        let raw = task.await.unwrap();
+        if raw.status() == Some(408) && !raw.wrote_all {
+            slow_cut += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (health_ok, health_failed, peak_sockets) = health.await.unwrap();
+    let (peak_kb, rss_kb) = memory_kb(pid);
+    // Every good event is stored.
+    let http = reqwest::Client::new();
+    let (_, stats) = api_at(&http, &c.base, "/api/0/projects/1/stats/").await;
+    let mut stored = 0;
+    for id in good.iter().step_by(10) {
+        let (st, _) = api_at(&http, &c.base, &format!("/api/0/projects/1/events/{id}/")).await;
+        if st == 200 {
+            stored += 1;
+        }
+    }
+    // Idle sockets past the cap were closed to make room.
+    let (mut idle_closed, mut idle_open) = (0, 0);
+    let _ = idle_stop.send(true);
+    for task in idle {
+        match task.await.unwrap() {
+            Some(true) => idle_closed += 1,
+            Some(false) => idle_open += 1,
+            None => {}
+        }
+    }
+    eprintln!(
+        "reliability: scenario=storm scale={scale} bombs={by_kind:?} (kind: sent, 413, 503 retries) good_sent={} good_503_retries={good_busy} events_stored={} idle={idle_n} idle_closed={idle_closed} idle_open_at_end={idle_open} peak_sockets={peak_sockets} slow_cut_408={slow_cut} healthz_ok={health_ok} healthz_failed={} base_hwm_kb={base_hwm} peak_rss_kb={peak_kb} rss_kb={rss_kb} secs={:.1}",
+        good.len(),
+        stats["events"],
+        health_failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(wrong.is_empty(), "bombs not answered 413: {wrong:?}");
+    assert_eq!(stats["events"], good_n, "{stats}");
+    assert_eq!(stored, good.len().div_ceil(10));
+    assert!(
+        health_failed.is_empty(),
+        "/healthz failed: {health_failed:?}"
+    );
+    assert!(health_ok > 0);
+    assert_eq!(slow_cut, 200, "every slow body is cut with 408");
+    // Besides the 1,024 connections: the listener and tokio's signal socket pair.
+    assert!(
+        peak_sockets <= 1024 + 8,
+        "the collector had {peak_sockets} sockets open; the cap is 1024"
+    );
+    // Every idle socket got through the backlog, and the hoarders were the ones closed.
+    // (One still "open" may only have been let in by the kernel, not yet accepted.)
+    assert_eq!(
+        idle_closed + idle_open,
+        idle_n,
+        "some idle sockets never connected"
+    );
+    assert!(
+        idle_closed >= idle_n / 4,
+        "of {idle_n} idle sockets only {idle_closed} were closed to make room"
+    );
+    assert!(
+        peak_kb < STORM_PEAK_KB,
+        "peak RSS {peak_kb} KiB, bound {STORM_PEAK_KB} KiB"
+    );
+}
+
+/// The bounds of the database files under a storm of unique events: the dedup ids stay
+/// within 1.1 × `--dedup-max-ids` plus one batch, and the WAL, once the storm is over,
+/// within the writer's idle bound (4 MiB). CI sends 10,000 events with a cap of 1,000;
+/// `ERRSCOPE_LONG=1` sends 1,000,000 with a cap of 100,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dedup_table_and_wal_stay_bounded_after_a_storm() {
+    let started = Instant::now();
+    let (events, cap) = if long() {
+        (1_000_000u64, 100_000u64)
+    } else {
+        (10_000, 1_000)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = spawn_binary(
+        dir.path(),
+        &[
+            "--dedup-max-ids",
+            &cap.to_string(),
+            "--max-events-per-issue",
+            "10",
+        ],
+    )
+    .await;
+    let key = c.dsn.as_deref().unwrap()["http://".len()..]
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let db = dir.path().join("errscope.sqlite3");
+    let count_ids = || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .unwrap();
+        conn.query_row("SELECT count(*) FROM event_ids", [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    };
+    // 100 events per envelope, four senders; the table is sampled as it grows.
+    let per = 100u64;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, key, next) = (c.base.clone(), key.clone(), next.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                loop {
+                    let first = next.fetch_add(per, std::sync::atomic::Ordering::SeqCst);
+                    if first >= events {
+                        break;
+                    }
+                    let batch: Vec<Value> = (first..first + per)
+                        .map(|n| event(&format!("{:032x}", n + 1), "checkout", "storm"))
+                        .collect();
+                    let r = http
+                        .post(format!("{base}/api/1/envelope/?sentry_key={key}"))
+                        .body(envelope(&batch))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+                }
+            })
+        })
+        .collect();
+    let mut peak_ids = 0;
+    let mut all_done = false;
+    while !all_done {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak_ids = peak_ids.max(count_ids());
+        all_done = senders.iter().all(|s| s.is_finished());
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    peak_ids = peak_ids.max(count_ids());
+    let wal = dir.path().join("errscope.sqlite3-wal");
+    let wal_after_storm = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // The writer truncates a grown WAL after a second without writes.
+    let mut wal_idle = wal_after_storm;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        wal_idle = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        if wal_idle <= 4 << 20 {
+            break;
+        }
+    }
+    let http = reqwest::Client::new();
+    let (_, stats) = api_at(&http, &c.base, "/api/0/projects/1/stats/").await;
+    // A retry of one of the newest events is still recognised as one.
+    let last = event(&format!("{events:032x}"), "checkout", "storm");
+    let r = http
+        .post(format!("{}/api/1/envelope/?sentry_key={key}", c.base))
+        .body(envelope(&[last]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, again) = api_at(&http, &c.base, "/api/0/projects/1/stats/").await;
+    let bound = cap + cap / 10 + 4096;
+    eprintln!(
+        "reliability: scenario=db-bounds events={events} dedup_cap={cap} peak_dedup_ids={peak_ids} bound={bound} wal_after_storm={wal_after_storm} wal_idle={wal_idle} events_stored={} secs={:.1}",
+        stats["events"],
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(stats["events"], events, "{stats}");
+    assert_eq!(again["events"], events, "the retry was not counted again");
+    assert!(
+        peak_ids <= bound,
+        "dedup ids peaked at {peak_ids}; bound {bound}"
+    );
+    assert!(
+        wal_idle <= 4 << 20,
+        "WAL {wal_after_storm} -> {wal_idle} bytes"
+    );
+}
+
+#[test]
+fn bad_limits_stop_startup_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, env, flag) in [
+        (&["--max-inflight-mb", "0"][..], None, "--max-inflight-mb"),
+        (
+            &["--max-inflight-mb", "lots"][..],
+            None,
+            "--max-inflight-mb",
+        ),
+        (&["--max-connections", "0"][..], None, "--max-connections"),
+        (&["--max-connections=-5"][..], None, "--max-connections"),
+        (&["--dedup-max-ids", "0"][..], None, "--dedup-max-ids"),
+        (
+            &[][..],
+            Some(("ERRSCOPE_MAX_CONNECTIONS", "many")),
+            "--max-connections",
+        ),
+        (
+            &[][..],
+            Some(("ERRSCOPE_MAX_INFLIGHT_MB", "0")),
+            "--max-inflight-mb",
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path())
+            .args(args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} started");
+        assert!(stderr.contains(flag), "{args:?} {env:?}: {stderr}");
+    }
+    // Nothing was created: startup stopped before the database.
+    assert!(!dir.path().join("errscope.sqlite3").exists());
+}

@@ -8,8 +8,9 @@
 pub mod body;
 pub mod envelope;
 pub mod event;
+pub mod intake;
 
-use axum::body::{Body, HttpBody as _};
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -62,6 +63,9 @@ pub enum IngestError {
     /// 503.
     #[error("the collector is busy; retry after 1 s")]
     QueueFull,
+    /// 503: the memory budget for request bodies in flight is taken.
+    #[error("{}", crate::budget::BudgetError)]
+    MemoryBusy,
     /// 500.
     #[error("internal error")]
     Internal(String),
@@ -78,6 +82,7 @@ impl IngestError {
             IngestError::UnsupportedEncoding(_) => Reject::Encoding,
             IngestError::RateLimited(_) => Reject::RateLimited,
             IngestError::QueueFull => Reject::QueueFull,
+            IngestError::MemoryBusy => Reject::MemoryBusy,
             IngestError::Internal(_) => Reject::Internal,
         }
     }
@@ -102,7 +107,7 @@ impl IntoResponse for IngestError {
             IngestError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            IngestError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::QueueFull | IngestError::MemoryBusy => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if let IngestError::Internal(detail) = &self {
@@ -119,7 +124,7 @@ impl IntoResponse for IngestError {
                     h.insert("x-sentry-rate-limits", v);
                 }
             }
-            IngestError::QueueFull => {
+            IngestError::QueueFull | IngestError::MemoryBusy => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -224,42 +229,6 @@ fn parse_project(raw: &str) -> Result<i64, IngestError> {
     })
 }
 
-async fn read_body(body: Body) -> Result<bytes::Bytes, IngestError> {
-    // A declared length over the limit is refused before a byte of the body is read.
-    if body.size_hint().lower() > MAX_WIRE as u64 {
-        return Err(IngestError::TooLarge(format!(
-            "the request body exceeds {MAX_WIRE} bytes"
-        )));
-    }
-    axum::body::to_bytes(body, MAX_WIRE).await.map_err(|e| {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(s) = src {
-            if s.is::<http_body_util::LengthLimitError>() {
-                return IngestError::TooLarge(format!("the request body exceeds {MAX_WIRE} bytes"));
-            }
-            if let Some(t) = s.downcast_ref::<crate::serve::BodyTimeout>() {
-                return IngestError::Timeout(t.to_string());
-            }
-            src = s.source();
-        }
-        IngestError::Malformed(format!("could not read the request body: {e}"))
-    })
-}
-
-fn decode_body(headers: &HeaderMap, raw: &[u8], limit: usize) -> Result<Vec<u8>, IngestError> {
-    let enc = match headers.get(header::CONTENT_ENCODING) {
-        Some(v) => Some(v.to_str().map_err(|_| {
-            IngestError::UnsupportedEncoding("Content-Encoding is not ASCII".into())
-        })?),
-        None => None,
-    };
-    body::decode(enc, raw, limit).map_err(|e| match e {
-        body::BodyError::Unsupported(_) => IngestError::UnsupportedEncoding(e.to_string()),
-        body::BodyError::TooLarge(_) => IngestError::TooLarge(e.to_string()),
-        body::BodyError::Corrupt(..) => IngestError::Malformed(e.to_string()),
-    })
-}
-
 /// `POST /api/{project_id}/envelope/`.
 pub async fn envelope_handler(
     State(state): State<AppState>,
@@ -336,37 +305,35 @@ async fn ingest(
     if request_key.is_some() {
         authenticate(state, request_key.clone(), project_id).await?;
     }
-    let raw = read_body(body).await?;
-    let limit = if kind == Kind::Envelope {
-        MAX_ENVELOPE
-    } else {
-        MAX_EVENT
-    };
+    // Every byte this request holds, from its first wire frame to the commit of what it
+    // stores, is covered by this reservation against the memory budget.
+    let mut held = state.budget.reserve();
+    let framed = intake::read(body, headers, kind == Kind::Store, &mut held).await?;
     let received = now_ms();
-    let inline = raw.len() <= INLINE_PARSE && headers.get(header::CONTENT_ENCODING).is_none();
-    let headers = headers.clone();
+    let size = framed.payload_bytes();
+    let inline = size <= INLINE_PARSE;
+    // Preparing copies each event once more (compressed), until the commit.
+    held.cover(2 * size + 64 * 1024)
+        .await
+        .map_err(|_| IngestError::MemoryBusy)?;
     let work = move || -> Result<(Option<String>, IngestJob), IngestError> {
-        let decoded = decode_body(&headers, &raw, limit)?;
-        drop(raw);
         let mut job = IngestJob {
             project_id,
             ..Default::default()
         };
         let mut dsn_key = None;
-        match kind {
-            Kind::Store => job.events.push(prepare_event(&decoded, received, None)?),
-            Kind::Envelope => {
-                let (header, items) =
-                    envelope::parse(&decoded).map_err(|e| IngestError::Malformed(e.to_string()))?;
+        match framed {
+            intake::Framed::Store(event) => job.events.push(prepare_event(&event, received, None)?),
+            intake::Framed::Envelope(header, items) => {
                 dsn_key = header.dsn.as_deref().and_then(key_from_dsn);
                 let header_id = header.event_id.as_deref().and_then(event::parse_event_id);
-                for (i, item) in items.iter().enumerate() {
-                    let n = i + 1;
+                for item in items {
+                    let n = item.n;
                     match item.ty.as_str() {
                         "event" => {
                             let first = job.events.is_empty();
                             let ev = prepare_event(
-                                item.payload,
+                                &item.payload,
                                 received,
                                 if first { header_id.clone() } else { None },
                             )
@@ -375,10 +342,10 @@ async fn ingest(
                         }
                         "client_report" => job
                             .discards
-                            .extend(parse_client_report(item.payload).map_err(|e| prefix(e, n))?),
+                            .extend(parse_client_report(&item.payload).map_err(|e| prefix(e, n))?),
                         "errscope.counts" => job
                             .counts
-                            .extend(parse_counts(item.payload).map_err(|e| prefix(e, n))?),
+                            .extend(parse_counts(&item.payload).map_err(|e| prefix(e, n))?),
                         _ => {}
                     }
                 }
@@ -407,6 +374,7 @@ async fn ingest(
         return Ok(ids);
     }
     state.writer.ingest(job).await?;
+    drop(held);
     Ok(ids)
 }
 

@@ -13,9 +13,15 @@
 //!   the newest ones); counts stay exact because they live on the issue and its hourly
 //!   buckets, not in the samples. Events older than `retention_days` are deleted.
 //! - Idempotency: an event id is remembered (in `event_ids`) for [`DEDUP_WINDOW_MS`]
-//!   (24 h) or the newest [`DEDUP_MAX_IDS`] (1,000,000) events, whichever is shorter;
-//!   a retry inside that window is answered 200 and not counted again. A retry of an event
-//!   whose sample is still stored is recognised for as long as the sample is kept.
+//!   (24 h) or the newest [`Retention::dedup_max_ids`] (default [`DEDUP_MAX_IDS`],
+//!   1,000,000) events, whichever is shorter; a retry inside that window is answered 200
+//!   and not counted again. The oldest ids go first, pruned every minute and whenever a
+//!   tenth of the cap has been added since, so the table holds at most 1.1 × the cap plus
+//!   one batch. A retry of an event whose sample is still stored is recognised for as long
+//!   as the sample is kept.
+//! - The WAL: checkpointed every ~64 MiB; after a second without writes a WAL past
+//!   [`WAL_IDLE_LIMIT`] is checkpointed and truncated to zero, and `journal_size_limit`
+//!   cuts it back to 64 MiB whenever a checkpoint resets it under load.
 //! - Tags: at most [`MAX_TAG_VALUES_PER_ISSUE`] distinct values per issue and key and
 //!   [`MAX_TAG_VALUES_PER_PROJECT`] per project and key; later values count as `(other)`.
 //! - Tag-value counts lag their events by up to [`TAG_DELAY`] under load; a crash can
@@ -50,6 +56,10 @@ pub const MAX_BATCH_EVENTS: usize = 4096;
 pub const DEDUP_WINDOW_MS: i64 = 24 * HOUR_MS;
 /// How many event ids are remembered at most.
 pub const DEDUP_MAX_IDS: i64 = 1_000_000;
+/// A WAL larger than this is truncated once the writer has been idle a second.
+pub const WAL_IDLE_LIMIT: u64 = 4 * 1024 * 1024;
+/// What `journal_size_limit` trims the WAL back to when a checkpoint resets it.
+const WAL_LIMIT: i64 = 64 * 1024 * 1024;
 /// Distinct tag values kept per issue and key.
 pub const MAX_TAG_VALUES_PER_ISSUE: i64 = 100;
 /// Distinct tag values kept per project and key.
@@ -62,6 +72,8 @@ pub struct Retention {
     pub max_events_per_issue: i64,
     /// Days full events are kept.
     pub retention_days: i64,
+    /// Event ids remembered for idempotency at most (the oldest go first).
+    pub dedup_max_ids: i64,
 }
 
 impl Default for Retention {
@@ -69,6 +81,7 @@ impl Default for Retention {
         Retention {
             max_events_per_issue: 100,
             retention_days: 30,
+            dedup_max_ids: DEDUP_MAX_IDS,
         }
     }
 }
@@ -243,6 +256,8 @@ struct WriterThread {
     pending_possible: bool,
     last_prune: Instant,
     last_hourly_prune: Instant,
+    /// Events stored since the dedup ids were last pruned.
+    ids_since_prune: i64,
 }
 
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -267,6 +282,7 @@ impl WriterThread {
             pending_possible,
             last_prune: long_ago,
             last_hourly_prune: long_ago,
+            ids_since_prune: 0,
         }
     }
 
@@ -275,6 +291,9 @@ impl WriterThread {
         // (4 MiB): hot pages (issue rows, index roots) are copied back once per checkpoint,
         // not once per 1000 pages written. The WAL file keeps that size between checkpoints.
         let _ = self.conn.pragma_update(None, "wal_autocheckpoint", 16_000);
+        let _ = self
+            .conn
+            .pragma_update(None, "journal_size_limit", WAL_LIMIT);
         self.prune();
         loop {
             let first = match rx.recv_timeout(Duration::from_secs(1)) {
@@ -284,6 +303,7 @@ impl WriterThread {
                         self.process(Vec::new());
                     }
                     self.maybe_prune();
+                    self.truncate_idle_wal();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -374,6 +394,7 @@ impl WriterThread {
                 self.metrics
                     .events_accepted
                     .fetch_add(batch.events_stored, Relaxed);
+                self.ids_since_prune += batch.events_stored as i64;
                 self.metrics
                     .events_duplicate
                     .fetch_add(batch.duplicates, Relaxed);
@@ -402,7 +423,38 @@ impl WriterThread {
     fn maybe_prune(&mut self) {
         if self.last_prune.elapsed() >= PRUNE_EVERY {
             self.prune();
+        } else if self.ids_since_prune >= (self.retention.dedup_max_ids / 10).max(1)
+            && let Err(e) = self.prune_dedup_cap()
+        {
+            tracing::error!("pruning dedup ids failed: {e}");
         }
+    }
+
+    /// Deletes the oldest dedup ids past the cap.
+    fn prune_dedup_cap(&mut self) -> Result<(), StoreError> {
+        self.ids_since_prune = 0;
+        self.conn.execute(
+            "DELETE FROM event_ids WHERE rowid <= (SELECT max(rowid) FROM event_ids) - ?1",
+            [self.retention.dedup_max_ids],
+        )?;
+        Ok(())
+    }
+
+    /// Checkpoints and truncates a WAL past [`WAL_IDLE_LIMIT`]; a reader that holds it
+    /// back only delays this to the next idle second.
+    fn truncate_idle_wal(&mut self) {
+        let Some(path) = self.conn.path().map(|p| format!("{p}-wal")) else {
+            return;
+        };
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if size <= WAL_IDLE_LIMIT {
+            return;
+        }
+        let _ = self.conn.busy_timeout(Duration::from_millis(100));
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+            tracing::debug!("WAL truncation deferred: {e}");
+        }
+        let _ = self.conn.busy_timeout(Duration::from_secs(5));
     }
 
     /// Deletes expired samples, dedup ids and counts, each in short transactions.
@@ -424,10 +476,7 @@ impl WriterThread {
                     break;
                 }
             }
-            self.conn.execute(
-                "DELETE FROM event_ids WHERE rowid < (SELECT max(rowid) FROM event_ids) - ?1",
-                [DEDUP_MAX_IDS],
-            )?;
+            self.prune_dedup_cap()?;
             let first_young: Option<i64> = self
                 .conn
                 .query_row(
@@ -516,7 +565,7 @@ mod store_tests {
             test_db::fresh(),
             Retention {
                 max_events_per_issue: 5,
-                retention_days: 30,
+                ..Retention::default()
             },
             64,
         );
@@ -553,7 +602,7 @@ mod store_tests {
             db,
             Retention {
                 max_events_per_issue: 100,
-                retention_days: 30,
+                ..Retention::default()
             },
             64,
         );
@@ -629,6 +678,79 @@ mod store_tests {
                 count: 20
             }
         );
+    }
+
+    #[tokio::test]
+    async fn dedup_ids_stay_under_their_cap_and_retries_inside_it_are_recognised() {
+        let cap = 100;
+        let (w, h, dir) = writer(
+            test_db::fresh(),
+            Retention {
+                max_events_per_issue: 10,
+                dedup_max_ids: cap,
+                ..Retention::default()
+            },
+            64,
+        );
+        let now = now_ms();
+        let path = crate::store::db_path(dir.path());
+        let mut peak = 0;
+        for j in 0..50u64 {
+            w.ingest(job((0..20).map(|i| ev(j * 20 + i + 1, now)).collect()))
+                .await
+                .unwrap();
+            let conn = crate::store::open_connection(&path, true).unwrap();
+            let n: i64 = conn
+                .query_row("SELECT count(*) FROM event_ids", [], |r| r.get(0))
+                .unwrap();
+            peak = peak.max(n);
+        }
+        // The cap, a tenth of it added before the next prune, and one batch.
+        assert!(peak <= cap + cap / 10 + 20, "peak {peak}");
+        // A retry of one of the newest events is still recognised.
+        w.ingest(job(vec![ev(1000, now)])).await.unwrap();
+        w.shutdown();
+        h.join().unwrap();
+        let conn = crate::store::open_connection(&path, true).unwrap();
+        assert_eq!(queries::stats(&conn, 1).unwrap().unwrap().events, 1000);
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_truncates_a_grown_wal() {
+        let (w, h, dir) = writer(test_db::fresh(), Retention::default(), 64);
+        let now = now_ms();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'a' + (seed % 26) as u8)
+                })
+                .collect()
+        };
+        // About 8 MiB of incompressible events.
+        for n in 0..160u64 {
+            let json = format!(
+                r#"{{"event_id":"{:032x}","message":"m","extra":{{"x":"{}"}}}}"#,
+                n + 1,
+                noise(50_000)
+            );
+            w.ingest(job(vec![
+                prepare_event(json.as_bytes(), now, None).unwrap(),
+            ]))
+            .await
+            .unwrap();
+        }
+        let wal = dir.path().join("errscope.sqlite3-wal");
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(grown > WAL_IDLE_LIMIT, "the WAL grew to {grown}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let after = std::fs::metadata(&wal).map_or(0, |m| m.len());
+        assert!(after <= WAL_IDLE_LIMIT, "WAL {grown} -> {after} bytes");
+        w.shutdown();
+        h.join().unwrap();
     }
 
     /// Holds the writer thread in a job until the returned sender is sent to.
