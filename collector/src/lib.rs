@@ -5,6 +5,7 @@
 //! # async fn run() -> anyhow::Result<()> {
 //! use errscope_collector::{Config, app, serve::serve, start};
 //! let started = start(Config::new("./errscope-data"))?;
+//! errscope_collector::alerts::spawn(&started.state)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! let stop = async { tokio::signal::ctrl_c().await.ok(); };
 //! let header_timeout = started.state.config.header_timeout;
@@ -20,12 +21,14 @@
 //! - [`grouping`]: class, fingerprint and normalization;
 //! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
 //! - [`api`]: the dashboard's JSON API and session;
+//! - [`alerts`]: alert rules, their decision on ingest and their background delivery;
 //! - [`dashboard`]: the embedded web UI;
 //! - [`serve`]: the HTTP/1.1 server loop and the deadlines for slow clients;
 //! - [`metrics`]: Prometheus counters; [`state`]: configuration and shared state.
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout)]
 
+pub mod alerts;
 pub mod api;
 pub mod dashboard;
 pub mod grouping;
@@ -99,6 +102,21 @@ pub fn app(state: AppState) -> Router {
             get(api::get_issue).put(api::update_issue),
         )
         .route("/api/0/issues/{id}/events/", get(api::issue_events))
+        .route(
+            "/api/0/projects/{pid}/alerts/",
+            get(alerts::api::list_rules).post(alerts::api::create_rule),
+        )
+        .route(
+            "/api/0/alerts/{id}/",
+            get(alerts::api::get_rule)
+                .put(alerts::api::update_rule)
+                .delete(alerts::api::delete_rule),
+        )
+        .route("/api/0/alerts/{id}/test/", post(alerts::api::test_rule))
+        .route(
+            "/api/0/alerts/{id}/deliveries/",
+            get(alerts::api::deliveries),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_auth,

@@ -39,6 +39,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long a client has to send a request body, counted from its head.
     pub body_timeout: Duration,
+    /// Alert delivery: SMTP, retry and timing settings.
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 impl Config {
@@ -54,6 +56,7 @@ impl Config {
             admin_password: None,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            alerts: crate::alerts::AlertConfig::default(),
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct Inner {
     pub reads: ReadPool,
     /// The writer thread.
     pub writer: Writer,
+    /// Alerting state shared with the writer and the sender.
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     keys: RwLock<HashMap<String, i64>>,
@@ -213,17 +218,23 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         .collect();
 
     let metrics = Arc::new(Metrics::default());
-    let (writer, writer_thread) = Writer::start(
+    let alerts = Arc::new(crate::alerts::Alerts::new(
+        config.alerts.clone(),
+        config.public_url.clone(),
+    ));
+    let (writer, writer_thread) = Writer::start_with_alerts(
         conn,
         config.queue_capacity,
         config.retention,
         metrics.clone(),
+        Some(alerts.clone()),
     )
     .map_err(|e| StoreError::Io(config.data_dir.clone(), e))?;
     let inner = Inner {
         reads: ReadPool::new(store::db_path(&config.data_dir)),
         config,
         writer,
+        alerts,
         metrics,
         keys: RwLock::new(keys),
         token_hash: RwLock::new(token_hash),
