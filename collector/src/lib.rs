@@ -106,16 +106,16 @@ pub fn app(state: AppState) -> Router {
             "/api/0/projects/{pid}/alerts/",
             get(alerts::api::list_rules).post(alerts::api::create_rule),
         )
+        .route("/api/0/alerts/{id}/test/", post(alerts::api::test_rule))
+        .route(
+            "/api/0/alerts/{id}/deliveries/",
+            get(alerts::api::deliveries),
+        )
         .route(
             "/api/0/alerts/{id}/",
             get(alerts::api::get_rule)
                 .put(alerts::api::update_rule)
                 .delete(alerts::api::delete_rule),
-        )
-        .route("/api/0/alerts/{id}/test/", post(alerts::api::test_rule))
-        .route(
-            "/api/0/alerts/{id}/deliveries/",
-            get(alerts::api::deliveries),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

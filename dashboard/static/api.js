@@ -80,4 +80,10 @@ export const api = {
   issueEvents: (id, params) => get(`/api/0/issues/${enc(id)}/events/${qs(params)}`),
   event: (pid, eventId) => get(`/api/0/projects/${enc(pid)}/events/${enc(eventId)}/`),
   tagValues: (pid, key) => get(`/api/0/projects/${enc(pid)}/tags/${enc(key)}/values/`),
+  alerts: (pid) => get(`/api/0/projects/${enc(pid)}/alerts/`),
+  createAlert: (pid, rule) => request('POST', `/api/0/projects/${enc(pid)}/alerts/`, rule),
+  updateAlert: (id, rule) => request('PUT', `/api/0/alerts/${enc(id)}/`, rule),
+  deleteAlert: (id) => request('DELETE', `/api/0/alerts/${enc(id)}/`),
+  testAlert: (id) => request('POST', `/api/0/alerts/${enc(id)}/test/`, {}),
+  alertDeliveries: (id) => get(`/api/0/alerts/${enc(id)}/deliveries/`),
 };

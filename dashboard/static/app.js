@@ -17,6 +17,7 @@ const views = {
   issue: lazy(() => import('./views/issue.js'), 'issueView'),
   login: lazy(() => import('./views/login.js'), 'loginView'),
   projects: lazy(() => import('./views/projects.js'), 'projectsView'),
+  alerts: lazy(() => import('./views/alerts.js'), 'alertsView'),
 };
 
 const routes = [
@@ -27,6 +28,7 @@ const routes = [
   { re: /^\/issues\/(\d+)\/events\/([0-9a-fA-F-]{32,36})\/?$/, load: views.issue, nav: 'issues', keys: ['id', 'eventId'] },
   { re: /^\/classes\/(.+?)\/?$/, redirect: (m) => `/issues?class=${m[1]}` },
   { re: /^\/projects\/?$/, load: views.projects, nav: 'projects' },
+  { re: /^\/alerts\/?$/, load: views.alerts, nav: 'alerts' },
 ];
 
 function notFound(ctx) {

@@ -242,6 +242,7 @@ export function renderHeader(active) {
   replace(header.nav,
     link('/', 'Classes', 'classes'),
     link('/issues', 'Issues', 'issues'),
+    link('/alerts', 'Alerts', 'alerts'),
     link('/projects', 'Setup', 'projects'));
   if (state.projects.length > 1) {
     const sel = h('select', { class: 'project-select', 'aria-label': 'Project' },
