@@ -22,10 +22,14 @@ const FINGERPRINTS: u64 = 50;
 
 fn envelope(id: &str, fingerprint: u64) -> String {
     let frames: Vec<Value> = (0..12)
-        .map(|i| json!({"function": format!("shop::handlers::step_{i}"), "module": "shop::handlers",
-            "filename": "src/handlers.rs", "lineno": 100 + i, "in_app": i > 3}))
-        .chain(std::iter::once(json!({"function": format!("shop::ldap::bind_{fingerprint}"),
-            "module": "shop::ldap", "lineno": 42, "in_app": true})))
+        .map(|i| {
+            json!({"function": format!("shop::handlers::step_{i}"), "module": "shop::handlers",
+            "filename": "src/handlers.rs", "lineno": 100 + i, "in_app": i > 3})
+        })
+        .chain(std::iter::once(
+            json!({"function": format!("shop::ldap::bind_{fingerprint}"),
+            "module": "shop::ldap", "lineno": 42, "in_app": true}),
+        ))
         .collect();
     let ev = json!({
         "event_id": id, "platform": "native", "level": "error", "environment": "production",
@@ -55,7 +59,14 @@ struct Collector {
 async fn start(bin: &std::path::Path) -> Collector {
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--queue", "4096", "--data"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            "4096",
+            "--data",
+        ])
         .arg(dir.path())
         .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
         .env("ERRSCOPE_ADMIN_PASSWORD", "alertbench-password")
@@ -70,7 +81,11 @@ async fn start(bin: &std::path::Path) -> Collector {
             base = Some(b.to_owned());
         }
         if let Some(d) = line.split("DSN: ").nth(1) {
-            key = d.split("://").nth(1).and_then(|r| r.split('@').next()).map(str::to_owned);
+            key = d
+                .split("://")
+                .nth(1)
+                .and_then(|r| r.split('@').next())
+                .map(str::to_owned);
         }
         if line.starts_with("admin login") {
             break;

@@ -50,7 +50,12 @@ pub(crate) struct Receiver {
     script: Arc<Mutex<Script>>,
 }
 
-async fn record(State(s): State<Arc<Mutex<Script>>>, uri: Uri, headers: HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+async fn record(
+    State(s): State<Arc<Mutex<Script>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
     let mut s = s.lock().unwrap();
     let path = uri.path().to_owned();
     let code = s
@@ -201,14 +206,23 @@ impl Smtp {
     async fn wait(&self, n: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while self.mails().len() < n {
-            assert!(tokio::time::Instant::now() < deadline, "{} of {n} mails arrived", self.mails().len());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {n} mails arrived",
+                self.mails().len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.mails()
     }
 }
 
-async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = http.request(method, url).bearer_auth(TOKEN);
     if let Some(b) = body {
         r = r.json(&b);
@@ -219,7 +233,13 @@ async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body
 }
 
 async fn create_rule(http: &reqwest::Client, base: &str, rule: Value) -> i64 {
-    let (st, body) = call(http, reqwest::Method::POST, format!("{base}/api/0/projects/1/alerts/"), Some(rule)).await;
+    let (st, body) = call(
+        http,
+        reqwest::Method::POST,
+        format!("{base}/api/0/projects/1/alerts/"),
+        Some(rule),
+    )
+    .await;
     assert_eq!(st, 201, "{body}");
     body["id"].as_i64().unwrap()
 }
@@ -242,7 +262,11 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
     use hmac::{KeyInit, Mac};
     let mut m = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
     m.update(body);
-    m.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::test]
@@ -256,19 +280,44 @@ async fn new_issue_then_storm_then_regression_over_webhook_slack_and_email() {
     })
     .await;
     let base = &s.base;
-    let hook = create_rule(&s.http, base, json!({"name": "new to hook", "trigger": "new_issue",
+    let hook = create_rule(
+        &s.http,
+        base,
+        json!({"name": "new to hook", "trigger": "new_issue",
         "filter": {"level": "warning", "environment": "production"},
-        "channel": {"type": "webhook", "url": format!("{}/hook", recv.base), "secret": "k3y"}})).await;
-    let slack = create_rule(&s.http, base, json!({"name": "new to chat", "trigger": "new_issue",
-        "channel": {"type": "slack", "url": format!("{}/slack", recv.base)}})).await;
-    let mail = create_rule(&s.http, base, json!({"name": "new by mail", "trigger": "new_issue",
-        "channel": {"type": "email", "to": ["oncall@shop.test"]}})).await;
-    let regress = create_rule(&s.http, base, json!({"name": "back again", "trigger": "regression",
-        "channel": {"type": "webhook", "url": format!("{}/regress", recv.base)}})).await;
+        "channel": {"type": "webhook", "url": format!("{}/hook", recv.base), "secret": "k3y"}}),
+    )
+    .await;
+    let slack = create_rule(
+        &s.http,
+        base,
+        json!({"name": "new to chat", "trigger": "new_issue",
+        "channel": {"type": "slack", "url": format!("{}/slack", recv.base)}}),
+    )
+    .await;
+    let mail = create_rule(
+        &s.http,
+        base,
+        json!({"name": "new by mail", "trigger": "new_issue",
+        "channel": {"type": "email", "to": ["oncall@shop.test"]}}),
+    )
+    .await;
+    let regress = create_rule(
+        &s.http,
+        base,
+        json!({"name": "back again", "trigger": "regression",
+        "channel": {"type": "webhook", "url": format!("{}/regress", recv.base)}}),
+    )
+    .await;
     // A filter that does not match: nothing for staging-only rules.
-    let staging = create_rule(&s.http, base, json!({"name": "staging only", "trigger": "new_issue",
+    let staging = create_rule(
+        &s.http,
+        base,
+        json!({"name": "staging only", "trigger": "new_issue",
         "filter": {"environment": "staging"},
-        "channel": {"type": "webhook", "url": format!("{}/staging", recv.base)}})).await;
+        "channel": {"type": "webhook", "url": format!("{}/staging", recv.base)}}),
+    )
+    .await;
 
     send(&s, 1..2, "checkout").await;
     let got = recv.wait_ok("/hook", 1).await;
@@ -291,15 +340,35 @@ async fn new_issue_then_storm_then_regression_over_webhook_slack_and_email() {
     );
     assert_eq!(got[0].header("x-errscope-delivery").len(), 36);
     let sl = recv.wait_ok("/slack", 1).await[0].json();
-    assert!(sl["text"].as_str().unwrap().starts_with("New issue in default: KeyError"), "{sl}");
-    assert!(sl["blocks"].to_string().contains(&format!("{base}/issues/{issue_id}")), "{sl}");
-    assert!(sl["blocks"].to_string().contains("shop.cart in checkout"), "{sl}");
+    assert!(
+        sl["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("New issue in default: KeyError"),
+        "{sl}"
+    );
+    assert!(
+        sl["blocks"]
+            .to_string()
+            .contains(&format!("{base}/issues/{issue_id}")),
+        "{sl}"
+    );
+    assert!(
+        sl["blocks"].to_string().contains("shop.cart in checkout"),
+        "{sl}"
+    );
     let mails = smtp.wait(1).await;
     assert_eq!(mails[0]["to"], json!(["oncall@shop.test"]));
     assert_eq!(mails[0]["from"], "alerts@errscope.test");
     let data = mails[0]["data"].as_str().unwrap();
-    assert!(data.contains("Subject: [errscope] New issue in default: KeyError"), "{data}");
-    assert!(data.contains("text/plain") && data.contains("text/html"), "{data}");
+    assert!(
+        data.contains("Subject: [errscope] New issue in default: KeyError"),
+        "{data}"
+    );
+    assert!(
+        data.contains("text/plain") && data.contains("text/html"),
+        "{data}"
+    );
 
     // 1,000 more events of the same issue: acknowledged after their transaction, which is
     // where alerts are queued, so the log is final once the last one is answered.
@@ -314,8 +383,13 @@ async fn new_issue_then_storm_then_regression_over_webhook_slack_and_email() {
     assert!(deliveries(&s.http, base, regress).await.is_empty());
 
     // Resolve, then one event: one regression, and no new-issue message.
-    let (st, _) = call(&s.http, reqwest::Method::PUT, format!("{base}/api/0/issues/{issue_id}/"),
-        Some(json!({"status": "resolved"}))).await;
+    let (st, _) = call(
+        &s.http,
+        reqwest::Method::PUT,
+        format!("{base}/api/0/issues/{issue_id}/"),
+        Some(json!({"status": "resolved"})),
+    )
+    .await;
     assert_eq!(st, 200);
     send(&s, 5000..5001, "checkout").await;
     let r = recv.wait_ok("/regress", 1).await[0].json();
@@ -336,9 +410,14 @@ async fn frequency_sends_one_alert_per_interval() {
     let recv = Receiver::start().await;
     // An alert "minute" of 2 s keeps the test short.
     let s = server_with(|c| c.alerts.minute = Duration::from_secs(2)).await;
-    let rule = create_rule(&s.http, &s.base, json!({"name": "storm", "trigger": "frequency",
+    let rule = create_rule(
+        &s.http,
+        &s.base,
+        json!({"name": "storm", "trigger": "frequency",
         "count": 20, "minutes": 1, "interval_minutes": 1,
-        "channel": {"type": "webhook", "url": format!("{}/freq", recv.base)}})).await;
+        "channel": {"type": "webhook", "url": format!("{}/freq", recv.base)}}),
+    )
+    .await;
     let started = tokio::time::Instant::now();
     // 20 events: not more than 20, nothing.
     send(&s, 1..21, "storm").await;
@@ -370,19 +449,42 @@ async fn retries_until_delivered_and_marks_failed_after_the_horizon() {
         c.alerts.give_up = Duration::from_millis(1500);
     })
     .await;
-    let flaky = create_rule(&s.http, &s.base, json!({"name": "flaky", "trigger": "new_issue",
-        "channel": {"type": "webhook", "url": format!("{}/flaky", recv.base)}})).await;
-    let down = create_rule(&s.http, &s.base, json!({"name": "down", "trigger": "new_issue",
-        "channel": {"type": "slack", "url": format!("{}/down", recv.base)}})).await;
+    let flaky = create_rule(
+        &s.http,
+        &s.base,
+        json!({"name": "flaky", "trigger": "new_issue",
+        "channel": {"type": "webhook", "url": format!("{}/flaky", recv.base)}}),
+    )
+    .await;
+    let down = create_rule(
+        &s.http,
+        &s.base,
+        json!({"name": "down", "trigger": "new_issue",
+        "channel": {"type": "slack", "url": format!("{}/down", recv.base)}}),
+    )
+    .await;
     send(&s, 1..2, "f").await;
     recv.wait_ok("/flaky", 1).await;
     let got = recv.got("/flaky");
-    assert_eq!(got.iter().map(|g| g.answered).collect::<Vec<_>>(), [503, 503, 503, 200]);
+    assert_eq!(
+        got.iter().map(|g| g.answered).collect::<Vec<_>>(),
+        [503, 503, 503, 200]
+    );
     let id = got[0].header("x-errscope-delivery");
-    assert!(got.iter().all(|g| g.header("x-errscope-delivery") == id), "one id across retries");
-    assert!(got.iter().all(|g| g.body == got[0].body), "the same body across retries");
+    assert!(
+        got.iter().all(|g| g.header("x-errscope-delivery") == id),
+        "one id across retries"
+    );
+    assert!(
+        got.iter().all(|g| g.body == got[0].body),
+        "the same body across retries"
+    );
     let d = deliveries(&s.http, &s.base, flaky).await;
-    assert_eq!((d[0]["status"].as_str(), d[0]["attempts"].as_i64()), (Some("sent"), Some(4)), "{d:?}");
+    assert_eq!(
+        (d[0]["status"].as_str(), d[0]["attempts"].as_i64()),
+        (Some("sent"), Some(4)),
+        "{d:?}"
+    );
     assert_eq!(d[0]["id"], id);
     // Always 500: retried with backoff, then failed once the horizon is reached.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -395,9 +497,15 @@ async fn retries_until_delivered_and_marks_failed_after_the_horizon() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(failed["response_status"], 500);
-    assert!(failed["error"].as_str().unwrap().contains("gave up"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("gave up"),
+        "{failed}"
+    );
     let n = recv.got("/down").len();
-    assert!((2..=6).contains(&n), "{n} attempts in 1.5 s with a 100 ms doubling backoff");
+    assert!(
+        (2..=6).contains(&n),
+        "{n} attempts in 1.5 s with a 100 ms doubling backoff"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(recv.got("/down").len(), n, "no attempt after failing");
     s.stop().await;
@@ -414,10 +522,17 @@ async fn rules_api_validates_tests_and_unmutes() {
         async move {
             let (st, b) = call(&http, reqwest::Method::POST, url, Some(body)).await;
             assert_eq!(st, 400, "{b}");
-            assert!(b["detail"].as_str().unwrap().contains(want), "{b} should say {want}");
+            assert!(
+                b["detail"].as_str().unwrap().contains(want),
+                "{b} should say {want}"
+            );
         }
     };
-    bad(json!({"trigger": "new_issue", "channel": {"type": "slack", "url": "https://chat.test/x"}}), "name").await;
+    bad(
+        json!({"trigger": "new_issue", "channel": {"type": "slack", "url": "https://chat.test/x"}}),
+        "name",
+    )
+    .await;
     bad(json!({"name": "x", "trigger": "sometimes", "channel": {"type": "slack", "url": "https://chat.test/x"}}), "trigger").await;
     bad(json!({"name": "x", "trigger": "frequency", "count": 5, "channel": {"type": "slack", "url": "https://chat.test/x"}}), "minutes").await;
     bad(json!({"name": "x", "trigger": "new_issue", "channel": {"type": "webhook", "url": "file:///etc/passwd"}}), "http or https").await;
@@ -428,37 +543,71 @@ async fn rules_api_validates_tests_and_unmutes() {
     let r = s.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
 
-    let id = create_rule(&s.http, base, json!({"name": "unmuted", "trigger": "unmute",
-        "channel": {"type": "webhook", "url": format!("{}/unmute", recv.base), "secret": "s1"}})).await;
+    let id = create_rule(
+        &s.http,
+        base,
+        json!({"name": "unmuted", "trigger": "unmute",
+        "channel": {"type": "webhook", "url": format!("{}/unmute", recv.base), "secret": "s1"}}),
+    )
+    .await;
     let (st, r) = api_at(&s.http, base, &format!("/api/0/alerts/{id}/")).await;
     assert_eq!(st, 200);
-    assert_eq!(r["channel"], json!({"type": "webhook", "url": format!("{}/unmute", recv.base), "has_secret": true}));
+    assert_eq!(
+        r["channel"],
+        json!({"type": "webhook", "url": format!("{}/unmute", recv.base), "has_secret": true})
+    );
     assert_eq!(r["interval_minutes"], 30);
     // PUT without a secret keeps it.
-    let (st, r) = call(&s.http, reqwest::Method::PUT, format!("{base}/api/0/alerts/{id}/"), Some(json!({
+    let (st, r) = call(
+        &s.http,
+        reqwest::Method::PUT,
+        format!("{base}/api/0/alerts/{id}/"),
+        Some(json!({
         "name": "unmuted!", "trigger": "unmute", "interval_minutes": 5,
-        "channel": {"type": "webhook", "url": format!("{}/unmute", recv.base)}}))).await;
+        "channel": {"type": "webhook", "url": format!("{}/unmute", recv.base)}})),
+    )
+    .await;
     assert_eq!(st, 200, "{r}");
-    assert_eq!((r["name"].as_str(), r["channel"]["has_secret"].as_bool()), (Some("unmuted!"), Some(true)));
+    assert_eq!(
+        (r["name"].as_str(), r["channel"]["has_secret"].as_bool()),
+        (Some("unmuted!"), Some(true))
+    );
     let (_, list) = api_at(&s.http, base, "/api/0/projects/1/alerts/").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 
     // A test message: sent now, signed, logged as a `test` delivery.
-    let (st, d) = call(&s.http, reqwest::Method::POST, format!("{base}/api/0/alerts/{id}/test/"), None).await;
+    let (st, d) = call(
+        &s.http,
+        reqwest::Method::POST,
+        format!("{base}/api/0/alerts/{id}/test/"),
+        None,
+    )
+    .await;
     assert_eq!(st, 200, "{d}");
-    assert_eq!((d["status"].as_str(), d["trigger"].as_str()), (Some("sent"), Some("test")));
+    assert_eq!(
+        (d["status"].as_str(), d["trigger"].as_str()),
+        (Some("sent"), Some("test"))
+    );
     let got = recv.got("/unmute");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].json()["action"], "test");
-    assert_eq!(got[0].header("x-errscope-signature"), format!("sha256={}", hmac_hex("s1", &got[0].body)));
+    assert_eq!(
+        got[0].header("x-errscope-signature"),
+        format!("sha256={}", hmac_hex("s1", &got[0].body))
+    );
 
     // Mute, events (nothing), unmute: one alert.
     send(&s, 1..2, "muted").await;
     let (_, issues) = s.api("/api/0/projects/1/issues/").await;
     let issue = issues["data"][0]["id"].as_i64().unwrap();
     for status in ["muted", "unresolved"] {
-        let (st, _) = call(&s.http, reqwest::Method::PUT, format!("{base}/api/0/issues/{issue}/"),
-            Some(json!({"status": status}))).await;
+        let (st, _) = call(
+            &s.http,
+            reqwest::Method::PUT,
+            format!("{base}/api/0/issues/{issue}/"),
+            Some(json!({"status": status})),
+        )
+        .await;
         assert_eq!(st, 200);
         if status == "muted" {
             send(&s, 2..3, "muted").await;
@@ -468,7 +617,13 @@ async fn rules_api_validates_tests_and_unmutes() {
     assert_eq!(got[1].json()["trigger"], "unmute");
     assert_eq!(got[1].json()["issue"]["id"], issue);
 
-    let (st, _) = call(&s.http, reqwest::Method::DELETE, format!("{base}/api/0/alerts/{id}/"), None).await;
+    let (st, _) = call(
+        &s.http,
+        reqwest::Method::DELETE,
+        format!("{base}/api/0/alerts/{id}/"),
+        None,
+    )
+    .await;
     assert_eq!(st, 204);
     let (st, _) = api_at(&s.http, base, &format!("/api/0/alerts/{id}/")).await;
     assert_eq!(st, 404);
@@ -479,14 +634,24 @@ async fn rules_api_validates_tests_and_unmutes() {
 async fn muted_issues_send_nothing() {
     let recv = Receiver::start().await;
     let s = server().await;
-    let rule = create_rule(&s.http, &s.base, json!({"name": "freq", "trigger": "frequency",
+    let rule = create_rule(
+        &s.http,
+        &s.base,
+        json!({"name": "freq", "trigger": "frequency",
         "count": 1, "minutes": 10, "interval_minutes": 0,
-        "channel": {"type": "webhook", "url": format!("{}/m", recv.base)}})).await;
+        "channel": {"type": "webhook", "url": format!("{}/m", recv.base)}}),
+    )
+    .await;
     send(&s, 1..2, "quiet").await;
     let (_, issues) = s.api("/api/0/projects/1/issues/").await;
     let issue = issues["data"][0]["id"].as_i64().unwrap();
-    let (st, _) = call(&s.http, reqwest::Method::PUT, format!("{}/api/0/issues/{issue}/", s.base),
-        Some(json!({"status": "muted"}))).await;
+    let (st, _) = call(
+        &s.http,
+        reqwest::Method::PUT,
+        format!("{}/api/0/issues/{issue}/", s.base),
+        Some(json!({"status": "muted"})),
+    )
+    .await;
     assert_eq!(st, 200);
     send(&s, 2..40, "quiet").await;
     assert!(deliveries(&s.http, &s.base, rule).await.is_empty());
@@ -503,12 +668,31 @@ async fn queued_alerts_survive_sigkill_and_are_delivered_once() {
     let http = reqwest::Client::new();
     let key = {
         let (_, p) = api_at(&http, &c.base, "/api/0/projects/1/").await;
-        p["dsn"].as_str().unwrap().split("://").nth(1).unwrap().split('@').next().unwrap().to_owned()
+        p["dsn"]
+            .as_str()
+            .unwrap()
+            .split("://")
+            .nth(1)
+            .unwrap()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_owned()
     };
-    create_rule(&http, &c.base, json!({"name": "later", "trigger": "new_issue",
-        "channel": {"type": "webhook", "url": format!("{}/later", recv.base)}})).await;
-    create_rule(&http, &c.base, json!({"name": "now", "trigger": "new_issue",
-        "channel": {"type": "webhook", "url": format!("{}/now", recv.base)}})).await;
+    create_rule(
+        &http,
+        &c.base,
+        json!({"name": "later", "trigger": "new_issue",
+        "channel": {"type": "webhook", "url": format!("{}/later", recv.base)}}),
+    )
+    .await;
+    create_rule(
+        &http,
+        &c.base,
+        json!({"name": "now", "trigger": "new_issue",
+        "channel": {"type": "webhook", "url": format!("{}/now", recv.base)}}),
+    )
+    .await;
     for (i, f) in ["a", "b", "c"].iter().enumerate() {
         let r = http
             .post(format!("{}/api/1/envelope/?sentry_key={key}", c.base))
@@ -530,19 +714,38 @@ async fn queued_alerts_survive_sigkill_and_are_delivered_once() {
     c.child.wait().await.unwrap();
     let queued: i64 = rusqlite::Connection::open(dir.path().join("errscope.sqlite3"))
         .unwrap()
-        .query_row("SELECT count(*) FROM alert_deliveries WHERE status = 'queued'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM alert_deliveries WHERE status = 'queued'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(queued, 3, "three deliveries queued at the kill");
 
     recv.always("/later", None);
     let c2 = spawn_binary(dir.path(), &flags).await;
     let got = recv.wait_ok("/later", 3).await;
-    let mut ids: Vec<String> = got.iter().map(|g| g.header("x-errscope-delivery")).collect();
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|g| g.header("x-errscope-delivery"))
+        .collect();
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 3, "three distinct deliveries, each delivered once: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        3,
+        "three distinct deliveries, each delivered once: {ids:?}"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(recv.wait_ok("/later", 3).await.len(), 3, "nothing delivered twice");
-    assert_eq!(recv.got("/now").len(), 3, "what was sent before the kill is not sent again");
+    assert_eq!(
+        recv.wait_ok("/later", 3).await.len(),
+        3,
+        "nothing delivered twice"
+    );
+    assert_eq!(
+        recv.got("/now").len(),
+        3,
+        "what was sent before the kill is not sent again"
+    );
     drop(c2);
 }

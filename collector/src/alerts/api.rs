@@ -157,8 +157,8 @@ pub async fn test_rule(
 ) -> Result<Response, ApiError> {
     let rule = load(&state, &id).await?;
     let project = project_name(&state, rule.project_id).await?;
-    let sender = super::send::Sender::for_test(&state)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let sender =
+        super::send::Sender::for_test(&state).map_err(|e| ApiError::Internal(e.to_string()))?;
     let d = sender.send_test(&rule, &project).await?;
     Ok(Json(json!(d)).into_response())
 }

@@ -84,7 +84,7 @@ pub fn payload(
 
 /// The body of `POST /api/0/alerts/{id}/test/`: an example issue, marked as a test.
 pub fn test_payload(rule: &Rule, project: &str, public_url: &str, now: i64) -> String {
-    let mut v = json!({
+    json!({
         "action": "test",
         "trigger": "test",
         "rule": {"id": rule.id, "name": rule.spec.name},
@@ -102,9 +102,8 @@ pub fn test_payload(rule: &Rule, project: &str, public_url: &str, now: i64) -> S
             "url": format!("{}/", public_url.trim_end_matches('/')),
         },
         "event": null,
-    });
-    v["issue"]["url"] = json!(format!("{}/", public_url.trim_end_matches('/')));
-    v.to_string()
+    })
+    .to_string()
 }
 
 fn headline(v: &Value) -> String {
@@ -130,7 +129,11 @@ pub fn slack(payload: &str) -> String {
     let url = i["url"].as_str().unwrap_or_default();
     let text = format!("{} <{url}|open in errscope>", headline(&v));
     // Slack's mrkdwn escapes: &, < and >.
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     json!({
         "text": text,
         "blocks": [
@@ -227,7 +230,12 @@ mod tests {
         .to_string();
         let s: Value = serde_json::from_str(&slack(&body)).unwrap();
         assert!(s["text"].as_str().unwrap().starts_with("New issue in shop"));
-        assert!(s["blocks"][0]["text"]["text"].as_str().unwrap().contains("&lt;script&gt;"));
+        assert!(
+            s["blocks"][0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("&lt;script&gt;")
+        );
         let (subject, text, html) = email(&body);
         assert_eq!(subject, "[errscope] New issue in shop: <script>x</script>");
         assert!(text.contains("Events: 3"));

@@ -272,8 +272,8 @@ fn is_local_host(host: &str) -> bool {
 
 /// Checks a webhook URL: http(s), and not the collector itself.
 pub fn check_url(field: &str, raw: &str, me: Option<&SelfAddress>) -> Result<String, String> {
-    let u = reqwest::Url::parse(raw.trim())
-        .map_err(|e| format!("{field}: not a valid URL ({e})"))?;
+    let u =
+        reqwest::Url::parse(raw.trim()).map_err(|e| format!("{field}: not a valid URL ({e})"))?;
     if u.scheme() != "http" && u.scheme() != "https" {
         return Err(format!(
             "{field}: the scheme must be http or https, not `{}`",
@@ -355,10 +355,9 @@ pub fn parse_rule(body: &Value, cx: Context<'_>) -> Result<RuleSpec, String> {
     let filter = match m.get("filter") {
         None | Some(Value::Null) => Filter::default(),
         Some(Value::Object(f)) => {
-            if let Some(k) = f
-                .keys()
-                .find(|k| !["level", "environment", "release", "class", "kind"].contains(&k.as_str()))
-            {
+            if let Some(k) = f.keys().find(|k| {
+                !["level", "environment", "release", "class", "kind"].contains(&k.as_str())
+            }) {
                 return Err(format!(
                     "filter.{k}: unknown; filters are level, environment, release, class and kind"
                 ));
@@ -396,7 +395,11 @@ pub fn parse_rule(body: &Value, cx: Context<'_>) -> Result<RuleSpec, String> {
         int(m, "interval_minutes", 0, MAX_MINUTES)?.unwrap_or(DEFAULT_INTERVAL_MINUTES);
     let channel = match m.get("channel") {
         Some(Value::Object(c)) => parse_channel(c, cx)?,
-        _ => return Err("channel: required, an object with a type of webhook, slack or email".into()),
+        _ => {
+            return Err(
+                "channel: required, an object with a type of webhook, slack or email".into(),
+            );
+        }
     };
     let enabled = match m.get("enabled") {
         None | Some(Value::Null) => true,
@@ -435,7 +438,10 @@ fn parse_channel(c: &Map<String, Value>, cx: Context<'_>) -> Result<Channel, Str
                 Some(Value::String(s)) if s.len() <= 256 => Some(s.clone()),
                 Some(_) => return Err("channel.secret: a string of at most 256 bytes".into()),
             };
-            Ok(Channel::Webhook { url: url()?, secret })
+            Ok(Channel::Webhook {
+                url: url()?,
+                secret,
+            })
         }
         Some("slack") => Ok(Channel::Slack { url: url()? }),
         Some("email") => {
@@ -495,17 +501,35 @@ mod tests {
             assert!(e.contains(want), "{e} should mention {want}");
         };
         bad(json!({"trigger": "new_issue"}), "name");
-        bad(json!({"name": "x", "trigger": "often", "channel": {}}), "trigger");
-        bad(json!({"name": "x", "trigger": "frequency", "minutes": 1,
-            "channel": {"type": "slack", "url": "https://h/x"}}), "count");
-        bad(json!({"name": "x", "trigger": "new_issue", "filter": {"level": "loud"},
-            "channel": {"type": "slack", "url": "https://h/x"}}), "filter.level");
-        bad(json!({"name": "x", "trigger": "new_issue",
-            "channel": {"type": "webhook", "url": "ftp://h/x"}}), "scheme must be http");
-        bad(json!({"name": "x", "trigger": "new_issue",
-            "channel": {"type": "webhook", "url": "http://localhost:8000/api/1/store/"}}), "this collector itself");
-        bad(json!({"name": "x", "trigger": "new_issue",
-            "channel": {"type": "email", "to": ["a@b.c"]}}), "--smtp-url");
+        bad(
+            json!({"name": "x", "trigger": "often", "channel": {}}),
+            "trigger",
+        );
+        bad(
+            json!({"name": "x", "trigger": "frequency", "minutes": 1,
+            "channel": {"type": "slack", "url": "https://h/x"}}),
+            "count",
+        );
+        bad(
+            json!({"name": "x", "trigger": "new_issue", "filter": {"level": "loud"},
+            "channel": {"type": "slack", "url": "https://h/x"}}),
+            "filter.level",
+        );
+        bad(
+            json!({"name": "x", "trigger": "new_issue",
+            "channel": {"type": "webhook", "url": "ftp://h/x"}}),
+            "scheme must be http",
+        );
+        bad(
+            json!({"name": "x", "trigger": "new_issue",
+            "channel": {"type": "webhook", "url": "http://localhost:8000/api/1/store/"}}),
+            "this collector itself",
+        );
+        bad(
+            json!({"name": "x", "trigger": "new_issue",
+            "channel": {"type": "email", "to": ["a@b.c"]}}),
+            "--smtp-url",
+        );
     }
 
     #[test]
@@ -524,7 +548,13 @@ mod tests {
         };
         assert!(f.matches(&e));
         assert!(!f.matches(&EventFacts { level: "info", ..e }));
-        assert!(!f.matches(&EventFacts { environment: Some("staging"), ..e }));
-        assert!(!f.matches(&EventFacts { environment: None, ..e }));
+        assert!(!f.matches(&EventFacts {
+            environment: Some("staging"),
+            ..e
+        }));
+        assert!(!f.matches(&EventFacts {
+            environment: None,
+            ..e
+        }));
     }
 }

@@ -425,13 +425,19 @@ fn project_name(conn: &Connection, project_id: i64) -> Result<String, StoreError
 
 /// Queues the `unmute` alerts of an issue that was just set from muted back to
 /// unresolved (called in the transaction that changes its status).
-pub fn on_unmute(tx: &Transaction<'_>, alerts: &Alerts, issue_id: i64) -> Result<usize, StoreError> {
+pub fn on_unmute(
+    tx: &Transaction<'_>,
+    alerts: &Alerts,
+    issue_id: i64,
+) -> Result<usize, StoreError> {
     let Some(issue) = issue_facts(tx, issue_id)? else {
         return Ok(0);
     };
-    let pid: i64 = tx.query_row("SELECT project_id FROM issues WHERE id = ?1", [issue_id], |r| {
-        r.get(0)
-    })?;
+    let pid: i64 = tx.query_row(
+        "SELECT project_id FROM issues WHERE id = ?1",
+        [issue_id],
+        |r| r.get(0),
+    )?;
     let project = project_name(tx, pid)?;
     let now = now_ms();
     let mut queued = 0;
@@ -448,12 +454,36 @@ pub fn on_unmute(tx: &Transaction<'_>, alerts: &Alerts, issue_id: i64) -> Result
             kind: &issue.kind,
         };
         if !s.filter.matches(&facts)
-            || !fire_if_due(tx, rule.id, issue_id, now, s.interval_minutes * alerts.minute_ms())?
+            || !fire_if_due(
+                tx,
+                rule.id,
+                issue_id,
+                now,
+                s.interval_minutes * alerts.minute_ms(),
+            )?
         {
             continue;
         }
-        let body = payload(Trigger::Unmute.as_str(), &rule, pid, &project, &issue, None, &alerts.public_url);
-        if enqueue(tx, rule.id, Some(issue_id), Trigger::Unmute.as_str(), &body, "queued", now)?.is_some() {
+        let body = payload(
+            Trigger::Unmute.as_str(),
+            &rule,
+            pid,
+            &project,
+            &issue,
+            None,
+            &alerts.public_url,
+        );
+        if enqueue(
+            tx,
+            rule.id,
+            Some(issue_id),
+            Trigger::Unmute.as_str(),
+            &body,
+            "queued",
+            now,
+        )?
+        .is_some()
+        {
             queued += 1;
         }
     }
@@ -619,8 +649,16 @@ impl AlertHook {
                     ev,
                     &alerts.public_url,
                 );
-                if enqueue(tx, rule.id, Some(t.issue_id), s.trigger.as_str(), &body, "queued", now)?
-                    .is_some()
+                if enqueue(
+                    tx,
+                    rule.id,
+                    Some(t.issue_id),
+                    s.trigger.as_str(),
+                    &body,
+                    "queued",
+                    now,
+                )?
+                .is_some()
                 {
                     queued += 1;
                 }
