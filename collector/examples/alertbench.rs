@@ -157,7 +157,11 @@ async fn receiver() -> (String, Arrivals, Arc<AtomicU64>) {
     (base, arrivals, total)
 }
 
+/// The release collector, built now; `ERRSCOPE_COLLECTOR_BIN` names another binary.
 fn server_binary() -> std::path::PathBuf {
+    if let Ok(bin) = std::env::var("ERRSCOPE_COLLECTOR_BIN") {
+        return bin.into();
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
