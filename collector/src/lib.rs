@@ -5,6 +5,7 @@
 //! # async fn run() -> anyhow::Result<()> {
 //! use errscope_collector::{Config, app, serve::serve, start};
 //! let started = start(Config::new("./errscope-data"))?;
+//! errscope_collector::alerts::spawn(&started.state)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! let stop = async { tokio::signal::ctrl_c().await.ok(); };
 //! let header_timeout = started.state.config.header_timeout;
@@ -21,6 +22,7 @@
 //! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
 //! - [`api`]: the dashboard's JSON API and session;
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
+//! - [`alerts`]: alert rules, their decision on ingest and their background delivery;
 //! - [`dashboard`]: the embedded web UI;
 //! - [`serve`]: the HTTP/1.1 server loop, the connection cap and the deadlines for slow
 //!   clients; [`budget`]: the memory budget for request bodies in flight;
@@ -28,6 +30,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::print_stdout)]
 
+pub mod alerts;
 pub mod api;
 pub mod budget;
 pub mod dashboard;
@@ -104,6 +107,21 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/api/0/issues/{id}/events/", get(api::issue_events))
         .merge(difs::api::routes())
+        .route(
+            "/api/0/projects/{pid}/alerts/",
+            get(alerts::api::list_rules).post(alerts::api::create_rule),
+        )
+        .route("/api/0/alerts/{id}/test/", post(alerts::api::test_rule))
+        .route(
+            "/api/0/alerts/{id}/deliveries/",
+            get(alerts::api::deliveries),
+        )
+        .route(
+            "/api/0/alerts/{id}/",
+            get(alerts::api::get_rule)
+                .put(alerts::api::update_rule)
+                .delete(alerts::api::delete_rule),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_auth,

@@ -58,6 +58,8 @@ enum Command {
         #[arg(long, env = "ERRSCOPE_BODY_TIMEOUT_SECS", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(1..))]
         body_timeout_secs: u64,
+        #[command(flatten)]
+        alerts: AlertFlags,
         /// MiB that all ingestion requests in flight may hold together (compressed and
         /// inflated); a request that would pass it waits up to 2 s, then gets 503.
         #[arg(long, env = "ERRSCOPE_MAX_INFLIGHT_MB", default_value_t = 256,
@@ -86,6 +88,43 @@ enum Command {
         #[command(subcommand)]
         command: ProjectCommand,
     },
+}
+
+/// Alert delivery settings.
+#[derive(clap::Args)]
+struct AlertFlags {
+    /// SMTP server for alert emails: `smtp://user:pass@host:port` (STARTTLS when the server
+    /// offers it; `?tls=required` to insist) or `smtps://` for TLS from the start.
+    #[arg(long, env = "ERRSCOPE_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender address of alert emails (`errscope <alerts@example.com>`).
+    #[arg(long, env = "ERRSCOPE_SMTP_FROM")]
+    smtp_from: Option<String>,
+    /// Length of an alert "minute" in ms (frequency windows, action intervals); for tests.
+    #[arg(long, env = "ERRSCOPE_ALERT_MINUTE_MS", default_value_t = 60_000, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    alert_minute_ms: u64,
+    /// First retry delay of a failed delivery in ms (doubles per retry); for tests.
+    #[arg(long, env = "ERRSCOPE_ALERT_RETRY_MS", default_value_t = 30_000, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    alert_retry_ms: u64,
+    /// How long a delivery is retried in ms before it is marked failed; for tests.
+    #[arg(long, env = "ERRSCOPE_ALERT_GIVE_UP_MS", default_value_t = 86_400_000, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    alert_give_up_ms: u64,
+}
+
+impl AlertFlags {
+    fn config(self) -> errscope_collector::alerts::AlertConfig {
+        errscope_collector::alerts::AlertConfig {
+            smtp_url: self.smtp_url.filter(|s| !s.is_empty()),
+            smtp_from: self.smtp_from.filter(|s| !s.is_empty()),
+            minute: Duration::from_millis(self.alert_minute_ms),
+            retry_base: Duration::from_millis(self.alert_retry_ms),
+            give_up: Duration::from_millis(self.alert_give_up_ms),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -161,8 +200,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             dedup_max_ids,
             difs_max_mb,
+            alerts,
         } => {
             let max_connections = connection_cap(max_connections as usize);
+            let alerts = alerts.config();
+            if let Some(url) = &alerts.smtp_url {
+                // A bad SMTP setting stops startup, naming the flag.
+                errscope_collector::alerts::send::smtp_transport(
+                    url,
+                    alerts.smtp_from.as_deref(),
+                    alerts.timeout,
+                )?;
+            }
             // Few blocking threads (reads are short): each one can pin a malloc arena.
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .max_blocking_threads(16)
@@ -187,12 +236,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.header_timeout = Duration::from_secs(header_timeout_secs);
                 config.body_timeout = Duration::from_secs(body_timeout_secs);
                 config.difs_max_bytes = difs_max_mb.saturating_mul(1 << 20);
+                config.alerts = alerts;
                 config.admin_token = env_secret("ERRSCOPE_ADMIN_TOKEN");
                 config.admin_password = env_secret("ERRSCOPE_ADMIN_PASSWORD");
                 let started = tokio::task::spawn_blocking(move || start(config))
                     .await?
                     .context("opening the database")?;
                 let s = &started.state;
+                errscope_collector::alerts::spawn(s)?;
                 println!("listening on http://{addr}");
                 println!("dashboard: {}/", s.config.public_url.trim_end_matches('/'));
                 if started.first_start {

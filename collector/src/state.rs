@@ -47,6 +47,8 @@ pub struct Config {
     pub max_inflight_bytes: usize,
     /// Connections open at once (with [`serve_with`](crate::serve::serve_with)).
     pub max_connections: usize,
+    /// Alert delivery: SMTP, retry and timing settings.
+    pub alerts: crate::alerts::AlertConfig,
 }
 
 impl Config {
@@ -65,6 +67,7 @@ impl Config {
             difs_max_bytes: 2048 << 20,
             max_inflight_bytes: 256 * 1024 * 1024,
             max_connections: 1024,
+            alerts: crate::alerts::AlertConfig::default(),
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct Inner {
     pub reads: ReadPool,
     /// The writer thread.
     pub writer: Writer,
+    /// Alerting state shared with the writer and the sender.
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Uploaded debug files.
@@ -234,11 +239,16 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
     })?;
     difs.start_maintenance();
     let metrics = Arc::new(Metrics::default());
-    let (writer, writer_thread) = Writer::start(
+    let alerts = Arc::new(crate::alerts::Alerts::new(
+        config.alerts.clone(),
+        config.public_url.clone(),
+    ));
+    let (writer, writer_thread) = Writer::start_with_alerts(
         conn,
         config.queue_capacity,
         config.retention,
         metrics.clone(),
+        Some(alerts.clone()),
     )
     .map_err(|e| StoreError::Io(config.data_dir.clone(), e))?;
     let inner = Inner {
@@ -246,6 +256,7 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         budget: Budget::new(config.max_inflight_bytes),
         config,
         writer,
+        alerts,
         metrics,
         difs,
         keys: RwLock::new(keys),

@@ -848,12 +848,14 @@ async fn every_api_route_refuses_requests_without_a_token_or_session() {
             "{method} {path} without the slash: {}",
             r.status()
         );
-        // The route is real: with the token it gets past authentication.
+        // The route is real: with the token it gets past authentication. (The alert
+        // fields make the body a valid rule; the test message goes to a closed port.)
         let r = s
             .http
             .request(method.clone(), format!("{}{path}", s.base))
             .bearer_auth(TOKEN)
-            .json(&json!({"name": format!("p-{}", refused), "status": "resolved"}))
+            .json(&json!({"name": format!("p-{}", refused), "status": "resolved",
+                "trigger": "new_issue", "channel": {"type": "webhook", "url": "http://127.0.0.1:9/"}}))
             .send()
             .await
             .unwrap();

@@ -82,4 +82,10 @@ export const api = {
   difs: (pid) => get(`/api/0/projects/errscope/${enc(pid)}/files/dsyms/`),
   deleteDif: (pid, id) => request('DELETE', `/api/0/projects/errscope/${enc(pid)}/files/dsyms/?id=${enc(id)}`),
   tagValues: (pid, key) => get(`/api/0/projects/${enc(pid)}/tags/${enc(key)}/values/`),
+  alerts: (pid) => get(`/api/0/projects/${enc(pid)}/alerts/`),
+  createAlert: (pid, rule) => request('POST', `/api/0/projects/${enc(pid)}/alerts/`, rule),
+  updateAlert: (id, rule) => request('PUT', `/api/0/alerts/${enc(id)}/`, rule),
+  deleteAlert: (id) => request('DELETE', `/api/0/alerts/${enc(id)}/`),
+  testAlert: (id) => request('POST', `/api/0/alerts/${enc(id)}/test/`, {}),
+  alertDeliveries: (id) => get(`/api/0/alerts/${enc(id)}/deliveries/`),
 };

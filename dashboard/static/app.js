@@ -18,6 +18,7 @@ const views = {
   login: lazy(() => import('./views/login.js'), 'loginView'),
   projects: lazy(() => import('./views/projects.js'), 'projectsView'),
   difs: lazy(() => import('./views/difs.js'), 'difsView'),
+  alerts: lazy(() => import('./views/alerts.js'), 'alertsView'),
 };
 
 const routes = [
@@ -29,6 +30,7 @@ const routes = [
   { re: /^\/classes\/(.+?)\/?$/, redirect: (m) => `/issues?class=${m[1]}` },
   { re: /^\/projects\/?$/, load: views.projects, nav: 'projects' },
   { re: /^\/debug-files\/?$/, load: views.difs, nav: 'difs' },
+  { re: /^\/alerts\/?$/, load: views.alerts, nav: 'alerts' },
 ];
 
 function notFound(ctx) {

@@ -243,6 +243,7 @@ export function renderHeader(active) {
     link('/', 'Classes', 'classes'),
     link('/issues', 'Issues', 'issues'),
     link('/debug-files', 'Debug files', 'difs'),
+    link('/alerts', 'Alerts', 'alerts'),
     link('/projects', 'Setup', 'projects'));
   if (state.projects.length > 1) {
     const sel = h('select', { class: 'project-select', 'aria-label': 'Project' },

@@ -247,15 +247,30 @@ pub async fn update_issue(
             "status must be resolved, muted or unresolved".into(),
         ));
     }
-    let changed = state
+    let alerts = state.alerts.clone();
+    let (changed, unmuted) = state
         .writer
         .exec(move |tx| {
-            Ok(tx.execute(
+            let was: Option<String> = rusqlite::OptionalExtension::optional(tx.query_row(
+                "SELECT status FROM issues WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            ))?;
+            let changed = tx.execute(
                 "UPDATE issues SET status = ?2, is_regression = CASE WHEN ?2 = 'resolved' THEN 0 ELSE is_regression END WHERE id = ?1",
                 rusqlite::params![id, b.status],
-            )?)
+            )?;
+            let unmuted = if was.as_deref() == Some("muted") && b.status == "unresolved" {
+                store::alerts::on_unmute(tx, &alerts, id)?
+            } else {
+                0
+            };
+            Ok((changed, unmuted))
         })
         .await?;
+    if unmuted > 0 {
+        state.alerts.wake();
+    }
     if changed == 0 {
         return Err(ApiError::NotFound("no such issue"));
     }

@@ -23,6 +23,8 @@ struct IssueDelta {
     latest: Option<(String, String, String, String)>, // event id, level, title, culprit
     project_id: i64,
     new_samples: Vec<i64>,
+    /// The newest event's (job, event) indices in the batch, for alerts.
+    latest_at: Option<(usize, usize)>,
 }
 
 #[derive(Default)]
@@ -43,15 +45,28 @@ pub(super) struct Batch {
     pub(super) duplicates: u64,
 }
 
+impl Batch {
+    /// The issues this batch adds occurrences to, as the alert hook sees them.
+    pub(super) fn touched(&self) -> impl Iterator<Item = super::alerts::Touch> + '_ {
+        self.issues.iter().map(|(id, d)| super::alerts::Touch {
+            issue_id: *id,
+            project_id: d.project_id,
+            count: d.count,
+            latest: d.latest_at,
+        })
+    }
+}
+
 pub(super) fn apply_ingest(
     tx: &Transaction<'_>,
     batch: &mut Batch,
     issue_ids: &mut HashMap<(i64, String), i64>,
     pending_possible: &mut bool,
     job: &IngestJob,
+    job_index: usize,
 ) -> Result<(), StoreError> {
     let pid = job.project_id;
-    for ev in &job.events {
+    for (ev_index, ev) in job.events.iter().enumerate() {
         let g = &ev.grouping;
         let key = (pid, g.fingerprint.clone());
         let issue_id = match issue_ids.get(&key) {
@@ -122,6 +137,7 @@ pub(super) fn apply_ingest(
             g.culprit.clone(),
         ));
         d.new_samples.push(tx.last_insert_rowid());
+        d.latest_at = Some((job_index, ev_index));
         *batch
             .hourly
             .entry((issue_id, hour_of(ev.timestamp)))

@@ -4,6 +4,7 @@
 //! one transaction; `apply.rs` holds that transaction's SQL); reads run on a small pool of other connections, which WAL mode lets
 //! proceed while the writer commits.
 
+pub mod alerts;
 mod apply;
 pub mod queries;
 pub mod writer;
@@ -168,6 +169,45 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX difs_debug_id ON difs (debug_id);
     CREATE INDEX difs_code_id ON difs (code_id);
+    // 4: alerts: rules, the action-interval marks, and the durable delivery queue and log.
+    r#"
+    CREATE TABLE alert_rules (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        trigger_kind TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        minutes INTEGER NOT NULL,
+        filter TEXT NOT NULL,
+        interval_minutes INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX alert_rules_project ON alert_rules (project_id, id);
+    CREATE TABLE alert_fired (
+        rule_id INTEGER NOT NULL,
+        issue_id INTEGER NOT NULL,
+        fired_at INTEGER NOT NULL,
+        PRIMARY KEY (rule_id, issue_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY,
+        delivery_id TEXT NOT NULL UNIQUE,
+        rule_id INTEGER NOT NULL,
+        issue_id INTEGER,
+        trigger_kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL,
+        response_status INTEGER,
+        last_error TEXT
+    );
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_attempt);
+    CREATE INDEX alert_deliveries_rule ON alert_deliveries (rule_id, id);
     "#,
 ];
 

@@ -40,6 +40,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 
 use super::StoreError;
+use super::alerts::AlertHook;
 use super::apply::{Batch, SampleIds, TagBacklog, apply_ingest, flush, write_tags_of};
 use crate::metrics::Metrics;
 use crate::time::{HOUR_MS, hour_of, now_ms};
@@ -180,11 +181,26 @@ impl Writer {
         retention: Retention,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
+        Writer::start_with_alerts(conn, capacity, retention, metrics, None)
+    }
+
+    /// [`Writer::start`], deciding alerts in each ingest transaction (`store/alerts.rs`).
+    pub fn start_with_alerts(
+        conn: Connection,
+        capacity: usize,
+        retention: Retention,
+        metrics: Arc<Metrics>,
+        alerts: Option<Arc<crate::alerts::Alerts>>,
+    ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (tx, rx) = sync_channel(capacity);
         let m = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("errscope-writer".into())
-            .spawn(move || WriterThread::new(conn, retention, m).run(rx))?;
+            .spawn(move || {
+                let mut w = WriterThread::new(conn, retention, m);
+                w.alerts = AlertHook::new(alerts);
+                w.run(rx)
+            })?;
         Ok((Writer { tx, metrics }, handle))
     }
 
@@ -258,6 +274,7 @@ struct WriterThread {
     last_hourly_prune: Instant,
     /// Events stored since the dedup ids were last pruned.
     ids_since_prune: i64,
+    alerts: AlertHook,
 }
 
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -283,6 +300,7 @@ impl WriterThread {
             last_prune: long_ago,
             last_hourly_prune: long_ago,
             ids_since_prune: 0,
+            alerts: AlertHook::new(None),
         }
     }
 
@@ -354,9 +372,11 @@ impl WriterThread {
         let light = jobs.len() <= 2;
         let mut acks = Vec::new();
         let mut execs = Vec::new();
+        let mut alerts_queued = 0;
         let result = (|| -> Result<(Batch, bool), StoreError> {
             let tx = self.conn.transaction()?;
             let mut batch = Batch::default();
+            let mut ingests = Vec::new();
             for job in jobs {
                 match job {
                     Job::Ingest(job, ack) => {
@@ -366,12 +386,18 @@ impl WriterThread {
                             &mut self.issue_ids,
                             &mut self.pending_possible,
                             &job,
+                            ingests.len(),
                         )?;
                         acks.push(ack);
+                        ingests.push(job);
                     }
                     Job::Exec(f) => execs.push(f(&tx)),
                     Job::Shutdown => {}
                 }
+            }
+            // Before `flush`: the hook reads each issue as it was before this batch.
+            if !ingests.is_empty() && self.alerts.active(&tx)? {
+                alerts_queued = self.alerts.decide(&tx, batch.touched(), &ingests)?;
             }
             flush(&tx, &batch, &self.retention, &mut self.samples)?;
             let write_tags = light || self.tags.due();
@@ -404,12 +430,16 @@ impl WriterThread {
                 for deliver in execs {
                     deliver(Ok(()));
                 }
+                if alerts_queued > 0 {
+                    self.alerts.wake();
+                }
             }
             Err(e) => {
                 tracing::error!("writer transaction failed: {e}");
                 // Cached issue ids may refer to rows that were rolled back.
                 self.issue_ids.clear();
                 self.samples.clear();
+                self.alerts.rolled_back();
                 for ack in acks {
                     let _ = ack.send(Err(StoreError::Task(e.to_string())));
                 }
