@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo build --release -p errscope-collector --bin errscope-collector --example storm
-//! target/release/examples/storm [rounds] [rate-seconds] [before-binary]
+//! target/release/examples/storm [rounds] [rate-seconds] [before-binary] [after-binary]
 //! ```
+//!
+//! `after-binary` defaults to the `errscope-collector` beside the example's own directory.
 //!
 //! - Bomb storm: 64 gzip, 64 deflate and 64 brotli bombs (200 MiB each inflated) and 64
 //!   envelopes announcing a 1 GB item, all at once, then the issue's repro (32 gzip bombs of
@@ -283,13 +285,14 @@ fn main() {
     let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
     let before = args.get(3).cloned();
     let exe = std::env::current_exe().unwrap();
-    let after = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .unwrap()
-        .join("errscope-collector")
-        .to_string_lossy()
-        .into_owned();
+    let after = args.get(4).cloned().unwrap_or_else(|| {
+        exe.parent()
+            .and_then(|p| p.parent())
+            .unwrap()
+            .join("errscope-collector")
+            .to_string_lossy()
+            .into_owned()
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
