@@ -7,13 +7,27 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::capture::Link;
-use crate::client::Shared;
 use crate::domain::DomainData;
 use crate::event::{
     Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
 };
+use crate::shared::Shared;
 use crate::trace::{RawTrace, Resolver};
+
+/// One link of an error chain, as captured on the caller's thread.
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    pub(crate) ty: String,
+    pub(crate) value: String,
+    pub(crate) io: Option<IoInfo>,
+}
+
+/// What a `std::io::Error` link adds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IoInfo {
+    pub(crate) kind: std::io::ErrorKind,
+    pub(crate) raw_os_error: Option<i32>,
+}
 
 /// A capture as taken on the caller's thread.
 #[derive(Clone)]

@@ -220,6 +220,10 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+// Imports run one way, never back up: `init`, `capture`, `hook` and the integrations →
+// `client` → `worker` (`assemble`, `scrub`, `trace`, `event`) → `store`; `ship` reads the
+// store; `shared` holds what the agent's threads share. `module_imports_run_one_way`
+// below keeps it so.
 #[cfg(feature = "anyhow")]
 mod anyhow;
 mod assemble;
@@ -229,6 +233,7 @@ mod domain;
 mod envelope;
 mod event;
 mod hook;
+mod init;
 #[cfg_attr(
     not(any(
         feature = "tower",
@@ -242,6 +247,7 @@ mod integration;
 mod options;
 mod rand;
 mod scrub;
+mod shared;
 mod ship;
 mod store;
 mod storm;
@@ -259,7 +265,7 @@ pub mod tracing;
 #[cfg(feature = "anyhow")]
 pub use crate::anyhow::capture_anyhow;
 pub use crate::capture::{AsDynError, capture_error, capture_message};
-pub use crate::client::{Guard, Stats, flush, init, stats};
+pub use crate::client::{Stats, flush, stats};
 #[cfg(feature = "tokio")]
 pub use crate::domain::spawn;
 pub use crate::domain::{
@@ -269,6 +275,7 @@ pub use crate::event::{
     Breadcrumb, Errno, Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Sdk,
     Stacktrace, Thread, Values,
 };
+pub use crate::init::{Guard, init};
 pub use crate::options::{BeforeSend, Dsn, DsnError, Options};
 
 /// Writes one `errscope:` line to stderr, ignoring a closed stderr (`eprintln!` would
@@ -276,4 +283,86 @@ pub use crate::options::{BeforeSend, Dsn, DsnError, Options};
 pub(crate) fn warn(msg: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "errscope: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The modules each module of `src/` names through `crate::`, outside comments and
+    /// its tests.
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut sources = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).expect("src") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let name = path
+                    .file_stem()
+                    .expect("stem")
+                    .to_string_lossy()
+                    .into_owned();
+                sources.insert(name, std::fs::read_to_string(&path).expect("read"));
+            }
+        }
+        let modules: BTreeSet<String> = sources.keys().cloned().collect();
+        let word = |s: &str| {
+            s.chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect::<String>()
+        };
+        sources
+            .iter()
+            .map(|(name, src)| {
+                let code = src.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+                let mut deps = BTreeSet::new();
+                for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                    for (idx, _) in line.match_indices("crate::") {
+                        let rest = &line[idx + "crate::".len()..];
+                        let mut names = vec![word(rest)];
+                        if let Some(group) = rest.strip_prefix('{') {
+                            let group = group.split('}').next().unwrap_or("");
+                            names = group.split(',').map(|s| word(s.trim())).collect();
+                        }
+                        deps.extend(
+                            names
+                                .into_iter()
+                                .filter(|n| modules.contains(n) && n != name),
+                        );
+                    }
+                }
+                (name.clone(), deps)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn module_imports_run_one_way() {
+        let graph = imports();
+        assert!(graph["client"].contains("worker"), "the scan sees imports");
+        // Depth-first search; a module met again while on the path closes a cycle.
+        fn visit<'g>(
+            m: &'g str,
+            graph: &'g BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<&'g str>,
+            done: &mut BTreeSet<&'g str>,
+        ) {
+            if done.contains(m) {
+                return;
+            }
+            if let Some(pos) = path.iter().position(|p| *p == m) {
+                panic!("import cycle: {} -> {m}", path[pos..].join(" -> "));
+            }
+            path.push(m);
+            for dep in &graph[m] {
+                visit(dep, graph, path, done);
+            }
+            path.pop();
+            done.insert(m);
+        }
+        let mut done = BTreeSet::new();
+        for m in graph.keys() {
+            visit(m, &graph, &mut Vec::new(), &mut done);
+        }
+    }
 }

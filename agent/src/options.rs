@@ -147,6 +147,11 @@ impl fmt::Debug for Options {
 }
 
 impl Options {
+    /// The outbox file: [`Options::database`], or the default next to the program's name.
+    pub(crate) fn database_path(&self) -> PathBuf {
+        self.database.clone().unwrap_or_else(default_database)
+    }
+
     /// The defaults documented on each field.
     #[must_use]
     pub fn new() -> Self {
@@ -441,9 +446,38 @@ impl fmt::Display for Dsn {
     }
 }
 
+fn default_database() -> PathBuf {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "app".to_owned());
+    match dirs::data_local_dir() {
+        Some(dir) => dir.join("errscope").join(format!("{program}-outbox.db")),
+        None => PathBuf::from("errscope-outbox.db"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_outbox_is_named_after_the_program() {
+        let path = default_database();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let program = std::env::current_exe().expect("exe");
+        let stem = program.file_stem().and_then(|s| s.to_str()).expect("stem");
+        assert_eq!(name, format!("{stem}-outbox.db"));
+        if dirs::data_local_dir().is_some() {
+            assert!(
+                path.parent().is_some_and(|d| d.ends_with("errscope")),
+                "{path:?}"
+            );
+        }
+    }
 
     #[test]
     fn parses_a_collector_dsn() {

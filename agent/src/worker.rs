@@ -6,7 +6,6 @@
 
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,8 +15,8 @@ use serde_json::Value;
 
 pub(crate) use crate::assemble::{Payload, Record};
 use crate::assemble::{build_event, os_context};
-use crate::client::Shared;
 use crate::event::Event;
+use crate::shared::Shared;
 use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore, StoreError};
 use crate::storm::CountRecord;
 use crate::trace::Resolver;
@@ -72,25 +71,6 @@ enum Outbox {
     Memory(MemoryStore),
 }
 
-fn default_database() -> PathBuf {
-    let program = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "app".to_owned());
-    match dirs::data_local_dir() {
-        Some(dir) => dir.join("errscope").join(format!("{program}-outbox.db")),
-        None => PathBuf::from("errscope-outbox.db"),
-    }
-}
-
-pub(crate) fn database_path(shared: &Shared) -> PathBuf {
-    shared
-        .options
-        .database
-        .clone()
-        .unwrap_or_else(default_database)
-}
-
 /// The panic hook's fallback when the agent's threads cannot commit its record in time
 /// (or the hook runs on one of them): build the event on the calling thread and write it
 /// through a connection of its own. `before_send` is skipped: it may be what is stuck or
@@ -107,7 +87,7 @@ pub(crate) fn write_directly(shared: &Shared, record: Record) -> Result<(), Stor
         created_at: event.timestamp,
         payload,
     };
-    let path = database_path(shared);
+    let path = shared.options.database_path();
     let mut store = SqliteStore::open(&path, bounds(shared), shared.options.sync_full)?;
     let outcome = store.write(&[row], &[], &Discards::new())?;
     shared
@@ -123,7 +103,7 @@ pub(crate) fn write_directly(shared: &Shared, record: Record) -> Result<(), Stor
 
 impl Outbox {
     fn open(shared: &Shared) -> Self {
-        let path = database_path(shared);
+        let path = shared.options.database_path();
         match SqliteStore::open(&path, bounds(shared), shared.options.sync_full) {
             Ok(mut store) => {
                 if let Err(e) = store.checkpoint_in_background() {
@@ -410,7 +390,7 @@ mod tests {
         Shared {
             in_app: InApp::default(),
             storm: Storm::new(5, Duration::from_secs(10)),
-            counters: crate::client::Counters::default(),
+            counters: crate::shared::Counters::default(),
             server_name: Some("host-1".to_owned()),
             scrubber: crate::scrub::Scrubber::new(&options.scrub_keys),
             options,
@@ -460,24 +440,6 @@ mod tests {
         let mut job = build_job(&shared, &mut resolver, &os_context(), &mut batch, true);
         write_job(&shared, &mut outbox, &mut job);
         assert_eq!(shared.counters.stored.load(Ordering::Relaxed), 5);
-    }
-
-    #[test]
-    fn the_default_outbox_is_named_after_the_program() {
-        let path = default_database();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let program = std::env::current_exe().expect("exe");
-        let stem = program.file_stem().and_then(|s| s.to_str()).expect("stem");
-        assert_eq!(name, format!("{stem}-outbox.db"));
-        if dirs::data_local_dir().is_some() {
-            assert!(
-                path.parent().is_some_and(|d| d.ends_with("errscope")),
-                "{path:?}"
-            );
-        }
     }
 
     #[test]
