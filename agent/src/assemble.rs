@@ -164,10 +164,9 @@ pub(crate) fn build_event(
             } = *custom;
             let stacktrace = match frames {
                 Some(mut frames) => {
+                    let in_app = resolver.in_app();
                     for f in &mut frames {
-                        f.in_app = shared
-                            .in_app
-                            .is_in_app(f.function.as_deref(), f.abs_path.as_deref());
+                        f.in_app = in_app.is_in_app(f.function.as_deref(), f.abs_path.as_deref());
                     }
                     Some(Stacktrace::new(frames)).filter(|st| !st.frames.is_empty())
                 }
@@ -204,6 +203,12 @@ pub(crate) fn build_event(
         }
     }
     event.contexts.insert("os".to_owned(), os.clone());
+    // The server's contract (API.md): the crates counted as in-app, and the images the
+    // stack's addresses fall in, for frames it symbolicates.
+    event
+        .contexts
+        .insert("errscope".to_owned(), resolver.in_app_context());
+    event.debug_meta = resolver.debug_meta(options.before_send.is_some());
     event.contexts.insert(
         "runtime".to_owned(),
         json!({"type": "runtime", "name": "rustc", "version": env!("ERRSCOPE_RUSTC_VERSION")}),

@@ -9,7 +9,7 @@ use crate::options::Options;
 use crate::scrub::Scrubber;
 use crate::shared::{Counters, Shared};
 use crate::storm::Storm;
-use crate::trace::InApp;
+use crate::trace::{InApp, RawTrace};
 use crate::{warn, worker};
 
 /// Starts the agent: installs the panic hook (once per process) and starts the agent's
@@ -20,6 +20,9 @@ use crate::{warn, worker};
 /// the first configuration stays in force. After the first guard is dropped, `init` may
 /// be called again.
 pub fn init(options: Options) -> Guard {
+    // A few microseconds: addresses only, resolved later on the agent's thread, where
+    // the `<crate>::main` that std started names the host crate.
+    let init_trace = RawTrace::capture();
     let started = client::install_with(|| {
         let server_name = options.server_name.clone().or_else(|| {
             hostname::get()
@@ -32,6 +35,7 @@ pub fn init(options: Options) -> Guard {
             counters: Counters::default(),
             server_name,
             scrubber: Scrubber::new(&options.scrub_keys),
+            init_trace,
             options,
         });
         let tx = worker::start(Arc::clone(&shared))?;

@@ -233,6 +233,8 @@ mod domain;
 mod envelope;
 mod event;
 mod hook;
+mod images;
+mod in_app;
 mod init;
 #[cfg_attr(
     not(any(
@@ -272,8 +274,8 @@ pub use crate::domain::{
     Domain, DomainExt, DomainPanic, DomainRun, InDomain, add_breadcrumb, with_domain,
 };
 pub use crate::event::{
-    Breadcrumb, Errno, Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Sdk,
-    Stacktrace, Thread, Values,
+    Breadcrumb, DebugImage, DebugMeta, Errno, Event, EventId, Exception, Frame, Level, Mechanism,
+    MechanismMeta, Sdk, Stacktrace, Thread, Values,
 };
 pub use crate::init::{Guard, init};
 pub use crate::options::{BeforeSend, Dsn, DsnError, Options};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use crate::options::Options;
 use crate::scrub::Scrubber;
 use crate::storm::Storm;
-use crate::trace::InApp;
+use crate::trace::{InApp, RawTrace};
 
 /// Counters shared by the host's threads and the agent's thread.
 #[derive(Default)]
@@ -45,4 +45,6 @@ pub(crate) struct Shared {
     pub(crate) storm: Storm,
     pub(crate) server_name: Option<String>,
     pub(crate) scrubber: Scrubber,
+    /// The stack of the `init` call, resolved on the agent's thread to find the host crate.
+    pub(crate) init_trace: RawTrace,
 }
