@@ -145,10 +145,17 @@
 //!   it) or chain the one it replaces with `std::panic::take_hook`.
 //! - Backtraces: frames are resolved off the caller's thread, inlined frames kept, Rust
 //!   hashes stripped, the agent's and the panic machinery's frames trimmed from the top.
-//!   A frame is in-app when it is Rust source of the program itself: not std, core,
-//!   alloc, a crate from the cargo registry or a git checkout, errscope, backtrace,
-//!   tokio, hyper, … ([`Options::in_app_exclude`]); with [`Options::in_app_include`] set,
-//!   only those crates.
+//!   A frame is in-app when it belongs to the host crate, found without configuration
+//!   (the `<crate>::main` that std's `lang_start` runs, in a stack `init` takes and the
+//!   agent's thread resolves; else the executable's name with `-` as `_`), or to one of
+//!   its `_`-named family (`shop_db`), so builds without debug info get it right too;
+//!   with debug info, also Rust sources outside the cargo registry and std. errscope's
+//!   own frames never are, std, tokio, hyper, … are not; [`Options::in_app_include`] and
+//!   [`Options::in_app_exclude`] win over the rest. Frames that cannot be resolved
+//!   in-process (a stripped binary) keep their address and are sent without a name.
+//! - Debug images: the executable and the loaded shared objects (with their GNU build ids)
+//!   are read once on the agent's thread and sent with every event as Sentry's
+//!   `debug_meta.images`, so a server holding the debug files can symbolicate.
 //! - Error storms: per fingerprint (error type, enum variant or concrete type of a `dyn
 //!   Error` as its `Debug` names it, call site, I/O error kind) only the first
 //!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
@@ -201,14 +208,18 @@
 //! `platform: "native"`, `release`, `environment`, `server_name`, `exception.values[]`,
 //! `tags` (the domain's, and `domain`: its name), `contexts` (`os`, `runtime`, `thread`,
 //! and `domain`: `{name, tags, data}` with the domain's context entries under `data`),
-//! `breadcrumbs` (the domain's), `extra.capture_location`, `sdk`.
+//! `breadcrumbs` (the domain's), `extra.capture_location`, `sdk`, `debug_meta.images`
+//! (type `elf`: `code_file`, `code_id`, `debug_id`, `image_addr`, `image_size`,
+//! `image_vmaddr`, `arch`) and `contexts.errscope` (`in_app_include`, `in_app_exclude`:
+//! the crates counted as in-app).
 //! Messages have `message` and their stack under `threads`.
 //!
 //! `exception.values` holds one entry per link of the `source()` chain in Sentry's order:
 //! the root cause (the innermost `source()`) first, the captured error last. The last
 //! entry is the event's main exception for Sentry-compatible servers and carries the
 //! stack trace of the `capture_error` call (frames oldest first: `function`, `module`,
-//! `filename`, `abs_path`, `lineno`, `colno`, `in_app`, `instruction_addr`); the errscope
+//! `filename`, `abs_path`, `lineno`, `colno`, `in_app`, `instruction_addr`, `package`,
+//! `image_addr`); the errscope
 //! collector files the event under the root cause's class. Each link has
 //! `mechanism {type: "capture_error", handled: true}`; an `std::io::Error` link adds
 //! `mechanism.data.io_kind` (e.g. `ConnectionReset`), `mechanism.data.os_code` and

@@ -38,11 +38,16 @@ pub struct Options {
     pub environment: Option<String>,
     /// The host name reported as `server_name`. Default: the machine's host name.
     pub server_name: Option<String>,
-    /// Crate name prefixes whose frames are in-app. Default: empty, which means every
-    /// frame that is neither std nor a dependency from the cargo registry is in-app.
+    /// Crates whose frames are in-app, besides the host crate the agent finds itself. An
+    /// entry names a crate and those continuing it after `_` (`shop`: `shop`, `shop_db`,
+    /// not `shopify`; `shop_`: `shop_db`). Default: empty, which means the host crate's
+    /// family and, in builds with debug info, every Rust source that is neither std nor a
+    /// dependency from the cargo registry are in-app; when set, only the host crate's
+    /// family and these. errscope's own frames are never in-app.
     pub in_app_include: Vec<String>,
-    /// Crate name prefixes whose frames are never in-app, on top of std, core, alloc,
-    /// errscope, backtrace, tokio, hyper and friends. Default: empty.
+    /// Crates whose frames are never in-app (named as in `in_app_include`), on top of
+    /// std, core, alloc, errscope, backtrace, tokio, hyper and friends; wins over
+    /// everything else. Default: empty.
     pub in_app_exclude: Vec<String>,
     /// At most this many events are kept in the outbox; the oldest go first. Default: 10 000.
     pub max_events: u64,
@@ -229,14 +234,14 @@ impl Options {
         self
     }
 
-    /// Adds a crate name prefix whose frames are in-app.
+    /// Adds a crate (and its `_`-named family) whose frames are in-app.
     #[must_use]
     pub fn in_app_include(mut self, prefix: impl Into<String>) -> Self {
         self.in_app_include.push(prefix.into());
         self
     }
 
-    /// Adds a crate name prefix whose frames are not in-app.
+    /// Adds a crate (and its `_`-named family) whose frames are not in-app.
     #[must_use]
     pub fn in_app_exclude(mut self, prefix: impl Into<String>) -> Self {
         self.in_app_exclude.push(prefix.into());
