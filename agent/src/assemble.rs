@@ -7,13 +7,27 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::capture::Link;
-use crate::client::Shared;
 use crate::domain::DomainData;
 use crate::event::{
     Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
 };
+use crate::shared::Shared;
 use crate::trace::{RawTrace, Resolver};
+
+/// One link of an error chain, as captured on the caller's thread.
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    pub(crate) ty: String,
+    pub(crate) value: String,
+    pub(crate) io: Option<IoInfo>,
+}
+
+/// What a `std::io::Error` link adds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IoInfo {
+    pub(crate) kind: std::io::ErrorKind,
+    pub(crate) raw_os_error: Option<i32>,
+}
 
 /// A capture as taken on the caller's thread.
 #[derive(Clone)]
@@ -150,10 +164,9 @@ pub(crate) fn build_event(
             } = *custom;
             let stacktrace = match frames {
                 Some(mut frames) => {
+                    let in_app = resolver.in_app();
                     for f in &mut frames {
-                        f.in_app = shared
-                            .in_app
-                            .is_in_app(f.function.as_deref(), f.abs_path.as_deref());
+                        f.in_app = in_app.is_in_app(f.function.as_deref(), f.abs_path.as_deref());
                     }
                     Some(Stacktrace::new(frames)).filter(|st| !st.frames.is_empty())
                 }
@@ -190,6 +203,12 @@ pub(crate) fn build_event(
         }
     }
     event.contexts.insert("os".to_owned(), os.clone());
+    // The server's contract (API.md): the crates counted as in-app, and the images the
+    // stack's addresses fall in, for frames it symbolicates.
+    event
+        .contexts
+        .insert("errscope".to_owned(), resolver.in_app_context());
+    event.debug_meta = resolver.debug_meta(options.before_send.is_some());
     event.contexts.insert(
         "runtime".to_owned(),
         json!({"type": "runtime", "name": "rustc", "version": env!("ERRSCOPE_RUSTC_VERSION")}),

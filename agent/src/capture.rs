@@ -9,26 +9,14 @@ use std::error::Error;
 use std::io;
 use std::panic::Location;
 
+use crate::assemble::Payload;
+pub(crate) use crate::assemble::{IoInfo, Link};
 use crate::client;
 use crate::event::{EventId, Level};
+use crate::storm::StormKey;
 
 /// At most this many links of a `source()` chain are recorded.
 const MAX_CHAIN: usize = 32;
-
-/// One link of an error chain, as captured on the caller's thread.
-#[derive(Clone, Debug)]
-pub(crate) struct Link {
-    pub(crate) ty: String,
-    pub(crate) value: String,
-    pub(crate) io: Option<IoInfo>,
-}
-
-/// What a `std::io::Error` link adds.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct IoInfo {
-    pub(crate) kind: io::ErrorKind,
-    pub(crate) raw_os_error: Option<i32>,
-}
 
 mod sealed {
     pub trait Sealed {}
@@ -87,13 +75,71 @@ impl AsDynError for dyn Error + Send + Sync + 'static {
 #[track_caller]
 pub fn capture_error<E: ?Sized + AsDynError>(err: &E) -> EventId {
     let location = Location::caller();
-    client::capture_error(err.as_dyn_error(), type_name::<E>(), location)
+    capture_dyn_error(err.as_dyn_error(), type_name::<E>(), location)
 }
 
 /// Records a message at the given level, with the caller's stack and the current domain.
 #[track_caller]
 pub fn capture_message(message: &str, level: Level) -> EventId {
-    client::capture_message(message, level, Location::caller())
+    capture_message_at(message, level, Location::caller())
+}
+
+fn capture_dyn_error(
+    err: &(dyn Error + 'static),
+    ty: &'static str,
+    location: &'static Location<'static>,
+) -> EventId {
+    client::with_client(|client| {
+        let key = StormKey {
+            ty,
+            debug_name: debug_name_hash(err),
+            location,
+            io_kind: first_io_kind(err),
+        };
+        client.capture(key, Level::Error, || Payload::Error {
+            chain: walk_chain(err, ty),
+            location,
+        })
+    })
+    .unwrap_or_else(EventId::nil)
+}
+
+/// Errors captured at one call site may be of many types (as `dyn Error`) or variants:
+/// tell them apart by the name their `Debug` output starts with. Only that name is
+/// formatted; a panicking `Debug` counts as zero.
+fn debug_name_hash(err: &(dyn Error + 'static)) -> u64 {
+    use std::hash::BuildHasher as _;
+    // An `io::Error`'s `Debug` names its representation (`Os`, `Custom`), not anything the
+    // I/O kind in the key does not already say, and it calls `strerror` to get there.
+    if err.is::<std::io::Error>() {
+        return 0;
+    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Fixed keys: the same type gives the same hash on every thread.
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(type_from_debug(err))
+    }))
+    .unwrap_or(0)
+}
+
+fn capture_message_at(
+    message: &str,
+    level: Level,
+    location: &'static Location<'static>,
+) -> EventId {
+    client::with_client(|client| {
+        let key = StormKey {
+            ty: "message",
+            debug_name: 0,
+            location,
+            io_kind: None,
+        };
+        client.capture(key, level, || Payload::Message {
+            text: truncate(message.to_owned()),
+            location,
+        })
+    })
+    .unwrap_or_else(EventId::nil)
 }
 
 /// The I/O error kind of the first `std::io::Error` in the chain (no formatting: cheap).

@@ -1,69 +1,32 @@
-//! The running agent: [`init`], the [`Guard`], the capture entry points behind
-//! `capture_error`/`capture_message`, and [`stats`].
+//! The running client: the caller-thread half of every capture (sampling, storm check,
+//! the record to the agent's queue), panics waiting for their commit, flush and [`stats`].
 
-use std::error::Error;
-use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::capture::{first_io_kind, walk_chain};
 use crate::domain;
 use crate::event::{EventId, Level};
-use crate::options::Options;
-use crate::scrub::Scrubber;
-use crate::storm::{Admission, Storm, StormKey};
-use crate::trace::{InApp, RawTrace};
+use crate::shared::Shared;
+use crate::storm::{Admission, StormKey};
+use crate::trace::RawTrace;
 use crate::warn;
 use crate::worker::{self, Msg, Payload, Record};
 
 static CLIENT: RwLock<Option<Arc<Client>>> = RwLock::new(None);
 
-/// Counters shared by the host's threads and the agent's thread.
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) captured: AtomicU64,
-    pub(crate) stored: AtomicU64,
-    pub(crate) storm_counted: AtomicU64,
-    pub(crate) dropped_queue_full: AtomicU64,
-    pub(crate) dropped_sample_rate: AtomicU64,
-    pub(crate) dropped_before_send: AtomicU64,
-    pub(crate) evicted: AtomicU64,
-    pub(crate) panics: AtomicU64,
-    pub(crate) degraded: AtomicBool,
-    /// Drops on the host's threads not yet written to the store's `discards`.
-    pub(crate) pending_queue_full: AtomicU64,
-    pub(crate) pending_sample_rate: AtomicU64,
-    /// Shipper: events the server confirmed.
-    pub(crate) sent: AtomicU64,
-    /// Shipper: requests that failed and are retried (or split after a rejection).
-    pub(crate) retried: AtomicU64,
-    /// Shipper: events the server refused for good (`send_error` discards).
-    pub(crate) dropped_send_error: AtomicU64,
-    /// Shipper: events waiting in the outbox when it last looked.
-    pub(crate) outbox_events: AtomicU64,
-    /// Shipper: the last attempt failed.
-    pub(crate) delivery_failing: AtomicBool,
-    /// The writer committed something: wakes the shipper.
-    pub(crate) outbox_changed: tokio::sync::Notify,
-}
-
-/// What the agent's thread needs of the configuration.
-pub(crate) struct Shared {
-    pub(crate) options: Options,
-    pub(crate) in_app: InApp,
-    pub(crate) counters: Counters,
-    pub(crate) storm: Storm,
-    pub(crate) server_name: Option<String>,
-    pub(crate) scrubber: Scrubber,
-}
-
 pub(crate) struct Client {
     pub(crate) shared: Arc<Shared>,
     tx: Sender<Msg>,
     shipper: Option<crate::ship::Handle>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }
 
 thread_local! {
@@ -164,106 +127,51 @@ pub(crate) fn current() -> Option<Arc<Client>> {
 
 /// Runs `f` with the running client. The lock is not held while `f` runs: `f` calls the
 /// host's `Display` and `source()` impls, and a panic there re-enters through the hook.
-fn with_client<R>(f: impl FnOnce(&Client) -> R) -> Option<R> {
+pub(crate) fn with_client<R>(f: impl FnOnce(&Client) -> R) -> Option<R> {
     current().map(|client| f(&client))
 }
 
-/// Starts the agent: installs the panic hook and the fatal-signal handlers (once per
-/// process) and starts the agent's thread, which opens the outbox. Cheap: no symbols are
-/// loaded; the one file the calling thread writes is the small run file of the handlers.
-///
-/// A second call while a [`Guard`] is alive warns on stderr and returns an inert guard;
-/// the first configuration stays in force. After the first guard is dropped, `init` may
-/// be called again.
-pub fn init(options: Options) -> Guard {
+/// Runs `start` and makes the client it builds the running one, unless one is running
+/// already: then `start` is not called and `Err(())` is returned. The slot stays locked
+/// while `start` runs, so concurrent `init` calls start one agent.
+pub(crate) fn install_with(
+    start: impl FnOnce() -> Option<Arc<Client>>,
+) -> Result<Option<Arc<Client>>, ()> {
     let mut slot = CLIENT.write().unwrap_or_else(PoisonError::into_inner);
     if slot.is_some() {
-        warn(format_args!(
-            "init called while already initialized; keeping the first configuration"
-        ));
-        return Guard { client: None };
+        return Err(());
     }
-    let server_name = options.server_name.clone().or_else(|| {
-        hostname::get()
-            .ok()
-            .map(|h| h.to_string_lossy().into_owned())
-    });
-    let shared = Arc::new(Shared {
-        in_app: InApp::new(&options.in_app_include, &options.in_app_exclude),
-        storm: Storm::new(options.storm_burst, options.storm_window),
-        counters: Counters::default(),
-        server_name,
-        scrubber: Scrubber::new(&options.scrub_keys),
-        options,
-    });
-    let Some(tx) = worker::start(Arc::clone(&shared)) else {
-        return Guard { client: None };
-    };
-    // The shipper reads what the writer commits; without a DSN events just stay.
-    let shipper = shared
-        .options
-        .dsn
-        .as_ref()
-        .and_then(|dsn| crate::ship::start(Arc::clone(&shared), dsn));
-    let client = Arc::new(Client {
-        shared,
-        tx,
-        shipper,
-    });
-    *slot = Some(Arc::clone(&client));
-    drop(slot);
-    crate::hook::install();
-    crate::crash::install(&client.shared);
-    Guard {
-        client: Some(client),
+    let client = start();
+    slot.clone_from(&client);
+    Ok(client)
+}
+
+/// Stops `client` being the running one (if it still is).
+pub(crate) fn uninstall(client: &Arc<Client>) {
+    let mut slot = CLIENT.write().unwrap_or_else(PoisonError::into_inner);
+    if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+        *slot = None;
     }
 }
 
-/// Keeps the agent running; dropping it flushes pending events (waiting at most
-/// [`Options::shutdown_timeout`]) and stops the agent's thread.
-#[must_use = "dropping the guard stops errscope; keep it alive for the whole program"]
-#[derive(Debug)]
-pub struct Guard {
-    client: Option<Arc<Client>>,
-}
-
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").finish_non_exhaustive()
-    }
-}
-
-impl Guard {
-    /// Waits until every event captured before this call is committed, with storm counts
-    /// swept, and, with a DSN, until the outbox is empty (everything delivered, or refused
-    /// and reported), or until `timeout` passes. Returns whether all of it happened; what
-    /// is not delivered stays in the outbox for later (or the next start).
-    /// An inert guard (from a second `init`) flushes the running agent.
-    pub fn flush(&self, timeout: Duration) -> bool {
-        match &self.client {
-            Some(client) => client.flush(timeout),
-            None => current().is_some_and(|c| c.flush(timeout)),
+impl Client {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tx: Sender<Msg>,
+        shipper: Option<crate::ship::Handle>,
+    ) -> Self {
+        Self {
+            shared,
+            tx,
+            shipper,
         }
     }
-}
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let Some(client) = self.client.take() else {
-            return;
-        };
-        let timeout = client.shared.options.shutdown_timeout;
-        let deadline = Instant::now() + timeout;
-        client.flush(timeout);
-        {
-            let mut slot = CLIENT.write().unwrap_or_else(PoisonError::into_inner);
-            if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
-                *slot = None;
-            }
-        }
-        // Let the agent's thread close the file; bounded, never hangs the host.
+    /// Lets the agent's thread close the file and stops the shipper; bounded by
+    /// `deadline`, never hangs the host.
+    pub(crate) fn shut_down(&self, deadline: Instant) {
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        if client
+        if self
             .tx
             .send_deadline(Msg::Shutdown(ack_tx), deadline)
             .is_ok()
@@ -271,13 +179,11 @@ impl Drop for Guard {
             let _ = ack_rx.recv_deadline(deadline.max(Instant::now() + Duration::from_millis(100)));
         }
         // A request in flight is abandoned; its events stay in the outbox.
-        if let Some(shipper) = &client.shipper {
+        if let Some(shipper) = &self.shipper {
             shipper.stop(Instant::now() + Duration::from_millis(100));
         }
     }
-}
 
-impl Client {
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
         if worker::is_worker_thread() {
             // Waiting for ourselves would only time out.
@@ -411,64 +317,6 @@ impl Client {
             }
         }
     }
-}
-
-pub(crate) fn capture_error(
-    err: &(dyn Error + 'static),
-    ty: &'static str,
-    location: &'static Location<'static>,
-) -> EventId {
-    with_client(|client| {
-        let key = StormKey {
-            ty,
-            debug_name: debug_name_hash(err),
-            location,
-            io_kind: first_io_kind(err),
-        };
-        client.capture(key, Level::Error, || Payload::Error {
-            chain: walk_chain(err, ty),
-            location,
-        })
-    })
-    .unwrap_or_else(EventId::nil)
-}
-
-/// Errors captured at one call site may be of many types (as `dyn Error`) or variants:
-/// tell them apart by the name their `Debug` output starts with. Only that name is
-/// formatted; a panicking `Debug` counts as zero.
-fn debug_name_hash(err: &(dyn Error + 'static)) -> u64 {
-    use std::hash::BuildHasher as _;
-    // An `io::Error`'s `Debug` names its representation (`Os`, `Custom`), not anything the
-    // I/O kind in the key does not already say, and it calls `strerror` to get there.
-    if err.is::<std::io::Error>() {
-        return 0;
-    }
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // Fixed keys: the same type gives the same hash on every thread.
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .hash_one(crate::capture::type_from_debug(err))
-    }))
-    .unwrap_or(0)
-}
-
-pub(crate) fn capture_message(
-    message: &str,
-    level: Level,
-    location: &'static Location<'static>,
-) -> EventId {
-    with_client(|client| {
-        let key = StormKey {
-            ty: "message",
-            debug_name: 0,
-            location,
-            io_kind: None,
-        };
-        client.capture(key, level, || Payload::Message {
-            text: crate::capture::truncate(message.to_owned()),
-            location,
-        })
-    })
-    .unwrap_or_else(EventId::nil)
 }
 
 #[cfg(test)]

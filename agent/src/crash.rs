@@ -26,7 +26,7 @@ mod imp {
     use std::os::fd::IntoRawFd as _;
     use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
-    use crate::client::Shared;
+    use crate::shared::Shared;
 
     /// At most this many instruction pointers are recorded.
     pub(crate) const MAX_FRAMES: usize = 128;
@@ -456,7 +456,7 @@ pub(crate) use imp::{CrashRecord, install};
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-pub(crate) fn install(_shared: &crate::client::Shared) {}
+pub(crate) fn install(_shared: &crate::shared::Shared) {}
 
 /// Elsewhere there is nothing to deliver.
 #[cfg(not(all(
@@ -464,7 +464,7 @@ pub(crate) fn install(_shared: &crate::client::Shared) {}
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
 pub(crate) fn deliver(
-    _shared: &crate::client::Shared,
+    _shared: &crate::shared::Shared,
     _resolver: &mut crate::trace::Resolver,
     _os: &serde_json::Value,
     _commit: impl FnOnce(Vec<crate::store::Row>) -> bool,

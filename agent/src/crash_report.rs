@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::client::Shared;
+use crate::shared::Shared;
 use crate::crash::CrashRecord;
 use crate::event::{
     Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Signal, Stacktrace, Thread,
@@ -70,7 +70,7 @@ fn run_prefix(database: &Path) -> Option<String> {
 /// handler writes its record). `None` if the outbox's directory is unusable (the outbox
 /// itself reports that).
 pub(crate) fn create_run_file(shared: &Shared) -> Option<(File, u64)> {
-    let database = crate::worker::database_path(shared);
+    let database = shared.options.database_path();
     let dir = database.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).ok()?;
@@ -168,7 +168,7 @@ pub(crate) fn deliver(
     commit: impl FnOnce(Vec<Row>) -> bool,
 ) {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let runs = dead_runs(&crate::worker::database_path(shared));
+        let runs = dead_runs(&shared.options.database_path());
         if runs.is_empty() {
             return;
         }
@@ -639,7 +639,7 @@ mod tests {
         let modules = loaded_modules();
         let mut rec = CrashRecord::for_test(libc::SIGSEGV, 1, 0, 0, &[0xdead, ip]);
         rec.pc = ip;
-        let mut resolver = Resolver::new(InApp::default());
+        let mut resolver = Resolver::new(InApp::default(), crate::trace::RawTrace::default());
         let (frames, symbolicated) = frames_of(&rec, &modules, &modules, &mut resolver);
         assert!(symbolicated);
         assert!(

@@ -304,7 +304,7 @@ impl<F: Future> Future for DomainRun<F> {
         let this = self.get_mut();
         let _enter = Enter::new(this.domain.clone());
         let _ = LAST_PANIC.try_with(|p| p.set(None));
-        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+        match catch_unwind(AssertUnwindSafe(|| poll_opaque(this.fut.as_mut(), cx))) {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => Poll::Ready(Err(this.domain.panicked(&*payload))),
@@ -333,8 +333,18 @@ impl<F: Future> Future for InDomain<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let _enter = this.domain.clone().map(Enter::new);
-        this.fut.as_mut().poll(cx)
+        poll_opaque(this.fut.as_mut(), cx)
     }
+}
+
+/// Polls the host's future through a function pointer the optimizer cannot see through,
+/// so that its code is not inlined into the agent's `poll`: in a build without debug info
+/// the host's frames keep symbols of their own (`shop::handler::{{closure}}`) instead of
+/// `<errscope::domain::DomainRun<F> as Future>::poll`. One indirect call per poll.
+#[inline(always)]
+fn poll_opaque<F: Future>(fut: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    let poll: fn(Pin<&mut F>, &mut Context<'_>) -> Poll<F::Output> = F::poll;
+    std::hint::black_box(poll)(fut, cx)
 }
 
 /// Carries a domain into futures that run elsewhere (spawned tasks, `select!` arms).

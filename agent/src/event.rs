@@ -138,8 +138,75 @@ pub struct Event {
     /// Free-form extra data.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, Value>,
+    /// The executable and shared objects loaded in the process, for symbolication on
+    /// the server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_meta: Option<DebugMeta>,
     /// The SDK that made the event.
     pub sdk: Sdk,
+}
+
+/// Sentry's `debug_meta`: the images the stack's addresses fall in.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct DebugMeta {
+    /// The images, lowest address first.
+    pub images: Vec<DebugImage>,
+    /// The same images serialized once, used instead of `images` when no `before_send`
+    /// hook needs typed ones.
+    pub(crate) raw: Option<Arc<RawValue>>,
+}
+
+impl DebugMeta {
+    /// A `debug_meta` with these images.
+    #[must_use]
+    pub fn new(images: Vec<DebugImage>) -> Self {
+        Self { images, raw: None }
+    }
+
+    pub(crate) fn from_raw(raw: Arc<RawValue>) -> Self {
+        Self {
+            images: Vec::new(),
+            raw: Some(raw),
+        }
+    }
+}
+
+impl Serialize for DebugMeta {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = serializer.serialize_struct("DebugMeta", 1)?;
+        match &self.raw {
+            Some(raw) if self.images.is_empty() => st.serialize_field("images", &**raw)?,
+            _ => st.serialize_field("images", &self.images)?,
+        }
+        st.end()
+    }
+}
+
+/// One loaded ELF image (Sentry's native debug image of type `elf`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DebugImage {
+    /// `elf`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// The path the image was loaded from.
+    pub code_file: String,
+    /// The GNU build id, in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_id: Option<String>,
+    /// Sentry's debug id, derived from the build id (a GUID, age 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug_id: Option<String>,
+    /// Where the image's first loaded segment starts in this process, `0x…`.
+    pub image_addr: String,
+    /// The size of the image's loaded address range in bytes.
+    pub image_size: u64,
+    /// The address the image's first loaded segment asks for (`0x0` for PIE), `0x…`.
+    pub image_vmaddr: String,
+    /// The CPU architecture as Sentry names it: `x86_64`, `arm64`, ...
+    pub arch: String,
 }
 
 /// Sentry's `{"values": [...]}` wrapper.
@@ -305,8 +372,14 @@ pub struct Frame {
     pub colno: Option<u32>,
     /// Whether the frame belongs to the application rather than std or a dependency.
     pub in_app: bool,
-    /// The instruction address, `0x…`.
+    /// The absolute instruction address, `0x…` (Sentry's default `addr_mode`, `abs`).
     pub instruction_addr: String,
+    /// The `code_file` of the image the address falls in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// The `image_addr` of that image, `0x…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_addr: Option<String>,
 }
 
 /// A breadcrumb: something that happened before the event.
@@ -406,6 +479,7 @@ impl Event {
             contexts: BTreeMap::new(),
             breadcrumbs: None,
             extra: BTreeMap::new(),
+            debug_meta: None,
             sdk: Sdk::default(),
         }
     }

@@ -145,10 +145,17 @@
 //!   it) or chain the one it replaces with `std::panic::take_hook`.
 //! - Backtraces: frames are resolved off the caller's thread, inlined frames kept, Rust
 //!   hashes stripped, the agent's and the panic machinery's frames trimmed from the top.
-//!   A frame is in-app when it is Rust source of the program itself: not std, core,
-//!   alloc, a crate from the cargo registry or a git checkout, errscope, backtrace,
-//!   tokio, hyper, … ([`Options::in_app_exclude`]); with [`Options::in_app_include`] set,
-//!   only those crates.
+//!   A frame is in-app when it belongs to the host crate, found without configuration
+//!   (the `<crate>::main` that std's `lang_start` runs, in a stack `init` takes and the
+//!   agent's thread resolves; else the executable's name with `-` as `_`), or to one of
+//!   its `_`-named family (`shop_db`), so builds without debug info get it right too;
+//!   with debug info, also Rust sources outside the cargo registry and std. errscope's
+//!   own frames never are, std, tokio, hyper, … are not; [`Options::in_app_include`] and
+//!   [`Options::in_app_exclude`] win over the rest. Frames that cannot be resolved
+//!   in-process (a stripped binary) keep their address and are sent without a name.
+//! - Debug images: the executable and the loaded shared objects (with their GNU build ids)
+//!   are read once on the agent's thread and sent with every event as Sentry's
+//!   `debug_meta.images`, so a server holding the debug files can symbolicate.
 //! - Error storms: per fingerprint (error type, enum variant or concrete type of a `dyn
 //!   Error` as its `Debug` names it, call site, I/O error kind) only the first
 //!   [`Options::storm_burst`] events of each [`Options::storm_window`] are stored in
@@ -213,14 +220,18 @@
 //! `platform: "native"`, `release`, `environment`, `server_name`, `exception.values[]`,
 //! `tags` (the domain's, and `domain`: its name), `contexts` (`os`, `runtime`, `thread`,
 //! and `domain`: `{name, tags, data}` with the domain's context entries under `data`),
-//! `breadcrumbs` (the domain's), `extra.capture_location`, `sdk`.
+//! `breadcrumbs` (the domain's), `extra.capture_location`, `sdk`, `debug_meta.images`
+//! (type `elf`: `code_file`, `code_id`, `debug_id`, `image_addr`, `image_size`,
+//! `image_vmaddr`, `arch`) and `contexts.errscope` (`in_app_include`, `in_app_exclude`:
+//! the crates counted as in-app).
 //! Messages have `message` and their stack under `threads`.
 //!
 //! `exception.values` holds one entry per link of the `source()` chain in Sentry's order:
 //! the root cause (the innermost `source()`) first, the captured error last. The last
 //! entry is the event's main exception for Sentry-compatible servers and carries the
 //! stack trace of the `capture_error` call (frames oldest first: `function`, `module`,
-//! `filename`, `abs_path`, `lineno`, `colno`, `in_app`, `instruction_addr`); the errscope
+//! `filename`, `abs_path`, `lineno`, `colno`, `in_app`, `instruction_addr`, `package`,
+//! `image_addr`); the errscope
 //! collector files the event under the root cause's class. Each link has
 //! `mechanism {type: "capture_error", handled: true}`; an `std::io::Error` link adds
 //! `mechanism.data.io_kind` (e.g. `ConnectionReset`), `mechanism.data.os_code` and
@@ -232,6 +243,10 @@
 #![warn(clippy::print_stdout, clippy::print_stderr)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+// Imports run one way, never back up: `init`, `capture`, `hook` and the integrations →
+// `client` → `worker` (`assemble`, `scrub`, `trace`, `event`) → `store`; `ship` reads the
+// store; `shared` holds what the agent's threads share. `module_imports_run_one_way`
+// below keeps it so.
 #[cfg(feature = "anyhow")]
 mod anyhow;
 mod assemble;
@@ -247,6 +262,9 @@ mod domain;
 mod envelope;
 mod event;
 mod hook;
+mod images;
+mod in_app;
+mod init;
 #[cfg_attr(
     not(any(
         feature = "tower",
@@ -260,6 +278,7 @@ mod integration;
 mod options;
 mod rand;
 mod scrub;
+mod shared;
 mod ship;
 mod store;
 mod storm;
@@ -277,16 +296,17 @@ pub mod tracing;
 #[cfg(feature = "anyhow")]
 pub use crate::anyhow::capture_anyhow;
 pub use crate::capture::{AsDynError, capture_error, capture_message};
-pub use crate::client::{Guard, Stats, flush, init, stats};
+pub use crate::client::{Stats, flush, stats};
 #[cfg(feature = "tokio")]
 pub use crate::domain::spawn;
 pub use crate::domain::{
     Domain, DomainExt, DomainPanic, DomainRun, InDomain, add_breadcrumb, with_domain,
 };
 pub use crate::event::{
-    Breadcrumb, Errno, Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Sdk,
-    Signal, Stacktrace, Thread, Values,
+    Breadcrumb, DebugImage, DebugMeta, Errno, Event, EventId, Exception, Frame, Level, Mechanism,
+    MechanismMeta, Sdk, Signal, Stacktrace, Thread, Values,
 };
+pub use crate::init::{Guard, init};
 pub use crate::options::{BeforeSend, Dsn, DsnError, Options};
 
 /// Writes one `errscope:` line to stderr, ignoring a closed stderr (`eprintln!` would
@@ -294,4 +314,86 @@ pub use crate::options::{BeforeSend, Dsn, DsnError, Options};
 pub(crate) fn warn(msg: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "errscope: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The modules each module of `src/` names through `crate::`, outside comments and
+    /// its tests.
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut sources = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).expect("src") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let name = path
+                    .file_stem()
+                    .expect("stem")
+                    .to_string_lossy()
+                    .into_owned();
+                sources.insert(name, std::fs::read_to_string(&path).expect("read"));
+            }
+        }
+        let modules: BTreeSet<String> = sources.keys().cloned().collect();
+        let word = |s: &str| {
+            s.chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect::<String>()
+        };
+        sources
+            .iter()
+            .map(|(name, src)| {
+                let code = src.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+                let mut deps = BTreeSet::new();
+                for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+                    for (idx, _) in line.match_indices("crate::") {
+                        let rest = &line[idx + "crate::".len()..];
+                        let mut names = vec![word(rest)];
+                        if let Some(group) = rest.strip_prefix('{') {
+                            let group = group.split('}').next().unwrap_or("");
+                            names = group.split(',').map(|s| word(s.trim())).collect();
+                        }
+                        deps.extend(
+                            names
+                                .into_iter()
+                                .filter(|n| modules.contains(n) && n != name),
+                        );
+                    }
+                }
+                (name.clone(), deps)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn module_imports_run_one_way() {
+        let graph = imports();
+        assert!(graph["client"].contains("worker"), "the scan sees imports");
+        // Depth-first search; a module met again while on the path closes a cycle.
+        fn visit<'g>(
+            m: &'g str,
+            graph: &'g BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<&'g str>,
+            done: &mut BTreeSet<&'g str>,
+        ) {
+            if done.contains(m) {
+                return;
+            }
+            if let Some(pos) = path.iter().position(|p| *p == m) {
+                panic!("import cycle: {} -> {m}", path[pos..].join(" -> "));
+            }
+            path.push(m);
+            for dep in &graph[m] {
+                visit(dep, graph, path, done);
+            }
+            path.pop();
+            done.insert(m);
+        }
+        let mut done = BTreeSet::new();
+        for m in graph.keys() {
+            visit(m, &graph, &mut Vec::new(), &mut done);
+        }
+    }
 }

@@ -38,11 +38,16 @@ pub struct Options {
     pub environment: Option<String>,
     /// The host name reported as `server_name`. Default: the machine's host name.
     pub server_name: Option<String>,
-    /// Crate name prefixes whose frames are in-app. Default: empty, which means every
-    /// frame that is neither std nor a dependency from the cargo registry is in-app.
+    /// Crates whose frames are in-app, besides the host crate the agent finds itself. An
+    /// entry names a crate and those continuing it after `_` (`shop`: `shop`, `shop_db`,
+    /// not `shopify`; `shop_`: `shop_db`). Default: empty, which means the host crate's
+    /// family and, in builds with debug info, every Rust source that is neither std nor a
+    /// dependency from the cargo registry are in-app; when set, only the host crate's
+    /// family and these. errscope's own frames are never in-app.
     pub in_app_include: Vec<String>,
-    /// Crate name prefixes whose frames are never in-app, on top of std, core, alloc,
-    /// errscope, backtrace, tokio, hyper and friends. Default: empty.
+    /// Crates whose frames are never in-app (named as in `in_app_include`), on top of
+    /// std, core, alloc, errscope, backtrace, tokio, hyper and friends; wins over
+    /// everything else. Default: empty.
     pub in_app_exclude: Vec<String>,
     /// At most this many events are kept in the outbox; the oldest go first. Default: 10 000.
     pub max_events: u64,
@@ -154,6 +159,11 @@ impl fmt::Debug for Options {
 }
 
 impl Options {
+    /// The outbox file: [`Options::database`], or the default next to the program's name.
+    pub(crate) fn database_path(&self) -> PathBuf {
+        self.database.clone().unwrap_or_else(default_database)
+    }
+
     /// The defaults documented on each field.
     #[must_use]
     pub fn new() -> Self {
@@ -231,14 +241,14 @@ impl Options {
         self
     }
 
-    /// Adds a crate name prefix whose frames are in-app.
+    /// Adds a crate (and its `_`-named family) whose frames are in-app.
     #[must_use]
     pub fn in_app_include(mut self, prefix: impl Into<String>) -> Self {
         self.in_app_include.push(prefix.into());
         self
     }
 
-    /// Adds a crate name prefix whose frames are not in-app.
+    /// Adds a crate (and its `_`-named family) whose frames are not in-app.
     #[must_use]
     pub fn in_app_exclude(mut self, prefix: impl Into<String>) -> Self {
         self.in_app_exclude.push(prefix.into());
@@ -455,9 +465,38 @@ impl fmt::Display for Dsn {
     }
 }
 
+fn default_database() -> PathBuf {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "app".to_owned());
+    match dirs::data_local_dir() {
+        Some(dir) => dir.join("errscope").join(format!("{program}-outbox.db")),
+        None => PathBuf::from("errscope-outbox.db"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_outbox_is_named_after_the_program() {
+        let path = default_database();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let program = std::env::current_exe().expect("exe");
+        let stem = program.file_stem().and_then(|s| s.to_str()).expect("stem");
+        assert_eq!(name, format!("{stem}-outbox.db"));
+        if dirs::data_local_dir().is_some() {
+            assert!(
+                path.parent().is_some_and(|d| d.ends_with("errscope")),
+                "{path:?}"
+            );
+        }
+    }
 
     #[test]
     fn parses_a_collector_dsn() {

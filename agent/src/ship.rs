@@ -30,9 +30,9 @@ use crossbeam_channel::Sender;
 use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::client::{Counters, Shared};
 use crate::envelope::{self, Answer};
 use crate::options::Dsn;
+use crate::shared::{Counters, Shared};
 use crate::store::{Bounds, Pending, SqliteStore};
 use crate::warn;
 
@@ -450,7 +450,7 @@ impl Shipper<'_> {
     fn store(&mut self) -> Option<&mut SqliteStore> {
         if self.store.is_none() {
             let options = &self.shared.options;
-            let path = crate::worker::database_path(self.shared);
+            let path = self.shared.options.database_path();
             let bounds = Bounds {
                 max_events: options.max_events,
                 max_bytes: options.max_bytes,

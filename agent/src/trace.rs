@@ -5,9 +5,13 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
+use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::event::Frame;
+use crate::event::{DebugMeta, Frame};
+use crate::images::Images;
+pub(crate) use crate::in_app::InApp;
+use crate::in_app::{crate_of, detect_host, is_agent_path, is_std_path};
 
 /// At most this many addresses are captured.
 const MAX_FRAMES: usize = 128;
@@ -63,92 +67,6 @@ struct Symbol {
     colno: Option<u32>,
 }
 
-/// Which frames belong to the application.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct InApp {
-    include: Vec<String>,
-    exclude: Vec<String>,
-}
-
-/// Crates whose frames are never in-app.
-const NOT_IN_APP: &[&str] = &[
-    "std",
-    "core",
-    "alloc",
-    "errscope",
-    "backtrace",
-    "tokio",
-    "hyper",
-    "hyper_util",
-    "futures",
-    "futures_util",
-    "futures_core",
-    "tower",
-    "axum",
-    "test",
-    "panic_unwind",
-    "panic_abort",
-];
-
-impl InApp {
-    pub(crate) fn new(include: &[String], exclude: &[String]) -> Self {
-        Self {
-            include: include.to_vec(),
-            exclude: exclude.to_vec(),
-        }
-    }
-
-    pub(crate) fn is_in_app(&self, function: Option<&str>, abs_path: Option<&str>) -> bool {
-        let Some(function) = function else {
-            return false;
-        };
-        // Only Rust sources of this program: not std, dependencies, the agent, or C (libc's
-        // `start_thread`).
-        if abs_path
-            .is_some_and(|p| is_dependency_path(p) || is_agent_path(p) || !p.ends_with(".rs"))
-        {
-            return false;
-        }
-        // Inlined frames of a `line-tables-only` build have a bare name (`{closure#0}`,
-        // `call_once<F>`): no crate to judge by, so the source path decides.
-        if function.contains("::") {
-            let krate = crate_of(function);
-            if NOT_IN_APP.contains(&krate) || self.exclude.iter().any(|p| krate.starts_with(p)) {
-                return false;
-            }
-            if self.include.iter().any(|p| krate.starts_with(p)) {
-                return true;
-            }
-            if !self.include.is_empty() {
-                return false;
-            }
-        }
-        abs_path.is_some()
-    }
-}
-
-/// Source paths of std and of crates from a registry or git checkout.
-fn is_dependency_path(path: &str) -> bool {
-    is_std_path(path)
-        || path.contains("/.cargo/registry/")
-        || path.contains("/.cargo/git/")
-        || path.contains("/cargo/registry/")
-}
-
-/// Source paths of std, core and alloc.
-fn is_std_path(path: &str) -> bool {
-    path.starts_with("/rustc/")
-        || path.starts_with("library/")
-        || path.contains("/lib/rustlib/src/")
-}
-
-/// This crate's own sources, wherever it was built from.
-const AGENT_SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/");
-
-fn is_agent_path(path: &str) -> bool {
-    path.starts_with(AGENT_SRC)
-}
-
 /// Source files whose frames on top of a stack are the capture or the panic machinery.
 fn is_machinery_path(path: &str) -> bool {
     (is_agent_path(path) && !path.ends_with("/domain.rs"))
@@ -158,25 +76,13 @@ fn is_machinery_path(path: &str) -> bool {
         || path.ends_with("library/std/src/sys/backtrace.rs")
 }
 
-/// The crate a demangled function name belongs to: `shop` for `shop::ldap::bind` and for
-/// `<shop::Conn as core::fmt::Debug>::fmt`.
-fn crate_of(function: &str) -> &str {
-    let mut s = function.trim_start_matches('<');
-    for prefix in ["&mut ", "&", "dyn ", "impl "] {
-        s = s.trim_start_matches(prefix);
-    }
-    let end = s
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(s.len());
-    &s[..end]
-}
-
 /// Frames at the top of a stack that belong to the agent, the unwinder or the panic
 /// machinery, not to the code that failed.
 fn is_machinery(function: Option<&str>) -> bool {
     let Some(f) = function else {
-        // Unresolved frames at the very top are the unwinder's own.
-        return true;
+        // Nothing says so: in a stripped binary the host's own frames have no names either
+        // (unresolved frames count as runtime glue, trimmed only with machinery below).
+        return false;
     };
     const PREFIXES: &[&str] = &[
         "errscope::trace::RawTrace::capture",
@@ -344,20 +250,83 @@ struct CachedFrame {
 /// Resolves addresses to frames, remembering every address it has seen: an address is
 /// resolved, demangled, shortened and classified once; later events clone the frames.
 ///
-/// Symbol tables are loaded lazily by the `backtrace` crate on the first resolution, on
-/// the agent's thread, so `init` costs nothing here.
+/// Symbol tables are loaded lazily by the `backtrace` crate on the first resolution, the
+/// loaded images are read and the host crate is found (from the stack `init` took) at
+/// the same time, on the agent's thread, so `init` costs nothing here.
 pub(crate) struct Resolver {
     in_app: InApp,
+    /// The stack of the `init` call, until the host crate has been looked for.
+    init_trace: Option<RawTrace>,
+    images: Option<Images>,
+    /// `contexts.errscope`, once the host is known.
+    context: Value,
     cwd: Option<std::path::PathBuf>,
     cache: HashMap<usize, Arc<[CachedFrame]>>,
 }
 
 impl Resolver {
-    pub(crate) fn new(in_app: InApp) -> Self {
+    pub(crate) fn new(in_app: InApp, init_trace: RawTrace) -> Self {
         Self {
             in_app,
+            init_trace: Some(init_trace),
+            images: None,
+            context: Value::Null,
             cwd: std::env::current_dir().ok(),
             cache: HashMap::new(),
+        }
+    }
+
+    /// Finds the host crate and reads the images, once, before the first frame is built.
+    fn prepare(&mut self) {
+        if let Some(trace) = self.init_trace.take() {
+            let mut names: Vec<Option<String>> = Vec::new();
+            for &ip in &trace.ips {
+                let before = names.len();
+                backtrace::resolve(ip as *mut c_void, |sym| {
+                    names.push(
+                        sym.name()
+                            .and_then(|n| std::str::from_utf8(n.as_bytes()).ok().map(demangle)),
+                    );
+                });
+                if names.len() == before {
+                    names.push(None);
+                }
+            }
+            let names: Vec<Option<&str>> = names.iter().map(Option::as_deref).collect();
+            let exe = std::env::current_exe().ok();
+            self.in_app.set_host(detect_host(&names, exe.as_deref()));
+            self.context = self.in_app.context();
+            // Frames classified before the host was known (none in the agent's use).
+            self.cache.clear();
+        }
+        if self.images.is_none() {
+            self.images = Some(Images::load());
+        }
+    }
+
+    /// The in-app rules, with the host crate.
+    pub(crate) fn in_app(&mut self) -> &InApp {
+        self.prepare();
+        &self.in_app
+    }
+
+    /// `contexts.errscope`: the crates counted as in-app (collector/API.md).
+    pub(crate) fn in_app_context(&mut self) -> Value {
+        self.prepare();
+        self.context.clone()
+    }
+
+    /// `debug_meta` with the loaded images: typed (for a `before_send` hook) or as the
+    /// JSON serialized once.
+    pub(crate) fn debug_meta(&mut self, typed: bool) -> Option<DebugMeta> {
+        self.prepare();
+        let images = self.images.as_ref().filter(|i| !i.is_empty())?;
+        if typed {
+            Some(DebugMeta::new(images.to_vec()))
+        } else {
+            images
+                .json()
+                .map(|raw| DebugMeta::from_raw(Arc::clone(raw)))
         }
     }
 
@@ -396,6 +365,7 @@ impl Resolver {
         let function = sym.function.as_deref();
         let path = sym.abs_path.as_deref();
         let class = classify(function, path);
+        let image = self.images.as_ref().and_then(|i| i.find(ip as u64));
         let frame = Frame {
             in_app: self.in_app.is_in_app(function, path),
             module: function.and_then(module_of),
@@ -405,6 +375,8 @@ impl Resolver {
             lineno: sym.lineno,
             colno: sym.colno,
             instruction_addr: format!("{ip:#x}"),
+            package: image.map(|i| i.code_file.clone()),
+            image_addr: image.map(|i| i.image_addr.clone()),
         };
         // A `Frame` always serializes (strings, numbers, a bool); `null` is a safe fallback.
         let json = serde_json::value::to_raw_value(&frame)
@@ -426,6 +398,7 @@ impl Resolver {
     }
 
     fn map_frames<T>(&mut self, trace: &RawTrace, f: impl Fn(&CachedFrame) -> T) -> Vec<T> {
+        self.prepare();
         let per_ip: Vec<Arc<[CachedFrame]>> =
             trace.ips.iter().map(|&ip| self.resolve(ip)).collect();
         let newest_first: Vec<&CachedFrame> = per_ip.iter().flat_map(|f| f.iter()).collect();
@@ -449,6 +422,7 @@ fn trim_and_order<T>(newest_first: &[&CachedFrame], f: impl Fn(&CachedFrame) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::in_app::AGENT_SRC;
 
     fn sym(function: &str, path: &str) -> Symbol {
         Symbol {
@@ -505,7 +479,7 @@ mod tests {
     }
 
     fn trim(stack: Vec<(usize, Symbol)>) -> Vec<Frame> {
-        let resolver = Resolver::new(InApp::default());
+        let resolver = Resolver::new(InApp::default(), RawTrace::default());
         let cached: Vec<CachedFrame> = stack
             .into_iter()
             .map(|(ip, sym)| resolver.to_frame(ip, sym))
@@ -643,7 +617,7 @@ mod tests {
     fn resolves_a_real_stack_with_our_function_in_it() {
         let trace = recurse(3);
         assert!(trace.len() >= 4);
-        let mut resolver = Resolver::new(InApp::default());
+        let mut resolver = Resolver::new(InApp::default(), RawTrace::default());
         // Everything here is the agent's own source, which `frames` trims from the top of
         // a stack; look at the resolved frames themselves.
         let resolved: Vec<Frame> = trace

@@ -6,7 +6,6 @@
 
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,8 +15,8 @@ use serde_json::Value;
 
 pub(crate) use crate::assemble::{Payload, Record};
 use crate::assemble::{build_event, os_context};
-use crate::client::Shared;
 use crate::event::Event;
+use crate::shared::Shared;
 use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore, StoreError};
 use crate::storm::CountRecord;
 use crate::trace::Resolver;
@@ -72,31 +71,12 @@ enum Outbox {
     Memory(MemoryStore),
 }
 
-fn default_database() -> PathBuf {
-    let program = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "app".to_owned());
-    match dirs::data_local_dir() {
-        Some(dir) => dir.join("errscope").join(format!("{program}-outbox.db")),
-        None => PathBuf::from("errscope-outbox.db"),
-    }
-}
-
-pub(crate) fn database_path(shared: &Shared) -> PathBuf {
-    shared
-        .options
-        .database
-        .clone()
-        .unwrap_or_else(default_database)
-}
-
 /// The panic hook's fallback when the agent's threads cannot commit its record in time
 /// (or the hook runs on one of them): build the event on the calling thread and write it
 /// through a connection of its own. `before_send` is skipped: it may be what is stuck or
 /// what panicked. A record the agent commits later too is ignored as a duplicate id.
 pub(crate) fn write_directly(shared: &Shared, record: Record) -> Result<(), StoreError> {
-    let mut resolver = Resolver::new(shared.in_app.clone());
+    let mut resolver = Resolver::new(shared.in_app.clone(), shared.init_trace.clone());
     let mut event = build_event(record, shared, &mut resolver, &os_context());
     if shared.options.scrub {
         crate::scrub::scrub_event(&mut event, &shared.scrubber);
@@ -107,7 +87,7 @@ pub(crate) fn write_directly(shared: &Shared, record: Record) -> Result<(), Stor
         created_at: event.timestamp,
         payload,
     };
-    let path = database_path(shared);
+    let path = shared.options.database_path();
     let mut store = SqliteStore::open(&path, bounds(shared), shared.options.sync_full)?;
     let outcome = store.write(&[row], &[], &Discards::new())?;
     shared
@@ -123,7 +103,7 @@ pub(crate) fn write_directly(shared: &Shared, record: Record) -> Result<(), Stor
 
 impl Outbox {
     fn open(shared: &Shared) -> Self {
-        let path = database_path(shared);
+        let path = shared.options.database_path();
         match SqliteStore::open(&path, bounds(shared), shared.options.sync_full) {
             Ok(mut store) => {
                 if let Err(e) = store.checkpoint_in_background() {
@@ -205,7 +185,7 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
         ));
         return;
     }
-    let mut resolver = Resolver::new(shared.in_app.clone());
+    let mut resolver = Resolver::new(shared.in_app.clone(), shared.init_trace.clone());
     let os = os_context();
     // What a fatal signal left in an earlier run, committed before anything of this one.
     crate::crash::deliver(shared, &mut resolver, &os, |rows| {
@@ -414,15 +394,16 @@ mod tests {
     use crate::event::{EventId, Level};
     use crate::options::Options;
     use crate::storm::Storm;
-    use crate::trace::InApp;
+    use crate::trace::{InApp, RawTrace};
 
     fn shared(options: Options) -> Shared {
         Shared {
             in_app: InApp::default(),
             storm: Storm::new(5, Duration::from_secs(10)),
-            counters: crate::client::Counters::default(),
+            counters: crate::shared::Counters::default(),
             server_name: Some("host-1".to_owned()),
             scrubber: crate::scrub::Scrubber::new(&options.scrub_keys),
+            init_trace: RawTrace::default(),
             options,
         }
     }
@@ -459,7 +440,7 @@ mod tests {
         for _ in 0..4 {
             batch.records.push(record(&big));
         }
-        let mut resolver = Resolver::new(InApp::default());
+        let mut resolver = Resolver::new(InApp::default(), RawTrace::default());
         let mut job = build_job(&shared, &mut resolver, &os_context(), &mut batch, true);
         write_job(&shared, &mut outbox, &mut job);
         assert!(matches!(outbox, Outbox::Memory(_)));
@@ -473,27 +454,68 @@ mod tests {
     }
 
     #[test]
-    fn the_default_outbox_is_named_after_the_program() {
-        let path = default_database();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let program = std::env::current_exe().expect("exe");
-        let stem = program.file_stem().and_then(|s| s.to_str()).expect("stem");
-        assert_eq!(name, format!("{stem}-outbox.db"));
-        if dirs::data_local_dir().is_some() {
-            assert!(
-                path.parent().is_some_and(|d| d.ends_with("errscope")),
-                "{path:?}"
-            );
-        }
+    fn events_carry_the_loaded_images_and_the_in_app_crates() {
+        let plain = shared(Options::new().in_app_exclude("shop_gen"));
+        let mut resolver = Resolver::new(
+            InApp::new(&[], &["shop_gen".to_owned()]),
+            RawTrace::capture(),
+        );
+        let mut rec = record("with a stack");
+        rec.trace = Some(RawTrace::capture());
+        let event = build_event(rec, &plain, &mut resolver, &os_context());
+        let json = serde_json::to_value(&event).expect("json");
+        let exe = std::env::current_exe().expect("exe").display().to_string();
+        let images = json["debug_meta"]["images"].as_array().expect("images");
+        let main = images
+            .iter()
+            .find(|i| i["code_file"] == exe)
+            .expect("the test binary is listed");
+        assert_eq!(main["type"], "elf");
+        assert!(
+            main["code_id"].as_str().is_some_and(|c| c.len() >= 16),
+            "{main}"
+        );
+        assert!(
+            main["debug_id"].as_str().is_some_and(|d| d.len() == 36),
+            "{main}"
+        );
+        // The frames of this test's own code fall in the test binary's image.
+        let frames = json["threads"]["values"][0]["stacktrace"]["frames"]
+            .as_array()
+            .expect("frames");
+        assert!(
+            frames
+                .iter()
+                .any(|f| f["package"] == exe && f["image_addr"] == main["image_addr"]),
+            "{frames:#?}"
+        );
+        assert!(frames.iter().all(|f| {
+            f["instruction_addr"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("0x"))
+        }));
+        // The host of this test binary would be the agent itself, which is never in-app.
+        assert_eq!(
+            json["contexts"]["errscope"],
+            serde_json::json!({"type": "errscope", "in_app_include": [], "in_app_exclude": ["shop_gen"]})
+        );
+        // Typed for a `before_send` hook, the same images.
+        let typed = shared(Options::new().before_send(Some));
+        let mut rec = record("typed");
+        rec.trace = Some(RawTrace::capture());
+        let event = build_event(rec, &typed, &mut resolver, &os_context());
+        let meta = event.debug_meta.as_ref().expect("debug_meta");
+        assert_eq!(meta.images.len(), images.len());
+        assert_eq!(
+            serde_json::to_value(meta).expect("json")["images"],
+            json["debug_meta"]["images"]
+        );
     }
 
     #[test]
     fn events_carry_release_server_and_message() {
         let shared = shared(Options::new().release("r@1").environment("e"));
-        let mut resolver = Resolver::new(InApp::default());
+        let mut resolver = Resolver::new(InApp::default(), RawTrace::default());
         let event = build_event(record("hello"), &shared, &mut resolver, &os_context());
         let json = serde_json::to_value(&event).expect("json");
         assert_eq!(json["message"], "hello");

@@ -1,4 +1,6 @@
-//! Tests that run a real child process linking errscope, built with `panic = "abort"`.
+//! Tests that run a real child process linking errscope: built with `panic = "abort"`,
+//! and built as production binaries are (Cargo's default release profile, no debug info;
+//! the same binary stripped).
 
 mod util;
 
@@ -15,33 +17,72 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/child")
 }
 
-/// Builds the child once per test run, into a target directory of its own (the outer
-/// `cargo test` holds the lock of its target directory).
+/// The child's target directory, shared by its builds (the outer `cargo test` holds the
+/// lock of its own target directory).
+fn child_target() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("child-target")
+}
+
+fn build_child(profile_args: &[&str]) {
+    let out = Command::new(env!("CARGO"))
+        .arg("build")
+        .arg("--quiet")
+        .args(profile_args)
+        .arg("--manifest-path")
+        .arg(fixture_dir().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(child_target())
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
+        .env_remove("CARGO_PROFILE_RELEASE_STRIP")
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "building the child failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds the child once per test run (dev profile, `panic = "abort"`).
 fn child_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("child-target");
-        let out = Command::new(env!("CARGO"))
-            .arg("build")
-            .arg("--quiet")
-            .arg("--manifest-path")
-            .arg(fixture_dir().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .env_remove("RUSTFLAGS")
+        build_child(&[]);
+        child_target().join("debug").join("errscope-child")
+    })
+}
+
+/// The child built once per test run with Cargo's default release profile (`debug =
+/// false`: a symbol table, no DWARF), and a copy of it stripped as `strip = true` strips
+/// (`strip --strip-all`: no symbol table either), in `stripped/`.
+fn release_binaries() -> &'static (PathBuf, PathBuf) {
+    static BINARIES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        build_child(&["--release"]);
+        let release = child_target().join("release").join("errscope-child");
+        // Same file name: a stripped binary names its crate by nothing else.
+        let dir = child_target().join("stripped");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let stripped = dir.join("errscope-child");
+        let out = Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&release)
             .output()
-            .expect("run cargo");
-        assert!(
-            out.status.success(),
-            "building the child failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        target.join("debug").join("errscope-child")
+            .expect("run strip (binutils)");
+        assert!(out.status.success(), "strip: {out:?}");
+        (release, stripped)
     })
 }
 
 fn run_child(mode: &str, database: &Path) -> Output {
-    Command::new(child_binary())
+    run_binary(child_binary(), mode, database)
+}
+
+fn run_binary(binary: &Path, mode: &str, database: &Path) -> Output {
+    Command::new(binary)
         .arg(mode)
         .arg(database)
         .env("RUST_BACKTRACE", "0")
@@ -438,4 +479,209 @@ fn with_catch_signals_off_a_segfault_leaves_nothing() {
     let next = run_child("deliver", &outbox.path);
     assert!(next.status.success(), "{next:?}");
     assert!(read_events(&outbox.path).is_empty());
+}
+
+/// The GNU build id of an ELF file as `readelf -n` prints it.
+fn readelf_build_id(file: &Path) -> String {
+    let out = Command::new("readelf")
+        .arg("-n")
+        .arg(file)
+        .output()
+        .expect("run readelf (binutils)");
+    assert!(out.status.success(), "readelf: {out:?}");
+    let notes = String::from_utf8_lossy(&out.stdout);
+    notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("no build id in:\n{notes}"))
+        .trim()
+        .to_owned()
+}
+
+/// Sentry's debug id of a build id, written out independently of the agent's code: the
+/// first 16 bytes as a little-endian GUID.
+fn sentry_debug_id(build_id: &str) -> String {
+    let b = |i: usize| &build_id[2 * i..2 * i + 2];
+    let field = |range: std::ops::Range<usize>, swap: bool| {
+        let mut bytes: Vec<&str> = range.map(b).collect();
+        if swap {
+            bytes.reverse();
+        }
+        bytes.concat()
+    };
+    format!(
+        "{}-{}-{}-{}-{}",
+        field(0..4, true),
+        field(4..6, true),
+        field(6..8, true),
+        field(8..10, false),
+        field(10..16, false)
+    )
+}
+
+/// Runs `async-errors` and returns the events of the domain and of the spawned task.
+fn async_events(binary: &Path) -> (serde_json::Value, serde_json::Value) {
+    let outbox = Outbox::new();
+    let out = run_binary(binary, "async-errors", &outbox.path);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "flushed=true");
+    let events = read_events(&outbox.path);
+    assert_eq!(events.len(), 2, "{events:#?}");
+    let by_domain = |name: &str| {
+        events
+            .iter()
+            .find(|e| e["tags"]["domain"] == name)
+            .unwrap_or_else(|| panic!("no event in {name}: {events:#?}"))
+            .clone()
+    };
+    (by_domain("GET /orders/:id"), by_domain("job: charge"))
+}
+
+fn stack(event: &serde_json::Value) -> &Vec<serde_json::Value> {
+    let values = event["exception"]["values"].as_array().expect("exception");
+    values.last().expect("an exception")["stacktrace"]["frames"]
+        .as_array()
+        .expect("frames")
+}
+
+fn executable_image<'e>(event: &'e serde_json::Value, binary: &Path) -> &'e serde_json::Value {
+    let images = event["debug_meta"]["images"]
+        .as_array()
+        .expect("debug_meta.images");
+    images
+        .iter()
+        .find(|i| i["code_file"] == binary.display().to_string())
+        .unwrap_or_else(|| panic!("the executable is not among {images:#?}"))
+}
+
+fn assert_image_of(event: &serde_json::Value, binary: &Path) {
+    let build_id = readelf_build_id(binary);
+    let image = executable_image(event, binary);
+    assert_eq!(image["type"], "elf");
+    assert_eq!(image["code_id"], build_id);
+    assert_eq!(image["debug_id"], sentry_debug_id(&build_id));
+    assert_eq!(
+        image["arch"],
+        "x86_64".replace("x86_64", std::env::consts::ARCH)
+    );
+    assert!(image["image_size"].as_u64().is_some_and(|s| s > 0));
+    // libc is loaded too, with a build id of its own.
+    let images = event["debug_meta"]["images"].as_array().expect("images");
+    assert!(
+        images.iter().any(|i| i["code_file"]
+            .as_str()
+            .is_some_and(|f| f.contains("libc.so"))),
+        "{images:#?}"
+    );
+}
+
+#[test]
+fn a_default_release_build_gets_in_app_and_culprits_right_without_debug_info() {
+    let (release, _) = release_binaries();
+    let (in_domain, in_task) = async_events(release);
+    for (event, culprit) in [
+        (&in_domain, "errscope_child::load_order"),
+        (&in_task, "errscope_child::charge_card"),
+    ] {
+        let frames = stack(event);
+        // Built without debug info: names from the symbol table, no source paths (the
+        // system's libc may have some).
+        let exe = release.display().to_string();
+        assert!(
+            frames
+                .iter()
+                .filter(|f| f["package"] == exe.as_str())
+                .all(|f| f.get("abs_path").is_none() && f["function"].is_string()),
+            "{frames:#?}"
+        );
+        let name = |f: &serde_json::Value| f["function"].as_str().unwrap_or("").to_owned();
+        let in_app: Vec<String> = frames
+            .iter()
+            .filter(|f| f["in_app"] == true)
+            .map(name)
+            .collect();
+        // The collector's culprit is the newest in-app frame: the host's function that
+        // captured, not the agent's `DomainRun`/`TaskPanics` poll.
+        assert!(
+            in_app.last().is_some_and(|f| f.starts_with(culprit)),
+            "{culprit}: {in_app:#?}\n{frames:#?}"
+        );
+        assert!(
+            in_app.iter().all(|f| f.starts_with("errscope_child::")),
+            "{in_app:#?}"
+        );
+        assert!(in_app.len() >= 2, "the host's callers too: {frames:#?}");
+        for f in frames {
+            let n = name(f);
+            if n.starts_with("errscope::")
+                || n.starts_with("<errscope::")
+                || n.starts_with("std::")
+                || n.starts_with("tokio::")
+                || n.starts_with("<tokio::")
+                || n.starts_with("core::")
+            {
+                assert_eq!(f["in_app"], false, "{n}");
+            }
+        }
+        assert!(
+            frames
+                .iter()
+                .any(|f| name(f).contains("errscope::domain::")),
+            "the domain's poll is on the stack, just not in-app: {frames:#?}"
+        );
+        assert_eq!(
+            event["contexts"]["errscope"],
+            serde_json::json!({
+                "type": "errscope",
+                "in_app_include": ["errscope_child"],
+                "in_app_exclude": [],
+            })
+        );
+        assert_image_of(event, release);
+    }
+}
+
+#[test]
+fn a_stripped_release_build_sends_addresses_and_its_build_id() {
+    let (_, stripped) = release_binaries();
+    let (in_domain, in_task) = async_events(stripped);
+    for event in [&in_domain, &in_task] {
+        assert_image_of(event, stripped);
+        let exe = executable_image(event, stripped);
+        let start = u64::from_str_radix(
+            exe["image_addr"]
+                .as_str()
+                .expect("addr")
+                .trim_start_matches("0x"),
+            16,
+        )
+        .expect("hex");
+        let end = start + exe["image_size"].as_u64().expect("size");
+        let frames = stack(event);
+        let in_exe: Vec<&serde_json::Value> = frames
+            .iter()
+            .filter(|f| {
+                let addr = f["instruction_addr"]
+                    .as_str()
+                    .expect("every frame has an address");
+                let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).expect("hex");
+                (start..end).contains(&addr)
+            })
+            .collect();
+        // No names to resolve in-process: the frames are kept with their address, the
+        // image they fall in, and nothing made up.
+        assert!(in_exe.len() >= 8, "{frames:#?}");
+        for f in &in_exe {
+            assert!(f.get("function").is_none(), "{f}");
+            assert_eq!(f["in_app"], false);
+            assert_eq!(f["image_addr"], exe["image_addr"]);
+            assert_eq!(f["package"], exe["code_file"]);
+        }
+        // The host crate, from the executable's name, for the server to mark frames it
+        // symbolicates.
+        assert_eq!(
+            event["contexts"]["errscope"]["in_app_include"],
+            serde_json::json!(["errscope_child"])
+        );
+    }
 }
