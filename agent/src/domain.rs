@@ -39,6 +39,9 @@ pub(crate) struct DomainData {
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) context: BTreeMap<String, Value>,
     pub(crate) breadcrumbs: VecDeque<Breadcrumb>,
+    /// The fields of `tracing` spans entered inside the domain, by span name: shared with
+    /// the span (copied on write), under the context's `spans` in events.
+    pub(crate) spans: BTreeMap<&'static str, Arc<BTreeMap<String, Value>>>,
     /// Tags and context made only when an event needs them, and the watcher of the
     /// domain's spawned tasks (the tower layer's request).
     pub(crate) lazy: Option<Lazy>,
@@ -115,6 +118,16 @@ impl DomainData {
             lazy.source.context(&mut |k, v| {
                 context.entry(k.to_owned()).or_insert(v);
             });
+        }
+        if !self.spans.is_empty()
+            && let Value::Object(spans) = context
+                .entry("spans".to_owned())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+        {
+            for (name, fields) in &self.spans {
+                let fields = fields.iter().map(|(k, v)| (k.clone(), v.clone()));
+                spans.insert((*name).to_owned(), Value::Object(fields.collect()));
+            }
         }
         (self.name(), tags, context)
     }
@@ -272,6 +285,14 @@ impl Domain {
         let value = serde_json::to_value(value).unwrap_or(Value::Null);
         self.update(|d| {
             d.context.insert(key, value);
+        });
+    }
+
+    /// Keeps the fields of an entered `tracing` span (see [`DomainData::spans`]).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn add_span(&self, name: &'static str, fields: Arc<BTreeMap<String, Value>>) {
+        self.update(|d| {
+            d.spans.insert(name, fields);
         });
     }
 

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tracing::field::{Field, Visit};
@@ -81,9 +82,10 @@ impl ErrscopeLayer {
     }
 }
 
-/// A span's fields, kept in the registry's span extensions.
+/// A span's fields, kept in the registry's span extensions and shared with the domains
+/// the span is entered in.
 struct SpanFields {
-    fields: BTreeMap<String, Value>,
+    fields: Arc<BTreeMap<String, Value>>,
     /// The domain the fields were last added to (and whether they changed since).
     added_to: Option<Domain>,
 }
@@ -161,7 +163,7 @@ where
             fields.fields.insert("message".to_owned(), json!(message));
         }
         span.extensions_mut().insert(SpanFields {
-            fields: fields.fields,
+            fields: Arc::new(fields.fields),
             added_to: None,
         });
     }
@@ -172,7 +174,8 @@ where
         values.record(&mut fields);
         let mut ext = span.extensions_mut();
         if let Some(known) = ext.get_mut::<SpanFields>() {
-            known.fields.extend(fields.fields);
+            // Copied here if a domain holds the old fields (its snapshot stays as it was).
+            Arc::make_mut(&mut known.fields).extend(fields.fields);
             known.added_to = None;
         }
     }
@@ -191,15 +194,8 @@ where
         if known.added_to.as_ref().is_some_and(|d| d.ptr_eq(&domain)) {
             return;
         }
-        let mut spans = domain
-            .snapshot()
-            .context
-            .get("spans")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        spans.insert(span.name().to_owned(), json!(known.fields));
-        domain.set_context("spans", spans);
+        // The domain shares the fields: no copy, no JSON built until an event needs it.
+        domain.add_span(span.name(), Arc::clone(&known.fields));
         known.added_to = Some(domain);
     }
 
@@ -232,7 +228,7 @@ where
                     .from_root()
                     .map(|span| {
                         let ext = span.extensions();
-                        let fields = ext.get::<SpanFields>().map(|f| &f.fields);
+                        let fields = ext.get::<SpanFields>().map(|f| &*f.fields);
                         json!({
                             "name": span.name(),
                             "target": span.metadata().target(),
