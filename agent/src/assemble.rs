@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::capture::Link;
 use crate::client::Shared;
-use crate::domain::DomainData;
+use crate::domain::{Crumb, DomainData};
 use crate::event::{
     Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
 };
@@ -216,7 +216,7 @@ pub(crate) fn build_event(
         event.tags.insert("domain".to_owned(), name);
         if !domain.breadcrumbs.is_empty() {
             event.breadcrumbs = Some(Values {
-                values: domain.breadcrumbs.iter().cloned().collect(),
+                values: domain.breadcrumbs.iter().map(Crumb::to_breadcrumb).collect(),
             });
         }
     }

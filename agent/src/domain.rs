@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Breadcrumb, EventId};
+use crate::event::{Breadcrumb, EventId, Level};
 
 /// Breadcrumbs kept per domain; older ones are dropped.
 const MAX_BREADCRUMBS: usize = 100;
@@ -38,13 +38,88 @@ pub(crate) struct DomainData {
     pub(crate) name: String,
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) context: BTreeMap<String, Value>,
-    pub(crate) breadcrumbs: VecDeque<Breadcrumb>,
+    pub(crate) breadcrumbs: VecDeque<Crumb>,
     /// The fields of `tracing` spans entered inside the domain, by span name: shared with
     /// the span (copied on write), under the context's `spans` in events.
     pub(crate) spans: BTreeMap<&'static str, Arc<BTreeMap<String, Value>>>,
     /// Tags and context made only when an event needs them, and the watcher of the
     /// domain's spawned tasks (the tower layer's request).
     pub(crate) lazy: Option<Lazy>,
+}
+
+/// A breadcrumb as a domain keeps it: one given whole, or one the `tracing` layer made,
+/// kept as it came (its target and field names are `&'static`) and made a [`Breadcrumb`]
+/// when an event is assembled.
+#[derive(Clone, Debug)]
+pub(crate) struct Crumb {
+    pub(crate) message: Option<String>,
+    kind: CrumbKind,
+}
+
+#[derive(Clone, Debug)]
+enum CrumbKind {
+    /// Its message is in [`Crumb::message`].
+    Given(Breadcrumb),
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    Traced {
+        timestamp: f64,
+        level: Level,
+        target: &'static str,
+        fields: Vec<(&'static str, Value)>,
+    },
+}
+
+impl Crumb {
+    /// A `tracing` event's breadcrumb, stamped now.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn traced(
+        message: String,
+        level: Level,
+        target: &'static str,
+        fields: Vec<(&'static str, Value)>,
+    ) -> Self {
+        Self {
+            message: Some(message),
+            kind: CrumbKind::Traced {
+                timestamp: crate::time::now_epoch(),
+                level,
+                target,
+                fields,
+            },
+        }
+    }
+
+    /// The breadcrumb an event carries.
+    pub(crate) fn to_breadcrumb(&self) -> Breadcrumb {
+        let mut crumb = match &self.kind {
+            CrumbKind::Given(crumb) => crumb.clone(),
+            CrumbKind::Traced {
+                timestamp,
+                level,
+                target,
+                fields,
+            } => {
+                let mut crumb = Breadcrumb::new(String::new()).category(*target).level(*level);
+                crumb.timestamp = *timestamp;
+                crumb.data = fields
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect();
+                crumb
+            }
+        };
+        crumb.message.clone_from(&self.message);
+        crumb
+    }
+}
+
+impl From<Breadcrumb> for Crumb {
+    fn from(mut crumb: Breadcrumb) -> Self {
+        Self {
+            message: crumb.message.take(),
+            kind: CrumbKind::Given(crumb),
+        }
+    }
 }
 
 /// What a [`Source`] contributes to a domain's data.
@@ -298,6 +373,11 @@ impl Domain {
 
     /// Records a breadcrumb (the last 100 are kept).
     pub fn add_breadcrumb(&self, crumb: Breadcrumb) {
+        self.add_crumb(Crumb::from(crumb));
+    }
+
+    /// Records a breadcrumb kept as a [`Crumb`].
+    pub(crate) fn add_crumb(&self, crumb: Crumb) {
         self.update(|d| {
             if d.breadcrumbs.len() >= MAX_BREADCRUMBS {
                 d.breadcrumbs.pop_front();
@@ -600,6 +680,63 @@ mod tests {
             d.snapshot().tags.get("k").map(String::as_str),
             Some("after")
         );
+    }
+
+    struct Request;
+
+    impl Source for Request {
+        fn name(&self) -> String {
+            "GET /orders/{id}".to_owned()
+        }
+
+        fn tag(&self, key: &str, status: Option<u16>) -> Option<String> {
+            match key {
+                "route" => Some("/orders/{id}".to_owned()),
+                "status" => status.map(|s| s.to_string()),
+                _ => None,
+            }
+        }
+
+        fn tags(&self, status: Option<u16>, add: &mut dyn FnMut(&'static str, String)) {
+            for key in ["route", "status"] {
+                if let Some(v) = self.tag(key, status) {
+                    add(key, v);
+                }
+            }
+        }
+
+        fn context(&self, add: &mut dyn FnMut(&'static str, Value)) {
+            add("request", serde_json::json!({"path": "/orders/7"}));
+        }
+    }
+
+    #[test]
+    fn a_source_fills_in_under_what_the_domain_sets_and_freezes_with_snapshots() {
+        let outer = Domain::new("outer").tag("route", "outer's").tag("keep", 1);
+        let d = outer
+            .run_sync(|| Domain::with_source(Arc::new(Request), &["route", "status"], &[]))
+            .expect("no panic");
+        // The parent's tag of a key the source makes gives way; the others stay.
+        let (name, tags, context) = d.snapshot().resolve();
+        assert_eq!(name, "GET /orders/{id}");
+        assert_eq!(d.name(), "GET /orders/{id}");
+        assert_eq!(tags.get("route").map(String::as_str), Some("/orders/{id}"));
+        assert_eq!(tags.get("keep").map(String::as_str), Some("1"));
+        assert!(!tags.contains_key("status"));
+        assert_eq!(context["request"]["path"], "/orders/7");
+
+        let before = d.snapshot();
+        d.set_source_status(503);
+        d.set_tag("route", "set later");
+        let (_, tags, _) = d.snapshot().resolve();
+        assert_eq!(tags.get("status").map(String::as_str), Some("503"));
+        assert_eq!(tags.get("route").map(String::as_str), Some("set later"));
+        assert_eq!(before.tag("status"), None, "a snapshot does not see later changes");
+
+        // A domain created inside names itself and keeps the source's data.
+        let inner = d.run_sync(|| Domain::new("job")).expect("no panic");
+        assert_eq!(inner.name(), "job");
+        assert_eq!(inner.snapshot().tag("status").as_deref(), Some("503"));
     }
 
     #[test]

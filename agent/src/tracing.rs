@@ -27,8 +27,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::assemble::Custom;
 use crate::capture::{Link, truncate, walk_chain};
-use crate::domain::{self, Domain};
-use crate::event::{Breadcrumb, Level as EventLevel};
+use crate::domain::{self, Crumb, Domain};
+use crate::event::Level as EventLevel;
 use crate::integration;
 
 /// The layer; add it to a `tracing_subscriber::Registry`.
@@ -142,6 +142,54 @@ impl Visit for Fields {
     }
 }
 
+/// A breadcrumb's fields: names as the callsite has them, no map.
+#[derive(Default)]
+struct CrumbFields {
+    message: Option<String>,
+    fields: Vec<(&'static str, Value)>,
+}
+
+impl Visit for CrumbFields {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let value = truncate(value.to_owned());
+        if field.name() == "message" {
+            self.message = Some(value);
+        } else {
+            self.fields.push((field.name(), Value::String(value)));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn Error + 'static)) {
+        let value = Value::String(truncate(value.to_string()));
+        self.fields.push((field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = truncate(format!("{value:?}"));
+        if field.name() == "message" {
+            self.message = Some(text);
+        } else {
+            self.fields.push((field.name(), Value::String(text)));
+        }
+    }
+}
+
 fn level_of(level: Level) -> EventLevel {
     match level {
         Level::ERROR => EventLevel::Error,
@@ -210,13 +258,16 @@ where
             let Some(domain) = domain::current() else {
                 return;
             };
-            let mut fields = Fields::default();
+            // Kept as it came (target and field names are `&'static`): the breadcrumb
+            // JSON is made only if an event of the domain carries it.
+            let mut fields = CrumbFields::default();
             event.record(&mut fields);
-            let mut crumb = Breadcrumb::new(fields.message.unwrap_or_default())
-                .category(meta.target())
-                .level(level_of(level));
-            crumb.data = fields.fields;
-            domain.add_breadcrumb(crumb);
+            domain.add_crumb(Crumb::traced(
+                fields.message.unwrap_or_default(),
+                level_of(level),
+                meta.target(),
+                fields.fields,
+            ));
             return;
         }
         let mut fields = Fields::default();
