@@ -216,7 +216,11 @@ pub(crate) fn build_event(
         event.tags.insert("domain".to_owned(), name);
         if !domain.breadcrumbs.is_empty() {
             event.breadcrumbs = Some(Values {
-                values: domain.breadcrumbs.iter().map(Crumb::to_breadcrumb).collect(),
+                values: domain
+                    .breadcrumbs
+                    .iter()
+                    .map(Crumb::to_breadcrumb)
+                    .collect(),
             });
         }
     }

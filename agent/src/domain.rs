@@ -99,7 +99,9 @@ impl Crumb {
                 target,
                 fields,
             } => {
-                let mut crumb = Breadcrumb::new(String::new()).category(*target).level(*level);
+                let mut crumb = Breadcrumb::new(String::new())
+                    .category(*target)
+                    .level(*level);
                 crumb.timestamp = *timestamp;
                 crumb.data = fields
                     .iter()
@@ -731,7 +733,11 @@ mod tests {
         let (_, tags, _) = d.snapshot().resolve();
         assert_eq!(tags.get("status").map(String::as_str), Some("503"));
         assert_eq!(tags.get("route").map(String::as_str), Some("set later"));
-        assert_eq!(before.tag("status"), None, "a snapshot does not see later changes");
+        assert_eq!(
+            before.tag("status"),
+            None,
+            "a snapshot does not see later changes"
+        );
 
         // A domain created inside names itself and keeps the source's data.
         let inner = d.run_sync(|| Domain::new("job")).expect("no panic");
