@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::domain::DomainData;
+use crate::domain::{Crumb, DomainData};
 use crate::event::{
     Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
 };
@@ -219,21 +219,27 @@ pub(crate) fn build_event(
     );
     if let Some(domain) = record.domain {
         // The collector's contract (API.md): the scope in `contexts.domain` with `name`,
-        // `tags` and `data`, its name also in the tag `domain`.
+        // `tags` and `data`, its name also in the tag `domain`. A domain's lazy source
+        // (the tower layer's request) makes its part here, on the agent's thread.
+        let (name, tags, data) = domain.resolve();
         event.contexts.insert(
             "domain".to_owned(),
             json!({
                 "type": "domain",
-                "name": domain.name,
-                "tags": domain.tags,
-                "data": domain.context,
+                "name": name,
+                "tags": tags,
+                "data": data,
             }),
         );
-        event.tags.extend(domain.tags.clone());
-        event.tags.insert("domain".to_owned(), domain.name.clone());
+        event.tags.extend(tags);
+        event.tags.insert("domain".to_owned(), name);
         if !domain.breadcrumbs.is_empty() {
             event.breadcrumbs = Some(Values {
-                values: domain.breadcrumbs.iter().cloned().collect(),
+                values: domain
+                    .breadcrumbs
+                    .iter()
+                    .map(Crumb::to_breadcrumb)
+                    .collect(),
             });
         }
     }

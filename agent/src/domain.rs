@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::event::{Breadcrumb, EventId};
+use crate::event::{Breadcrumb, EventId, Level};
 
 /// Breadcrumbs kept per domain; older ones are dropped.
 const MAX_BREADCRUMBS: usize = 100;
@@ -34,24 +34,179 @@ thread_local! {
 /// The data of a domain at one moment; captures take a cheap snapshot (an `Arc` clone).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DomainData {
+    /// The name given to [`Domain::new`]; empty when the [`Lazy`] source names the domain.
     pub(crate) name: String,
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) context: BTreeMap<String, Value>,
-    pub(crate) breadcrumbs: VecDeque<Breadcrumb>,
-    /// Told about a panic in a task spawned with [`spawn`] inside this domain (the tower
-    /// layer answers the request with a 500 instead of waiting for a handler that may
-    /// wait forever on the dead task).
-    pub(crate) on_task_panic: Option<TaskPanicWatch>,
+    pub(crate) breadcrumbs: VecDeque<Crumb>,
+    /// The fields of `tracing` spans entered inside the domain, by span name: shared with
+    /// the span (copied on write), under the context's `spans` in events.
+    pub(crate) spans: BTreeMap<&'static str, Arc<BTreeMap<String, Value>>>,
+    /// Tags and context made only when an event needs them, and the watcher of the
+    /// domain's spawned tasks (the tower layer's request).
+    pub(crate) lazy: Option<Lazy>,
 }
 
-/// A callback for panics of spawned tasks (see [`DomainData::on_task_panic`]).
-#[derive(Clone)]
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-pub(crate) struct TaskPanicWatch(pub(crate) Arc<dyn Fn(DomainPanic) + Send + Sync>);
+/// A breadcrumb as a domain keeps it: one given whole, or one the `tracing` layer made,
+/// kept as it came (its target and field names are `&'static`) and made a [`Breadcrumb`]
+/// when an event is assembled.
+#[derive(Clone, Debug)]
+pub(crate) struct Crumb {
+    pub(crate) message: Option<String>,
+    kind: CrumbKind,
+}
 
-impl fmt::Debug for TaskPanicWatch {
+#[derive(Clone, Debug)]
+enum CrumbKind {
+    /// Its message is in [`Crumb::message`].
+    Given(Breadcrumb),
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    Traced {
+        timestamp: f64,
+        level: Level,
+        target: &'static str,
+        fields: Vec<(&'static str, Value)>,
+    },
+}
+
+impl Crumb {
+    /// A `tracing` event's breadcrumb, stamped now.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn traced(
+        message: String,
+        level: Level,
+        target: &'static str,
+        fields: Vec<(&'static str, Value)>,
+    ) -> Self {
+        Self {
+            message: Some(message),
+            kind: CrumbKind::Traced {
+                timestamp: crate::time::now_epoch(),
+                level,
+                target,
+                fields,
+            },
+        }
+    }
+
+    /// The breadcrumb an event carries.
+    pub(crate) fn to_breadcrumb(&self) -> Breadcrumb {
+        let mut crumb = match &self.kind {
+            CrumbKind::Given(crumb) => crumb.clone(),
+            CrumbKind::Traced {
+                timestamp,
+                level,
+                target,
+                fields,
+            } => {
+                let mut crumb = Breadcrumb::new(String::new())
+                    .category(*target)
+                    .level(*level);
+                crumb.timestamp = *timestamp;
+                crumb.data = fields
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect();
+                crumb
+            }
+        };
+        crumb.message.clone_from(&self.message);
+        crumb
+    }
+}
+
+impl From<Breadcrumb> for Crumb {
+    fn from(mut crumb: Breadcrumb) -> Self {
+        Self {
+            message: crumb.message.take(),
+            kind: CrumbKind::Given(crumb),
+        }
+    }
+}
+
+/// What a [`Source`] contributes to a domain's data.
+#[derive(Clone)]
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) struct Lazy {
+    pub(crate) source: Arc<dyn Source>,
+    /// Whether the source names the domain (a domain created inside names itself).
+    pub(crate) names: bool,
+    /// The status the source's tags report (the tower layer's response status), frozen
+    /// with each snapshot like any tag.
+    pub(crate) status: Option<u16>,
+}
+
+impl fmt::Debug for Lazy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TaskPanicWatch")
+        f.debug_struct("Lazy")
+            .field("names", &self.names)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Data of a domain that costs something to make (the tower layer's request headers):
+/// kept as it came and turned into tags and context entries only when an event is
+/// assembled, on the agent's thread. Tags and context set on the domain itself win.
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) trait Source: Send + Sync + 'static {
+    /// The domain's name, when the source names it.
+    fn name(&self) -> String;
+    /// The source's value of one tag, without making the others.
+    fn tag(&self, key: &str, status: Option<u16>) -> Option<String>;
+    /// Adds the source's tags with `add`.
+    fn tags(&self, status: Option<u16>, add: &mut dyn FnMut(&'static str, String));
+    /// Adds the source's context entries with `add`.
+    fn context(&self, add: &mut dyn FnMut(&'static str, Value));
+    /// A task was spawned with [`spawn`] inside the domain (before it first runs).
+    fn task_spawned(&self) {}
+    /// A task spawned with [`spawn`] inside the domain panicked (called on the task's
+    /// thread, before the task ends).
+    fn task_panicked(&self, _panic: DomainPanic) {}
+}
+
+impl DomainData {
+    /// The domain's name.
+    pub(crate) fn name(&self) -> String {
+        match &self.lazy {
+            Some(lazy) if lazy.names => lazy.source.name(),
+            _ => self.name.clone(),
+        }
+    }
+
+    /// One tag, set on the domain or by its source.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn tag(&self, key: &str) -> Option<String> {
+        self.tags.get(key).cloned().or_else(|| {
+            let lazy = self.lazy.as_ref()?;
+            lazy.source.tag(key, lazy.status)
+        })
+    }
+
+    /// The name, tags and context an event carries: the source's filled in under what
+    /// the domain set itself. For the agent's thread (the source's data is made here).
+    pub(crate) fn resolve(&self) -> (String, BTreeMap<String, String>, BTreeMap<String, Value>) {
+        let mut tags = self.tags.clone();
+        let mut context = self.context.clone();
+        if let Some(lazy) = &self.lazy {
+            lazy.source.tags(lazy.status, &mut |k, v| {
+                tags.entry(k.to_owned()).or_insert(v);
+            });
+            lazy.source.context(&mut |k, v| {
+                context.entry(k.to_owned()).or_insert(v);
+            });
+        }
+        if !self.spans.is_empty()
+            && let Value::Object(spans) = context
+                .entry("spans".to_owned())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()))
+        {
+            for (name, fields) in &self.spans {
+                let fields = fields.iter().map(|(k, v)| (k.clone(), v.clone()));
+                spans.insert((*name).to_owned(), Value::Object(fields.collect()));
+            }
+        }
+        (self.name(), tags, context)
     }
 }
 
@@ -80,7 +235,7 @@ impl fmt::Debug for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let data = self.snapshot();
         f.debug_struct("Domain")
-            .field("name", &data.name)
+            .field("name", &data.name())
             .field("tags", &data.tags)
             .finish_non_exhaustive()
     }
@@ -94,9 +249,61 @@ impl Domain {
             .map(|parent| DomainData::clone(&parent.snapshot()))
             .unwrap_or_default();
         data.name = name.into();
+        if let Some(lazy) = &mut data.lazy {
+            lazy.names = false;
+        }
+        Self::from_data(data)
+    }
+
+    /// A domain named by `source`, whose tags and context come from it when an event
+    /// needs them. Inside another domain, the parent's tags and context entries of the
+    /// same keys (`tag_keys`, `context_keys`) give way to the source's.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn with_source(
+        source: Arc<dyn Source>,
+        tag_keys: &[&str],
+        context_keys: &[&str],
+    ) -> Self {
+        let mut data = match current() {
+            None => DomainData::default(),
+            Some(parent) => {
+                let mut data = DomainData::clone(&parent.snapshot());
+                data.name.clear();
+                data.tags.retain(|k, _| !tag_keys.contains(&k.as_str()));
+                data.context
+                    .retain(|k, _| !context_keys.contains(&k.as_str()));
+                data
+            }
+        };
+        data.lazy = Some(Lazy {
+            source,
+            names: true,
+            status: None,
+        });
+        Self::from_data(data)
+    }
+
+    fn from_data(data: DomainData) -> Self {
         Self {
             data: Arc::new(Mutex::new(Arc::new(data))),
         }
+    }
+
+    /// Sets the status the domain's source reports (see [`Lazy::status`]).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn set_source_status(&self, status: u16) {
+        self.update(|d| {
+            if let Some(lazy) = &mut d.lazy {
+                lazy.status = Some(status);
+            }
+        });
+    }
+
+    /// The domain's source, if it has one.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn source(&self) -> Option<Arc<dyn Source>> {
+        let guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        guard.lazy.as_ref().map(|l| Arc::clone(&l.source))
     }
 
     /// The domain the calling code runs in, if any.
@@ -123,7 +330,7 @@ impl Domain {
     /// The domain's name.
     #[must_use]
     pub fn name(&self) -> String {
-        self.snapshot().name.clone()
+        self.snapshot().name()
     }
 
     /// Adds a tag (builder form of [`set_tag`](Self::set_tag)).
@@ -158,16 +365,21 @@ impl Domain {
         });
     }
 
-    /// Calls `f` with each panic of a task spawned with [`spawn`] in this domain (or in a
-    /// domain created inside it), on the task's thread, before the task ends.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn watch_task_panics(&self, f: impl Fn(DomainPanic) + Send + Sync + 'static) {
-        let watch = TaskPanicWatch(Arc::new(f));
-        self.update(|d| d.on_task_panic = Some(watch));
+    /// Keeps the fields of an entered `tracing` span (see [`DomainData::spans`]).
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+    pub(crate) fn add_span(&self, name: &'static str, fields: Arc<BTreeMap<String, Value>>) {
+        self.update(|d| {
+            d.spans.insert(name, fields);
+        });
     }
 
     /// Records a breadcrumb (the last 100 are kept).
     pub fn add_breadcrumb(&self, crumb: Breadcrumb) {
+        self.add_crumb(Crumb::from(crumb));
+    }
+
+    /// Records a breadcrumb kept as a [`Crumb`].
+    pub(crate) fn add_crumb(&self, crumb: Crumb) {
         self.update(|d| {
             if d.breadcrumbs.len() >= MAX_BREADCRUMBS {
                 d.breadcrumbs.pop_front();
@@ -190,6 +402,22 @@ impl Domain {
         DomainRun {
             fut: Box::pin(fut),
             domain: self.clone(),
+        }
+    }
+
+    /// Polls `fut` inside this domain, catching a panic as [`Domain::run`] does. A future
+    /// that panicked must not be polled again.
+    pub(crate) fn poll_in<F: Future>(
+        &self,
+        fut: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<F::Output, DomainPanic>> {
+        let _enter = Enter::new(self.clone());
+        let _ = LAST_PANIC.try_with(|p| p.set(None));
+        match catch_unwind(AssertUnwindSafe(|| poll_opaque(fut, cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(self.panicked(&*payload))),
         }
     }
 
@@ -302,13 +530,7 @@ impl<F: Future> Future for DomainRun<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let _enter = Enter::new(this.domain.clone());
-        let _ = LAST_PANIC.try_with(|p| p.set(None));
-        match catch_unwind(AssertUnwindSafe(|| poll_opaque(this.fut.as_mut(), cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(this.domain.panicked(&*payload))),
-        }
+        this.domain.poll_in(this.fut.as_mut(), cx)
     }
 }
 
@@ -378,13 +600,17 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
+    let domain = current();
+    if let Some(source) = domain.as_ref().and_then(Domain::source) {
+        source.task_spawned();
+    }
     tokio::spawn(TaskPanics {
         fut: Box::pin(fut.in_current_domain()),
-        domain: current(),
+        domain,
     })
 }
 
-/// Tells the domain's [`TaskPanicWatch`] about a panic of a spawned task, then lets the
+/// Tells the domain's [`Source`] about a panic of a spawned task, then lets the
 /// panic go on to tokio (the `JoinHandle` still reports it).
 #[cfg(feature = "tokio")]
 struct TaskPanics<F> {
@@ -403,10 +629,10 @@ impl<F: Future> Future for TaskPanics<F> {
             Ok(poll) => poll,
             Err(payload) => {
                 if let Some(domain) = &this.domain
-                    && let Some(watch) = domain.snapshot().on_task_panic.clone()
+                    && let Some(source) = domain.source()
                 {
                     let panic = domain.panicked(&*payload);
-                    let _ = catch_unwind(AssertUnwindSafe(|| (watch.0)(panic)));
+                    let _ = catch_unwind(AssertUnwindSafe(|| source.task_panicked(panic)));
                 }
                 std::panic::resume_unwind(payload)
             }
@@ -466,6 +692,67 @@ mod tests {
             d.snapshot().tags.get("k").map(String::as_str),
             Some("after")
         );
+    }
+
+    struct Request;
+
+    impl Source for Request {
+        fn name(&self) -> String {
+            "GET /orders/{id}".to_owned()
+        }
+
+        fn tag(&self, key: &str, status: Option<u16>) -> Option<String> {
+            match key {
+                "route" => Some("/orders/{id}".to_owned()),
+                "status" => status.map(|s| s.to_string()),
+                _ => None,
+            }
+        }
+
+        fn tags(&self, status: Option<u16>, add: &mut dyn FnMut(&'static str, String)) {
+            for key in ["route", "status"] {
+                if let Some(v) = self.tag(key, status) {
+                    add(key, v);
+                }
+            }
+        }
+
+        fn context(&self, add: &mut dyn FnMut(&'static str, Value)) {
+            add("request", serde_json::json!({"path": "/orders/7"}));
+        }
+    }
+
+    #[test]
+    fn a_source_fills_in_under_what_the_domain_sets_and_freezes_with_snapshots() {
+        let outer = Domain::new("outer").tag("route", "outer's").tag("keep", 1);
+        let d = outer
+            .run_sync(|| Domain::with_source(Arc::new(Request), &["route", "status"], &[]))
+            .expect("no panic");
+        // The parent's tag of a key the source makes gives way; the others stay.
+        let (name, tags, context) = d.snapshot().resolve();
+        assert_eq!(name, "GET /orders/{id}");
+        assert_eq!(d.name(), "GET /orders/{id}");
+        assert_eq!(tags.get("route").map(String::as_str), Some("/orders/{id}"));
+        assert_eq!(tags.get("keep").map(String::as_str), Some("1"));
+        assert!(!tags.contains_key("status"));
+        assert_eq!(context["request"]["path"], "/orders/7");
+
+        let before = d.snapshot();
+        d.set_source_status(503);
+        d.set_tag("route", "set later");
+        let (_, tags, _) = d.snapshot().resolve();
+        assert_eq!(tags.get("status").map(String::as_str), Some("503"));
+        assert_eq!(tags.get("route").map(String::as_str), Some("set later"));
+        assert_eq!(
+            before.tag("status"),
+            None,
+            "a snapshot does not see later changes"
+        );
+
+        // A domain created inside names itself and keeps the source's data.
+        let inner = d.run_sync(|| Domain::new("job")).expect("no panic");
+        assert_eq!(inner.name(), "job");
+        assert_eq!(inner.snapshot().tag("status").as_deref(), Some("503"));
     }
 
     #[test]

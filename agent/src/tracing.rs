@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tracing::field::{Field, Visit};
@@ -26,8 +27,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::assemble::Custom;
 use crate::capture::{Link, truncate, walk_chain};
-use crate::domain::{self, Domain};
-use crate::event::{Breadcrumb, Level as EventLevel};
+use crate::domain::{self, Crumb, Domain};
+use crate::event::Level as EventLevel;
 use crate::integration;
 
 /// The layer; add it to a `tracing_subscriber::Registry`.
@@ -81,9 +82,10 @@ impl ErrscopeLayer {
     }
 }
 
-/// A span's fields, kept in the registry's span extensions.
+/// A span's fields, kept in the registry's span extensions and shared with the domains
+/// the span is entered in.
 struct SpanFields {
-    fields: BTreeMap<String, Value>,
+    fields: Arc<BTreeMap<String, Value>>,
     /// The domain the fields were last added to (and whether they changed since).
     added_to: Option<Domain>,
 }
@@ -140,6 +142,54 @@ impl Visit for Fields {
     }
 }
 
+/// A breadcrumb's fields: names as the callsite has them, no map.
+#[derive(Default)]
+struct CrumbFields {
+    message: Option<String>,
+    fields: Vec<(&'static str, Value)>,
+}
+
+impl Visit for CrumbFields {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.fields.push((field.name(), json!(value)));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let value = truncate(value.to_owned());
+        if field.name() == "message" {
+            self.message = Some(value);
+        } else {
+            self.fields.push((field.name(), Value::String(value)));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn Error + 'static)) {
+        let value = Value::String(truncate(value.to_string()));
+        self.fields.push((field.name(), value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = truncate(format!("{value:?}"));
+        if field.name() == "message" {
+            self.message = Some(text);
+        } else {
+            self.fields.push((field.name(), Value::String(text)));
+        }
+    }
+}
+
 fn level_of(level: Level) -> EventLevel {
     match level {
         Level::ERROR => EventLevel::Error,
@@ -161,7 +211,7 @@ where
             fields.fields.insert("message".to_owned(), json!(message));
         }
         span.extensions_mut().insert(SpanFields {
-            fields: fields.fields,
+            fields: Arc::new(fields.fields),
             added_to: None,
         });
     }
@@ -172,7 +222,8 @@ where
         values.record(&mut fields);
         let mut ext = span.extensions_mut();
         if let Some(known) = ext.get_mut::<SpanFields>() {
-            known.fields.extend(fields.fields);
+            // Copied here if a domain holds the old fields (its snapshot stays as it was).
+            Arc::make_mut(&mut known.fields).extend(fields.fields);
             known.added_to = None;
         }
     }
@@ -191,15 +242,8 @@ where
         if known.added_to.as_ref().is_some_and(|d| d.ptr_eq(&domain)) {
             return;
         }
-        let mut spans = domain
-            .snapshot()
-            .context
-            .get("spans")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        spans.insert(span.name().to_owned(), json!(known.fields));
-        domain.set_context("spans", spans);
+        // The domain shares the fields: no copy, no JSON built until an event needs it.
+        domain.add_span(span.name(), Arc::clone(&known.fields));
         known.added_to = Some(domain);
     }
 
@@ -214,13 +258,16 @@ where
             let Some(domain) = domain::current() else {
                 return;
             };
-            let mut fields = Fields::default();
+            // Kept as it came (target and field names are `&'static`): the breadcrumb
+            // JSON is made only if an event of the domain carries it.
+            let mut fields = CrumbFields::default();
             event.record(&mut fields);
-            let mut crumb = Breadcrumb::new(fields.message.unwrap_or_default())
-                .category(meta.target())
-                .level(level_of(level));
-            crumb.data = fields.fields;
-            domain.add_breadcrumb(crumb);
+            domain.add_crumb(Crumb::traced(
+                fields.message.unwrap_or_default(),
+                level_of(level),
+                meta.target(),
+                fields.fields,
+            ));
             return;
         }
         let mut fields = Fields::default();
@@ -232,7 +279,7 @@ where
                     .from_root()
                     .map(|span| {
                         let ext = span.extensions();
-                        let fields = ext.get::<SpanFields>().map(|f| &f.fields);
+                        let fields = ext.get::<SpanFields>().map(|f| &*f.fields);
                         json!({
                             "name": span.name(),
                             "target": span.metadata().target(),
