@@ -18,6 +18,7 @@
 //! - [`ingest`]: Sentry envelope and store endpoints (auth, bounded decompression,
 //!   framing, validation);
 //! - [`grouping`]: class, fingerprint and normalization;
+//! - [`symbolicate`]: server-side symbolication from debug files, source context;
 //! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
 //! - [`api`]: the dashboard's JSON API and session;
 //! - [`dashboard`]: the embedded web UI;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod serve;
 pub mod state;
 pub mod store;
+pub mod symbolicate;
 pub mod time;
 
 pub use state::{AppState, Config, Started, start};

@@ -13,6 +13,7 @@ use rand::RngCore;
 use rusqlite::OptionalExtension;
 
 use crate::metrics::Metrics;
+use crate::symbolicate::{DebugFileLookup, Limits, Symbolicator};
 use crate::store::writer::{Retention, Writer};
 use crate::store::{self, ProjectRow, ReadPool, StoreError};
 use crate::time::now_ms;
@@ -39,6 +40,10 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long a client has to send a request body, counted from its head.
     pub body_timeout: Duration,
+    /// Where debug files are found for server-side symbolication; `None` turns it off.
+    pub debug_files: Option<Arc<dyn DebugFileLookup>>,
+    /// Bounds of the symbolication caches.
+    pub symbolication: Limits,
 }
 
 impl Config {
@@ -54,6 +59,8 @@ impl Config {
             admin_password: None,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
+            debug_files: None,
+            symbolication: Limits::default(),
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct Inner {
     pub writer: Writer,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Server-side symbolication, when [`Config::debug_files`] is set.
+    pub symbolicator: Option<Arc<Symbolicator>>,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     password_hash: RwLock<String>,
@@ -220,8 +229,13 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         metrics.clone(),
     )
     .map_err(|e| StoreError::Io(config.data_dir.clone(), e))?;
+    let symbolicator = config
+        .debug_files
+        .clone()
+        .map(|lookup| Arc::new(Symbolicator::new(lookup, config.symbolication)));
     let inner = Inner {
         reads: ReadPool::new(store::db_path(&config.data_dir)),
+        symbolicator,
         config,
         writer,
         metrics,

@@ -21,6 +21,7 @@ use crate::metrics::Reject;
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::writer::{CountRecord, Discard, IngestJob, PreparedEvent};
+use crate::symbolicate;
 use crate::time::{now_ms, parse_rfc3339};
 use event::{Event, Timestamp};
 
@@ -343,9 +344,15 @@ async fn ingest(
         MAX_EVENT
     };
     let received = now_ms();
-    let inline = raw.len() <= INLINE_PARSE && headers.get(header::CONTENT_ENCODING).is_none();
+    let symbolicator = state.symbolicator.clone();
+    // Symbolication may build a SymCache: never on an async thread.
+    let inline = raw.len() <= INLINE_PARSE
+        && headers.get(header::CONTENT_ENCODING).is_none()
+        && (symbolicator.is_none() || !symbolicate::may_need(&raw));
     let headers = headers.clone();
-    let work = move || -> Result<(Option<String>, IngestJob), IngestError> {
+    let work = move || -> Result<(Option<String>, IngestJob, Waiting), IngestError> {
+        let sym = symbolicator.as_deref();
+        let mut waiting = Vec::new();
         let decoded = decode_body(&headers, &raw, limit)?;
         drop(raw);
         let mut job = IngestJob {
@@ -354,7 +361,13 @@ async fn ingest(
         };
         let mut dsn_key = None;
         match kind {
-            Kind::Store => job.events.push(prepare_event(&decoded, received, None)?),
+            Kind::Store => job.events.push(prepare_symbolicated(
+                sym,
+                &decoded,
+                received,
+                None,
+                &mut waiting,
+            )?),
             Kind::Envelope => {
                 let (header, items) =
                     envelope::parse(&decoded).map_err(|e| IngestError::Malformed(e.to_string()))?;
@@ -365,10 +378,12 @@ async fn ingest(
                     match item.ty.as_str() {
                         "event" => {
                             let first = job.events.is_empty();
-                            let ev = prepare_event(
+                            let ev = prepare_symbolicated(
+                                sym,
                                 item.payload,
                                 received,
                                 if first { header_id.clone() } else { None },
+                                &mut waiting,
                             )
                             .map_err(|e| prefix(e, n))?;
                             job.events.push(ev);
@@ -384,9 +399,9 @@ async fn ingest(
                 }
             }
         }
-        Ok((dsn_key, job))
+        Ok((dsn_key, job, waiting))
     };
-    let (dsn_key, job) = if inline {
+    let (dsn_key, job, waiting) = if inline {
         work()?
     } else {
         tokio::task::spawn_blocking(work)
@@ -407,7 +422,27 @@ async fn ingest(
         return Ok(ids);
     }
     state.writer.ingest(job).await?;
+    symbolicate::remember_missing(state, project_id, waiting).await;
     Ok(ids)
+}
+
+/// `(event_id, debug ids)` of events whose frames wait for debug files.
+type Waiting = Vec<(String, Vec<String>)>;
+
+/// Symbolicates an event (when a symbolicator is configured), then prepares it.
+fn prepare_symbolicated(
+    sym: Option<&symbolicate::Symbolicator>,
+    bytes: &[u8],
+    received: i64,
+    fallback_id: Option<String>,
+    waiting: &mut Waiting,
+) -> Result<PreparedEvent, IngestError> {
+    let done = symbolicate::process(sym, bytes, MAX_EVENT);
+    let ev = prepare_event(&done.bytes, received, fallback_id)?;
+    if !done.missing.is_empty() {
+        waiting.push((ev.event_id.clone(), done.missing));
+    }
+    Ok(ev)
 }
 
 fn prefix(e: IngestError, item: usize) -> IngestError {

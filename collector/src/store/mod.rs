@@ -6,6 +6,7 @@
 
 mod apply;
 pub mod queries;
+pub mod symbolication;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -147,6 +148,18 @@ const MIGRATIONS: &[&str] = &[
         token_hash TEXT PRIMARY KEY,
         expires INTEGER NOT NULL
     ) WITHOUT ROWID;
+    "#,
+    // 3: retained events whose frames wait for an image's debug file (symbolicate/).
+    r#"
+    CREATE TABLE unsymbolicated (
+        id INTEGER PRIMARY KEY,
+        debug_id TEXT NOT NULL,
+        project_id INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        UNIQUE (project_id, event_id, debug_id)
+    );
+    CREATE INDEX unsymbolicated_image ON unsymbolicated (debug_id, id);
     "#,
 ];
 
