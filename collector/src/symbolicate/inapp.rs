@@ -87,15 +87,16 @@ impl InAppRules {
     }
 }
 
-/// The crate named after an executable: its base name, `-` as `_`, without an extension.
+/// The crate named after an executable: its base name up to the first `.` (crate names
+/// have none), `-` as `_`.
 pub fn host_crate(code_file: &str) -> Option<String> {
     let base = code_file.rsplit(['/', '\\']).next()?;
-    let base = base.strip_suffix(".exe").unwrap_or(base);
     // A shared object is no host crate.
-    if base.is_empty() || base.contains(".so") {
+    if base.contains(".so") {
         return None;
     }
-    Some(base.replace('-', "_"))
+    let name = base.split('.').next().unwrap_or(base);
+    (!name.is_empty()).then(|| name.replace('-', "_"))
 }
 
 /// Source paths of std and of crates from a registry or git checkout.
@@ -157,5 +158,6 @@ mod tests {
         assert!(r.is_in_app("{closure#0}", Some("/build/src/main.rs")));
         assert_eq!(host_crate("/lib/x86_64-linux-gnu/libc.so.6"), None);
         assert_eq!(host_crate("C:\\app\\my-svc.exe").as_deref(), Some("my_svc"));
+        assert_eq!(host_crate("/opt/shop-api.stripped").as_deref(), Some("shop_api"));
     }
 }
