@@ -142,6 +142,16 @@ fn mark(name: &str) -> u64 {
     1 + src.lines().position(|l| l.ends_with(&tag)).unwrap() as u64
 }
 
+/// The index of the host's own image in `debug_meta.images`.
+fn main_image(ev: &Value) -> usize {
+    ev["debug_meta"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|i| i["name"].as_str().is_some_and(|n| n.ends_with("/fixture-host")))
+        .unwrap_or_else(|| panic!("no fixture-host image: {:#}", ev["debug_meta"]))
+}
+
 fn frames_of(ev: &Value) -> Vec<Value> {
     let from_exc = ev
         .pointer("/exception/values/0/stacktrace/frames")
@@ -199,7 +209,11 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
             .all(|f| f["lineno"].is_null() && f["instruction_addr"].is_string()),
         "{raw:#}"
     );
-    assert_eq!(raw["debug_meta"]["images"][0]["id"], host.debug_id.as_str());
+    let main_image = main_image(&raw);
+    assert_eq!(
+        raw["debug_meta"]["images"][main_image]["id"],
+        host.debug_id.as_str()
+    );
 
     let error = stored(&s, &post(&s, envs[0].clone()).await).await;
     let frames = frames_of(&error);
@@ -265,7 +279,7 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
     // The agent's in-app rules (contexts.errscope) win over the executable's name.
     let mut agent = raw.clone();
     agent["event_id"] = event_id(77).into();
-    agent["debug_meta"]["images"][0]["name"] = "/opt/renamed-binary".into();
+    agent["debug_meta"]["images"][main_image]["name"] = "/opt/renamed-binary".into();
     agent["contexts"]["errscope"] =
         serde_json::json!({"type": "errscope", "in_app_include": ["fixture_host"]});
     let with_rules = stored(&s, &post(&s, envelope(&[agent.clone()])).await).await;

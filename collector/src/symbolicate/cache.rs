@@ -136,6 +136,14 @@ impl SymCaches {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the image is known to have no debug file (a fresh cached miss).
+    pub(crate) fn known_missing(&self, debug_id: &str) -> bool {
+        matches!(
+            self.lock().entries.get(debug_id).map(|e| &e.slot),
+            Some(Slot::Missing(at)) if at.elapsed() < MISS_TTL
+        )
+    }
+
     /// Forgets what is known about an image (its file was uploaded, replaced or deleted).
     pub(crate) fn forget(&self, debug_id: &str) {
         let mut m = self.lock();

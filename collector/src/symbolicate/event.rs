@@ -234,12 +234,12 @@ impl Adjustment {
 struct Probe<'a> {
     #[serde(borrow, default)]
     debug_meta: Option<ProbeMeta<'a>>,
-    #[serde(default)]
-    exception: Option<ProbeExceptions>,
-    #[serde(default)]
-    stacktrace: Option<ProbeStacktrace>,
-    #[serde(default)]
-    threads: Option<ProbeThreads>,
+    #[serde(borrow, default)]
+    exception: Option<ProbeExceptions<'a>>,
+    #[serde(borrow, default)]
+    stacktrace: Option<ProbeStacktrace<'a>>,
+    #[serde(borrow, default)]
+    threads: Option<ProbeThreads<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,6 +254,10 @@ struct ProbeImage<'a> {
     debug_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    code_file: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
     #[serde(default)]
     image_addr: Option<Addr>,
     #[serde(default)]
@@ -261,15 +265,17 @@ struct ProbeImage<'a> {
 }
 
 #[derive(Deserialize, Default)]
-struct ProbeStacktrace {
-    #[serde(default)]
-    frames: Option<Vec<ProbeFrame>>,
+struct ProbeStacktrace<'a> {
+    #[serde(borrow, default)]
+    frames: Option<Vec<ProbeFrame<'a>>>,
 }
 
 #[derive(Deserialize, Default)]
-struct ProbeFrame {
+struct ProbeFrame<'a> {
     #[serde(default)]
     instruction_addr: Option<Addr>,
+    #[serde(borrow, default)]
+    function: Option<Cow<'a, str>>,
     #[serde(default)]
     lineno: Option<IgnoredAny>,
     #[serde(default)]
@@ -283,19 +289,19 @@ struct ProbeFrame {
 }
 
 #[derive(Deserialize, Default)]
-struct ProbeHolder {
-    #[serde(default)]
-    stacktrace: Option<ProbeStacktrace>,
+struct ProbeHolder<'a> {
+    #[serde(borrow, default)]
+    stacktrace: Option<ProbeStacktrace<'a>>,
 }
 
 #[derive(Default)]
-struct ProbeExceptions(Vec<ProbeHolder>);
+struct ProbeExceptions<'a>(Vec<ProbeHolder<'a>>);
 
-impl<'de> Deserialize<'de> for ProbeExceptions {
+impl<'de: 'a, 'a> Deserialize<'de> for ProbeExceptions<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = ProbeExceptions;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ProbeExceptions<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("exceptions")
             }
@@ -311,7 +317,7 @@ impl<'de> Deserialize<'de> for ProbeExceptions {
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     if key == "values" {
                         out = map
-                            .next_value::<Option<Vec<ProbeHolder>>>()?
+                            .next_value::<Option<Vec<ProbeHolder<'a>>>>()?
                             .unwrap_or_default();
                     } else {
                         map.next_value::<IgnoredAny>()?;
@@ -320,22 +326,37 @@ impl<'de> Deserialize<'de> for ProbeExceptions {
                 Ok(ProbeExceptions(out))
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
 #[derive(Deserialize, Default)]
-struct ProbeThreads {
-    #[serde(default)]
-    values: Option<Vec<ProbeHolder>>,
+struct ProbeThreads<'a> {
+    #[serde(borrow, default)]
+    values: Option<Vec<ProbeHolder<'a>>>,
 }
 
-/// What the probe found in a raw event.
+/// What the probe found in a raw event, per image that holds frames wanting symbols or
+/// source context.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Wanted {
-    /// `(debug id, whether symbols are wanted, whether source context is wanted)` per
-    /// image that holds a frame wanting either.
-    pub images: Vec<(String, bool, bool)>,
+    /// The images.
+    pub images: Vec<WantedImage>,
+}
+
+/// One image of [`Wanted`].
+#[derive(Debug, Default, PartialEq, Eq, Clone)]
+pub struct WantedImage {
+    /// Canonical debug id.
+    pub debug_id: String,
+    /// A frame wants symbols.
+    pub symbols: bool,
+    /// A frame wanting symbols has no function name either.
+    pub unnamed: bool,
+    /// A frame wants source context.
+    pub context: bool,
+    /// A system library (see [`Image::is_system`]).
+    pub system: bool,
 }
 
 /// Reads only `debug_meta` and the frames: which images hold frames that want symbols or
@@ -347,7 +368,7 @@ pub fn probe(bytes: &[u8]) -> Option<Wanted> {
         return Some(Wanted::default());
     }
     let p: Probe<'_> = serde_json::from_slice(bytes).ok()?;
-    let images: Vec<(Option<String>, u64, u64)> = p
+    let images: Vec<(Option<String>, u64, u64, bool)> = p
         .debug_meta
         .and_then(|m| m.images)
         .unwrap_or_default()
@@ -357,10 +378,19 @@ pub fn probe(bytes: &[u8]) -> Option<Wanted> {
                 .debug_id
                 .or(i.id)
                 .and_then(|s| canonical_debug_id(&s));
+            let system = Image {
+                debug_id: String::new(),
+                code_id: None,
+                code_file: i.code_file.or(i.name).map(Cow::into_owned),
+                image_addr: 0,
+                image_size: 0,
+            }
+            .is_system();
             (
                 id,
                 i.image_addr.map_or(u64::MAX, |a| a.0),
                 i.image_size.map_or(0, |a| a.0),
+                system,
             )
         })
         .collect();
@@ -368,7 +398,7 @@ pub fn probe(bytes: &[u8]) -> Option<Wanted> {
     if images.is_empty() {
         return Some(wanted);
     }
-    let mut traces: Vec<ProbeStacktrace> = Vec::new();
+    let mut traces: Vec<ProbeStacktrace<'_>> = Vec::new();
     traces.extend(p.stacktrace);
     for holder in p
         .exception
@@ -392,18 +422,30 @@ pub fn probe(bytes: &[u8]) -> Option<Wanted> {
         if f.addr_mode.is_some() || f.image_addr.is_some() {
             return None;
         }
-        let Some((id, _, _)) = images.iter().find(|(_, base, size)| {
+        let Some((id, _, _, system)) = images.iter().find(|(_, base, size, _)| {
             addr.0 >= *base && (*size == 0 || addr.0 - base < *size)
         }) else {
             continue;
         };
         let Some(id) = id else { continue };
-        match wanted.images.iter_mut().find(|(i, _, _)| i == id) {
-            Some(entry) => {
-                entry.1 |= symbols;
-                entry.2 |= context;
+        let unnamed = symbols
+            && f
+                .function
+                .as_deref()
+                .is_none_or(|s| s.is_empty() || s == "<unknown>");
+        match wanted.images.iter_mut().find(|w| w.debug_id == *id) {
+            Some(w) => {
+                w.symbols |= symbols;
+                w.unnamed |= unnamed;
+                w.context |= context;
             }
-            None => wanted.images.push((id.clone(), symbols, context)),
+            None => wanted.images.push(WantedImage {
+                debug_id: id.clone(),
+                symbols,
+                unnamed,
+                context,
+                system: *system,
+            }),
         }
     }
     Some(wanted)
@@ -460,31 +502,38 @@ mod tests {
             probe(br#"{"exception":{"values":[]}}"#),
             Some(Wanted::default())
         );
-        let w = probe(&raw(ev(json!([
+        let found = probe(&raw(ev(json!([
             {"instruction_addr": "0x1010"},
             {"instruction_addr": "0x4005", "function": "start_thread"},
             {"instruction_addr": "0x9999"}
         ]))))
         .unwrap();
+        let w = |id: &str, symbols, unnamed, context, system| WantedImage {
+            debug_id: id.to_owned(),
+            symbols,
+            unnamed,
+            context,
+            system,
+        };
         assert_eq!(
-            w.images,
+            found.images,
             vec![
-                (ID.to_owned(), true, false),
-                ("a0bcc3f1-9827-fe65-3058-404b2831d9e6".to_owned(), true, false)
+                w(ID, true, true, false, false),
+                w("a0bcc3f1-9827-fe65-3058-404b2831d9e6", true, false, false, true)
             ]
         );
         // Symbolicated with context: nothing wanted.
-        let w = probe(&raw(ev(json!([
+        let found = probe(&raw(ev(json!([
             {"instruction_addr": "0x1010", "lineno": 3, "abs_path": "/a.rs", "context_line": "x"}
         ]))))
         .unwrap();
-        assert!(w.images.is_empty());
+        assert!(found.images.is_empty());
         // A line but no context: context wanted.
-        let w = probe(&raw(ev(json!([
+        let found = probe(&raw(ev(json!([
             {"instruction_addr": "0x1010", "lineno": 3, "abs_path": "/a.rs"}
         ]))))
         .unwrap();
-        assert_eq!(w.images, vec![(ID.to_owned(), false, true)]);
+        assert_eq!(found.images, vec![w(ID, false, false, true, false)]);
         // Shapes the probe leaves to the full pass.
         assert_eq!(
             probe(&raw(ev(json!([{"instruction_addr": "0x10", "addr_mode": "rel:0"}])))),

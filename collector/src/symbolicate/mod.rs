@@ -140,10 +140,12 @@ impl Symbolicator {
         let Some(wanted) = event::probe(bytes) else {
             return true;
         };
-        wanted
-            .images
-            .iter()
-            .any(|(id, symbols, context)| *symbols || (*context && self.bundle_of(id).is_some()))
+        wanted.images.iter().any(|w| {
+            // A system library's named frames are left alone unless its file is known.
+            let symbols = w.symbols
+                && (w.unnamed || !w.system || !self.caches.known_missing(&w.debug_id));
+            symbols || (w.context && self.bundle_of(&w.debug_id).is_some())
+        })
     }
 
     /// Symbolicates one raw event. Returns the input unchanged when there is nothing to

@@ -117,14 +117,26 @@ impl Symbolicator {
                         }
                     }
                 }
+                // A system library's frames are never the application's (an SDK that
+                // found nothing in-app marks every frame in-app).
+                let system = addr
+                    .and_then(|a| event::locate(&images, &old[i], a))
+                    .is_some_and(|(idx, _)| images[idx].is_system());
                 for f in &mut old[i..j] {
+                    if system
+                        && let Value::Object(m) = f
+                        && m.get("in_app") == Some(&Value::Bool(true))
+                    {
+                        m.insert("in_app".into(), false.into());
+                        out.changed = true;
+                    }
                     new.push(std::mem::take(f));
                 }
                 i = j;
             }
             *frames = new;
         }
-        out.changed = out.frames > 0;
+        out.changed |= out.frames > 0;
 
         out.contexts = self.add_context(ev, &images);
         out.changed |= out.contexts > 0;
