@@ -109,6 +109,16 @@ impl Symbolicator {
             .remove(debug_id);
     }
 
+    /// Forgets only the source files read from an image's bundle (a bundle was uploaded
+    /// or deleted; the SymCache stays).
+    pub fn forget_sources(&self, debug_id: &str) {
+        self.sources.forget(debug_id);
+        self.bundles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(debug_id);
+    }
+
     /// SymCaches in memory and their bytes.
     pub fn cache_usage(&self) -> (usize, usize) {
         self.caches.usage()
