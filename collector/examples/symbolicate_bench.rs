@@ -117,7 +117,9 @@ async fn main() {
         addrs.len()
     );
     let lookup = Arc::new(DirectoryLookup::scan(&debug_dir).unwrap());
-    let raw = |n: usize| serde_json::to_vec(&stripped_event(n, &debug_id, code_id.as_deref(), &addrs)).unwrap();
+    let raw = |n: usize| {
+        serde_json::to_vec(&stripped_event(n, &debug_id, code_id.as_deref(), &addrs)).unwrap()
+    };
 
     // Cold: a fresh symbolicator each time, so the SymCache is built from the file.
     let rss_before = status_kib("VmRSS:");
@@ -219,7 +221,11 @@ async fn main() {
         let bodies: Vec<Vec<u8>> = (0..per_round)
             .map(|_| {
                 next += 1;
-                if kind == 0 { stripped_env(next) } else { presym(next) }
+                if kind == 0 {
+                    stripped_env(next)
+                } else {
+                    presym(next)
+                }
             })
             .collect();
         let bodies = Arc::new(tokio::sync::Mutex::new(bodies));
@@ -231,7 +237,9 @@ async fn main() {
             let url = url.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let Some(body) = bodies.lock().await.pop() else { break };
+                    let Some(body) = bodies.lock().await.pop() else {
+                        break;
+                    };
                     let r = http.post(&url).body(body).send().await.unwrap();
                     assert_eq!(r.status(), 200);
                 }
@@ -250,10 +258,20 @@ async fn main() {
          median {s:.0} events/s, pre-symbolicated median {p:.0} events/s, ratio {:.2}x",
         s / p
     );
-    println!("  stripped rounds: {:?}", rates[0].iter().map(|r| r.round()).collect::<Vec<_>>());
-    println!("  pre-symbolicated rounds: {:?}", rates[1].iter().map(|r| r.round()).collect::<Vec<_>>());
+    println!(
+        "  stripped rounds: {:?}",
+        rates[0].iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+    println!(
+        "  pre-symbolicated rounds: {:?}",
+        rates[1].iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
     let (n, bytes) = sym.cache_usage();
-    println!("SymCaches in memory: {n} ({:.1} MB); debug file {}", bytes as f64 / 1e6, Path::new(&debug_file).display());
+    println!(
+        "SymCaches in memory: {n} ({:.1} MB); debug file {}",
+        bytes as f64 / 1e6,
+        Path::new(&debug_file).display()
+    );
     state.writer.shutdown();
     let _ = started.writer_thread.join();
 }

@@ -13,9 +13,9 @@ use rand::RngCore;
 use rusqlite::OptionalExtension;
 
 use crate::metrics::Metrics;
-use crate::symbolicate::{DebugFileLookup, Limits, Symbolicator};
 use crate::store::writer::{Retention, Writer};
 use crate::store::{self, ProjectRow, ReadPool, StoreError};
+use crate::symbolicate::{DebugFileLookup, Limits, Symbolicator};
 use crate::time::now_ms;
 
 /// How the collector is configured.

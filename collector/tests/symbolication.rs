@@ -50,7 +50,13 @@ fn build_host() -> Result<Host, String> {
         .join("symbolicate-fixture");
     let started = Instant::now();
     run(std::process::Command::new(env!("CARGO"))
-        .args(["build", "--release", "--locked", "--quiet", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--quiet",
+            "--manifest-path",
+        ])
         .arg(Path::new(FIXTURE).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)
@@ -148,7 +154,11 @@ fn main_image(ev: &Value) -> usize {
         .as_array()
         .unwrap()
         .iter()
-        .position(|i| i["name"].as_str().is_some_and(|n| n.ends_with("/fixture-host")))
+        .position(|i| {
+            i["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("/fixture-host"))
+        })
         .unwrap_or_else(|| panic!("no fixture-host image: {:#}", ev["debug_meta"]))
 }
 
@@ -259,7 +269,10 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
         .collect();
     assert!(!others.is_empty(), "{frames:#?}");
     assert!(others.iter().all(|f| f["in_app"] == false), "{others:#?}");
-    assert!(error.get("errscope").is_none(), "nothing missing: {error:#}");
+    assert!(
+        error.get("errscope").is_none(),
+        "nothing missing: {error:#}"
+    );
 
     // The panic in the spawned thread: its exception's trace, symbolicated too.
     let panic = stored(&s, &post(&s, envs[1].clone()).await).await;
@@ -321,7 +334,9 @@ async fn events_sent_before_their_debug_file_are_symbolicated_when_it_arrives() 
     // No debug file yet: stored as sent, with the image that lacks one.
     let before = stored(&s, &a).await;
     assert!(unresolved(&before), "{before:#}");
-    let missing = before["errscope"]["missing_debug_files"].as_array().unwrap();
+    let missing = before["errscope"]["missing_debug_files"]
+        .as_array()
+        .unwrap();
     assert_eq!(missing.len(), 1, "{missing:?}");
     assert_eq!(missing[0]["debug_id"], host.debug_id.as_str());
     assert!(
@@ -364,7 +379,10 @@ async fn events_sent_before_their_debug_file_are_symbolicated_when_it_arrives() 
     assert!(rows.is_empty(), "nothing waits any more");
     let redone = stored(&s, &b).await;
     let frames = frames_of(&redone);
-    assert_eq!(find(&frames, "fixture_host::checkout")["lineno"], mark("validate"));
+    assert_eq!(
+        find(&frames, "fixture_host::checkout")["lineno"],
+        mark("validate")
+    );
     assert_eq!(find(&frames, "fixture_host::main")["in_app"], true);
     assert_eq!(redone["issue_id"], issue);
     // A second run finds nothing to do.
@@ -431,7 +449,10 @@ async fn source_bundles_give_context_and_bombs_are_refused() {
     let line = mark("capture") as usize;
     let f = find(&frames, "fixture_host::validate");
     assert_eq!(f["context_line"], lines[line - 1]);
-    assert_eq!(f["pre_context"], serde_json::json!(lines[line - 6..line - 1]));
+    assert_eq!(
+        f["pre_context"],
+        serde_json::json!(lines[line - 6..line - 1])
+    );
     assert_eq!(f["post_context"], serde_json::json!(lines[line..line + 5]));
 
     // Bombs: a manifest and a source file that inflate far past the bounds. The frames
@@ -444,14 +465,21 @@ async fn source_bundles_give_context_and_bombs_are_refused() {
     big_manifest.extend(std::iter::repeat_n(b' ', 20 << 20));
     let sym = s.state.symbolicator.clone().unwrap();
     for (n, (name, m, file)) in [
-        ("file-bomb.zip", serde_json::to_vec(&manifest).unwrap(), &big_file[..]),
+        (
+            "file-bomb.zip",
+            serde_json::to_vec(&manifest).unwrap(),
+            &big_file[..],
+        ),
         ("manifest-bomb.zip", big_manifest, &b"fn main() {}\n"[..]),
     ]
     .into_iter()
     .enumerate()
     {
         let path = bundle(dir.path(), name, &m, file);
-        assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20, "{name} is small on disk");
+        assert!(
+            std::fs::metadata(&path).unwrap().len() < 1 << 20,
+            "{name} is small on disk"
+        );
         *lookup.1.lock().unwrap() = path;
         sym.forget_sources(&host.debug_id);
         let mut ev = event_of(&envs[0]);

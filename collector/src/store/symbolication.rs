@@ -168,12 +168,18 @@ mod tests {
         tx.commit().unwrap();
         let w = waiting_for_image(&db.conn, "a", 0, 10).unwrap();
         assert_eq!(w.len(), 2);
-        assert!(w.iter().all(|x| x.stored.is_none()), "no such events stored");
+        assert!(
+            w.iter().all(|x| x.stored.is_none()),
+            "no such events stored"
+        );
         let tx = db.conn.transaction().unwrap();
         rewrite_event(&tx, 1, "e1", None, &["b".into()]).unwrap();
         tx.commit().unwrap();
         let w = waiting_for_image(&db.conn, "a", 0, 10).unwrap();
-        assert_eq!(w.iter().map(|x| x.event_id.as_str()).collect::<Vec<_>>(), ["e2"]);
+        assert_eq!(
+            w.iter().map(|x| x.event_id.as_str()).collect::<Vec<_>>(),
+            ["e2"]
+        );
         let (ids, stored) = waiting_event(&db.conn, 1, "e1").unwrap().unwrap();
         assert_eq!(ids, ["b"]);
         assert!(stored.is_none());
@@ -185,6 +191,9 @@ mod tests {
         let big = vec![b'x'; 4096];
         let (enc, data) = encode_event(&big);
         assert_eq!(enc, 1);
-        assert_eq!(super::super::queries::decode_event(enc, &data).unwrap(), big);
+        assert_eq!(
+            super::super::queries::decode_event(enc, &data).unwrap(),
+            big
+        );
     }
 }

@@ -354,8 +354,8 @@ impl Drop for BuildSlot<'_> {
 
 /// Converts a debug file into a SymCache.
 pub fn build(found: &DifMatch) -> Result<SymFile, SymbolicateError> {
-    let view = ByteView::open(&found.path)
-        .map_err(|e| SymbolicateError::Read(found.path.clone(), e))?;
+    let view =
+        ByteView::open(&found.path).map_err(|e| SymbolicateError::Read(found.path.clone(), e))?;
     let mut opts = ParseObjectOptions::default();
     opts.max_decompressed_section_size = Some(MAX_SECTION);
     let object = Object::parse_with_opts(&view, opts)

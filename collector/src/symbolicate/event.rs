@@ -67,7 +67,9 @@ impl<'de> Deserialize<'de> for Addr {
                 }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Addr, E> {
-                parse_addr(v).map(Addr).ok_or_else(|| E::custom("not an address"))
+                parse_addr(v)
+                    .map(Addr)
+                    .ok_or_else(|| E::custom("not an address"))
             }
         }
         d.deserialize_any(V)
@@ -220,7 +222,10 @@ pub enum Adjustment {
 impl Adjustment {
     /// The adjustment a stack trace asks for.
     pub fn of(st: &Map<String, Value>) -> Self {
-        match st.get("instruction_addr_adjustment").and_then(Value::as_str) {
+        match st
+            .get("instruction_addr_adjustment")
+            .and_then(Value::as_str)
+        {
             Some("none") => Adjustment::None,
             Some("all_but_first") | Some("auto") => Adjustment::AllButFirst,
             _ => Adjustment::All,
@@ -374,10 +379,7 @@ pub fn probe(bytes: &[u8]) -> Option<Wanted> {
         .unwrap_or_default()
         .into_iter()
         .map(|i| {
-            let id = i
-                .debug_id
-                .or(i.id)
-                .and_then(|s| canonical_debug_id(&s));
+            let id = i.debug_id.or(i.id).and_then(|s| canonical_debug_id(&s));
             let system = Image {
                 debug_id: String::new(),
                 code_id: None,
@@ -422,15 +424,15 @@ pub fn probe(bytes: &[u8]) -> Option<Wanted> {
         if f.addr_mode.is_some() || f.image_addr.is_some() {
             return None;
         }
-        let Some((id, _, _, system)) = images.iter().find(|(_, base, size, _)| {
-            addr.0 >= *base && (*size == 0 || addr.0 - base < *size)
-        }) else {
+        let Some((id, _, _, system)) = images
+            .iter()
+            .find(|(_, base, size, _)| addr.0 >= *base && (*size == 0 || addr.0 - base < *size))
+        else {
             continue;
         };
         let Some(id) = id else { continue };
         let unnamed = symbols
-            && f
-                .function
+            && f.function
                 .as_deref()
                 .is_none_or(|s| s.is_empty() || s == "<unknown>");
         match wanted.images.iter_mut().find(|w| w.debug_id == *id) {
@@ -478,10 +480,7 @@ mod tests {
         assert_eq!(imgs[0].code_id.as_deref(), Some("f1c3bcc0"));
         assert!(!imgs[0].is_system());
         assert!(imgs[1].is_system());
-        assert_eq!(
-            locate(&imgs, &json!({}), 0x1010),
-            Some((0, 0x10))
-        );
+        assert_eq!(locate(&imgs, &json!({}), 0x1010), Some((0, 0x10)));
         assert_eq!(locate(&imgs, &json!({}), 16390), Some((1, 6)));
         assert_eq!(locate(&imgs, &json!({}), 0x3000), None);
         assert_eq!(
@@ -519,7 +518,13 @@ mod tests {
             found.images,
             vec![
                 w(ID, true, true, false, false),
-                w("a0bcc3f1-9827-fe65-3058-404b2831d9e6", true, false, false, true)
+                w(
+                    "a0bcc3f1-9827-fe65-3058-404b2831d9e6",
+                    true,
+                    false,
+                    false,
+                    true
+                )
             ]
         );
         // Symbolicated with context: nothing wanted.
@@ -536,7 +541,9 @@ mod tests {
         assert_eq!(found.images, vec![w(ID, false, false, true, false)]);
         // Shapes the probe leaves to the full pass.
         assert_eq!(
-            probe(&raw(ev(json!([{"instruction_addr": "0x10", "addr_mode": "rel:0"}])))),
+            probe(&raw(ev(
+                json!([{"instruction_addr": "0x10", "addr_mode": "rel:0"}])
+            ))),
             None
         );
     }
@@ -550,7 +557,11 @@ mod tests {
         });
         assert_eq!(stacktraces_mut(&mut e).len(), 3);
         assert_eq!(
-            Adjustment::of(json!({"instruction_addr_adjustment": "none"}).as_object().unwrap()),
+            Adjustment::of(
+                json!({"instruction_addr_adjustment": "none"})
+                    .as_object()
+                    .unwrap()
+            ),
             Adjustment::None
         );
         assert_eq!(Adjustment::of(&Map::new()), Adjustment::All);

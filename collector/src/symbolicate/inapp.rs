@@ -76,10 +76,7 @@ impl InAppRules {
                 return false;
             }
             if !self.include.is_empty() {
-                return self
-                    .include
-                    .iter()
-                    .any(|p| krate.starts_with(p.as_str()));
+                return self.include.iter().any(|p| krate.starts_with(p.as_str()));
             }
         }
         // A bare name (`{closure#0}`) or no rule: the source path decides.
@@ -152,12 +149,21 @@ mod tests {
             "fixture_host::main",
             Some("/root/.cargo/registry/src/index/x-1.0/src/lib.rs")
         ));
-        assert!(!r.is_in_app("std::rt::lang_start", Some("/rustc/abc/library/std/src/rt.rs")));
+        assert!(!r.is_in_app(
+            "std::rt::lang_start",
+            Some("/rustc/abc/library/std/src/rt.rs")
+        ));
         assert!(!r.is_in_app("tokio::runtime::park", None));
-        assert!(!r.is_in_app("__libc_start_call_main", Some("../sysdeps/nptl/libc_start_call_main.h")));
+        assert!(!r.is_in_app(
+            "__libc_start_call_main",
+            Some("../sysdeps/nptl/libc_start_call_main.h")
+        ));
         assert!(r.is_in_app("{closure#0}", Some("/build/src/main.rs")));
         assert_eq!(host_crate("/lib/x86_64-linux-gnu/libc.so.6"), None);
         assert_eq!(host_crate("C:\\app\\my-svc.exe").as_deref(), Some("my_svc"));
-        assert_eq!(host_crate("/opt/shop-api.stripped").as_deref(), Some("shop_api"));
+        assert_eq!(
+            host_crate("/opt/shop-api.stripped").as_deref(),
+            Some("shop_api")
+        );
     }
 }

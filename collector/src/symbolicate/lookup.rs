@@ -150,7 +150,10 @@ mod tests {
             canonical_debug_id("c0bcc3f19827fe653058404b2831d9e6").as_deref(),
             Some("c0bcc3f1-9827-fe65-3058-404b2831d9e6")
         );
-        assert_eq!(canonical_debug_id("00000000-0000-0000-0000-000000000000"), None);
+        assert_eq!(
+            canonical_debug_id("00000000-0000-0000-0000-000000000000"),
+            None
+        );
         assert_eq!(canonical_debug_id("not an id"), None);
     }
 

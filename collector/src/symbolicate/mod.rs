@@ -152,8 +152,8 @@ impl Symbolicator {
         };
         wanted.images.iter().any(|w| {
             // A system library's named frames are left alone unless its file is known.
-            let symbols = w.symbols
-                && (w.unnamed || !w.system || !self.caches.known_missing(&w.debug_id));
+            let symbols =
+                w.symbols && (w.unnamed || !w.system || !self.caches.known_missing(&w.debug_id));
             symbols || (w.context && self.bundle_of(&w.debug_id).is_some())
         })
     }

@@ -68,9 +68,10 @@ fn redo(sym: &Symbolicator, encoding: u8, data: &[u8]) -> Result<Redone, Symboli
         return Ok((None, outcome.missing));
     }
     if (outcome.frames > 0 || outcome.contexts > 0)
-        && let Some(Value::Object(notes)) = ev
-            .as_object_mut()
-            .map(|m| m.entry(NOTES).or_insert_with(|| Value::Object(Default::default())))
+        && let Some(Value::Object(notes)) = ev.as_object_mut().map(|m| {
+            m.entry(NOTES)
+                .or_insert_with(|| Value::Object(Default::default()))
+        })
     {
         notes.insert("symbolicated_after_ingest".into(), true.into());
     }
@@ -85,8 +86,8 @@ pub async fn reprocess_image(state: &AppState, debug_id: &str) -> Result<usize, 
     let Some(sym) = state.symbolicator.clone() else {
         return Ok(0);
     };
-    let id =
-        canonical_debug_id(debug_id).ok_or_else(|| SymbolicateError::BadDebugId(debug_id.into()))?;
+    let id = canonical_debug_id(debug_id)
+        .ok_or_else(|| SymbolicateError::BadDebugId(debug_id.into()))?;
     sym.forget(&id);
     let mut after = 0;
     let mut rewritten = 0;

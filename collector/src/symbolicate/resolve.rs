@@ -118,7 +118,10 @@ mod tests {
             demangle("_ZN4shop4ldap4bind17h0123456789abcdefE"),
             "shop::ldap::bind"
         );
-        assert_eq!(demangle("shop::ldap::bind::h0123456789abcdef"), "shop::ldap::bind");
+        assert_eq!(
+            demangle("shop::ldap::bind::h0123456789abcdef"),
+            "shop::ldap::bind"
+        );
         assert_eq!(demangle("__libc_start_call_main"), "__libc_start_call_main");
         assert_eq!(
             module_of("shop::ldap::bind::{{closure}}").as_deref(),

@@ -141,7 +141,10 @@ impl Symbolicator {
         out.contexts = self.add_context(ev, &images);
         out.changed |= out.contexts > 0;
 
-        out.missing = missing.iter().map(|&i| images[i].debug_id.clone()).collect();
+        out.missing = missing
+            .iter()
+            .map(|&i| images[i].debug_id.clone())
+            .collect();
         if set_missing(ev, &images, &missing) {
             out.changed = true;
         }
@@ -188,9 +191,7 @@ impl Symbolicator {
             let mine: Vec<&(usize, usize, usize, String, u64)> =
                 wanted.iter().filter(|w| w.2 == *idx).collect();
             let asks: Vec<(String, u64)> = mine.iter().map(|w| (w.3.clone(), w.4)).collect();
-            let got = self
-                .sources
-                .contexts(&images[*idx].debug_id, bundle, &asks);
+            let got = self.sources.contexts(&images[*idx].debug_id, bundle, &asks);
             for (w, c) in mine.into_iter().zip(got) {
                 if let Some(c) = c {
                     contexts.push((w.0, w.1, c));
@@ -200,7 +201,8 @@ impl Symbolicator {
         let n = contexts.len();
         let mut traces = event::stacktraces_mut(ev);
         for (t, f, c) in contexts {
-            if let Some(Value::Array(frames)) = traces.get_mut(t).and_then(|st| st.get_mut("frames"))
+            if let Some(Value::Array(frames)) =
+                traces.get_mut(t).and_then(|st| st.get_mut("frames"))
                 && let Some(Value::Object(frame)) = frames.get_mut(f)
             {
                 frame.insert("pre_context".into(), json!(c.pre));
@@ -241,9 +243,7 @@ fn symbolicated(template: &Value, r: &Resolved, rules: &InAppRules) -> Value {
         "in_app".into(),
         rules.is_in_app(&r.function, r.abs_path.as_deref()).into(),
     );
-    let data = f
-        .entry("data")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let data = f.entry("data").or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(d) = data {
         d.insert("symbolicator_status".into(), "symbolicated".into());
     }

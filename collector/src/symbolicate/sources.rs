@@ -173,8 +173,7 @@ fn context_of(lines: &[String], lineno: u64) -> Option<Context> {
 
 /// Checks the bundle's bounds, then reads the wanted files out of it.
 fn read_files(bundle: &Path, paths: &[String]) -> Result<Vec<(String, Lines)>, SymbolicateError> {
-    let view =
-        ByteView::open(bundle).map_err(|e| SymbolicateError::Read(bundle.to_owned(), e))?;
+    let view = ByteView::open(bundle).map_err(|e| SymbolicateError::Read(bundle.to_owned(), e))?;
     check_manifest(&view).map_err(|e| SymbolicateError::Parse(bundle.to_owned(), e))?;
     let mut opts = ParseObjectOptions::default();
     opts.max_decompressed_embedded_source_size = Some(MAX_SOURCE);
@@ -222,9 +221,7 @@ pub fn check_manifest(data: &[u8]) -> Result<(), String> {
         .read_to_end(&mut text)
         .map_err(|e| format!("manifest.json does not inflate: {e}"))?;
     if text.len() as u64 > MAX_MANIFEST {
-        return Err(format!(
-            "manifest.json inflates past {MAX_MANIFEST} bytes"
-        ));
+        return Err(format!("manifest.json inflates past {MAX_MANIFEST} bytes"));
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(&text)
         .map_err(|e| format!("manifest.json is not JSON: {e}"))?;
