@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use errscope_collector::symbolicate::{DirectoryLookup, Limits, Symbolicator};
 use errscope_collector::{Config, app, start};
 use serde_json::{Value, json};
-use symbolic_debuginfo::{Object, ObjectLike};
+use symbolic_debuginfo::Object;
 
 const TOKEN: &str = "bench-token";
 const BASE: u64 = 0x5555_0000_0000;
@@ -124,7 +124,6 @@ async fn main() {
     // Cold: a fresh symbolicator each time, so the SymCache is built from the file.
     let rss_before = status_kib("VmRSS:");
     let mut cold = Vec::new();
-    let mut symcache_bytes = 0;
     for i in 0..3 {
         let sym = Symbolicator::new(lookup.clone(), Limits::default());
         let ev = raw(i);
@@ -132,7 +131,7 @@ async fn main() {
         let out = sym.process(&ev, 1 << 20);
         cold.push(t.elapsed().as_secs_f64() * 1e3);
         assert!(out.missing.is_empty());
-        symcache_bytes = sym.cache_usage().1;
+        let symcache_bytes = sym.cache_usage().1;
         if i == 0 {
             println!(
                 "peak RSS while building the SymCache: {:.1} MB (RSS before {:.1} MB; SymCache {:.1} MB)",

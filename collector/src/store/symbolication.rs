@@ -7,6 +7,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::StoreError;
 
+/// `(encoding, data)` of a stored event.
+pub type Stored = (u8, Vec<u8>);
+
+/// The debug ids an event waits for, and its stored JSON if it is still retained.
+pub type WaitingEvent = (Vec<String>, Option<Stored>);
+
 /// Rows of `unsymbolicated` kept at most (the oldest go first).
 const MAX_ROWS: i64 = 1_000_000;
 
@@ -49,7 +55,7 @@ pub struct Waiting {
     /// Its id.
     pub event_id: String,
     /// `(encoding, data)` of the stored event, `None` when it is gone.
-    pub stored: Option<(u8, Vec<u8>)>,
+    pub stored: Option<Stored>,
 }
 
 /// Up to `limit` events waiting for `debug_id`, after row `after`.
@@ -85,7 +91,7 @@ pub fn waiting_event(
     conn: &Connection,
     project_id: i64,
     event_id: &str,
-) -> Result<Option<(Vec<String>, Option<(u8, Vec<u8>)>)>, StoreError> {
+) -> Result<Option<WaitingEvent>, StoreError> {
     let ids = conn
         .prepare_cached(
             "SELECT debug_id FROM unsymbolicated WHERE project_id = ?1 AND event_id = ?2",
