@@ -20,12 +20,12 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::shared::Shared;
 use crate::crash::CrashRecord;
 use crate::event::{
     Event, EventId, Exception, Frame, Level, Mechanism, MechanismMeta, Signal, Stacktrace, Thread,
     Values,
 };
+use crate::shared::Shared;
 use crate::store::Row;
 use crate::trace::{RawTrace, Resolver};
 use crate::warn;

@@ -19,6 +19,7 @@
 //! - [`ingest`]: Sentry envelope and store endpoints (auth, bounded decompression,
 //!   framing, validation);
 //! - [`grouping`]: class, fingerprint and normalization;
+//! - [`symbolicate`]: server-side symbolication from debug files, source context;
 //! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
 //! - [`api`]: the dashboard's JSON API and session;
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
@@ -41,9 +42,19 @@ pub mod metrics;
 pub mod serve;
 pub mod state;
 pub mod store;
+pub mod symbolicate;
 pub mod time;
 
 pub use state::{AppState, Config, Started, start};
+
+/// Starts the collector's background tasks on the current tokio runtime: alert delivery,
+/// and the symbolication of retained events when their debug files arrive. Call once,
+/// after [`start`], from inside the runtime that serves.
+pub fn spawn_background(state: &AppState) -> Result<(), alerts::AlertError> {
+    alerts::spawn(state)?;
+    symbolicate::spawn_reprocessing(state);
+    Ok(())
+}
 
 /// Logs to stderr what `ERRSCOPE_LOG` selects (an `EnvFilter` directive; default `warn`),
 /// as `errscope-collector serve` does. Call once, at the start of a program.

@@ -243,7 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?
                     .context("opening the database")?;
                 let s = &started.state;
-                errscope_collector::alerts::spawn(s)?;
+                errscope_collector::spawn_background(s)?;
                 println!("listening on http://{addr}");
                 println!("dashboard: {}/", s.config.public_url.trim_end_matches('/'));
                 if started.first_start {

@@ -12,11 +12,12 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use rand::RngCore;
 use rusqlite::OptionalExtension;
 
-use crate::difs::Difs;
 use crate::budget::Budget;
+use crate::difs::Difs;
 use crate::metrics::Metrics;
 use crate::store::writer::{Retention, Writer};
 use crate::store::{self, ProjectRow, ReadPool, StoreError};
+use crate::symbolicate::{DebugFileLookup, Limits, Symbolicator};
 use crate::time::now_ms;
 
 /// How the collector is configured.
@@ -49,6 +50,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Alert delivery: SMTP, retry and timing settings.
     pub alerts: crate::alerts::AlertConfig,
+    /// Where symbolication finds debug files; `None`: the uploaded ones (`<data>/difs/`).
+    pub debug_files: Option<Arc<dyn DebugFileLookup>>,
+    /// Bounds of the symbolication caches.
+    pub symbolication: Limits,
 }
 
 impl Config {
@@ -68,6 +73,8 @@ impl Config {
             max_inflight_bytes: 256 * 1024 * 1024,
             max_connections: 1024,
             alerts: crate::alerts::AlertConfig::default(),
+            debug_files: None,
+            symbolication: Limits::default(),
         }
     }
 }
@@ -109,6 +116,8 @@ pub struct Inner {
     pub difs: Difs,
     /// The memory budget of ingestion requests in flight.
     pub budget: Budget,
+    /// Server-side symbolication, when [`Config::debug_files`] is set.
+    pub symbolicator: Option<Arc<Symbolicator>>,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     password_hash: RwLock<String>,
@@ -251,9 +260,16 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         Some(alerts.clone()),
     )
     .map_err(|e| StoreError::Io(config.data_dir.clone(), e))?;
+    // Symbolication looks in the uploaded debug files unless the config names a lookup.
+    let lookup: Arc<dyn DebugFileLookup> = match &config.debug_files {
+        Some(lookup) => lookup.clone(),
+        None => Arc::new(difs.clone()),
+    };
+    let symbolicator = Some(Arc::new(Symbolicator::new(lookup, config.symbolication)));
     let inner = Inner {
         reads: ReadPool::new(store::db_path(&config.data_dir)),
         budget: Budget::new(config.max_inflight_bytes),
+        symbolicator,
         config,
         writer,
         alerts,

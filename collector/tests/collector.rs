@@ -1,6 +1,7 @@
 //! End-to-end tests: a real collector on 127.0.0.1:0 and a real HTTP client.
 
 mod alerts;
+mod symbolication;
 mod util;
 
 use serde_json::{Value, json};

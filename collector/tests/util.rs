@@ -39,7 +39,7 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
         .unwrap()
         .expect("start");
     let state = started.state.clone();
-    errscope_collector::alerts::spawn(&state).expect("alert sender");
+    errscope_collector::spawn_background(&state).expect("background tasks");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = app(state.clone());
     let task = tokio::spawn(async move {

@@ -110,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await?
         .with_context(|| format!("opening the collector's database in {}", cli.data.display()))?;
     let collector_state = started.state.clone();
+    errscope_collector::spawn_background(&collector_state)?;
     let project = collector_state
         .reads
         .run(store::list_projects)

@@ -52,6 +52,10 @@ impl Collector {
         config.retention.max_events_per_issue = 1_000_000;
         let started = start(config).map_err(std::io::Error::other)?;
         let state = started.state.clone();
+        {
+            let _runtime = rt.enter();
+            errscope_collector::spawn_background(&state).map_err(std::io::Error::other)?;
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = app(state.clone());
         let header_timeout = state.config.header_timeout;

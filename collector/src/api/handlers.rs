@@ -311,6 +311,10 @@ pub async fn get_event(
     let pid = id_param(&pid, "no such project")?;
     let eid = crate::ingest::event::parse_event_id(&event_id)
         .ok_or(ApiError::NotFound("no such event"))?;
+    // An event that waited for a debug file which has arrived is symbolicated now.
+    if let Err(e) = crate::symbolicate::on_view(&state, pid, &eid).await {
+        tracing::warn!("symbolicating event {eid} on view: {e}");
+    }
     let v = state
         .reads
         .run(move |c| queries::event(c, pid, &eid))

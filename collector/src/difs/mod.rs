@@ -747,3 +747,24 @@ fn clean_name(name: &str) -> String {
     let s: String = base.chars().filter(|c| !c.is_control()).take(200).collect();
     if s.is_empty() { "unnamed".into() } else { s }
 }
+
+/// Symbolication finds its debug files and source bundles among the uploaded ones.
+impl crate::symbolicate::DebugFileLookup for Difs {
+    fn find(&self, debug_id: &str, code_id: Option<&str>) -> Option<crate::symbolicate::DifMatch> {
+        let m = Difs::find(self, debug_id, code_id)?;
+        Some(crate::symbolicate::DifMatch {
+            path: m.path,
+            has_debug_info: m.has_debug_info,
+        })
+    }
+
+    fn find_sources(&self, debug_id: &str) -> Option<PathBuf> {
+        Difs::find_sources(self, debug_id)
+    }
+
+    fn mark_used(&self, debug_id: &str) {
+        if let Some(m) = Difs::find(self, debug_id, None) {
+            Difs::mark_used(self, m.id);
+        }
+    }
+}

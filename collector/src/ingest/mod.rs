@@ -22,6 +22,7 @@ use crate::metrics::Reject;
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::writer::{CountRecord, Discard, IngestJob, PreparedEvent};
+use crate::symbolicate;
 use crate::time::{now_ms, parse_rfc3339};
 use event::{Event, Timestamp};
 
@@ -311,19 +312,36 @@ async fn ingest(
     let framed = intake::read(body, headers, kind == Kind::Store, &mut held).await?;
     let received = now_ms();
     let size = framed.payload_bytes();
-    let inline = size <= INLINE_PARSE;
+    let symbolicator = state.symbolicator.clone();
+    // Symbolication may build a SymCache: never on an async thread.
+    let may_need_symbols = symbolicator.is_some()
+        && match &framed {
+            intake::Framed::Store(event) => symbolicate::may_need(event),
+            intake::Framed::Envelope(_, items) => items
+                .iter()
+                .any(|i| i.ty == "event" && symbolicate::may_need(&i.payload)),
+        };
+    let inline = size <= INLINE_PARSE && !may_need_symbols;
     // Preparing copies each event once more (compressed), until the commit.
     held.cover(2 * size + 64 * 1024)
         .await
         .map_err(|_| IngestError::MemoryBusy)?;
-    let work = move || -> Result<(Option<String>, IngestJob), IngestError> {
+    let work = move || -> Result<(Option<String>, IngestJob, Waiting), IngestError> {
+        let sym = symbolicator.as_deref();
+        let mut waiting = Vec::new();
         let mut job = IngestJob {
             project_id,
             ..Default::default()
         };
         let mut dsn_key = None;
         match framed {
-            intake::Framed::Store(event) => job.events.push(prepare_event(&event, received, None)?),
+            intake::Framed::Store(event) => job.events.push(prepare_symbolicated(
+                sym,
+                &event,
+                received,
+                None,
+                &mut waiting,
+            )?),
             intake::Framed::Envelope(header, items) => {
                 dsn_key = header.dsn.as_deref().and_then(key_from_dsn);
                 let header_id = header.event_id.as_deref().and_then(event::parse_event_id);
@@ -332,10 +350,12 @@ async fn ingest(
                     match item.ty.as_str() {
                         "event" => {
                             let first = job.events.is_empty();
-                            let ev = prepare_event(
+                            let ev = prepare_symbolicated(
+                                sym,
                                 &item.payload,
                                 received,
                                 if first { header_id.clone() } else { None },
+                                &mut waiting,
                             )
                             .map_err(|e| prefix(e, n))?;
                             job.events.push(ev);
@@ -351,9 +371,9 @@ async fn ingest(
                 }
             }
         }
-        Ok((dsn_key, job))
+        Ok((dsn_key, job, waiting))
     };
-    let (dsn_key, job) = if inline {
+    let (dsn_key, job, waiting) = if inline {
         work()?
     } else {
         tokio::task::spawn_blocking(work)
@@ -375,7 +395,27 @@ async fn ingest(
     }
     state.writer.ingest(job).await?;
     drop(held);
+    symbolicate::remember_missing(state, project_id, waiting).await;
     Ok(ids)
+}
+
+/// `(event_id, debug ids)` of events whose frames wait for debug files.
+type Waiting = Vec<(String, Vec<String>)>;
+
+/// Symbolicates an event (when a symbolicator is configured), then prepares it.
+fn prepare_symbolicated(
+    sym: Option<&symbolicate::Symbolicator>,
+    bytes: &[u8],
+    received: i64,
+    fallback_id: Option<String>,
+    waiting: &mut Waiting,
+) -> Result<PreparedEvent, IngestError> {
+    let done = symbolicate::process(sym, bytes, MAX_EVENT);
+    let ev = prepare_event(&done.bytes, received, fallback_id)?;
+    if !done.missing.is_empty() {
+        waiting.push((ev.event_id.clone(), done.missing));
+    }
+    Ok(ev)
 }
 
 fn prefix(e: IngestError, item: usize) -> IngestError {

@@ -7,6 +7,7 @@
 pub mod alerts;
 mod apply;
 pub mod queries;
+pub mod symbolication;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -208,6 +209,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_attempt);
     CREATE INDEX alert_deliveries_rule ON alert_deliveries (rule_id, id);
+    // 5: retained events whose frames wait for an image's debug file (symbolicate/).
+    r#"
+    CREATE TABLE unsymbolicated (
+        id INTEGER PRIMARY KEY,
+        debug_id TEXT NOT NULL,
+        project_id INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        UNIQUE (project_id, event_id, debug_id)
+    );
+    CREATE INDEX unsymbolicated_image ON unsymbolicated (debug_id, id);
     "#,
 ];
 

@@ -197,6 +197,38 @@ function threadStack(ev) {
   return section(`Stack trace${t.name ? ` of thread ${str(t.name)}` : ''}`, stacktrace(frames));
 }
 
+/**
+ * Images whose frames could not be symbolicated for want of a debug file
+ * (`errscope.missing_debug_files`), each with the commands that upload it.
+ */
+function missingDebugFiles(ev) {
+  const notes = ev.errscope && typeof ev.errscope === 'object' ? ev.errscope : null;
+  const list = notes && Array.isArray(notes.missing_debug_files)
+    ? notes.missing_debug_files.filter((m) => m && typeof m === 'object') : [];
+  if (!list.length) return null;
+  const origin = typeof location !== 'undefined' ? location.origin : 'http://127.0.0.1:8000';
+  const project = str(ev.project) || '<project>';
+  return section('Missing debug files',
+    h('p', { class: 'muted' },
+      'Frames of these images have addresses only. Upload the debug file of the same build ',
+      '(the unstripped binary, or its ', h('span', { class: 'mono' }, 'objcopy --only-keep-debug'),
+      ' companion) and this event is symbolicated; new events group by the symbolicated frames.'),
+    list.map((m) => {
+      const file = str(m.code_file) || '<file>';
+      const base = file.split(/[\\/]/).pop() || file;
+      const debug = `${base}.debug`;
+      return h('div', { class: 'missing-dif' },
+        kvTable([
+          ['image', h('span', { class: 'mono' }, file)],
+          ['debug id', h('span', { class: 'mono' }, str(m.debug_id))],
+          ['code id', m.code_id ? h('span', { class: 'mono' }, str(m.code_id)) : null],
+        ], 'kv-small'),
+        h('pre', { class: 'code upload-cmd' },
+          `sentry-cli --url ${origin} --auth-token <API token> debug-files upload --org any --project ${project} ${debug}\n`
+          + `errscope-collector debug-files upload --project ${project} ${debug}`));
+    }));
+}
+
 /** Everything about one event. `head` is put above the exception. */
 export function renderEvent(ev, head) {
   const values = exceptionValues(ev);
@@ -220,6 +252,7 @@ export function renderEvent(ev, head) {
   const extra = ev.extra && typeof ev.extra === 'object' && !Array.isArray(ev.extra) ? Object.entries(ev.extra) : [];
   return h('div', { class: 'event' },
     head,
+    missingDebugFiles(ev),
     values.length
       ? section('Exception', msg && !values.some((v) => v.value === msg) ? h('p', { class: 'ev-message' }, msg) : null, exceptionChain(values))
       : section('Message', h('p', { class: 'ev-message' }, msg || '(no message)')),

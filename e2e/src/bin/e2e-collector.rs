@@ -93,6 +93,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config.retention = args.retention;
         config.admin_token = args.admin_token;
         let started = tokio::task::spawn_blocking(move || start(config)).await??;
+        errscope_collector::spawn_background(&started.state)?;
         let key = started
             .state
             .reads
