@@ -225,7 +225,7 @@ function missingDebugFiles(ev) {
         ], 'kv-small'),
         h('pre', { class: 'code upload-cmd' },
           `sentry-cli --url ${origin} --auth-token <API token> debug-files upload --org any --project ${project} ${debug}\n`
-          + `errscope-collector debug-files upload --project ${project} ${debug}`));
+          + `errscope-collector debug-files upload --data <data dir> --project ${project} ${debug}`));
     }));
 }
 
