@@ -339,3 +339,21 @@ pub(crate) fn os_context() -> Value {
         .map(|s| s.trim().to_owned());
     json!({"type": "os", "name": name, "kernel_version": kernel, "arch": std::env::consts::ARCH})
 }
+
+/// Runs the host's `before_send` hook; a hook that panics keeps the event unchanged.
+pub(crate) fn apply_before_send(shared: &Shared, event: Event) -> Option<Event> {
+    let Some(hook) = shared.options.before_send.as_ref() else {
+        return Some(event);
+    };
+    let backup = event.clone();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(event))) {
+        Ok(result) => result,
+        Err(_) => {
+            crate::warn(format_args!(
+                "before_send panicked; storing event {} unchanged",
+                backup.event_id
+            ));
+            Some(backup)
+        }
+    }
+}

@@ -163,14 +163,17 @@ mod imp {
     static HANDLING: AtomicI32 = AtomicI32::new(0);
     static DONE: AtomicBool = AtomicBool::new(false);
 
-    /// Opens this run's file (its header written) and installs the handlers, once per
-    /// process. Without a run file (the outbox's directory is unusable: the outbox says
-    /// so) nothing is installed.
-    pub(crate) fn install(shared: &Shared) {
+    /// Opens this run's file with `run_file` (which writes its header) and installs the
+    /// handlers, once per process. Without a run file (the outbox's directory is
+    /// unusable: the outbox says so) nothing is installed.
+    pub(crate) fn install(
+        shared: &Shared,
+        run_file: impl FnOnce() -> Option<(std::fs::File, u64)>,
+    ) {
         if !shared.options.catch_signals || INSTALLED.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some((file, offset)) = crate::crash_report::create_run_file(shared) else {
+        let Some((file, offset)) = run_file() else {
             INSTALLED.store(false, Ordering::Release);
             return;
         };
@@ -444,29 +447,23 @@ mod imp {
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
-pub(crate) use crate::crash_report::deliver;
-#[cfg(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
 pub(crate) use imp::{CrashRecord, install};
 
-/// Elsewhere fatal signals are not recorded.
+/// Elsewhere fatal signals are not recorded: what stands in for `crash_report` there.
 #[cfg(not(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")
 )))]
-pub(crate) fn install(_shared: &crate::shared::Shared) {}
+pub(crate) mod elsewhere {
+    /// Installs nothing.
+    pub(crate) fn install(_shared: &crate::shared::Shared) {}
 
-/// Elsewhere there is nothing to deliver.
-#[cfg(not(all(
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-pub(crate) fn deliver(
-    _shared: &crate::shared::Shared,
-    _resolver: &mut crate::trace::Resolver,
-    _os: &serde_json::Value,
-    _commit: impl FnOnce(Vec<crate::store::Row>) -> bool,
-) {
+    /// Delivers nothing.
+    pub(crate) fn deliver(
+        _shared: &crate::shared::Shared,
+        _resolver: &mut crate::trace::Resolver,
+        _os: &serde_json::Value,
+        _commit: impl FnOnce(Vec<crate::store::Row>) -> bool,
+    ) {
+    }
 }

@@ -66,10 +66,16 @@ fn run_prefix(database: &Path) -> Option<String> {
     Some(format!("{}-run-", database.file_name()?.to_str()?))
 }
 
+/// Creates this run's file and installs the fatal-signal handlers that write into it
+/// (once per process; not when `catch_signals` is off).
+pub(crate) fn install(shared: &Shared) {
+    crate::crash::install(shared, || create_run_file(shared));
+}
+
 /// Creates, locks and heads this run's file; returns it and the header's length (where the
 /// handler writes its record). `None` if the outbox's directory is unusable (the outbox
 /// itself reports that).
-pub(crate) fn create_run_file(shared: &Shared) -> Option<(File, u64)> {
+fn create_run_file(shared: &Shared) -> Option<(File, u64)> {
     let database = shared.options.database_path();
     let dir = database.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
@@ -182,7 +188,7 @@ pub(crate) fn deliver(
             let Some(event) = crash_event(&header, &record, shared, resolver, os, &current) else {
                 continue;
             };
-            let Some(mut event) = crate::worker::apply_before_send(shared, event) else {
+            let Some(mut event) = crate::assemble::apply_before_send(shared, event) else {
                 shared
                     .counters
                     .dropped_before_send

@@ -57,7 +57,7 @@ pub fn init(options: Options) -> Guard {
         Ok(None) => Guard { client: None },
         Ok(Some(client)) => {
             crate::hook::install();
-            crate::crash::install(&client.shared);
+            crate::crash_report::install(&client.shared);
             Guard {
                 client: Some(client),
             }

@@ -258,6 +258,11 @@ mod crash;
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 mod crash_report;
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+use crate::crash::elsewhere as crash_report;
 mod domain;
 mod envelope;
 mod event;

@@ -15,7 +15,6 @@ use serde_json::Value;
 
 pub(crate) use crate::assemble::{Payload, Record};
 use crate::assemble::{build_event, os_context};
-use crate::event::Event;
 use crate::shared::Shared;
 use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore, StoreError};
 use crate::storm::CountRecord;
@@ -188,7 +187,7 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
     let mut resolver = Resolver::new(shared.in_app.clone(), shared.init_trace.clone());
     let os = os_context();
     // What a fatal signal left in an earlier run, committed before anything of this one.
-    crate::crash::deliver(shared, &mut resolver, &os, |rows| {
+    crate::crash_report::deliver(shared, &mut resolver, &os, |rows| {
         let (ack, done) = crossbeam_channel::bounded(1);
         let job = Job {
             rows,
@@ -295,7 +294,7 @@ fn build_job(
     for record in std::mem::take(&mut batch.records) {
         let (storm_key, event_id) = (record.storm_key, record.event_id);
         let event = build_event(record, shared, resolver, os);
-        let Some(mut event) = apply_before_send(shared, event) else {
+        let Some(mut event) = crate::assemble::apply_before_send(shared, event) else {
             // Storm counts cannot refer to a dropped event: they go with it.
             let lost = 1 + storm_key.map_or(0, |key| shared.storm.forget(key, event_id));
             counters
@@ -369,23 +368,6 @@ fn write_job(shared: &Shared, outbox: &mut Outbox, job: &mut Job) {
     counters
         .evicted
         .fetch_add(outcome.evicted, Ordering::Relaxed);
-}
-
-pub(crate) fn apply_before_send(shared: &Shared, event: Event) -> Option<Event> {
-    let Some(hook) = shared.options.before_send.as_ref() else {
-        return Some(event);
-    };
-    let backup = event.clone();
-    match catch_unwind(AssertUnwindSafe(|| hook(event))) {
-        Ok(result) => result,
-        Err(_) => {
-            warn(format_args!(
-                "before_send panicked; storing event {} unchanged",
-                backup.event_id
-            ));
-            Some(backup)
-        }
-    }
 }
 
 #[cfg(test)]

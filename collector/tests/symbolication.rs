@@ -494,3 +494,57 @@ async fn source_bundles_give_context_and_bombs_are_refused() {
     assert_eq!(stored(&s, &again).await["event_id"], again.as_str());
     s.stop().await;
 }
+
+/// The collector's own debug-file store feeds symbolication: an event that came before its
+/// debug file is rewritten when the file is uploaded, without anyone viewing it.
+#[tokio::test]
+async fn an_uploaded_debug_file_symbolicates_the_events_that_waited_for_it() {
+    let host = tokio::task::spawn_blocking(host).await.unwrap();
+    let s = server().await;
+    let envs = envelopes_of(host);
+    let id = post(&s, envelope(&[event_of(&envs[0])])).await;
+    let waiting = |s: &Server| {
+        let state = s.state.clone();
+        let debug_id = host.debug_id.clone();
+        async move {
+            state
+                .reads
+                .run(move |c| {
+                    errscope_collector::store::symbolication::waiting_for_image(c, &debug_id, 0, 10)
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(waiting(&s).await, 1, "the event waits for its image's file");
+
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(&host.debug_file).unwrap())
+            .file_name("fixture-host.debug"),
+    );
+    let r = s
+        .http
+        .post(format!("{}/api/0/projects/any/1/files/dsyms/", s.base))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+
+    // Rewritten in the background: poll the queue, not the event (a view would do it too).
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while waiting(&s).await > 0 {
+        assert!(Instant::now() < deadline, "the event was not reprocessed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let ev = stored(&s, &id).await;
+    assert_eq!(ev["errscope"]["symbolicated_after_ingest"], true, "{ev:#}");
+    assert_eq!(
+        find(&frames_of(&ev), "fixture_host::validate")["lineno"],
+        mark("capture")
+    );
+    s.stop().await;
+}
