@@ -170,6 +170,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX difs_debug_id ON difs (debug_id);
     CREATE INDEX difs_code_id ON difs (code_id);
+    "#,
     // 4: alerts: rules, the action-interval marks, and the durable delivery queue and log.
     r#"
     CREATE TABLE alert_rules (
@@ -209,6 +210,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_attempt);
     CREATE INDEX alert_deliveries_rule ON alert_deliveries (rule_id, id);
+    "#,
     // 5: retained events whose frames wait for an image's debug file (symbolicate/).
     r#"
     CREATE TABLE unsymbolicated (
