@@ -633,7 +633,7 @@ fn frame_components(st: &Stacktrace<'_>, platform: &str) -> Vec<String> {
 }
 
 fn culprit_of(st: &Stacktrace<'_>, platform: &str) -> Option<String> {
-    let frames = seen_frames(st, platform, true);
+    let frames = seen_frames(st, platform, false);
     let s = *significant(&frames).iter().rev().find(|s| !is_agent(s))?;
     let f = s.frame;
     let function = frame_function(f);
