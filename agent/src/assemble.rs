@@ -204,11 +204,14 @@ pub(crate) fn build_event(
     }
     event.contexts.insert("os".to_owned(), os.clone());
     // The server's contract (API.md): the crates counted as in-app, and the images the
-    // stack's addresses fall in, for frames it symbolicates.
-    event
-        .contexts
-        .insert("errscope".to_owned(), resolver.in_app_context());
-    event.debug_meta = resolver.debug_meta(options.before_send.is_some());
+    // stack's addresses fall in, for frames it symbolicates. An event without frames
+    // needs neither, and skips finding the host crate (which loads debug info).
+    if has_frames(&event) {
+        event
+            .contexts
+            .insert("errscope".to_owned(), resolver.in_app_context());
+        event.debug_meta = resolver.debug_meta(options.before_send.is_some());
+    }
     event.contexts.insert(
         "runtime".to_owned(),
         json!({"type": "runtime", "name": "rustc", "version": env!("ERRSCOPE_RUSTC_VERSION")}),
@@ -338,6 +341,22 @@ pub(crate) fn os_context() -> Value {
         .ok()
         .map(|s| s.trim().to_owned());
     json!({"type": "os", "name": name, "kernel_version": kernel, "arch": std::env::consts::ARCH})
+}
+
+/// Whether any exception or thread of the event carries frames.
+fn has_frames(event: &Event) -> bool {
+    let in_stack = |st: &Option<crate::event::Stacktrace>| {
+        st.as_ref()
+            .is_some_and(|st| !st.frames.is_empty() || !st.raw.is_empty())
+    };
+    event
+        .exception
+        .as_ref()
+        .is_some_and(|e| e.values.iter().any(|x| in_stack(&x.stacktrace)))
+        || event
+            .threads
+            .as_ref()
+            .is_some_and(|t| t.values.iter().any(|x| in_stack(&x.stacktrace)))
 }
 
 /// Runs the host's `before_send` hook; a hook that panics keeps the event unchanged.
