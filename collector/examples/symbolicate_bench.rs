@@ -206,7 +206,7 @@ async fn main() {
         .clone();
     let url = format!("http://{addr}/api/1/envelope/?sentry_key={key}");
     let http = reqwest::Client::new();
-    let sym = state.symbolicator.clone().unwrap();
+    let sym = state.symbolicator.clone();
     let presym = |n: usize| -> Vec<u8> {
         let ev = raw(n);
         let out = sym.process(&ev, 1 << 20).bytes.into_owned();

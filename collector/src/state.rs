@@ -116,8 +116,8 @@ pub struct Inner {
     pub difs: Difs,
     /// The memory budget of ingestion requests in flight.
     pub budget: Budget,
-    /// Server-side symbolication, when [`Config::debug_files`] is set.
-    pub symbolicator: Option<Arc<Symbolicator>>,
+    /// Server-side symbolication, from [`Config::debug_files`] or the uploaded files.
+    pub symbolicator: Arc<Symbolicator>,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     password_hash: RwLock<String>,
@@ -265,7 +265,7 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
         Some(lookup) => lookup.clone(),
         None => Arc::new(difs.clone()),
     };
-    let symbolicator = Some(Arc::new(Symbolicator::new(lookup, config.symbolication)));
+    let symbolicator = Arc::new(Symbolicator::new(lookup, config.symbolication));
     let inner = Inner {
         reads: ReadPool::new(store::db_path(&config.data_dir)),
         budget: Budget::new(config.max_inflight_bytes),

@@ -463,7 +463,7 @@ async fn source_bundles_give_context_and_bombs_are_refused() {
     let big_file = vec![b'\n'; 16 << 20];
     let mut big_manifest = serde_json::to_vec(&manifest).unwrap();
     big_manifest.extend(std::iter::repeat_n(b' ', 20 << 20));
-    let sym = s.state.symbolicator.clone().unwrap();
+    let sym = s.state.symbolicator.clone();
     for (n, (name, m, file)) in [
         (
             "file-bomb.zip",

@@ -314,20 +314,19 @@ async fn ingest(
     let size = framed.payload_bytes();
     let symbolicator = state.symbolicator.clone();
     // Symbolication may build a SymCache: never on an async thread.
-    let may_need_symbols = symbolicator.is_some()
-        && match &framed {
-            intake::Framed::Store(event) => symbolicate::may_need(event),
-            intake::Framed::Envelope(_, items) => items
-                .iter()
-                .any(|i| i.ty == "event" && symbolicate::may_need(&i.payload)),
-        };
+    let may_need_symbols = match &framed {
+        intake::Framed::Store(event) => symbolicate::may_need(event),
+        intake::Framed::Envelope(_, items) => items
+            .iter()
+            .any(|i| i.ty == "event" && symbolicate::may_need(&i.payload)),
+    };
     let inline = size <= INLINE_PARSE && !may_need_symbols;
     // Preparing copies each event once more (compressed), until the commit.
     held.cover(2 * size + 64 * 1024)
         .await
         .map_err(|_| IngestError::MemoryBusy)?;
     let work = move || -> Result<(Option<String>, IngestJob, Waiting), IngestError> {
-        let sym = symbolicator.as_deref();
+        let sym = Some(&*symbolicator);
         let mut waiting = Vec::new();
         let mut job = IngestJob {
             project_id,
@@ -402,7 +401,7 @@ async fn ingest(
 /// `(event_id, debug ids)` of events whose frames wait for debug files.
 type Waiting = Vec<(String, Vec<String>)>;
 
-/// Symbolicates an event (when a symbolicator is configured), then prepares it.
+/// Symbolicates an event, then prepares it.
 fn prepare_symbolicated(
     sym: Option<&symbolicate::Symbolicator>,
     bytes: &[u8],

@@ -11,9 +11,6 @@ use crate::state::{AppState, Inner};
 /// Starts the task that reprocesses events as their debug files arrive, on the current
 /// tokio runtime. It holds the state weakly and ends with it.
 pub fn spawn_reprocessing(state: &AppState) {
-    if state.symbolicator.is_none() {
-        return;
-    }
     let mut arrivals = state.difs.subscribe();
     let weak: Weak<Inner> = Arc::downgrade(&state.0);
     tokio::spawn(async move {

@@ -83,9 +83,7 @@ fn redo(sym: &Symbolicator, encoding: u8, data: &[u8]) -> Result<Redone, Symboli
 /// their stored JSON; returns how many were rewritten. Call when a debug file (or source
 /// bundle) was uploaded. Their grouping is kept: they stay in their issue.
 pub async fn reprocess_image(state: &AppState, debug_id: &str) -> Result<usize, SymbolicateError> {
-    let Some(sym) = state.symbolicator.clone() else {
-        return Ok(0);
-    };
+    let sym = state.symbolicator.clone();
     let id = canonical_debug_id(debug_id)
         .ok_or_else(|| SymbolicateError::BadDebugId(debug_id.into()))?;
     sym.forget(&id);
@@ -151,9 +149,7 @@ pub async fn on_view(
     project_id: i64,
     event_id: &str,
 ) -> Result<bool, SymbolicateError> {
-    let Some(sym) = state.symbolicator.clone() else {
-        return Ok(false);
-    };
+    let sym = state.symbolicator.clone();
     let eid = event_id.to_owned();
     let Some((ids, Some((enc, data)))) = state
         .reads
