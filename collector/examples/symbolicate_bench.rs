@@ -191,19 +191,13 @@ async fn main() {
     config.admin_token = Some(TOKEN.into());
     config.admin_password = Some(TOKEN.into());
     config.debug_files = Some(lookup.clone());
-    let started = start(config).unwrap();
+    let started = start(config).await.unwrap();
     let state = started.state.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app(state.clone());
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let key = state
-        .reads
-        .run(errscope_collector::store::list_projects)
-        .await
-        .unwrap()[0]
-        .key
-        .clone();
+    let key = state.store.list_projects().await.unwrap()[0].key.clone();
     let url = format!("http://{addr}/api/1/envelope/?sentry_key={key}");
     let http = reqwest::Client::new();
     let sym = state.symbolicator.clone();
@@ -271,6 +265,5 @@ async fn main() {
         bytes as f64 / 1e6,
         Path::new(&debug_file).display()
     );
-    state.writer.shutdown();
-    let _ = started.writer_thread.join();
+    state.store.close().await;
 }

@@ -2,11 +2,13 @@
 //! for people without sentry-cli; a running collector sees the changes within a second.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Subcommand;
 use errscope_collector::difs::Difs;
-use errscope_collector::store;
+use errscope_collector::state::open_store_for_tools;
+use errscope_collector::store::Store;
 
 #[derive(Subcommand)]
 pub(crate) enum DifsCommand {
@@ -21,6 +23,9 @@ pub(crate) enum DifsCommand {
         /// Data directory.
         #[arg(long, env = "ERRSCOPE_DATA", default_value = "./errscope-data")]
         data: PathBuf,
+        /// A PostgreSQL URL (as `serve --database`).
+        #[arg(long, env = "ERRSCOPE_DATABASE_URL")]
+        database: Option<String>,
         /// Megabytes of debug files kept (as `serve --difs-max-mb`).
         #[arg(long, env = "ERRSCOPE_DIFS_MAX_MB", default_value_t = 2048,
               value_parser = clap::value_parser!(u64).range(1..))]
@@ -34,6 +39,9 @@ pub(crate) enum DifsCommand {
         /// Data directory.
         #[arg(long, env = "ERRSCOPE_DATA", default_value = "./errscope-data")]
         data: PathBuf,
+        /// A PostgreSQL URL (as `serve --database`).
+        #[arg(long, env = "ERRSCOPE_DATABASE_URL")]
+        database: Option<String>,
     },
     /// Delete stored debug files by id (as `list` shows).
     Delete {
@@ -43,18 +51,45 @@ pub(crate) enum DifsCommand {
         /// Data directory.
         #[arg(long, env = "ERRSCOPE_DATA", default_value = "./errscope-data")]
         data: PathBuf,
+        /// A PostgreSQL URL (as `serve --database`).
+        #[arg(long, env = "ERRSCOPE_DATABASE_URL")]
+        database: Option<String>,
     },
 }
 
-fn open(data: &std::path::Path, max_mb: u64) -> anyhow::Result<(rusqlite::Connection, Difs)> {
-    let conn = store::open_and_migrate(data).context("opening the database")?;
-    let difs =
-        Difs::open(data, max_mb.saturating_mul(1 << 20)).context("opening the debug files")?;
-    Ok((conn, difs))
+/// The store and the debug files, with the runtime their blocking methods run the store's
+/// calls on (they are called from this thread, outside the runtime).
+struct Opened {
+    rt: tokio::runtime::Runtime,
+    store: Arc<dyn Store>,
+    difs: Difs,
 }
 
-fn project_id(conn: &rusqlite::Connection, raw: &str) -> anyhow::Result<i64> {
-    let projects = store::list_projects(conn)?;
+impl Opened {
+    fn close(self) {
+        self.rt.block_on(self.store.close());
+    }
+}
+
+fn open(data: &std::path::Path, database: Option<String>, max_mb: u64) -> anyhow::Result<Opened> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let (store, difs) = rt.block_on(async {
+        let store = open_store_for_tools(data, database)
+            .await
+            .context("opening the database")?;
+        let difs = Difs::open(data, max_mb.saturating_mul(1 << 20), store.clone())
+            .await
+            .context("opening the debug files")?;
+        anyhow::Ok((store, difs))
+    })?;
+    Ok(Opened { rt, store, difs })
+}
+
+fn project_id(o: &Opened, raw: &str) -> anyhow::Result<i64> {
+    let projects = o.rt.block_on(o.store.list_projects())?;
     projects
         .iter()
         .find(|p| p.id.to_string() == raw)
@@ -69,10 +104,12 @@ pub(crate) fn run(cmd: DifsCommand) -> anyhow::Result<()> {
             files,
             project,
             data,
+            database,
             difs_max_mb,
         } => {
-            let (conn, difs) = open(&data, difs_max_mb)?;
-            let pid = project_id(&conn, &project)?;
+            let o = open(&data, database, difs_max_mb)?;
+            let pid = project_id(&o, &project)?;
+            let difs = o.difs.clone();
             let mut failed = 0;
             for f in &files {
                 let name = f
@@ -97,14 +134,20 @@ pub(crate) fn run(cmd: DifsCommand) -> anyhow::Result<()> {
                     }
                 }
             }
+            o.close();
             if failed > 0 {
                 anyhow::bail!("{failed} of {} files were not stored", files.len());
             }
             Ok(())
         }
-        DifsCommand::List { project, data } => {
-            let (conn, difs) = open(&data, u64::MAX >> 20)?;
-            let pid = project.map(|p| project_id(&conn, &p)).transpose()?;
+        DifsCommand::List {
+            project,
+            data,
+            database,
+        } => {
+            let o = open(&data, database, u64::MAX >> 20)?;
+            let pid = project.map(|p| project_id(&o, &p)).transpose()?;
+            let difs = o.difs.clone();
             println!(
                 "id\tproject\tname\tkind\tarch\tdebug_id\tcode_id\tfeatures\tsize\tuploaded\tlast_used"
             );
@@ -125,10 +168,16 @@ pub(crate) fn run(cmd: DifsCommand) -> anyhow::Result<()> {
                         .map_or_else(|| "-".into(), errscope_collector::time::rfc3339)
                 );
             }
+            o.close();
             Ok(())
         }
-        DifsCommand::Delete { ids, data } => {
-            let (_conn, difs) = open(&data, u64::MAX >> 20)?;
+        DifsCommand::Delete {
+            ids,
+            data,
+            database,
+        } => {
+            let o = open(&data, database, u64::MAX >> 20)?;
+            let difs = o.difs.clone();
             let mut missing = Vec::new();
             for id in ids {
                 if difs.delete(None, id)? {
@@ -137,6 +186,7 @@ pub(crate) fn run(cmd: DifsCommand) -> anyhow::Result<()> {
                     missing.push(id.to_string());
                 }
             }
+            o.close();
             if !missing.is_empty() {
                 anyhow::bail!("no debug file with the id {}", missing.join(", "));
             }

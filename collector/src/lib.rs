@@ -1,16 +1,16 @@
 //! errscope-collector: receives events from errscope agents and Sentry SDKs, groups them
-//! into issues, stores them in SQLite and serves the JSON API and the dashboard.
+//! into issues, stores them (SQLite or PostgreSQL) and serves the JSON API and the dashboard.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use errscope_collector::{Config, app, serve::serve, start};
-//! let started = start(Config::new("./errscope-data"))?;
+//! let started = start(Config::new("./errscope-data")).await?;
 //! errscope_collector::alerts::spawn(&started.state)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
 //! let stop = async { tokio::signal::ctrl_c().await.ok(); };
 //! let header_timeout = started.state.config.header_timeout;
 //! serve(listener, app(started.state.clone()), header_timeout, stop).await;
-//! started.state.writer.shutdown();
+//! started.state.store.close().await;
 //! # Ok(()) }
 //! ```
 //!
@@ -20,7 +20,8 @@
 //!   framing, validation);
 //! - [`grouping`]: class, fingerprint and normalization;
 //! - [`symbolicate`]: server-side symbolication from debug files, source context;
-//! - [`store`]: SQLite schema and migrations, the group-commit writer thread, read queries;
+//! - [`store`]: the storage seam (one trait) and its backends: embedded SQLite (schema,
+//!   group-commit writer thread, read queries) and PostgreSQL;
 //! - [`api`]: the dashboard's JSON API and session;
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
 //! - [`alerts`]: alert rules, their decision on ingest and their background delivery;

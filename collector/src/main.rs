@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use errscope_collector::store::writer::Retention;
-use errscope_collector::{Config, app, serve, start, state, store};
+use errscope_collector::store::Retention;
+use errscope_collector::{Config, app, serve, start, state};
 
 mod difs_cli;
 
@@ -33,6 +33,10 @@ enum Command {
         /// Data directory (holds the SQLite database).
         #[arg(long, env = "ERRSCOPE_DATA", default_value = "./errscope-data")]
         data: PathBuf,
+        /// A PostgreSQL URL (`postgres://user:pass@host:port/db`, `?sslmode=require` for
+        /// TLS) shared by any number of collectors; without it, SQLite under `--data`.
+        #[arg(long, env = "ERRSCOPE_DATABASE_URL")]
+        database: Option<String>,
         /// Base URL SDKs use to reach this collector (for DSNs); default: the listen address.
         #[arg(long, env = "ERRSCOPE_PUBLIC_URL")]
         public_url: Option<String>,
@@ -136,6 +140,10 @@ enum ProjectCommand {
         /// Data directory.
         #[arg(long, env = "ERRSCOPE_DATA", default_value = "./errscope-data")]
         data: PathBuf,
+        /// A PostgreSQL URL (`postgres://user:pass@host:port/db`, `?sslmode=require` for
+        /// TLS) shared by any number of collectors; without it, SQLite under `--data`.
+        #[arg(long, env = "ERRSCOPE_DATABASE_URL")]
+        database: Option<String>,
         /// Base URL for the DSN.
         #[arg(
             long,
@@ -172,12 +180,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ProjectCommand::Create {
                     name,
                     data,
+                    database,
                     public_url,
                 },
         } => {
-            let conn = store::open_and_migrate(&data).context("opening the database")?;
-            let p = store::create_project(&conn, name.trim())
-                .context("creating the project (is the name taken?)")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let p = rt.block_on(async {
+                let store = state::open_store_for_tools(&data, database)
+                    .await
+                    .context("opening the database")?;
+                let p = store
+                    .create_project(name.trim())
+                    .await
+                    .context("creating the project")?;
+                store.close().await;
+                p.with_context(|| format!("a project named `{}` exists", name.trim()))
+            })?;
             let mut config = Config::new(data);
             config.public_url = public_url;
             let base = config.public_url.trim_end_matches('/');
@@ -189,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             data,
+            database,
             public_url,
             rate_limit,
             max_events_per_issue,
@@ -223,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("binding {listen}"))?;
                 let addr = listener.local_addr()?;
                 let mut config = Config::new(data);
+                config.database = database;
                 config.public_url = public_url.unwrap_or_else(|| format!("http://{addr}"));
                 config.rate_limit_per_minute = rate_limit;
                 config.retention = Retention {
@@ -239,15 +261,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.alerts = alerts;
                 config.admin_token = env_secret("ERRSCOPE_ADMIN_TOKEN");
                 config.admin_password = env_secret("ERRSCOPE_ADMIN_PASSWORD");
-                let started = tokio::task::spawn_blocking(move || start(config))
-                    .await?
-                    .context("opening the database")?;
+                let started = start(config).await.context("opening the database")?;
                 let s = &started.state;
                 errscope_collector::spawn_background(s)?;
                 println!("listening on http://{addr}");
                 println!("dashboard: {}/", s.config.public_url.trim_end_matches('/'));
                 if started.first_start {
-                    let projects = s.reads.run(store::list_projects).await?;
+                    let projects = s.store.list_projects().await?;
                     if let Some(p) = projects.first() {
                         println!("project {} DSN: {}", p.name, s.dsn(p));
                     }
@@ -280,11 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await;
                 // Stop accepting happened above; commit what was accepted, then exit.
-                started.state.writer.shutdown();
-                let handle = started.writer_thread;
-                tokio::task::spawn_blocking(move || handle.join())
-                    .await?
-                    .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+                started.state.store.close().await;
                 eprintln!("shut down cleanly");
                 Ok(())
             })

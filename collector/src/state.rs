@@ -2,29 +2,28 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 use std::time::Duration;
-
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use rand::RngCore;
-use rusqlite::OptionalExtension;
 
 use crate::budget::Budget;
 use crate::difs::Difs;
 use crate::metrics::Metrics;
-use crate::store::writer::{Retention, Writer};
-use crate::store::{self, ProjectRow, ReadPool, StoreError};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{ProjectRow, Retention, Store, StoreError};
 use crate::symbolicate::{DebugFileLookup, Limits, Symbolicator};
 use crate::time::now_ms;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use rand::RngCore;
 
 /// How the collector is configured.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the database lives.
+    /// Where the database (SQLite) and the debug files live.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL (`postgres://user:pass@host:port/db`); `None`: SQLite under
+    /// `data_dir`.
+    pub database: Option<String>,
     /// The base URL SDKs reach the collector at, for DSNs: `http://127.0.0.1:8000`.
     pub public_url: String,
     /// Writer queue capacity, in requests.
@@ -61,6 +60,7 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Config {
             data_dir: data_dir.into(),
+            database: None,
             public_url: "http://127.0.0.1:8000".into(),
             queue_capacity: 1024,
             retention: Retention::default(),
@@ -104,10 +104,8 @@ impl std::ops::Deref for AppState {
 pub struct Inner {
     /// Configuration.
     pub config: Config,
-    /// Read connections.
-    pub reads: ReadPool,
-    /// The writer thread.
-    pub writer: Writer,
+    /// Where everything is stored.
+    pub store: Arc<dyn Store>,
     /// Alerting state shared with the writer and the sender.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// Counters.
@@ -129,13 +127,11 @@ pub struct Inner {
     hashing: tokio::sync::Semaphore,
 }
 
-/// A started collector: its state and the writer thread to join on shutdown.
+/// A started collector: its state (`state.store.close()` on shutdown).
 #[derive(Debug)]
 pub struct Started {
     /// Handler state.
     pub state: AppState,
-    /// The writer thread.
-    pub writer_thread: JoinHandle<()>,
     /// What was generated on this start.
     pub generated: Generated,
     /// Whether the database was created by this start.
@@ -190,76 +186,79 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Opens (creating on first start) the database, bootstraps the default project and the
-/// admin credentials, and starts the writer thread.
-pub fn start(config: Config) -> Result<Started, StoreError> {
-    let conn = store::open_and_migrate(&config.data_dir)?;
-    let first_start = store::list_projects(&conn)?.is_empty();
+/// admin credentials, and starts the writer. Safe when several collectors start at once on
+/// one database: they agree on one default project and one generated secret each.
+pub async fn start(config: Config) -> Result<Started, StoreError> {
+    let metrics = Arc::new(Metrics::default());
+    let alerts = Arc::new(crate::alerts::Alerts::new(
+        config.alerts.clone(),
+        config.public_url.clone(),
+    ));
+    let store = open_store(&config, metrics.clone(), alerts.clone()).await?;
+    let first_start = store.list_projects().await?.is_empty();
     if first_start {
-        store::create_project(&conn, "default")?;
+        store.create_project("default").await?;
     }
     let mut generated = Generated {
         password: None,
         token: None,
     };
     let mut verified = Vec::new();
-    let mut cred = |setting: &str,
-                    from_env: &Option<String>,
-                    slot: &mut Option<String>|
-     -> Result<String, StoreError> {
-        if let Some(secret) = from_env {
+    let mut hashes = Vec::new();
+    for (setting, from_env, slot) in [
+        (
+            "admin_password_hash",
+            &config.admin_password,
+            &mut generated.password,
+        ),
+        (
+            "admin_token_hash",
+            &config.admin_token,
+            &mut generated.token,
+        ),
+    ] {
+        let is_token = setting == "admin_token_hash";
+        let hash = if let Some(secret) = from_env {
             let h = hash_secret(secret)?;
-            store::set_setting(&conn, setting, &h)?;
-            if setting == "admin_token_hash" {
+            store.set_setting(setting, &h).await?;
+            if is_token {
                 verified.push(secret.clone());
             }
-            return Ok(h);
-        }
-        if let Some(h) = store::get_setting(&conn, setting)? {
-            return Ok(h);
-        }
-        let secret = random_secret();
-        let h = hash_secret(&secret)?;
-        store::set_setting(&conn, setting, &h)?;
-        if setting == "admin_token_hash" {
-            verified.push(secret.clone());
-        }
-        *slot = Some(secret);
-        Ok(h)
-    };
-    let password_hash = cred(
-        "admin_password_hash",
-        &config.admin_password,
-        &mut generated.password,
-    )?;
-    let token_hash = cred(
-        "admin_token_hash",
-        &config.admin_token,
-        &mut generated.token,
-    )?;
-    let keys = store::list_projects(&conn)?
+            h
+        } else if let Some(h) = store.get_setting(setting).await? {
+            h
+        } else {
+            let secret = random_secret();
+            let h = hash_secret(&secret)?;
+            let stored = store.setting_or_insert(setting, &h).await?;
+            // Another node may have stored its own first; then that one holds.
+            if stored == h {
+                if is_token {
+                    verified.push(secret.clone());
+                }
+                *slot = Some(secret);
+            }
+            stored
+        };
+        hashes.push(hash);
+    }
+    let token_hash = hashes.pop().unwrap_or_default();
+    let password_hash = hashes.pop().unwrap_or_default();
+    let keys = store
+        .list_projects()
+        .await?
         .into_iter()
         .map(|p| (p.key, p.id))
         .collect();
 
-    let difs = Difs::open(&config.data_dir, config.difs_max_bytes).map_err(|e| match e {
-        crate::difs::DifError::Store(e) => e,
-        crate::difs::DifError::Io(p, e) => StoreError::Io(p, e),
-        e => StoreError::Task(e.to_string()),
-    })?;
+    let difs = Difs::open(&config.data_dir, config.difs_max_bytes, store.clone())
+        .await
+        .map_err(|e| match e {
+            crate::difs::DifError::Store(e) => e,
+            crate::difs::DifError::Io(p, e) => StoreError::Io(p, e),
+            e => StoreError::Task(e.to_string()),
+        })?;
     difs.start_maintenance();
-    let metrics = Arc::new(Metrics::default());
-    let alerts = Arc::new(crate::alerts::Alerts::new(
-        config.alerts.clone(),
-        config.public_url.clone(),
-    ));
-    let (writer, writer_thread) = Writer::start_with_alerts(
-        conn,
-        config.queue_capacity,
-        config.retention,
-        metrics.clone(),
-        Some(alerts.clone()),
-    )
-    .map_err(|e| StoreError::Io(config.data_dir.clone(), e))?;
     // Symbolication looks in the uploaded debug files unless the config names a lookup.
     let lookup: Arc<dyn DebugFileLookup> = match &config.debug_files {
         Some(lookup) => lookup.clone(),
@@ -267,11 +266,10 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
     };
     let symbolicator = Arc::new(Symbolicator::new(lookup, config.symbolication));
     let inner = Inner {
-        reads: ReadPool::new(store::db_path(&config.data_dir)),
+        store,
         budget: Budget::new(config.max_inflight_bytes),
         symbolicator,
         config,
-        writer,
         alerts,
         metrics,
         difs,
@@ -285,10 +283,51 @@ pub fn start(config: Config) -> Result<Started, StoreError> {
     };
     Ok(Started {
         state: AppState(Arc::new(inner)),
-        writer_thread,
         generated,
         first_start,
     })
+}
+
+/// The store of a data directory (or database URL) for the command-line tools, which may
+/// run while `serve` runs on the same data.
+pub async fn open_store_for_tools(
+    data_dir: &std::path::Path,
+    database: Option<String>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let mut config = Config::new(data_dir);
+    config.database = database;
+    let alerts = Arc::new(crate::alerts::Alerts::new(
+        config.alerts.clone(),
+        config.public_url.clone(),
+    ));
+    open_store(&config, Arc::new(Metrics::default()), alerts).await
+}
+
+/// The store the config names: SQLite under `data_dir` unless a database URL is given.
+pub async fn open_store(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    alerts: Arc<crate::alerts::Alerts>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.database {
+        None => {
+            let (dir, cap, retention) = (
+                config.data_dir.clone(),
+                config.queue_capacity,
+                config.retention,
+            );
+            let store = tokio::task::spawn_blocking(move || {
+                SqliteStore::open(&dir, cap, retention, metrics, Some(alerts))
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+            Ok(Arc::new(store))
+        }
+        Some(url) => Err(StoreError::Task(format!(
+            "{}: PostgreSQL is not supported by this build",
+            crate::store::redact_url(url)
+        ))),
+    }
 }
 
 impl Inner {
@@ -306,11 +345,7 @@ impl Inner {
         if let Some(id) = self.keys.read().unwrap_or_else(|e| e.into_inner()).get(key) {
             return Ok(Some(*id));
         }
-        let k = key.to_owned();
-        let found = self
-            .reads
-            .run(move |c| store::project_of_key(c, &k))
-            .await?;
+        let found = self.store.project_of_key(key).await?;
         if let Some(id) = found {
             self.remember_key(key, id);
         }
@@ -379,16 +414,7 @@ impl Inner {
         let now = now_ms();
         let expires = now + SESSION_TTL_MS;
         let key = session_key(&id);
-        self.writer
-            .exec(move |tx| {
-                tx.execute("DELETE FROM sessions WHERE expires <= ?1", [now])?;
-                tx.execute(
-                    "INSERT INTO sessions (token_hash, expires) VALUES (?1, ?2)",
-                    rusqlite::params![key, expires],
-                )?;
-                Ok(())
-            })
-            .await?;
+        self.store.insert_session(&key, expires, now).await?;
         self.remember_session(&id, expires);
         Ok(id)
     }
@@ -418,17 +444,7 @@ impl Inner {
             return *exp > now;
         }
         let key = session_key(id);
-        let found = self
-            .reads
-            .run(move |c| {
-                Ok(c.query_row(
-                    "SELECT expires FROM sessions WHERE token_hash = ?1",
-                    [key],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?)
-            })
-            .await;
+        let found = self.store.session_expires(&key).await;
         match found {
             Ok(Some(exp)) if exp > now => {
                 self.remember_session(id, exp);
@@ -445,12 +461,7 @@ impl Inner {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
         let key = session_key(id);
-        self.writer
-            .exec(move |tx| {
-                tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [key])?;
-                Ok(())
-            })
-            .await
+        self.store.delete_session(&key).await
     }
 
     /// Counts `n` events against the project's per-minute limit. Returns the seconds to
@@ -474,6 +485,6 @@ impl Inner {
 
     /// The writer queue depth (for tests and metrics).
     pub fn queue_depth(&self) -> i64 {
-        self.metrics.queue_depth.load(Relaxed)
+        self.store.queue_depth()
     }
 }

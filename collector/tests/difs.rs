@@ -613,9 +613,19 @@ fn find_prefers_debug_info_to_a_symbol_table_and_ignores_source_bundles() {
     use errscope_collector::difs::{DifKind, Difs};
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    let conn = errscope_collector::store::open_and_migrate(dir.path()).unwrap();
-    errscope_collector::store::create_project(&conn, "default").unwrap();
-    let difs = Difs::open(dir.path(), 1 << 30).unwrap();
+    // The store's futures run on this runtime; `Difs`' blocking methods are called from
+    // this thread, outside it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (store, difs) = rt.block_on(async {
+        let store = errscope_collector::state::open_store_for_tools(dir.path(), None)
+            .await
+            .unwrap();
+        store.create_project("default").await.unwrap();
+        let difs = Difs::open(dir.path(), 1 << 30, store.clone())
+            .await
+            .unwrap();
+        (store, difs)
+    });
     // The same build twice: with its symbol table only, and its debug companion.
     let symtab_only = f.path("hello-1.symtab");
     run(Command::new("strip")
@@ -647,4 +657,5 @@ fn find_prefers_debug_info_to_a_symbol_table_and_ignores_source_bundles() {
     assert!(difs.delete(None, full.id).unwrap());
     assert_eq!(difs.find(&lean.debug_id, None).unwrap().id, lean.id);
     assert!(!difs.delete(None, full.id).unwrap());
+    rt.block_on(store.close());
 }

@@ -367,13 +367,7 @@ async fn events_sent_before_their_debug_file_are_symbolicated_when_it_arrives() 
     let (_, rows) = {
         let state = s.state.clone();
         let id = host.debug_id.clone();
-        let rows = state
-            .reads
-            .run(move |c| {
-                errscope_collector::store::symbolication::waiting_for_image(c, &id, 0, 10)
-            })
-            .await
-            .unwrap();
+        let rows = state.store.waiting_for_image(&id, 0, 10).await.unwrap();
         ((), rows)
     };
     assert!(rows.is_empty(), "nothing waits any more");
@@ -508,10 +502,8 @@ async fn an_uploaded_debug_file_symbolicates_the_events_that_waited_for_it() {
         let debug_id = host.debug_id.clone();
         async move {
             state
-                .reads
-                .run(move |c| {
-                    errscope_collector::store::symbolication::waiting_for_image(c, &debug_id, 0, 10)
-                })
+                .store
+                .waiting_for_image(&debug_id, 0, 10)
                 .await
                 .unwrap()
                 .len()

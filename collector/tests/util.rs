@@ -34,10 +34,7 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
     config.admin_token = Some(TOKEN.into());
     config.admin_password = Some(PASSWORD.into());
     tweak(&mut config);
-    let started = tokio::task::spawn_blocking(move || start(config))
-        .await
-        .unwrap()
-        .expect("start");
+    let started = start(config).await.expect("start");
     let state = started.state.clone();
     errscope_collector::spawn_background(&state).expect("background tasks");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -51,11 +48,7 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
             .unwrap();
     });
     let key = {
-        let projects = state
-            .reads
-            .run(errscope_collector::store::list_projects)
-            .await
-            .unwrap();
+        let projects = state.store.list_projects().await.unwrap();
         projects[0].key.clone()
     };
     Server {
@@ -98,7 +91,7 @@ impl Server {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
-        self.state.writer.shutdown();
+        self.state.store.close().await;
     }
 }
 

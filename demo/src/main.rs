@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use errscope_collector::{Config, state, store};
+use errscope_collector::{Config, state};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing_subscriber::prelude::*;
@@ -106,14 +106,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // A fresh password on every run unless one is given: the login is always printed.
     let login = password.clone().unwrap_or_else(state::random_secret);
     config.admin_password = Some(login.clone());
-    let started = tokio::task::spawn_blocking(move || errscope_collector::start(config))
-        .await?
+    let started = errscope_collector::start(config)
+        .await
         .with_context(|| format!("opening the collector's database in {}", cli.data.display()))?;
     let collector_state = started.state.clone();
     errscope_collector::spawn_background(&collector_state)?;
     let project = collector_state
-        .reads
-        .run(store::list_projects)
+        .store
+        .list_projects()
         .await?
         .into_iter()
         .next()
@@ -209,11 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let _ = collector_stop.send(true);
     collector.await?;
-    collector_state.writer.shutdown();
-    let writer = started.writer_thread;
-    tokio::task::spawn_blocking(move || writer.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the collector's writer thread panicked"))?;
+    collector_state.store.close().await;
     println!("stopped cleanly");
     Ok(())
 }

@@ -26,7 +26,7 @@ pub struct Collector {
     pub key: String,
     rt: tokio::runtime::Runtime,
     state: AppState,
-    writer: Option<std::thread::JoinHandle<()>>,
+    closed: bool,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     http: reqwest::Client,
 }
@@ -50,7 +50,7 @@ impl Collector {
         config.admin_token = Some(TOKEN.into());
         // The tests look every event up: keep them all (not just 100 per issue).
         config.retention.max_events_per_issue = 1_000_000;
-        let started = start(config).map_err(std::io::Error::other)?;
+        let started = rt.block_on(start(config)).map_err(std::io::Error::other)?;
         let state = started.state.clone();
         {
             let _runtime = rt.enter();
@@ -68,7 +68,7 @@ impl Collector {
             },
         ));
         let key = rt
-            .block_on(state.reads.run(errscope_collector::store::list_projects))
+            .block_on(state.store.list_projects())
             .map_err(std::io::Error::other)?
             .first()
             .map(|p| p.key.clone())
@@ -78,7 +78,7 @@ impl Collector {
             key,
             rt,
             state,
-            writer: Some(started.writer_thread),
+            closed: false,
             stop: Some(stop),
             http: reqwest::Client::new(),
         })
@@ -144,18 +144,9 @@ impl Collector {
 
     /// How many rows the collector stored for each event id, read from its database.
     pub fn stored_copies(&self) -> HashMap<String, u64> {
-        let read = self.state.reads.run(|conn| {
-            let mut stmt =
-                conn.prepare("SELECT event_id, count(*) FROM events GROUP BY event_id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
-            let mut copies = HashMap::new();
-            for row in rows {
-                let (id, n) = row?;
-                copies.insert(id, n.unsigned_abs());
-            }
-            Ok(copies)
-        });
-        self.rt.block_on(read).expect("read stored events")
+        self.rt
+            .block_on(self.state.store.event_copies())
+            .expect("read stored events")
     }
 
     /// Events the collector answered as retries of stored ones, without storing them
@@ -185,9 +176,9 @@ impl Collector {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.state.writer.shutdown();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        if !self.closed {
+            self.closed = true;
+            self.rt.block_on(self.state.store.close());
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::rules::{Context, Rule, RuleSpec, SelfAddress, parse_rule};
 use crate::api::ApiError;
 use crate::state::AppState;
-use crate::store::alerts as q;
+use crate::store::LOG_PER_RULE;
 use crate::time::now_ms;
 
 /// Rules per project at most.
@@ -46,7 +46,7 @@ fn parse_body(
 }
 
 async fn project_name(state: &AppState, pid: i64) -> Result<String, ApiError> {
-    let all = state.reads.run(crate::store::list_projects).await?;
+    let all = state.store.list_projects().await?;
     all.into_iter()
         .find(|p| p.id == pid)
         .map(|p| p.name)
@@ -56,8 +56,8 @@ async fn project_name(state: &AppState, pid: i64) -> Result<String, ApiError> {
 async fn load(state: &AppState, raw: &str) -> Result<Rule, ApiError> {
     let id = id_param(raw, "no such alert rule")?;
     state
-        .reads
-        .run(move |c| q::rule(c, id))
+        .store
+        .alert_rule(id)
         .await?
         .ok_or(ApiError::NotFound("no such alert rule"))
 }
@@ -69,7 +69,7 @@ pub async fn list_rules(
 ) -> Result<Response, ApiError> {
     let pid = id_param(&pid, "no such project")?;
     project_name(&state, pid).await?;
-    let rules = state.reads.run(move |c| q::rules(c, pid)).await?;
+    let rules = state.store.alert_rules(pid).await?;
     Ok(Json(rules.iter().map(Rule::to_api).collect::<Vec<_>>()).into_response())
 }
 
@@ -83,18 +83,8 @@ pub async fn create_rule(
     project_name(&state, pid).await?;
     let spec = parse_body(&state, &body, None)?;
     let created = state
-        .writer
-        .exec(move |tx| {
-            let n: i64 = tx.query_row(
-                "SELECT count(*) FROM alert_rules WHERE project_id = ?1",
-                [pid],
-                |r| r.get(0),
-            )?;
-            if n >= MAX_RULES_PER_PROJECT {
-                return Ok(None);
-            }
-            q::insert_rule(tx, pid, &spec, now_ms()).map(Some)
-        })
+        .store
+        .insert_alert_rule(pid, &spec, MAX_RULES_PER_PROJECT, now_ms())
         .await?
         .ok_or_else(|| {
             ApiError::Conflict(format!(
@@ -123,11 +113,7 @@ pub async fn update_rule(
     let old = load(&state, &id).await?;
     let spec = parse_body(&state, &body, Some(&old.spec))?;
     let rid = old.id;
-    let s = spec.clone();
-    let found = state
-        .writer
-        .exec(move |tx| q::update_rule(tx, rid, &s))
-        .await?;
+    let found = state.store.update_alert_rule(rid, &spec).await?;
     if !found {
         return Err(ApiError::NotFound("no such alert rule"));
     }
@@ -141,7 +127,7 @@ pub async fn delete_rule(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = id_param(&id, "no such alert rule")?;
-    let found = state.writer.exec(move |tx| q::delete_rule(tx, id)).await?;
+    let found = state.store.delete_alert_rule(id).await?;
     if !found {
         return Err(ApiError::NotFound("no such alert rule"));
     }
@@ -176,12 +162,9 @@ pub async fn deliveries(
             .parse::<i64>()
             .ok()
             .filter(|l| *l >= 1)
-            .map(|l| l.min(q::LOG_PER_RULE))
+            .map(|l| l.min(LOG_PER_RULE))
             .ok_or_else(|| ApiError::BadRequest("limit must be a positive integer".into()))?,
     };
-    let rows = state
-        .reads
-        .run(move |c| q::deliveries(c, rule.id, limit))
-        .await?;
+    let rows = state.store.alert_deliveries(rule.id, limit).await?;
     Ok(Json(rows).into_response())
 }

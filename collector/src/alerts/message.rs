@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use super::rules::Rule;
-use crate::store::writer::PreparedEvent;
+use crate::store::PreparedEvent;
 use crate::time::rfc3339;
 
 /// An issue as an alert describes it.

@@ -16,7 +16,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use super::rules::Channel;
 use super::{AlertError, message};
 use crate::state::AppState;
-use crate::store::alerts::{self as q, Due, Outcome};
+use crate::store::{DeliveryRow, Due, Outcome};
 use crate::time::now_ms;
 
 /// The longest delay between two attempts.
@@ -160,7 +160,7 @@ impl Sender {
         let mut last_prune: Option<Instant> = None;
         loop {
             let now = now_ms();
-            let next = match self.state.reads.run(move |c| q::due(c, now, 64)).await {
+            let next = match self.state.store.alerts_due(now, 64).await {
                 Ok((rows, next)) => {
                     for d in rows {
                         if !self.lock().insert(d.delivery.row) {
@@ -188,7 +188,7 @@ impl Sender {
             };
             if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(600)) {
                 last_prune = Some(Instant::now());
-                let _ = self.state.writer.exec(|tx| q::prune(tx, now_ms())).await;
+                let _ = self.state.store.prune_alerts(now_ms()).await;
             }
             let wait = next.map_or(60_000, |n| (n - now_ms()).clamp(0, 60_000));
             tokio::select! {
@@ -206,11 +206,10 @@ impl Sender {
     /// the delivery is sent again.
     async fn record(&self, row: i64, outcome: Outcome) {
         for _ in 0..50 {
-            let o = outcome.clone();
             match self
                 .state
-                .writer
-                .exec(move |tx| q::record_attempt(tx, row, &o, now_ms()))
+                .store
+                .record_alert_attempt(row, &outcome, now_ms())
                 .await
             {
                 Ok(()) => return,
@@ -363,12 +362,12 @@ impl Sender {
         &self,
         rule: &super::rules::Rule,
         project: &str,
-    ) -> Result<q::DeliveryRow, crate::store::StoreError> {
+    ) -> Result<DeliveryRow, crate::store::StoreError> {
         let now = now_ms();
         let payload = message::test_payload(rule, project, &self.state.alerts.public_url, now);
         let id = uuid::Uuid::new_v4().to_string();
         let d = Due {
-            delivery: q::DeliveryRow {
+            delivery: DeliveryRow {
                 row: 0,
                 id: id.clone(),
                 rule_id: rule.id,
@@ -396,19 +395,9 @@ impl Sender {
                 error: a.error,
             }
         };
-        let rule_id = rule.id;
         self.state
-            .writer
-            .exec(move |tx| {
-                let (row, _) = q::enqueue(tx, rule_id, None, "test", &payload, "queued", now)?
-                    .ok_or(crate::store::StoreError::QueueFull)?;
-                tx.execute(
-                    "UPDATE alert_deliveries SET delivery_id = ?2 WHERE id = ?1",
-                    rusqlite::params![row, id],
-                )?;
-                q::record_attempt(tx, row, &outcome, now_ms())?;
-                Ok(q::deliveries(tx, rule_id, 1)?.into_iter().next())
-            })
+            .store
+            .record_test_delivery(rule.id, &id, &payload, &outcome, now_ms())
             .await?
             .ok_or_else(|| crate::store::StoreError::Task("the test delivery vanished".into()))
     }

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use crate::state::AppState;
-use crate::store::queries::{self, Cursor, IssueFilter, STATUSES, Sort};
-use crate::store::{self, ProjectRow};
+use crate::store::{Cursor, IssueFilter, ProjectRow, STATUSES, Sort};
 use crate::time::now_ms;
 
 type Params = Query<HashMap<String, String>>;
@@ -31,7 +30,7 @@ fn project_json(state: &AppState, p: &ProjectRow) -> Value {
 
 async fn project(state: &AppState, raw: &str) -> Result<ProjectRow, ApiError> {
     let id = id_param(raw, "no such project")?;
-    let all = state.reads.run(store::list_projects).await?;
+    let all = state.store.list_projects().await?;
     all.into_iter()
         .find(|p| p.id == id)
         .ok_or(ApiError::NotFound("no such project"))
@@ -39,7 +38,7 @@ async fn project(state: &AppState, raw: &str) -> Result<ProjectRow, ApiError> {
 
 /// `GET /api/0/projects/`.
 pub async fn list_projects(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let all = state.reads.run(store::list_projects).await?;
+    let all = state.store.list_projects().await?;
     Ok(Json(
         all.iter()
             .map(|p| project_json(&state, p))
@@ -67,21 +66,7 @@ pub async fn create_project(
         ));
     }
     let n = name.clone();
-    let created = state
-        .writer
-        .exec(move |tx| {
-            let exists: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM projects WHERE name = ?1)",
-                [&n],
-                |r| r.get(0),
-            )?;
-            if exists {
-                Ok(None)
-            } else {
-                store::create_project(tx, &n).map(Some)
-            }
-        })
-        .await?;
+    let created = state.store.create_project(&n).await?;
     let p =
         created.ok_or_else(|| ApiError::Conflict(format!("a project named `{name}` exists")))?;
     state.remember_key(&p.key, p.id);
@@ -103,7 +88,7 @@ pub async fn project_stats(
     Path(pid): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = id_param(&pid, "no such project")?;
-    let s = state.reads.run(move |c| queries::stats(c, id)).await?;
+    let s = state.store.stats(id).await?;
     Ok(Json(s.ok_or(ApiError::NotFound("no such project"))?).into_response())
 }
 
@@ -133,10 +118,7 @@ pub async fn classes(
 ) -> Result<Response, ApiError> {
     let pr = project(&state, &pid).await?;
     let status = status_param(&p, "all")?;
-    let rows = state
-        .reads
-        .run(move |c| queries::classes(c, pr.id, status.as_deref(), now_ms()))
-        .await?;
+    let rows = state.store.classes(pr.id, status, now_ms()).await?;
     Ok(Json(rows).into_response())
 }
 
@@ -185,17 +167,14 @@ pub async fn list_issues(
     };
     let limit = limit_param(&p)?;
     let (data, next) = state
-        .reads
-        .run(move |c| queries::issues(c, pr.id, &filter, sort, cursor, limit, now_ms()))
+        .store
+        .issues(pr.id, filter, sort, cursor, limit, now_ms())
         .await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }
 
 async fn issue_json(state: &AppState, id: i64) -> Result<Value, ApiError> {
-    let i = state
-        .reads
-        .run(move |c| queries::issue(c, id, now_ms()))
-        .await?;
+    let i = state.store.issue(id, now_ms()).await?;
     let i = i.ok_or(ApiError::NotFound("no such issue"))?;
     serde_json::to_value(i).map_err(|e| ApiError::Internal(e.to_string()))
 }
@@ -207,20 +186,11 @@ pub async fn get_issue(
 ) -> Result<Response, ApiError> {
     let id = id_param(&id, "no such issue")?;
     let mut v = issue_json(&state, id).await?;
-    let (hourly, tags, latest) = state
-        .reads
-        .run(move |c| {
-            Ok((
-                queries::issue_hourly(c, id, 336, now_ms())?,
-                queries::issue_tags(c, id)?,
-                queries::latest_event_id(c, id)?,
-            ))
-        })
-        .await?;
+    let d = state.store.issue_detail(id, 336, now_ms()).await?;
     if let Value::Object(m) = &mut v {
-        m.insert("hourly_14d".into(), json!(hourly));
-        m.insert("tags".into(), json!(tags));
-        m.insert("latest_event_id".into(), json!(latest));
+        m.insert("hourly_14d".into(), json!(d.hourly));
+        m.insert("tags".into(), json!(d.tags));
+        m.insert("latest_event_id".into(), json!(d.latest_event_id));
     }
     Ok(Json(v).into_response())
 }
@@ -247,32 +217,15 @@ pub async fn update_issue(
             "status must be resolved, muted or unresolved".into(),
         ));
     }
-    let alerts = state.alerts.clone();
-    let (changed, unmuted) = state
-        .writer
-        .exec(move |tx| {
-            let was: Option<String> = rusqlite::OptionalExtension::optional(tx.query_row(
-                "SELECT status FROM issues WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            ))?;
-            let changed = tx.execute(
-                "UPDATE issues SET status = ?2, is_regression = CASE WHEN ?2 = 'resolved' THEN 0 ELSE is_regression END WHERE id = ?1",
-                rusqlite::params![id, b.status],
-            )?;
-            let unmuted = if was.as_deref() == Some("muted") && b.status == "unresolved" {
-                store::alerts::on_unmute(tx, &alerts, id)?
-            } else {
-                0
-            };
-            Ok((changed, unmuted))
-        })
-        .await?;
+    let Some(unmuted) = state
+        .store
+        .set_issue_status(id, &b.status, &state.alerts)
+        .await?
+    else {
+        return Err(ApiError::NotFound("no such issue"));
+    };
     if unmuted > 0 {
         state.alerts.wake();
-    }
-    if changed == 0 {
-        return Err(ApiError::NotFound("no such issue"));
     }
     Ok(Json(issue_json(&state, id).await?).into_response())
 }
@@ -292,14 +245,11 @@ pub async fn issue_events(
                 .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?,
         ),
     };
-    let found = state.reads.run(move |c| queries::issue(c, id, 0)).await?;
+    let found = state.store.issue(id, 0).await?;
     if found.is_none() {
         return Err(ApiError::NotFound("no such issue"));
     }
-    let (data, next) = state
-        .reads
-        .run(move |c| queries::issue_events(c, id, cursor, limit))
-        .await?;
+    let (data, next) = state.store.issue_events(id, cursor, limit).await?;
     Ok(Json(json!({ "data": data, "next_cursor": next })).into_response())
 }
 
@@ -315,10 +265,7 @@ pub async fn get_event(
     if let Err(e) = crate::symbolicate::on_view(&state, pid, &eid).await {
         tracing::warn!("symbolicating event {eid} on view: {e}");
     }
-    let v = state
-        .reads
-        .run(move |c| queries::event(c, pid, &eid))
-        .await?;
+    let v = state.store.event(pid, &eid).await?;
     Ok(Json(v.ok_or(ApiError::NotFound("no such event"))?).into_response())
 }
 
@@ -328,9 +275,6 @@ pub async fn tag_values(
     Path((pid, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let pr = project(&state, &pid).await?;
-    let v = state
-        .reads
-        .run(move |c| queries::project_tag_values(c, pr.id, &key))
-        .await?;
+    let v = state.store.project_tag_values(pr.id, &key).await?;
     Ok(Json(v).into_response())
 }

@@ -16,10 +16,9 @@ use serde_json::{Value, json};
 use sha1::Digest as _;
 
 use super::chunks::is_sha1;
-use super::store::DifRow;
 use super::{DifError, Difs, hex};
 use crate::state::AppState;
-use crate::store::{self, StoreError};
+use crate::store::{DifRow, StoreError};
 use crate::time::rfc3339;
 
 /// The size of one chunk sentry-cli sends.
@@ -122,7 +121,7 @@ pub fn routes() -> Router<AppState> {
 
 /// The project a path names, by id or by name.
 async fn project_id(state: &AppState, raw: &str) -> Result<i64, DifApiError> {
-    let projects = state.reads.run(store::list_projects).await?;
+    let projects = state.store.list_projects().await?;
     projects
         .iter()
         .find(|p| p.id.to_string() == raw)

@@ -10,7 +10,6 @@
 pub mod api;
 pub mod chunks;
 pub mod inspect;
-pub mod store;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -20,12 +19,10 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use rusqlite::Connection;
 use sha1::Digest as _;
 
 use self::chunks::Chunks;
-use self::store::DifRow;
-use crate::store::StoreError;
+use crate::store::{DifRow, Store, StoreError};
 use crate::time::now_ms;
 
 /// The container format of a debug file.
@@ -146,12 +143,6 @@ pub enum DifError {
     Io(PathBuf, std::io::Error),
 }
 
-impl From<rusqlite::Error> for DifError {
-    fn from(e: rusqlite::Error) -> Self {
-        DifError::Store(StoreError::Sqlite(e))
-    }
-}
-
 /// The best debug file for an image, from [`Difs::find`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DifMatch {
@@ -223,7 +214,9 @@ impl Index {
 struct Shared {
     dir: PathBuf,
     max_bytes: u64,
-    conn: Mutex<Connection>,
+    store: Arc<dyn Store>,
+    /// Runs the store's futures for the blocking methods (called off the async threads).
+    rt: tokio::runtime::Handle,
     index: RwLock<Index>,
     dirty: Mutex<HashSet<i64>>,
     chunks: Chunks,
@@ -261,14 +254,17 @@ pub fn normalize_debug_id(s: &str) -> Option<String> {
 impl Difs {
     /// Opens the store of a data directory whose database is migrated. At most
     /// `max_bytes` of debug files are kept; the least recently used go first.
-    pub fn open(data_dir: &Path, max_bytes: u64) -> Result<Difs, DifError> {
+    pub async fn open(
+        data_dir: &Path,
+        max_bytes: u64,
+        store: Arc<dyn Store>,
+    ) -> Result<Difs, DifError> {
         let dir = data_dir.join("difs");
         for d in [dir.clone(), dir.join("tmp")] {
             std::fs::create_dir_all(&d).map_err(|e| DifError::Io(d.clone(), e))?;
         }
-        let conn = crate::store::open_connection(&crate::store::db_path(data_dir), false)?;
-        let version = store::version(&conn)?;
-        let index = Index::build(store::all(&conn)?, version, &Index::default());
+        let version = store.difs_version().await?;
+        let index = Index::build(store.all_difs().await?, version, &Index::default());
         // Staged chunks may take as much room as a few of the largest uploads.
         let staging = (max_bytes / 2).clamp(64 << 20, 4 << 30);
         let chunks = Chunks::open(dir.join("chunks"), staging)?;
@@ -277,7 +273,8 @@ impl Difs {
         Ok(Difs(Arc::new(Shared {
             dir,
             max_bytes,
-            conn: Mutex::new(conn),
+            store,
+            rt: tokio::runtime::Handle::current(),
             index: RwLock::new(index),
             dirty: Mutex::new(HashSet::new()),
             chunks,
@@ -292,15 +289,14 @@ impl Difs {
     /// last handle is dropped.
     pub fn start_maintenance(&self) {
         let weak: Weak<Shared> = Arc::downgrade(&self.0);
-        let spawned = std::thread::Builder::new()
-            .name("errscope-difs".into())
-            .spawn(move || {
-                let mut tick = 0u64;
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                    let Some(shared) = weak.upgrade() else { return };
-                    let difs = Difs(shared);
-                    tick += 1;
+        tokio::spawn(async move {
+            let mut tick = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(shared) = weak.upgrade() else { return };
+                let difs = Difs(shared);
+                tick += 1;
+                let ran = tokio::task::spawn_blocking(move || {
                     if let Err(e) = difs.refresh() {
                         tracing::warn!("debug files: reloading the index failed: {e}");
                     }
@@ -312,11 +308,21 @@ impl Difs {
                     if tick.is_multiple_of(300) {
                         difs.0.chunks.sweep(chunks::CHUNK_TTL);
                     }
+                })
+                .await;
+                if ran.is_err() {
+                    return;
                 }
-            });
-        if let Err(e) = spawned {
-            tracing::error!("debug files: cannot start the maintenance thread: {e}");
-        }
+            }
+        });
+    }
+
+    /// Runs a store call from a blocking method.
+    fn db<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, DifError> {
+        Ok(self.0.rt.block_on(f)?)
     }
 
     /// The best object file for an image: matching debug id (or code id), with debug
@@ -531,35 +537,14 @@ impl Difs {
         std::fs::rename(&tmp.path, &dest).map_err(|e| DifError::Io(dest.clone(), e))?;
         tmp.kept = true;
         self.flush_used()?;
-        let evicted = {
-            let conn = self.0.conn.lock().unwrap_or_else(|e| e.into_inner());
-            let inserted = (|| -> Result<Vec<DifRow>, DifError> {
-                let tx = conn.unchecked_transaction()?;
-                if let Some(existing) = store::by_checksum(&tx, project_id, checksum)? {
-                    row = existing;
-                    return Ok(Vec::new());
-                }
-                row.id = store::insert(&tx, &row)?;
-                let mut evicted = Vec::new();
-                let mut total = store::total_size(&tx)? as u64;
-                while total > self.0.max_bytes {
-                    let Some(old) = store::least_recently_used(&tx, row.id)? else {
-                        break;
-                    };
-                    store::delete(&tx, old.id)?;
-                    total = total.saturating_sub(old.size as u64);
-                    evicted.push(old);
-                }
-                store::bump_version(&tx)?;
-                tx.commit()?;
-                Ok(evicted)
-            })();
-            match inserted {
-                Ok(ev) => ev,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&dest);
-                    return Err(e);
-                }
+        let evicted = match self.db(self.0.store.insert_dif(row, self.0.max_bytes)) {
+            Ok(inserted) => {
+                row = inserted.row;
+                inserted.evicted
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&dest);
+                return Err(e);
             }
         };
         for old in &evicted {
@@ -578,19 +563,14 @@ impl Difs {
 
     /// Deletes a file of a project (any project with `None`); whether it existed.
     pub fn delete(&self, project_id: Option<i64>, id: i64) -> Result<bool, DifError> {
-        let removed = {
-            let conn = self.0.conn.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(row) = store::by_id(&conn, id)? else {
-                return Ok(false);
-            };
-            if project_id.is_some_and(|p| p != row.project_id) {
-                return Ok(false);
-            }
-            let tx = conn.unchecked_transaction()?;
-            store::delete(&tx, id)?;
-            store::bump_version(&tx)?;
-            tx.commit()?;
-            row
+        let Some(row) = self.db(self.0.store.dif(id))? else {
+            return Ok(false);
+        };
+        if project_id.is_some_and(|p| p != row.project_id) {
+            return Ok(false);
+        }
+        let Some(removed) = self.db(self.0.store.delete_dif(id))? else {
+            return Ok(false);
         };
         let _ = std::fs::remove_file(self.path_of(&removed));
         self.refresh()?;
@@ -600,8 +580,7 @@ impl Difs {
     /// Reloads the index if the database changed; announces the files that are new.
     pub fn refresh(&self) -> Result<(), DifError> {
         let (version, rows) = {
-            let conn = self.0.conn.lock().unwrap_or_else(|e| e.into_inner());
-            let version = store::version(&conn)?;
+            let version = self.db(self.0.store.difs_version())?;
             if version
                 == self
                     .0
@@ -612,7 +591,7 @@ impl Difs {
             {
                 return Ok(());
             }
-            (version, store::all(&conn)?)
+            (version, self.db(self.0.store.all_difs())?)
         };
         let mut ix = self.0.index.write().unwrap_or_else(|e| e.into_inner());
         if ix.version == version {
@@ -649,8 +628,7 @@ impl Difs {
                 .filter_map(|id| ix.by_id.get(id).map(|e| (*id, e.last_used.load(Relaxed))))
                 .collect()
         };
-        let mut conn = self.0.conn.lock().unwrap_or_else(|e| e.into_inner());
-        store::set_last_used(&mut conn, &used)?;
+        self.db(self.0.store.touch_difs(used))?;
         Ok(())
     }
 

@@ -21,7 +21,7 @@ use crate::grouping;
 use crate::metrics::Reject;
 use crate::state::AppState;
 use crate::store::StoreError;
-use crate::store::writer::{CountRecord, Discard, IngestJob, PreparedEvent};
+use crate::store::{CountRecord, Discard, IngestJob, PreparedEvent};
 use crate::symbolicate;
 use crate::time::{now_ms, parse_rfc3339};
 use event::{Event, Timestamp};
@@ -392,7 +392,7 @@ async fn ingest(
     if job.events.is_empty() && job.discards.is_empty() && job.counts.is_empty() {
         return Ok(ids);
     }
-    state.writer.ingest(job).await?;
+    state.store.ingest(job).await?;
     drop(held);
     symbolicate::remember_missing(state, project_id, waiting).await;
     Ok(ids)
@@ -791,7 +791,7 @@ mod tests {
             format!(r#"{{"message":"{}","extra":"e999"}}"#, "7".repeat(400)).as_bytes(),
         ] {
             let e = prepare_event(good, 0, None).unwrap();
-            let raw = crate::store::queries::decode_event(e.encoding, &e.data).unwrap();
+            let raw = crate::store::decode_event(e.encoding, &e.data).unwrap();
             serde_json::from_slice::<serde_json::Value>(&raw).unwrap();
         }
         assert!(
@@ -831,7 +831,7 @@ mod tests {
         let c = prepare_event(text.as_bytes(), 0, None).unwrap();
         assert_eq!(c.encoding, 1);
         assert_eq!(
-            crate::store::queries::decode_event(1, &c.data).unwrap(),
+            crate::store::decode_event(1, &c.data).unwrap(),
             text.as_bytes()
         );
         let again = prepare_event(text.as_bytes(), 0, None).unwrap();

@@ -1,19 +1,23 @@
-//! SQLite storage: schema and migrations, the writer thread, the read pool and queries.
+//! The storage seam: the one trait ingest, the API, alerts and symbolication call, and
+//! the backends behind it (`sqlite/`, embedded, the default; `postgres/`, for many nodes).
 //!
-//! One connection writes (owned by the [`writer`] thread, which batches many requests into
-//! one transaction; `apply.rs` holds that transaction's SQL); reads run on a small pool of other connections, which WAL mode lets
-//! proceed while the writer commits.
+//! Callers hold an `Arc<dyn Store>` and never see SQL. Each backend keeps the same
+//! bounds (`model.rs`): samples per issue, the dedup window, tag values, the alert queue.
 
-pub mod alerts;
-mod apply;
-pub mod queries;
-pub mod symbolication;
-pub mod writer;
+pub mod model;
+pub mod sqlite;
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use async_trait::async_trait;
+use serde_json::Value;
+
+pub use model::*;
+
+use crate::alerts::Alerts;
+use crate::alerts::rules::{Rule, RuleSpec};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -38,415 +42,257 @@ pub enum StoreError {
     Io(PathBuf, std::io::Error),
 }
 
-/// Numbered migrations; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[
-    // 1: the initial schema.
-    r#"
-    CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE projects (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        created INTEGER NOT NULL,
-        events INTEGER NOT NULL DEFAULT 0,
-        seq INTEGER NOT NULL DEFAULT 0,
-        last_seen INTEGER
-    );
-    CREATE TABLE keys (
-        public_key TEXT PRIMARY KEY,
-        project_id INTEGER NOT NULL REFERENCES projects(id),
-        created INTEGER NOT NULL
-    );
-    CREATE TABLE issues (
-        id INTEGER PRIMARY KEY,
-        project_id INTEGER NOT NULL REFERENCES projects(id),
-        fingerprint TEXT NOT NULL,
-        class TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        title TEXT NOT NULL,
-        culprit TEXT NOT NULL,
-        level TEXT NOT NULL,
-        status TEXT NOT NULL DEFAULT 'unresolved',
-        is_regression INTEGER NOT NULL DEFAULT 0,
-        count INTEGER NOT NULL DEFAULT 0,
-        first_seen INTEGER NOT NULL,
-        last_seen INTEGER NOT NULL,
-        latest_event_id TEXT,
-        UNIQUE (project_id, fingerprint)
-    );
-    CREATE INDEX issues_status_last_seen ON issues (project_id, status, last_seen DESC, id DESC);
-    CREATE INDEX issues_status_first_seen ON issues (project_id, status, first_seen DESC, id DESC);
-    CREATE INDEX issues_status_count ON issues (project_id, status, count DESC, id DESC);
-    -- No status-less twins of these: every event rewrites `count` and `last_seen`, and
-    -- each index on them costs the writer; `status=all` lists sort instead.
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        project_id INTEGER NOT NULL,
-        event_id TEXT NOT NULL,
-        issue_id INTEGER NOT NULL,
-        timestamp INTEGER NOT NULL,
-        received INTEGER NOT NULL,
-        level TEXT NOT NULL,
-        message TEXT NOT NULL,
-        environment TEXT,
-        release TEXT,
-        encoding INTEGER NOT NULL,
-        data BLOB NOT NULL
-    );
-    CREATE UNIQUE INDEX events_event_id ON events (project_id, event_id);
-    CREATE INDEX events_issue ON events (issue_id, id);
-    CREATE TABLE event_ids (
-        project_id INTEGER NOT NULL,
-        event_id TEXT NOT NULL,
-        issue_id INTEGER NOT NULL,
-        received INTEGER NOT NULL
-    );
-    CREATE UNIQUE INDEX event_ids_key ON event_ids (project_id, event_id);
-    CREATE TABLE issue_hourly (
-        issue_id INTEGER NOT NULL,
-        hour INTEGER NOT NULL,
-        count INTEGER NOT NULL,
-        PRIMARY KEY (issue_id, hour)
-    ) WITHOUT ROWID;
-    CREATE TABLE issue_tags (
-        issue_id INTEGER NOT NULL,
-        key TEXT NOT NULL,
-        value TEXT NOT NULL,
-        count INTEGER NOT NULL,
-        PRIMARY KEY (issue_id, key, value)
-    ) WITHOUT ROWID;
-    CREATE TABLE project_tags (
-        project_id INTEGER NOT NULL,
-        key TEXT NOT NULL,
-        value TEXT NOT NULL,
-        count INTEGER NOT NULL,
-        PRIMARY KEY (project_id, key, value)
-    ) WITHOUT ROWID;
-    CREATE TABLE discards (
-        project_id INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        category TEXT NOT NULL,
-        quantity INTEGER NOT NULL,
-        PRIMARY KEY (project_id, reason, category)
-    ) WITHOUT ROWID;
-    CREATE TABLE applied_counts (
-        id TEXT PRIMARY KEY,
-        received INTEGER NOT NULL
-    );
-    CREATE TABLE pending_counts (
-        id TEXT PRIMARY KEY,
-        project_id INTEGER NOT NULL,
-        event_id TEXT NOT NULL,
-        count INTEGER NOT NULL,
-        start_ms INTEGER NOT NULL,
-        end_ms INTEGER NOT NULL,
-        received INTEGER NOT NULL
-    );
-    CREATE INDEX pending_counts_event ON pending_counts (project_id, event_id);
-    "#,
-    // 2: dashboard sessions survive restarts; only a hash of each session id is stored.
-    r#"
-    CREATE TABLE sessions (
-        token_hash TEXT PRIMARY KEY,
-        expires INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    "#,
-    // 3: uploaded debug files (collector/src/difs/): the files live under <data>/difs/.
-    r#"
-    CREATE TABLE difs (
-        id INTEGER PRIMARY KEY,
-        project_id INTEGER NOT NULL REFERENCES projects(id),
-        checksum TEXT NOT NULL,
-        name TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        object_kind TEXT NOT NULL,
-        arch TEXT NOT NULL,
-        debug_id TEXT NOT NULL,
-        code_id TEXT,
-        features TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        uploaded INTEGER NOT NULL,
-        last_used INTEGER,
-        UNIQUE (project_id, checksum)
-    );
-    CREATE INDEX difs_debug_id ON difs (debug_id);
-    CREATE INDEX difs_code_id ON difs (code_id);
-    "#,
-    // 4: alerts: rules, the action-interval marks, and the durable delivery queue and log.
-    r#"
-    CREATE TABLE alert_rules (
-        id INTEGER PRIMARY KEY,
-        project_id INTEGER NOT NULL REFERENCES projects(id),
-        name TEXT NOT NULL,
-        trigger_kind TEXT NOT NULL,
-        count INTEGER NOT NULL,
-        minutes INTEGER NOT NULL,
-        filter TEXT NOT NULL,
-        interval_minutes INTEGER NOT NULL,
-        channel TEXT NOT NULL,
-        enabled INTEGER NOT NULL,
-        created INTEGER NOT NULL
-    );
-    CREATE INDEX alert_rules_project ON alert_rules (project_id, id);
-    CREATE TABLE alert_fired (
-        rule_id INTEGER NOT NULL,
-        issue_id INTEGER NOT NULL,
-        fired_at INTEGER NOT NULL,
-        PRIMARY KEY (rule_id, issue_id)
-    ) WITHOUT ROWID;
-    CREATE TABLE alert_deliveries (
-        id INTEGER PRIMARY KEY,
-        delivery_id TEXT NOT NULL UNIQUE,
-        rule_id INTEGER NOT NULL,
-        issue_id INTEGER,
-        trigger_kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        status TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        next_attempt INTEGER NOT NULL,
-        created INTEGER NOT NULL,
-        updated INTEGER NOT NULL,
-        response_status INTEGER,
-        last_error TEXT
-    );
-    CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_attempt);
-    CREATE INDEX alert_deliveries_rule ON alert_deliveries (rule_id, id);
-    "#,
-    // 5: retained events whose frames wait for an image's debug file (symbolicate/).
-    r#"
-    CREATE TABLE unsymbolicated (
-        id INTEGER PRIMARY KEY,
-        debug_id TEXT NOT NULL,
-        project_id INTEGER NOT NULL,
-        event_id TEXT NOT NULL,
-        received INTEGER NOT NULL,
-        UNIQUE (project_id, event_id, debug_id)
-    );
-    CREATE INDEX unsymbolicated_image ON unsymbolicated (debug_id, id);
-    "#,
-];
+/// A rewritten event of [`Store::rewrite_events`]: `(project, event id, new stored
+/// JSON, debug ids still missing)`; no JSON when the event is gone or unchanged.
+pub type Rewrite = (i64, String, Option<Stored>, Vec<String>);
 
-/// Opens a connection with the collector's pragmas.
-pub fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+/// What [`Store::insert_dif`] did.
+#[derive(Debug, Clone)]
+pub struct DifInsert {
+    /// The row stored (or the one already there with the same checksum).
+    pub row: DifRow,
+    /// Whether a row with that checksum existed, so nothing was added.
+    pub existed: bool,
+    /// Rows removed to stay within the budget, least recently used first.
+    pub evicted: Vec<DifRow>,
+}
+
+/// The issue page's extras.
+#[derive(Debug, Clone)]
+pub struct IssueDetail {
+    /// Hourly counts, oldest first.
+    pub hourly: Vec<i64>,
+    /// Tag values by key.
+    pub tags: HashMap<String, Vec<TagValue>>,
+    /// The newest event stored.
+    pub latest_event_id: Option<String>,
+}
+
+/// Everything the collector stores, whatever database holds it.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    // --- settings and projects -------------------------------------------------------
+
+    /// A setting.
+    async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a setting.
+    async fn set_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
+    /// Stores `value` unless the setting exists; returns what is stored now (so nodes
+    /// starting at once agree on one generated secret).
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError>;
+    /// Every project, by id.
+    async fn list_projects(&self) -> Result<Vec<ProjectRow>, StoreError>;
+    /// Creates a project with a new key; `None` if the name is taken.
+    async fn create_project(&self, name: &str) -> Result<Option<ProjectRow>, StoreError>;
+    /// The project of a public key.
+    async fn project_of_key(&self, key: &str) -> Result<Option<i64>, StoreError>;
+
+    // --- dashboard sessions (only a hash of each session id is stored) ---------------
+
+    /// Stores a session, dropping the expired ones.
+    async fn insert_session(&self, hash: &str, expires: i64, now: i64) -> Result<(), StoreError>;
+    /// When a session expires, if it exists.
+    async fn session_expires(&self, hash: &str) -> Result<Option<i64>, StoreError>;
+    /// Ends a session.
+    async fn delete_session(&self, hash: &str) -> Result<(), StoreError>;
+
+    // --- ingest ----------------------------------------------------------------------
+
+    /// Stores one request's events, counts and discards; returns once they are durable.
+    /// An event id seen before is stored and counted once.
+    async fn ingest(&self, job: IngestJob) -> Result<(), StoreError>;
+    /// Jobs waiting to be written (a gauge for `/metrics` and tests).
+    fn queue_depth(&self) -> i64;
+
+    // --- reads and issue workflow ----------------------------------------------------
+
+    /// A project's counters; `None` if there is no such project.
+    async fn stats(&self, project_id: i64) -> Result<Option<Stats>, StoreError>;
+    /// Issue counts by class.
+    async fn classes(
+        &self,
+        project_id: i64,
+        status: Option<String>,
+        now: i64,
+    ) -> Result<Vec<Class>, StoreError>;
+    /// A page of issues and the cursor of the next one.
+    async fn issues(
+        &self,
+        project_id: i64,
+        filter: IssueFilter,
+        sort: Sort,
+        cursor: Option<Cursor>,
+        limit: i64,
+        now: i64,
+    ) -> Result<(Vec<Issue>, Option<String>), StoreError>;
+    /// One issue, with its last 24 hourly counts.
+    async fn issue(&self, id: i64, now: i64) -> Result<Option<Issue>, StoreError>;
+    /// An issue's `hours` hourly counts, tag values and newest event.
+    async fn issue_detail(&self, id: i64, hours: i64, now: i64) -> Result<IssueDetail, StoreError>;
+    /// A page of an issue's stored events, newest first, and the next cursor.
+    async fn issue_events(
+        &self,
+        issue_id: i64,
+        cursor: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<EventSummary>, Option<String>), StoreError>;
+    /// One stored event as the API shows it.
+    async fn event(&self, project_id: i64, event_id: &str) -> Result<Option<Value>, StoreError>;
+    /// A project's most frequent values of a tag.
+    async fn project_tag_values(
+        &self,
+        project_id: i64,
+        key: &str,
+    ) -> Result<Vec<TagValue>, StoreError>;
+    /// Sets an issue's status (queueing the unmute alerts of a muted issue reopened);
+    /// `None` if there is no such issue, else how many alert deliveries were queued.
+    async fn set_issue_status(
+        &self,
+        id: i64,
+        status: &str,
+        alerts: &Arc<Alerts>,
+    ) -> Result<Option<usize>, StoreError>;
+
+    // --- alert rules and deliveries --------------------------------------------------
+
+    /// A project's rules.
+    async fn alert_rules(&self, project_id: i64) -> Result<Vec<Rule>, StoreError>;
+    /// One rule.
+    async fn alert_rule(&self, id: i64) -> Result<Option<Rule>, StoreError>;
+    /// Adds a rule unless the project has `max` already (`None` then).
+    async fn insert_alert_rule(
+        &self,
+        project_id: i64,
+        spec: &RuleSpec,
+        max: i64,
+        now: i64,
+    ) -> Result<Option<Rule>, StoreError>;
+    /// Replaces a rule's spec; whether it existed.
+    async fn update_alert_rule(&self, id: i64, spec: &RuleSpec) -> Result<bool, StoreError>;
+    /// Deletes a rule and its log; whether it existed.
+    async fn delete_alert_rule(&self, id: i64) -> Result<bool, StoreError>;
+    /// A rule's newest deliveries.
+    async fn alert_deliveries(
+        &self,
+        rule_id: i64,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Up to `limit` queued deliveries due at `now`, and when the next one is due.
+    async fn alerts_due(&self, now: i64, limit: i64)
+    -> Result<(Vec<Due>, Option<i64>), StoreError>;
+    /// Records an attempt's outcome on a queued delivery.
+    async fn record_alert_attempt(
+        &self,
+        row: i64,
+        outcome: &Outcome,
+        now: i64,
+    ) -> Result<(), StoreError>;
+    /// Stores a test message's delivery (already attempted) and returns it.
+    async fn record_test_delivery(
+        &self,
+        rule_id: i64,
+        delivery_id: &str,
+        payload: &str,
+        outcome: &Outcome,
+        now: i64,
+    ) -> Result<Option<DeliveryRow>, StoreError>;
+    /// Drops old deliveries and marks beyond the log's bounds.
+    async fn prune_alerts(&self, now: i64) -> Result<(), StoreError>;
+
+    // --- symbolication ---------------------------------------------------------------
+
+    /// Notes which stored events wait for which images' debug files `(event id, debug
+    /// ids)`; with `prune_before`, drops the notes older than it.
+    async fn note_waiting(
+        &self,
+        project_id: i64,
+        waiting: Vec<(String, Vec<String>)>,
+        now: i64,
+        prune_before: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Retained events waiting for an image's debug file, after row `after`.
+    async fn waiting_for_image(
+        &self,
+        debug_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Waiting>, StoreError>;
+    /// The debug ids one event waits for, and its stored JSON; `None` if it waits for
+    /// nothing.
+    async fn waiting_event(
+        &self,
+        project_id: i64,
+        event_id: &str,
+    ) -> Result<Option<WaitingEvent>, StoreError>;
+    /// Stores re-symbolicated events and what they still wait for.
+    async fn rewrite_events(&self, done: Vec<Rewrite>) -> Result<(), StoreError>;
+
+    // --- the debug files' index (the files live beside the database) -----------------
+
+    /// A counter bumped by every change to the index (by any process).
+    async fn difs_version(&self) -> Result<i64, StoreError>;
+    /// Every indexed file, by id.
+    async fn all_difs(&self) -> Result<Vec<DifRow>, StoreError>;
+    /// One file.
+    async fn dif(&self, id: i64) -> Result<Option<DifRow>, StoreError>;
+    /// A project's file with this checksum.
+    async fn dif_by_checksum(
+        &self,
+        project_id: i64,
+        checksum: &str,
+    ) -> Result<Option<DifRow>, StoreError>;
+    /// Indexes a file (unless its checksum is there) and evicts the least recently used
+    /// others until all fit in `max_bytes`, in one transaction.
+    async fn insert_dif(&self, row: DifRow, max_bytes: u64) -> Result<DifInsert, StoreError>;
+    /// Removes a file from the index; the row if it existed.
+    async fn delete_dif(&self, id: i64) -> Result<Option<DifRow>, StoreError>;
+    /// Writes last-use times `(id, ms)`.
+    async fn touch_difs(&self, used: Vec<(i64, i64)>) -> Result<(), StoreError>;
+
+    // --- checks ----------------------------------------------------------------------
+
+    /// How many stored rows each event id has (exactly one each in a sound store): the
+    /// reliability tests' check that nothing was stored twice.
+    async fn event_copies(&self) -> Result<HashMap<String, u64>, StoreError>;
+
+    // --- lifecycle -------------------------------------------------------------------
+
+    /// Finishes the writes queued so far and stops; later writes fail.
+    async fn close(&self);
+}
+
+/// A database URL fit for messages and logs: its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
     };
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.set_prepared_statement_cache_capacity(64);
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Durable across a process crash; with WAL, `NORMAL` can lose the last commits
-        // only on a power cut, and the writer's group commit keeps fsyncs rare either way.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "cache_size", -8_000)?;
-    } else {
-        conn.pragma_update(None, "cache_size", -2_000)?;
-    }
-    Ok(conn)
-}
-
-/// The database file inside a data directory.
-pub fn db_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("errscope.sqlite3")
-}
-
-/// Creates the data directory and database if needed and runs pending migrations.
-pub fn open_and_migrate(data_dir: &Path) -> Result<Connection, StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Io(data_dir.to_owned(), e))?;
-    let mut conn = open_connection(&db_path(data_dir), false)?;
-    migrate(&mut conn)?;
-    Ok(conn)
-}
-
-/// Runs the migrations not yet applied.
-pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(StoreError::TooNew(version, known));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-/// A small pool of read-only connections.
-#[derive(Debug)]
-pub struct ReadPool {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-}
-
-const MAX_IDLE_READERS: usize = 4;
-
-impl ReadPool {
-    /// A pool over the database at `path`.
-    pub fn new(path: PathBuf) -> Self {
-        ReadPool {
-            path,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Runs `f` on a pooled connection, off the async threads.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let path = self.path.clone();
-        let (conn, result) = tokio::task::spawn_blocking(move || {
-            let conn = match conn {
-                Some(c) => c,
-                None => match open_connection(&path, true) {
-                    Ok(c) => c,
-                    Err(e) => return (None, Err(e)),
-                },
-            };
-            let result = f(&conn);
-            (Some(conn), result)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-        if let Some(conn) = conn {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
-        }
-        result
-    }
-}
-
-/// Reads a setting.
-pub fn get_setting(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
-            r.get(0)
-        })
-        .optional()?)
-}
-
-/// Writes a setting.
-pub fn set_setting(conn: &Connection, name: &str, value: &str) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO settings (name, value) VALUES (?1, ?2)
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        params![name, value],
-    )?;
-    Ok(())
-}
-
-/// A project and its public key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProjectRow {
-    /// Numeric id, the last part of the DSN.
-    pub id: i64,
-    /// Unique name.
-    pub name: String,
-    /// The DSN's public key.
-    pub key: String,
-}
-
-/// A new random public key: 32 hex digits.
-pub fn new_key() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-/// Creates a project with a fresh key. Fails on a duplicate name.
-pub fn create_project(conn: &Connection, name: &str) -> Result<ProjectRow, StoreError> {
-    let now = crate::time::now_ms();
-    conn.execute(
-        "INSERT INTO projects (name, created) VALUES (?1, ?2)",
-        params![name, now],
-    )?;
-    let id = conn.last_insert_rowid();
-    let key = new_key();
-    conn.execute(
-        "INSERT INTO keys (public_key, project_id, created) VALUES (?1, ?2, ?3)",
-        params![key, id, now],
-    )?;
-    Ok(ProjectRow {
-        id,
-        name: name.to_owned(),
-        key,
-    })
-}
-
-/// Every project with its first key, by id.
-pub fn list_projects(conn: &Connection) -> Result<Vec<ProjectRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT p.id, p.name, (SELECT public_key FROM keys k WHERE k.project_id = p.id ORDER BY created, public_key LIMIT 1)
-         FROM projects p ORDER BY p.id",
-    )?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok(ProjectRow {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                key: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
-}
-
-/// The project a public key belongs to.
-pub fn project_of_key(conn: &Connection, key: &str) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT project_id FROM keys WHERE public_key = ?1",
-            [key],
-            |r| r.get(0),
-        )
-        .optional()?)
-}
-
-#[cfg(test)]
-pub(crate) mod test_db {
-    //! A fresh, migrated database in a temp dir per test.
-    use super::*;
-
-    /// Keeps the temp dir alive as long as the connection.
-    pub(crate) struct TestDb {
-        pub(crate) dir: tempfile::TempDir,
-        pub(crate) conn: Connection,
-    }
-
-    pub(crate) fn fresh() -> TestDb {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let conn = open_and_migrate(dir.path()).expect("migrate");
-        TestDb { dir, conn }
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(split) => split,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::redact_url;
 
     #[test]
-    fn migrations_are_idempotent_and_projects_round_trip() {
-        let mut db = test_db::fresh();
-        migrate(&mut db.conn).unwrap();
-        let v: i64 = db
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, MIGRATIONS.len() as i64);
-        let p = create_project(&db.conn, "shop").unwrap();
-        assert_eq!(project_of_key(&db.conn, &p.key).unwrap(), Some(p.id));
-        assert!(create_project(&db.conn, "shop").is_err());
-        assert_eq!(list_projects(&db.conn).unwrap(), vec![p]);
-        assert!(db.dir.path().join("errscope.sqlite3").exists());
+    fn urls_lose_their_password_in_messages() {
+        assert_eq!(
+            redact_url("postgres://errscope:s3cret@db:5432/errscope"),
+            "postgres://errscope:***@db:5432/errscope"
+        );
+        assert_eq!(
+            redact_url("postgres://db/errscope"),
+            "postgres://db/errscope"
+        );
+        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
     }
 }

@@ -11,8 +11,7 @@ use super::cache::Misses;
 use super::rewrite::NOTES;
 use super::{SymbolicateError, Symbolicator, canonical_debug_id};
 use crate::state::AppState;
-use crate::store::queries::decode_event;
-use crate::store::symbolication as sql;
+use crate::store::{Rewrite, Waiting, decode_event, encode_event};
 use crate::time::now_ms;
 
 /// Events read and rewritten per writer transaction while reprocessing.
@@ -39,16 +38,8 @@ pub async fn remember_missing(
         LAST_PRUNE.store(now, Ordering::Relaxed);
     }
     let r = state
-        .writer
-        .exec(move |tx| {
-            for (event_id, ids) in &missing {
-                sql::insert_unsymbolicated(tx, project_id, event_id, ids, now)?;
-            }
-            if prune {
-                sql::prune_unsymbolicated(tx, cutoff)?;
-            }
-            Ok(())
-        })
+        .store
+        .note_waiting(project_id, missing, now, prune.then_some(cutoff))
         .await;
     if let Err(e) = r {
         tracing::warn!("could not note events waiting for debug files: {e}");
@@ -76,7 +67,7 @@ fn redo(sym: &Symbolicator, encoding: u8, data: &[u8]) -> Result<Redone, Symboli
         notes.insert("symbolicated_after_ingest".into(), true.into());
     }
     let json = serde_json::to_vec(&ev).map_err(|e| SymbolicateError::Event(e.to_string()))?;
-    Ok((Some(sql::encode_event(&json)), outcome.missing))
+    Ok((Some(encode_event(&json)), outcome.missing))
 }
 
 /// Symbolicates the retained events that wait for `debug_id`'s debug file and rewrites
@@ -90,36 +81,20 @@ pub async fn reprocess_image(state: &AppState, debug_id: &str) -> Result<usize, 
     let mut after = 0;
     let mut rewritten = 0;
     loop {
-        let q = id.clone();
-        let rows = state
-            .reads
-            .run(move |c| sql::waiting_for_image(c, &q, after, BATCH))
-            .await?;
+        let rows = state.store.waiting_for_image(&id, after, BATCH).await?;
         let Some(last) = rows.last() else { break };
         after = last.row;
         let done = redo_all(&sym, rows).await?;
         rewritten += done.iter().filter(|d| d.2.is_some()).count();
-        state
-            .writer
-            .exec(move |tx| {
-                for (project_id, event_id, data, still) in &done {
-                    let data = data.as_ref().map(|(e, d)| (*e, d.as_slice()));
-                    sql::rewrite_event(tx, *project_id, event_id, data, still)?;
-                }
-                Ok(())
-            })
-            .await?;
+        state.store.rewrite_events(done).await?;
     }
     Ok(rewritten)
 }
 
-/// `(project, event, new data, images still missing)` of each row.
-type Done = (i64, String, Option<(u8, Vec<u8>)>, Vec<String>);
-
 async fn redo_all(
     sym: &Arc<Symbolicator>,
-    rows: Vec<sql::Waiting>,
-) -> Result<Vec<Done>, SymbolicateError> {
+    rows: Vec<Waiting>,
+) -> Result<Vec<Rewrite>, SymbolicateError> {
     let _permit = sym.pool.acquire().await.ok();
     let sym = sym.clone();
     tokio::task::spawn_blocking(move || {
@@ -150,11 +125,7 @@ pub async fn on_view(
     event_id: &str,
 ) -> Result<bool, SymbolicateError> {
     let sym = state.symbolicator.clone();
-    let eid = event_id.to_owned();
-    let Some((ids, Some((enc, data)))) = state
-        .reads
-        .run(move |c| sql::waiting_event(c, project_id, &eid))
-        .await?
+    let Some((ids, Some((enc, data)))) = state.store.waiting_event(project_id, event_id).await?
     else {
         return Ok(false);
     };
@@ -173,13 +144,9 @@ pub async fn on_view(
         return Ok(false);
     };
     let changed = data.is_some();
-    let eid = event_id.to_owned();
     state
-        .writer
-        .exec(move |tx| {
-            let data = data.as_ref().map(|(e, d)| (*e, d.as_slice()));
-            sql::rewrite_event(tx, project_id, &eid, data, &still)
-        })
+        .store
+        .rewrite_events(vec![(project_id, event_id.to_owned(), data, still)])
         .await?;
     Ok(changed)
 }

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use errscope_collector::serve::serve;
-use errscope_collector::store::writer::Retention;
-use errscope_collector::{Config, app, start, store};
+use errscope_collector::store::Retention;
+use errscope_collector::{Config, app, start};
 
 /// The command line.
 struct Args {
@@ -92,12 +92,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config.public_url = format!("http://{addr}");
         config.retention = args.retention;
         config.admin_token = args.admin_token;
-        let started = tokio::task::spawn_blocking(move || start(config)).await??;
+        // The PostgreSQL runs of the suite name their database here.
+        config.database = std::env::var("ERRSCOPE_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        let started = start(config).await?;
         errscope_collector::spawn_background(&started.state)?;
         let key = started
             .state
-            .reads
-            .run(store::list_projects)
+            .store
+            .list_projects()
             .await?
             .first()
             .map(|p| p.key.clone())
@@ -115,11 +119,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             stdin_closed(),
         )
         .await;
-        started.state.writer.shutdown();
-        let writer = started.writer_thread;
-        tokio::task::spawn_blocking(move || writer.join())
-            .await?
-            .map_err(|_| "the writer thread panicked")?;
+        started.state.store.close().await;
         Ok(())
     })
 }

@@ -13,19 +13,13 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
 
-use super::StoreError;
-use super::writer::IngestJob;
 use crate::alerts::Alerts;
 use crate::alerts::message::{IssueFacts, payload};
 use crate::alerts::rules::{Channel, EventFacts, Filter, Rule, RuleSpec, Trigger};
+use crate::store::{
+    DeliveryRow, Due, IngestJob, LOG_DAYS, LOG_PER_RULE, MAX_QUEUED, Outcome, StoreError,
+};
 use crate::time::now_ms;
-
-/// Deliveries waiting to be sent, at most; past this, new alerts are dropped (and logged).
-pub const MAX_QUEUED: i64 = 10_000;
-/// Delivery log entries kept per rule (the newest).
-pub const LOG_PER_RULE: i64 = 200;
-/// How long sent and failed deliveries stay in the log.
-pub const LOG_DAYS: i64 = 7;
 
 const RULE_COLUMNS: &str = "id, project_id, name, trigger_kind, count, minutes, filter, interval_minutes, channel, enabled, created";
 
@@ -153,39 +147,6 @@ fn enabled_rules(conn: &Connection) -> Result<Vec<Rule>, StoreError> {
         .collect::<Result<_, _>>()?)
 }
 
-/// A delivery as the log shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DeliveryRow {
-    /// Row id.
-    #[serde(skip)]
-    pub row: i64,
-    /// The `X-Errscope-Delivery` id.
-    pub id: String,
-    /// The rule.
-    pub rule_id: i64,
-    /// The issue (none for a test message).
-    pub issue_id: Option<i64>,
-    /// `new_issue`, `regression`, `frequency`, `unmute` or `test`.
-    pub trigger: String,
-    /// `queued`, `sent` or `failed`.
-    pub status: String,
-    /// Attempts made.
-    pub attempts: i64,
-    /// When it was queued (RFC 3339).
-    pub created: String,
-    /// When it last changed (RFC 3339).
-    pub updated: String,
-    /// The next attempt of a queued delivery (RFC 3339).
-    pub next_attempt: Option<String>,
-    /// The receiver's last HTTP status (or SMTP reply code).
-    pub response_status: Option<i64>,
-    /// Why the last attempt failed.
-    pub error: Option<String>,
-    /// The JSON message.
-    #[serde(skip)]
-    pub payload: String,
-}
-
 const DELIVERY_COLUMNS: &str = "id, delivery_id, rule_id, issue_id, trigger_kind, status, attempts, created, updated, next_attempt, response_status, last_error, payload";
 
 fn delivery_of(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
@@ -222,19 +183,6 @@ pub fn deliveries(
         .collect::<Result<_, _>>()?)
 }
 
-/// A queued delivery that is due, with the channel of its rule.
-#[derive(Debug, Clone)]
-pub struct Due {
-    /// The delivery.
-    pub delivery: DeliveryRow,
-    /// Where it goes.
-    pub channel: Channel,
-    /// The rule's name.
-    pub rule_name: String,
-    /// When it was queued (epoch ms), for the give-up horizon.
-    pub created_ms: i64,
-}
-
 /// Up to `limit` queued deliveries due at `now`, oldest first, and when the next one
 /// not yet due is.
 pub fn due(conn: &Connection, now: i64, limit: i64) -> Result<(Vec<Due>, Option<i64>), StoreError> {
@@ -267,32 +215,6 @@ pub fn due(conn: &Connection, now: i64, limit: i64) -> Result<(Vec<Due>, Option<
         )?
         .query_row([now], |r| r.get(0))?;
     Ok((rows, next))
-}
-
-/// The outcome of one attempt, as stored.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Delivered.
-    Sent {
-        /// The receiver's status.
-        status: Option<i64>,
-    },
-    /// Try again at `at` (epoch ms).
-    Retry {
-        /// When.
-        at: i64,
-        /// The receiver's status, if it answered.
-        status: Option<i64>,
-        /// What went wrong.
-        error: String,
-    },
-    /// Given up.
-    Failed {
-        /// The receiver's status, if it answered.
-        status: Option<i64>,
-        /// What went wrong.
-        error: String,
-    },
 }
 
 /// Records an attempt's outcome on a queued delivery.

@@ -1,41 +1,10 @@
 //! The SQL of the debug files' index (`difs` table, created by a migration in
-//! `store/mod.rs`), and the version counter other processes bump when they change it.
+//! `store/sqlite/mod.rs`), and the version counter other processes bump when they change it.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{DifKind, Features};
-use crate::store::StoreError;
-
-/// One stored debug file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DifRow {
-    /// Row id.
-    pub id: i64,
-    /// The project it was uploaded to.
-    pub project_id: i64,
-    /// SHA-1 of the file, hex.
-    pub checksum: String,
-    /// The name it was uploaded under.
-    pub name: String,
-    /// Container format.
-    pub kind: DifKind,
-    /// Sentry's object kind (`dbg`, `exe`, `lib`, `src`).
-    pub object_kind: String,
-    /// CPU architecture.
-    pub arch: String,
-    /// Debug id, lower-case.
-    pub debug_id: String,
-    /// Code id (ELF build id), lower-case hex.
-    pub code_id: Option<String>,
-    /// What the file holds.
-    pub features: Features,
-    /// Size in bytes.
-    pub size: i64,
-    /// Upload time, ms since the epoch.
-    pub uploaded: i64,
-    /// Last time symbolication used it, ms since the epoch.
-    pub last_used: Option<i64>,
-}
+use crate::difs::{DifKind, Features};
+use crate::store::{DifRow, StoreError};
 
 const COLUMNS: &str = "id, project_id, checksum, name, kind, object_kind, arch, debug_id, code_id, features, size, uploaded, last_used";
 
@@ -141,24 +110,20 @@ pub fn least_recently_used(conn: &Connection, keep: i64) -> Result<Option<DifRow
 }
 
 /// Records when files were last used, in one transaction.
-pub fn set_last_used(conn: &mut Connection, used: &[(i64, i64)]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "UPDATE difs SET last_used = ?2 WHERE id = ?1 AND coalesce(last_used, 0) < ?2",
-        )?;
-        for (id, at) in used {
-            stmt.execute(params![id, at])?;
-        }
+pub fn set_last_used(conn: &Connection, used: &[(i64, i64)]) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE difs SET last_used = ?2 WHERE id = ?1 AND coalesce(last_used, 0) < ?2",
+    )?;
+    for (id, at) in used {
+        stmt.execute(params![id, at])?;
     }
-    tx.commit()?;
     Ok(())
 }
 
 /// The index's version: every process that changes the `difs` table bumps it, so a
 /// running collector sees uploads made by `errscope-collector debug-files`.
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(crate::store::get_setting(conn, "difs_version")?
+    Ok(super::get_setting(conn, "difs_version")?
         .and_then(|v| v.parse().ok())
         .unwrap_or(0))
 }

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::StoreError;
-use super::writer::{
-    IngestJob, MAX_TAG_VALUES_PER_ISSUE, MAX_TAG_VALUES_PER_PROJECT, Retention, TAG_DELAY,
+use crate::store::{
+    IngestJob, MAX_TAG_VALUES_PER_ISSUE, MAX_TAG_VALUES_PER_PROJECT, Retention, StoreError,
+    TAG_DELAY,
 };
 use crate::time::{HOUR_MS, hour_of, now_ms};
 

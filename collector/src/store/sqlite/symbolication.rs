@@ -1,17 +1,9 @@
 //! SQL of symbolication: which retained events wait for which image's debug file, and
 //! rewriting an event's stored JSON once it is symbolicated.
 
-use std::io::Write as _;
-
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::StoreError;
-
-/// `(encoding, data)` of a stored event.
-pub type Stored = (u8, Vec<u8>);
-
-/// The debug ids an event waits for, and its stored JSON if it is still retained.
-pub type WaitingEvent = (Vec<String>, Option<Stored>);
+use crate::store::{StoreError, Waiting, WaitingEvent};
 
 /// Rows of `unsymbolicated` kept at most (the oldest go first).
 const MAX_ROWS: i64 = 1_000_000;
@@ -43,19 +35,6 @@ pub fn prune_unsymbolicated(tx: &Transaction<'_>, cutoff: i64) -> Result<(), Sto
         [MAX_ROWS],
     )?;
     Ok(())
-}
-
-/// A retained event waiting for a debug file, with its stored JSON.
-#[derive(Debug, Clone)]
-pub struct Waiting {
-    /// The row.
-    pub row: i64,
-    /// Its project.
-    pub project_id: i64,
-    /// Its id.
-    pub event_id: String,
-    /// `(encoding, data)` of the stored event, `None` when it is gone.
-    pub stored: Option<Stored>,
 }
 
 /// Up to `limit` events waiting for `debug_id`, after row `after`.
@@ -142,27 +121,10 @@ pub fn rewrite_event(
     Ok(())
 }
 
-/// Encodes event JSON for storage as ingestion does: zlib at the fastest level when that
-/// saves at least 10 %, else as is.
-pub fn encode_event(json: &[u8]) -> (u8, Vec<u8>) {
-    if json.len() >= 512 {
-        let mut z = flate2::write::ZlibEncoder::new(
-            Vec::with_capacity(json.len() / 2),
-            flate2::Compression::fast(),
-        );
-        if z.write_all(json).is_ok()
-            && let Ok(out) = z.finish()
-            && out.len() <= json.len() / 10 * 9
-        {
-            return (1, out);
-        }
-    }
-    (0, json.to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::encode_event;
 
     #[test]
     fn waiting_rows_follow_their_events() {
@@ -197,9 +159,6 @@ mod tests {
         let big = vec![b'x'; 4096];
         let (enc, data) = encode_event(&big);
         assert_eq!(enc, 1);
-        assert_eq!(
-            super::super::queries::decode_event(enc, &data).unwrap(),
-            big
-        );
+        assert_eq!(crate::store::decode_event(enc, &data).unwrap(), big);
     }
 }

@@ -39,117 +39,17 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 
-use super::StoreError;
 use super::alerts::AlertHook;
 use super::apply::{Batch, SampleIds, TagBacklog, apply_ingest, flush, write_tags_of};
 use crate::metrics::Metrics;
+use crate::store::{
+    DEDUP_WINDOW_MS, IngestJob, MAX_BATCH_EVENTS, MAX_BATCH_JOBS, Retention, StoreError,
+    WAL_IDLE_LIMIT,
+};
 use crate::time::{HOUR_MS, hour_of, now_ms};
 
-/// Under load (batches of three or more requests), tag-value counts are written at most this
-/// long after their events, in a later batch: six fewer statements per event. Events,
-/// issue counts and hourly buckets are always in the event's own transaction.
-pub const TAG_DELAY: Duration = Duration::from_secs(1);
-/// Jobs drained into one transaction at most.
-pub const MAX_BATCH_JOBS: usize = 512;
-/// Events in one transaction at most (a batch closes early when it reaches this).
-pub const MAX_BATCH_EVENTS: usize = 4096;
-/// How long an event id is remembered for idempotency.
-pub const DEDUP_WINDOW_MS: i64 = 24 * HOUR_MS;
-/// How many event ids are remembered at most.
-pub const DEDUP_MAX_IDS: i64 = 1_000_000;
-/// A WAL larger than this is truncated once the writer has been idle a second.
-pub const WAL_IDLE_LIMIT: u64 = 4 * 1024 * 1024;
 /// What `journal_size_limit` trims the WAL back to when a checkpoint resets it.
 const WAL_LIMIT: i64 = 64 * 1024 * 1024;
-/// Distinct tag values kept per issue and key.
-pub const MAX_TAG_VALUES_PER_ISSUE: i64 = 100;
-/// Distinct tag values kept per project and key.
-pub const MAX_TAG_VALUES_PER_PROJECT: i64 = 1000;
-
-/// Retention settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Full events kept per issue.
-    pub max_events_per_issue: i64,
-    /// Days full events are kept.
-    pub retention_days: i64,
-    /// Event ids remembered for idempotency at most (the oldest go first).
-    pub dedup_max_ids: i64,
-}
-
-impl Default for Retention {
-    fn default() -> Self {
-        Retention {
-            max_events_per_issue: 100,
-            retention_days: 30,
-            dedup_max_ids: DEDUP_MAX_IDS,
-        }
-    }
-}
-
-/// An event ready to store: validated, grouped and (maybe) compressed.
-#[derive(Debug, Clone)]
-pub struct PreparedEvent {
-    /// 32 lowercase hex digits.
-    pub event_id: String,
-    /// Grouping result.
-    pub grouping: crate::grouping::Grouping,
-    /// `error`, `warning`, ...
-    pub level: String,
-    /// Environment, if any.
-    pub environment: Option<String>,
-    /// Release, if any.
-    pub release: Option<String>,
-    /// When it happened (epoch ms).
-    pub timestamp: i64,
-    /// When it arrived (epoch ms).
-    pub received: i64,
-    /// Tags to index, `(key, value)`.
-    pub tags: Vec<(String, String)>,
-    /// 0 = JSON, 1 = zlib-compressed JSON.
-    pub encoding: u8,
-    /// The event JSON as received.
-    pub data: Vec<u8>,
-}
-
-/// A client report line: events an SDK discarded.
-#[derive(Debug, Clone)]
-pub struct Discard {
-    /// `queue_overflow`, `ratelimit_backoff`, ...
-    pub reason: String,
-    /// `error`, `transaction`, ...
-    pub category: String,
-    /// How many.
-    pub quantity: i64,
-}
-
-/// An `errscope.counts` record.
-#[derive(Debug, Clone)]
-pub struct CountRecord {
-    /// Unique id, applied at most once.
-    pub id: String,
-    /// An event of the same fingerprint.
-    pub event_id: String,
-    /// Occurrences to add.
-    pub count: i64,
-    /// Start of the counted interval (epoch ms).
-    pub start: i64,
-    /// End of the counted interval (epoch ms).
-    pub end: i64,
-}
-
-/// Everything one ingestion request stores.
-#[derive(Debug, Default)]
-pub struct IngestJob {
-    /// The project.
-    pub project_id: i64,
-    /// Events, in request order.
-    pub events: Vec<PreparedEvent>,
-    /// Client report discards.
-    pub discards: Vec<Discard>,
-    /// Aggregate counts.
-    pub counts: Vec<CountRecord>,
-}
 
 type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
 type Exec = Box<dyn FnOnce(&Transaction<'_>) -> Deliver + Send>;
@@ -559,7 +459,8 @@ impl WriterThread {
 mod store_tests {
     use super::*;
     use crate::ingest::prepare_event;
-    use crate::store::{queries, test_db};
+    use crate::store::sqlite::{queries, test_db};
+    use crate::store::{MAX_TAG_VALUES_PER_ISSUE, PreparedEvent};
 
     fn writer(
         db: test_db::TestDb,
@@ -567,7 +468,7 @@ mod store_tests {
         capacity: usize,
     ) -> (Writer, JoinHandle<()>, tempfile::TempDir) {
         let test_db::TestDb { dir, conn } = db;
-        crate::store::create_project(&conn, "default").unwrap();
+        crate::store::sqlite::create_project(&conn, "default").unwrap();
         let (w, h) =
             Writer::start(conn, capacity, retention, Arc::new(Metrics::default())).unwrap();
         (w, h, dir)
@@ -605,7 +506,9 @@ mod store_tests {
         }
         w.shutdown();
         h.join().unwrap();
-        let conn = crate::store::open_connection(&crate::store::db_path(dir.path()), true).unwrap();
+        let conn =
+            crate::store::sqlite::open_connection(&crate::store::sqlite::db_path(dir.path()), true)
+                .unwrap();
         let ids: Vec<String> = conn
             .prepare("SELECT event_id FROM events ORDER BY id")
             .unwrap()
@@ -644,13 +547,15 @@ mod store_tests {
         w.shutdown();
         h.join().unwrap();
         // A restart prunes right away.
-        let conn = crate::store::open_and_migrate(&dir_path).unwrap();
+        let conn = crate::store::sqlite::open_and_migrate(&dir_path).unwrap();
         let (w, h) =
             Writer::start(conn, 8, Retention::default(), Arc::new(Metrics::default())).unwrap();
         w.exec(|_| Ok(())).await.unwrap();
         w.shutdown();
         h.join().unwrap();
-        let conn = crate::store::open_connection(&crate::store::db_path(&dir_path), true).unwrap();
+        let conn =
+            crate::store::sqlite::open_connection(&crate::store::sqlite::db_path(&dir_path), true)
+                .unwrap();
         let left: Vec<String> = conn
             .prepare("SELECT event_id FROM events ORDER BY id")
             .unwrap()
@@ -682,7 +587,9 @@ mod store_tests {
         w.ingest(job(events)).await.unwrap();
         w.shutdown();
         h.join().unwrap();
-        let conn = crate::store::open_connection(&crate::store::db_path(dir.path()), true).unwrap();
+        let conn =
+            crate::store::sqlite::open_connection(&crate::store::sqlite::db_path(dir.path()), true)
+                .unwrap();
         let distinct: i64 = conn
             .query_row(
                 "SELECT count(*) FROM issue_tags WHERE key = 'request_id'",
@@ -703,7 +610,7 @@ mod store_tests {
         assert_eq!(tags["request_id"].len(), 10, "top 10 per key");
         assert_eq!(
             tags["request_id"][0],
-            queries::TagValue {
+            crate::store::TagValue {
                 value: "(other)".into(),
                 count: 20
             }
@@ -723,13 +630,13 @@ mod store_tests {
             64,
         );
         let now = now_ms();
-        let path = crate::store::db_path(dir.path());
+        let path = crate::store::sqlite::db_path(dir.path());
         let mut peak = 0;
         for j in 0..50u64 {
             w.ingest(job((0..20).map(|i| ev(j * 20 + i + 1, now)).collect()))
                 .await
                 .unwrap();
-            let conn = crate::store::open_connection(&path, true).unwrap();
+            let conn = crate::store::sqlite::open_connection(&path, true).unwrap();
             let n: i64 = conn
                 .query_row("SELECT count(*) FROM event_ids", [], |r| r.get(0))
                 .unwrap();
@@ -741,7 +648,7 @@ mod store_tests {
         w.ingest(job(vec![ev(1000, now)])).await.unwrap();
         w.shutdown();
         h.join().unwrap();
-        let conn = crate::store::open_connection(&path, true).unwrap();
+        let conn = crate::store::sqlite::open_connection(&path, true).unwrap();
         assert_eq!(queries::stats(&conn, 1).unwrap().unwrap().events, 1000);
     }
 
@@ -828,7 +735,9 @@ mod store_tests {
         for j in jobs {
             j.await.unwrap().unwrap();
         }
-        let conn = crate::store::open_connection(&crate::store::db_path(dir.path()), true).unwrap();
+        let conn =
+            crate::store::sqlite::open_connection(&crate::store::sqlite::db_path(dir.path()), true)
+                .unwrap();
         let level_count = |c: &Connection| -> i64 {
             c.query_row(
                 "SELECT coalesce(sum(count), 0) FROM issue_tags WHERE key = 'level'",

@@ -2,51 +2,16 @@
 //! costs the same at issue 10,000 as at issue 1.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde::Serialize;
 use serde_json::Value;
 
-use super::StoreError;
+use crate::store::{
+    Class, Cursor, DiscardRow, EventSummary, Issue, IssueFilter, Sort, Stats, StoreError, TagValue,
+    decode_event,
+};
 use crate::time::{hour_of, rfc3339};
-
-/// Issue statuses.
-pub const STATUSES: [&str; 3] = ["unresolved", "resolved", "muted"];
-
-/// An issue as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Issue {
-    /// Id.
-    pub id: i64,
-    /// Project.
-    pub project_id: i64,
-    /// One-line title.
-    pub title: String,
-    /// The error class.
-    pub class: String,
-    /// `programmer` or `operational`.
-    pub kind: String,
-    /// Top in-app frame.
-    pub culprit: String,
-    /// Level of the latest event.
-    pub level: String,
-    /// `unresolved`, `resolved`, `muted`.
-    pub status: String,
-    /// Exact occurrence count.
-    pub count: i64,
-    /// RFC 3339.
-    pub first_seen: String,
-    /// RFC 3339.
-    pub last_seen: String,
-    /// Reopened by a new event after being resolved.
-    pub is_regression: bool,
-    /// 24 hourly counts, oldest first, last = current hour.
-    pub hourly: Vec<i64>,
-    #[serde(skip)]
-    sort_value: i64,
-}
 
 const ISSUE_COLUMNS: &str = "id, project_id, title, class, kind, culprit, level, status, count, first_seen, last_seen, is_regression";
 
@@ -104,79 +69,6 @@ pub fn issue(conn: &Connection, id: i64, now: i64) -> Result<Option<Issue>, Stor
             Ok(Some(i))
         }
         None => Ok(None),
-    }
-}
-
-/// The issue list's sort orders.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sort {
-    /// Newest activity first.
-    LastSeen,
-    /// Newest issues first.
-    FirstSeen,
-    /// Most frequent first.
-    Count,
-}
-
-impl Sort {
-    /// Parses the `sort` parameter.
-    pub fn parse(s: &str) -> Option<Sort> {
-        match s {
-            "last_seen" => Some(Sort::LastSeen),
-            "first_seen" => Some(Sort::FirstSeen),
-            "count" => Some(Sort::Count),
-            _ => None,
-        }
-    }
-
-    fn column(self) -> &'static str {
-        match self {
-            Sort::LastSeen => "last_seen",
-            Sort::FirstSeen => "first_seen",
-            Sort::Count => "count",
-        }
-    }
-}
-
-/// Issue list filters.
-#[derive(Debug, Clone, Default)]
-pub struct IssueFilter {
-    /// `None` = all statuses.
-    pub status: Option<String>,
-    /// Exact class.
-    pub class: Option<String>,
-    /// Exact level.
-    pub level: Option<String>,
-    /// Has events in this environment.
-    pub environment: Option<String>,
-    /// Has events in this release.
-    pub release: Option<String>,
-    /// Case-insensitive substring of title, culprit or class.
-    pub query: Option<String>,
-}
-
-/// A keyset cursor: the sort value and id of the last row of the previous page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Sort column value.
-    pub value: i64,
-    /// Row id.
-    pub id: i64,
-}
-
-impl Cursor {
-    /// The opaque string form.
-    pub fn encode(self) -> String {
-        format!("{}:{}", self.value, self.id)
-    }
-
-    /// Parses the opaque string form.
-    pub fn decode(s: &str) -> Option<Cursor> {
-        let (v, id) = s.split_once(':')?;
-        Some(Cursor {
-            value: v.parse().ok()?,
-            id: id.parse().ok()?,
-        })
     }
 }
 
@@ -256,15 +148,6 @@ pub fn issues(
     Ok((rows, next))
 }
 
-/// A tag value and how many events carried it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct TagValue {
-    /// The value.
-    pub value: String,
-    /// Events.
-    pub count: i64,
-}
-
 /// Top values per tag key of an issue (10 per key).
 pub fn issue_tags(
     conn: &Connection,
@@ -316,25 +199,6 @@ pub fn project_tag_values(
     Ok(rows)
 }
 
-/// An event line in an issue's event list.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventSummary {
-    /// 32 hex.
-    pub event_id: String,
-    /// When it happened.
-    pub timestamp: String,
-    /// When it arrived.
-    pub received: String,
-    /// Level.
-    pub level: String,
-    /// Message line.
-    pub message: String,
-    /// Environment.
-    pub environment: Option<String>,
-    /// Release.
-    pub release: Option<String>,
-}
-
 /// A page of an issue's stored events, newest first.
 pub fn issue_events(
     conn: &Connection,
@@ -372,20 +236,6 @@ pub fn issue_events(
         None
     };
     Ok((rows.into_iter().map(|(_, e)| e).collect(), next))
-}
-
-/// Decodes a stored event body.
-pub fn decode_event(encoding: u8, data: &[u8]) -> Result<Vec<u8>, StoreError> {
-    match encoding {
-        1 => {
-            let mut out = Vec::with_capacity(data.len() * 4);
-            flate2::read::ZlibDecoder::new(data)
-                .read_to_end(&mut out)
-                .map_err(|e| StoreError::Task(format!("stored event does not inflate: {e}")))?;
-            Ok(out)
-        }
-        _ => Ok(data.to_vec()),
-    }
 }
 
 /// A stored event as JSON, with `issue_id` and its neighbours in the issue.
@@ -442,23 +292,6 @@ pub fn event(
     Ok(Some(v))
 }
 
-/// A class row.
-#[derive(Debug, Clone, Serialize)]
-pub struct Class {
-    /// The class.
-    pub class: String,
-    /// `programmer` if any issue of the class is.
-    pub kind: String,
-    /// Issues of the class.
-    pub issues: i64,
-    /// Events of those issues.
-    pub events: i64,
-    /// RFC 3339.
-    pub last_seen: String,
-    /// 24 hourly counts, oldest first.
-    pub hourly: Vec<i64>,
-}
-
 /// Classes of a project with counts, newest activity first.
 pub fn classes(
     conn: &Connection,
@@ -511,32 +344,6 @@ pub fn classes(
         }
     }
     Ok(out)
-}
-
-/// Discarded-event counters of a project.
-#[derive(Debug, Clone, Serialize)]
-pub struct DiscardRow {
-    /// Why.
-    pub reason: String,
-    /// What.
-    pub category: String,
-    /// How many.
-    pub quantity: i64,
-}
-
-/// The cheap polling summary of a project.
-#[derive(Debug, Clone, Serialize)]
-pub struct Stats {
-    /// Events, including aggregate counts.
-    pub events: i64,
-    /// Issues.
-    pub issues: i64,
-    /// RFC 3339 or null.
-    pub last_seen: Option<String>,
-    /// Grows whenever anything is stored.
-    pub seq: i64,
-    /// Client-reported discards.
-    pub discarded: Vec<DiscardRow>,
 }
 
 /// Project stats, or `None` for an unknown project.
