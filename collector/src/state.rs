@@ -323,10 +323,16 @@ pub async fn open_store(
             .map_err(|e| StoreError::Task(e.to_string()))??;
             Ok(Arc::new(store))
         }
-        Some(url) => Err(StoreError::Task(format!(
-            "{}: PostgreSQL is not supported by this build",
-            crate::store::redact_url(url)
-        ))),
+        Some(url) => Ok(Arc::new(
+            crate::store::postgres::PgStore::open(
+                url,
+                config.queue_capacity,
+                config.retention,
+                metrics,
+                Some(alerts),
+            )
+            .await?,
+        )),
     }
 }
 

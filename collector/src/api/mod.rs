@@ -45,7 +45,7 @@ pub enum ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::QueueFull => ApiError::Busy,
+            e if e.is_busy() => ApiError::Busy,
             e => ApiError::Internal(e.to_string()),
         }
     }

@@ -59,7 +59,7 @@ impl From<DifError> for DifApiError {
             DifError::Invalid(m) => DifApiError::BadRequest(m),
             e @ DifError::TooLarge { .. } => DifApiError::TooLarge(e.to_string()),
             e @ DifError::StagingFull(_) => DifApiError::Busy(e.to_string()),
-            DifError::Store(StoreError::QueueFull) => {
+            DifError::Store(e) if e.is_busy() => {
                 DifApiError::Busy("the collector is busy; retry after 1 s".into())
             }
             e => DifApiError::Internal(e.to_string()),

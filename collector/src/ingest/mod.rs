@@ -92,7 +92,7 @@ impl IngestError {
 impl From<StoreError> for IngestError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::QueueFull => IngestError::QueueFull,
+            e if e.is_busy() => IngestError::QueueFull,
             e => IngestError::Internal(e.to_string()),
         }
     }

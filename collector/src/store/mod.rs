@@ -5,6 +5,7 @@
 //! bounds (`model.rs`): samples per issue, the dedup window, tag values, the alert queue.
 
 pub mod model;
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -40,6 +41,27 @@ pub enum StoreError {
     /// A data directory problem.
     #[error("data directory {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database cannot be reached now (clients get a 503 and retry).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database cannot be used as configured (bad URL, TLS set-up).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl StoreError {
+    /// Whether the store is busy or unreachable for now: a 503 with `Retry-After`, never a
+    /// 500, so clients retry (elsewhere, behind a load balancer).
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::QueueFull | StoreError::Unavailable(_) => true,
+            StoreError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
 }
 
 /// A rewritten event of [`Store::rewrite_events`]: `(project, event id, new stored
