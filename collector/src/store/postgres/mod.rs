@@ -12,6 +12,8 @@ mod ingest;
 mod reads;
 pub mod schema;
 mod symbolication;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::collections::HashMap;
 use std::str::FromStr as _;
