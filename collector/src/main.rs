@@ -83,6 +83,15 @@ enum Command {
         difs_max_mb: u64,
     },
     /// Upload, list and delete debug files (also while `serve` runs on the same data).
+    /// Copy an SQLite installation into an empty PostgreSQL database (stop `serve` first).
+    Migrate {
+        /// The data directory of the SQLite installation.
+        #[arg(long = "from-sqlite", value_name = "DIR")]
+        from_sqlite: PathBuf,
+        /// The PostgreSQL database (`postgres://user:pass@host:port/db`).
+        #[arg(long = "to", value_name = "URL")]
+        to: String,
+    },
     DebugFiles {
         #[command(subcommand)]
         command: difs_cli::DifsCommand,
@@ -175,6 +184,29 @@ fn env_secret(name: &str) -> Option<String> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::DebugFiles { command } => difs_cli::run(command),
+        Command::Migrate { from_sqlite, to } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = rt
+                .block_on(errscope_collector::store::postgres::copy::copy_from_sqlite(
+                    &from_sqlite,
+                    &to,
+                ))
+                .context("migrating")?;
+            for (table, rows) in &report.tables {
+                println!("{table}: {rows} rows");
+            }
+            println!(
+                "copied; checked: {} events over all issues and {} over all projects on both sides",
+                report.occurrences, report.project_events
+            );
+            println!(
+                "debug files stay under {}/difs: give every collector that directory (or a copy)",
+                from_sqlite.display()
+            );
+            Ok(())
+        }
         Command::Project {
             command:
                 ProjectCommand::Create {

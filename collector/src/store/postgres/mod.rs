@@ -7,6 +7,7 @@
 
 mod alerts;
 mod basics;
+pub mod copy;
 mod difs;
 mod ingest;
 mod reads;
@@ -93,7 +94,7 @@ impl PgStore {
 
 /// The connection pool of a URL, with TLS unless `sslmode=disable` (rustls, the system's
 /// root certificates).
-fn pool(url: &str) -> Result<Pool, StoreError> {
+pub(super) fn pool(url: &str) -> Result<Pool, StoreError> {
     let bad = |e: &dyn std::fmt::Display| {
         StoreError::Config(format!("--database {}: {e}", redact_url(url)))
     };
@@ -135,7 +136,7 @@ fn pool(url: &str) -> Result<Pool, StoreError> {
 
 /// Runs the migrations not run yet, holding an advisory lock so that collectors starting
 /// at once on one database run each once.
-async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let mut client = pool
         .get()
         .await

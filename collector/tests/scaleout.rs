@@ -1,0 +1,384 @@
+//! Many collector processes on one PostgreSQL: clients spread events over the nodes, send a
+//! third of them to two nodes at once (a retry after a timeout), and keep going while a
+//! node is SIGKILLed and restarted twice and PostgreSQL itself restarts once. Afterwards
+//! every count is exact, no event is stored twice, each bug is one issue, and every node
+//! answers the API the same.
+//!
+//! Short by default (a few thousand events); `ERRSCOPE_LONG=1` sends 50,000.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use errscope_testkit::pg::Cluster;
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::{Child, Command};
+
+const TOKEN: &str = "scaleout-admin-token";
+/// Distinct bugs (one issue each).
+const BUGS: u64 = 50;
+/// Client tasks sending at once.
+const CLIENTS: u64 = 8;
+
+fn long() -> bool {
+    std::env::var("ERRSCOPE_LONG").is_ok_and(|v| v == "1")
+}
+
+/// A collector process serving on `addr`.
+struct Node {
+    addr: SocketAddr,
+    child: Child,
+}
+
+async fn start_node(data: &Path, database: &str, listen: SocketAddr) -> Option<Node> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+        .args(["serve", "--listen", &listen.to_string(), "--data"])
+        .arg(data)
+        .args(["--database", database])
+        // Every event is kept as a sample, so the test can count the stored rows.
+        .args(["--max-events-per-issue", "1000000"])
+        .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
+        .env("ERRSCOPE_ADMIN_PASSWORD", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the collector");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take()?).lines();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut addr = None;
+    while let Ok(Ok(Some(line))) = tokio::time::timeout_at(deadline, lines.next_line()).await {
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            addr = a.parse().ok();
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some(Node {
+        addr: addr?,
+        child,
+    })
+}
+
+/// Starts a node on `addr` again (its port may take a moment to be free).
+async fn restart_node(data: &Path, database: &str, addr: SocketAddr) -> Node {
+    for _ in 0..100 {
+        if let Some(n) = start_node(data, database, addr).await {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the collector did not start again on {addr}");
+}
+
+fn event(n: u64) -> (String, Value) {
+    let id = format!("{:032x}", 0x5ca1_e000_0000_0000_u64 as u128 * 1_000_003 + n as u128);
+    let bug = n % BUGS;
+    let ev = json!({
+        "event_id": id,
+        "timestamp": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64(),
+        "platform": "python",
+        "level": "error",
+        "environment": "production",
+        "release": format!("shop@{}", n % 3),
+        "tags": {"node_test": format!("t{}", n % 5)},
+        "exception": {"values": [{
+            "type": format!("Bug{bug}"),
+            "value": "it broke",
+            "stacktrace": {"frames": [
+                {"function": "main", "module": "shop.app", "filename": "app.py", "lineno": 10, "in_app": true},
+                {"function": format!("handler_{bug}"), "module": "shop.cart", "filename": "cart.py", "lineno": 42, "in_app": true}
+            ]}
+        }]}
+    });
+    (id, ev)
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    ok: AtomicU64,
+    retried: AtomicU64,
+    unavailable: AtomicU64,
+    /// Answers that must never come: 5xx other than 503, 4xx.
+    bad: AtomicU64,
+}
+
+/// Sends `body` to the nodes starting at `first`, moving on to the next one on a refused
+/// connection, a timeout or a 503, until one answers 200.
+async fn deliver(
+    http: &reqwest::Client,
+    nodes: &[SocketAddr],
+    key: &str,
+    first: usize,
+    body: &str,
+    seen: &Seen,
+) {
+    let started = Instant::now();
+    for attempt in 0.. {
+        let addr = nodes[(first + attempt) % nodes.len()];
+        let r = http
+            .post(format!("http://{addr}/api/1/store/?sentry_key={key}"))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await;
+        match r.map(|r| r.status().as_u16()) {
+            Ok(200) => {
+                seen.ok.fetch_add(1, Relaxed);
+                return;
+            }
+            Ok(503) => {
+                seen.unavailable.fetch_add(1, Relaxed);
+            }
+            Ok(_) => {
+                seen.bad.fetch_add(1, Relaxed);
+            }
+            Err(_) => {}
+        }
+        seen.retried.fetch_add(1, Relaxed);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "an event found no node to take it for 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 % 4 + 1))).await;
+    }
+}
+
+async fn get(http: &reqwest::Client, addr: SocketAddr, path: &str) -> Value {
+    let r = http
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path} on {addr}");
+    r.json().await.unwrap()
+}
+
+async fn run(nodes_wanted: usize) {
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let cluster = Arc::new(cluster);
+    let database = cluster.fresh_database().expect("a database");
+    let dirs: Vec<tempfile::TempDir> = (0..nodes_wanted)
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    // The nodes start at once: the schema and the bootstrap must come out the same.
+    let started = futures_join(dirs.iter().map(|d| {
+        let db = database.clone();
+        let p = d.path().to_owned();
+        async move { start_node(&p, &db, "127.0.0.1:0".parse().unwrap()).await }
+    }))
+    .await;
+    let mut nodes: Vec<Node> = started
+        .into_iter()
+        .map(|n| n.expect("a node started"))
+        .collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let projects = get(&http, addrs[0], "/api/0/projects/").await;
+    assert_eq!(projects.as_array().unwrap().len(), 1, "one default project: {projects}");
+    let dsn = projects[0]["dsn"].as_str().unwrap().to_owned();
+    let key = dsn
+        .split("//")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    for a in &addrs[1..] {
+        assert_eq!(get(&http, *a, "/api/0/projects/").await, projects);
+    }
+
+    let total: u64 = if long() { 50_000 } else { 3_000 };
+    let sent = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(Seen::default());
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let (http, addrs, key, sent, seen) = (
+            http.clone(),
+            addrs.clone(),
+            key.clone(),
+            sent.clone(),
+            seen.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut n = c;
+            while n < total {
+                let (_, ev) = event(n);
+                let body = ev.to_string();
+                let first = (n as usize * 7 + c as usize) % addrs.len();
+                if n % 3 == 0 {
+                    // The same event to two nodes at once.
+                    let second = (first + 1) % addrs.len();
+                    tokio::join!(
+                        deliver(&http, &addrs, &key, first, &body, &seen),
+                        deliver(&http, &addrs, &key, second, &body, &seen)
+                    );
+                } else {
+                    deliver(&http, &addrs, &key, first, &body, &seen).await;
+                }
+                sent.fetch_add(1, Relaxed);
+                n += CLIENTS;
+            }
+        }));
+    }
+
+    // The faults, at a quarter, half and three quarters of the run.
+    let wait_for = |fraction: u64| {
+        let sent = sent.clone();
+        async move {
+            while sent.load(Relaxed) < total * fraction / 4 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait_for(1).await;
+    let victim = nodes.remove(0);
+    let (victim_addr, mut victim_child) = (victim.addr, victim.child);
+    victim_child.start_kill().unwrap();
+    let _ = victim_child.wait().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes.insert(0, restart_node(dirs[0].path(), &database, victim_addr).await);
+
+    wait_for(2).await;
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        c.stop().expect("stop PostgreSQL");
+        std::thread::sleep(Duration::from_millis(1500));
+        c.restart().expect("start PostgreSQL again");
+    })
+    .await
+    .unwrap();
+
+    wait_for(3).await;
+    let i = 1 % nodes.len();
+    let victim = nodes.remove(i);
+    let (victim_addr, mut victim_child) = (victim.addr, victim.child);
+    victim_child.start_kill().unwrap();
+    let _ = victim_child.wait().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nodes.insert(i, restart_node(dirs[i].path(), &database, victim_addr).await);
+
+    for c in clients {
+        c.await.unwrap();
+    }
+    println!(
+        "scale-out ({nodes_wanted} nodes): {total} events, {} answered 200 (duplicates included), {} retries, {} 503s",
+        seen.ok.load(Relaxed),
+        seen.retried.load(Relaxed),
+        seen.unavailable.load(Relaxed)
+    );
+    assert_eq!(
+        seen.bad.load(Relaxed),
+        0,
+        "no answer other than 200 or 503"
+    );
+
+    // Exact counts, from every node.
+    let mut answers = Vec::new();
+    for a in &addrs {
+        let stats = get(&http, *a, "/api/0/projects/1/stats/").await;
+        assert_eq!(stats["events"], total, "{a}: {stats}");
+        assert_eq!(stats["issues"], BUGS, "{a}: {stats}");
+        let issues = get(
+            &http,
+            *a,
+            "/api/0/projects/1/issues/?status=all&sort=count&limit=100",
+        )
+        .await;
+        let data = issues["data"].as_array().unwrap();
+        assert_eq!(data.len() as u64, BUGS, "one issue per bug: {issues}");
+        let mut titles: Vec<&str> = data.iter().map(|i| i["title"].as_str().unwrap()).collect();
+        titles.sort_unstable();
+        titles.dedup();
+        assert_eq!(titles.len() as u64, BUGS, "{titles:?}");
+        for i in data {
+            assert_eq!(i["count"], total / BUGS, "{i}");
+        }
+        answers.push(issues);
+    }
+    for a in &answers[1..] {
+        assert_eq!(a, &answers[0], "every node answers the same");
+    }
+    // Per issue: the hourly buckets and the tag counts add up to the count.
+    let first = &answers[0]["data"][0];
+    let detail = get(
+        &http,
+        addrs[0],
+        &format!("/api/0/issues/{}/", first["id"]),
+    )
+    .await;
+    let hourly: u64 = detail["hourly_14d"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let tagged: u64 = detail["tags"]["node_test"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(tagged, total / BUGS, "{detail}");
+    assert_eq!(hourly, total / BUGS, "{detail}");
+
+    // No event row twice, read from the database itself.
+    let (db, conn) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the database");
+    tokio::spawn(conn);
+    let all: i64 = db
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let twice: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT 1 FROM events GROUP BY project_id, event_id HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((all, twice), (total as i64, 0), "(rows, event ids stored twice)");
+    drop(nodes);
+}
+
+/// Awaits every future, in order.
+async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_on_one_postgres_count_exactly_through_kills_and_a_database_restart() {
+    run(2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_collectors_on_one_postgres_count_exactly_through_kills_and_a_database_restart() {
+    run(4).await;
+}
