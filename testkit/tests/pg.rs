@@ -220,6 +220,30 @@ async fn a_killed_owner_takes_its_server_with_it() {
 }
 
 #[tokio::test]
+async fn what_a_killed_watchdog_left_is_swept_by_the_next_start() {
+    let mut pg = Pg::start(&[]).await;
+    let me = pg.child.id();
+    // The watchdog is errscope-pg's `sh` child: kill it first, then errscope-pg, so
+    // nobody is left to stop the server.
+    let watchdog = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned));
+            stat.contains("(sh)") && ppid == Some(me.to_string())
+        })
+        .expect("errscope-pg's watchdog");
+    assert!(Command::new("kill").args(["-KILL", &watchdog.to_string()]).status().unwrap().success());
+    pg.child.kill().unwrap();
+    pg.child.wait().unwrap();
+    let cluster = Cluster::start().unwrap();
+    pg.assert_gone();
+    assert!(cluster.is_running());
+}
+
+#[tokio::test]
 async fn errscope_pg_stops_when_stdin_closes() {
     let mut pg = Pg::start(&["--database", "dashboard"]).await;
     assert!(pg.url.ends_with("/dashboard"), "{}", pg.url);

@@ -5,6 +5,8 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -131,14 +133,189 @@ pub(super) fn chown(dir: &Path, owner: Option<Owner>) -> Result<(), Error> {
     })
 }
 
+/// The flags every cluster is made with (see [`initdb`]); part of the template's key.
+const INITDB_ARGS: [&str; 8] =
+    ["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"];
+
+/// Fills `layout.data` with a new cluster: a copy of the template these binaries and this
+/// owner made before (`$TMPDIR/errscope-pg-template-<hash>`, a few hundred ms instead of
+/// initdb's seconds), else `initdb`, whose result then becomes the template. Returns whether
+/// it came from the template.
+pub(super) fn init_data(layout: &Layout) -> Result<bool, Error> {
+    let template = template_path(layout);
+    if let Some(template) = template.as_deref().filter(|t| usable_template(t, layout.owner)) {
+        let copied = command(Path::new("cp"), layout.owner, &layout.dir)
+            .arg("-a")
+            .arg(template)
+            .arg(&layout.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if copied.is_ok_and(|s| s.success()) {
+            return Ok(true);
+        }
+        let _ = fs::remove_dir_all(&layout.data);
+    }
+    initdb(&layout.bin, layout.owner, &layout.dir, &layout.data)?;
+    if let Some(template) = template {
+        save_template(layout, &template);
+    }
+    Ok(false)
+}
+
+/// Forgets a template that did not start, so the next cluster runs initdb again.
+pub(super) fn discard_template(layout: &Layout) {
+    if let Some(template) = template_path(layout) {
+        let _ = fs::remove_dir_all(template);
+    }
+}
+
+/// The template's place, keyed by the binaries (path, size, modification time: a package
+/// upgrade makes a new one), the owner and the initdb flags.
+fn template_path(layout: &Layout) -> Option<PathBuf> {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for program in ["initdb", "postgres"] {
+        let path = layout.bin.join(program);
+        let meta = fs::metadata(&path).ok()?;
+        (path, meta.len(), meta.modified().ok()).hash(&mut hasher);
+    }
+    (owner_uid(layout.owner), INITDB_ARGS).hash(&mut hasher);
+    Some(parent_dir().join(format!("errscope-pg-template-{:016x}", hasher.finish())))
+}
+
+/// Where clusters and the template go: `$ERRSCOPE_PG_TMPDIR`; else `/dev/shm` when it is
+/// a tmpfs with [`SHM_MIN_FREE`] to spare (creating a file costs over a millisecond on some
+/// disks, and a cluster is a thousand files: a start takes 0.2 s there instead of 2 s);
+/// else the system's temp dir.
+pub(super) fn parent_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(super::TMPDIR_ENV).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    let roomy = rustix::fs::statvfs(shm).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= SHM_MIN_FREE);
+    let writable = rustix::fs::access(shm, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_ok();
+    if roomy && writable { shm.to_owned() } else { std::env::temp_dir() }
+}
+
+/// What `/dev/shm` must have free to be used: room for a few hundred test databases.
+const SHM_MIN_FREE: u64 = 4 << 30;
+
+/// The file in a cluster's directory naming the process it belongs to: `PID STARTTIME`.
+const OWNER_FILE: &str = "owner";
+
+/// Marks `dir` as this process's, for [`sweep`].
+pub(super) fn write_owner(dir: &Path) -> Result<(), Error> {
+    let me = std::process::id();
+    let start = process_start(me).unwrap_or(0);
+    fs::write(dir.join(OWNER_FILE), format!("{me} {start}\n"))
+        .map_err(|source| Error::Io { what: format!("write {}", dir.join(OWNER_FILE).display()), source })
+}
+
+/// Removes what clusters of processes now gone left in `parent` when their watchdog could
+/// not clean up either (both killed at once): their directories, any postmaster still
+/// running in them (found through `postmaster.pid` and confirmed by its working directory),
+/// and half-saved templates.
+pub(super) fn sweep(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        if let Some(rest) = name.strip_prefix("errscope-pg-template-") {
+            // `<key>.<pid>.partial`: a template being saved by <pid>.
+            let pid = rest.strip_suffix(".partial").and_then(|r| r.rsplit('.').next());
+            if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok())
+                && process_start(pid).is_none()
+            {
+                let _ = fs::remove_dir_all(&path);
+            }
+            continue;
+        }
+        if !name.starts_with("errscope-pg-") {
+            continue;
+        }
+        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else { continue };
+        let mut fields = owner.split_whitespace().map(|f| f.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(start))) = (fields.next(), fields.next()) else { continue };
+        let alive = u32::try_from(pid).ok().and_then(process_start).is_some_and(|s| s == start);
+        if alive {
+            continue;
+        }
+        let data = path.join("data");
+        if let Ok(pid_file) = fs::read_to_string(data.join("postmaster.pid"))
+            && let Some(pid) = pid_file.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+            && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data)
+            && let Some(pid) = Pid::from_raw(pid)
+        {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+        let _ = fs::remove_dir_all(&path);
+    }
+}
+
+/// A process's start time (clock ticks after boot, `/proc/PID/stat` field 22), `None` when
+/// there is no such process or it is a zombie.
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// The major version a data directory was made by (`PG_VERSION`: `15`; `9.6` is 9), 0 if
+/// unreadable.
+pub(super) fn major_version(data: &Path) -> u32 {
+    let text = fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default();
+    text.trim().split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+}
+
+/// A template is used only if it is a whole data directory that the server's own user made
+/// (another user's directory under /tmp is never trusted) and nobody else can write.
+fn usable_template(template: &Path, owner: Option<Owner>) -> bool {
+    let Ok(meta) = fs::symlink_metadata(template) else { return false };
+    meta.is_dir()
+        && meta.uid() == owner_uid(owner)
+        && meta.mode() & 0o077 == 0
+        && template.join("PG_VERSION").is_file()
+        && template.join("global/pg_control").is_file()
+}
+
+/// Copies a fresh (never started) data directory to `template`, atomically: a copy beside
+/// it, then a rename, which fails harmlessly when another process got there first.
+fn save_template(layout: &Layout, template: &Path) {
+    let mut partial = template.as_os_str().to_owned();
+    partial.push(format!(".{}.partial", std::process::id()));
+    let partial = PathBuf::from(partial);
+    let _ = fs::remove_dir_all(&partial);
+    let copied = command(Path::new("cp"), layout.owner, &layout.dir)
+        .arg("-a")
+        .arg(&layout.data)
+        .arg(&partial)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !copied.is_ok_and(|s| s.success()) || fs::rename(&partial, template).is_err() {
+        let _ = fs::remove_dir_all(&partial);
+    }
+}
+
+fn owner_uid(owner: Option<Owner>) -> u32 {
+    match owner {
+        Some(owner) => owner.uid,
+        None => rustix::process::geteuid().as_raw(),
+    }
+}
+
 /// `initdb`: trust authentication, superuser `postgres`, UTF-8 under the C.UTF-8 locale
 /// (English messages, Unicode case mapping, no dependence on installed locales), no fsync.
-pub(super) fn initdb(bin: &Path, owner: Option<Owner>, dir: &Path, data: &Path) -> Result<(), Error> {
+fn initdb(bin: &Path, owner: Option<Owner>, dir: &Path, data: &Path) -> Result<(), Error> {
     let program = bin.join("initdb");
     let out = command(&program, owner, dir)
         .arg("-D")
         .arg(data)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+        .args(INITDB_ARGS)
         .output()
         .map_err(|source| Error::Io { what: format!("run {}", program.display()), source })?;
     if out.status.success() {
