@@ -152,7 +152,10 @@ impl Cluster {
         let owner = server::owner()?;
         let parent = server::parent_dir();
         server::sweep(&parent);
-        let dir = tempfile::Builder::new().prefix("errscope-pg-").tempdir_in(&parent).map_err(Error::TempDir)?;
+        let dir = tempfile::Builder::new()
+            .prefix("errscope-pg-")
+            .tempdir_in(&parent)
+            .map_err(Error::TempDir)?;
         server::write_owner(dir.path())?;
         server::chown(dir.path(), owner)?;
         let watchdog = server::spawn_watchdog(dir.path())?;
@@ -183,7 +186,10 @@ impl Cluster {
                 Ok(child) => {
                     cluster.port = port;
                     cluster.major = major;
-                    *cluster.postmaster.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(child);
+                    *cluster
+                        .postmaster
+                        .get_mut()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(child);
                     return Ok(cluster);
                 }
                 Err(StartFailure::PortInUse) => last = Some(port),
@@ -201,7 +207,9 @@ impl Cluster {
         }
         Err(Error::Start {
             port: last.unwrap_or(0),
-            reason: format!("{PORT_ATTEMPTS} free ports were each taken before the server bound them"),
+            reason: format!(
+                "{PORT_ATTEMPTS} free ports were each taken before the server bound them"
+            ),
             log_path: cluster.layout.log.clone(),
             log: String::new(),
         })
@@ -258,7 +266,11 @@ impl Cluster {
         check_name(name)?;
         // From 15 on the default copies template1 through the WAL: 4x slower here than
         // copying its files (and a checkpoint, cheap without fsync).
-        let strategy = if self.major >= 15 { " STRATEGY = FILE_COPY" } else { "" };
+        let strategy = if self.major >= 15 {
+            " STRATEGY = FILE_COPY"
+        } else {
+            ""
+        };
         self.execute("postgres", &format!("CREATE DATABASE \"{name}\"{strategy}"))?;
         Ok(self.database_url(name))
     }
@@ -273,7 +285,10 @@ impl Cluster {
     /// Drops the database `name` if it exists, disconnecting its clients first.
     pub fn drop_database(&self, name: &str) -> Result<(), Error> {
         check_name(name)?;
-        self.execute("postgres", &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        self.execute(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        )
     }
 
     /// Runs `sql` (one or more statements, no results) in the database `name`.
@@ -339,13 +354,20 @@ impl Cluster {
     }
 
     fn postmaster(&self) -> MutexGuard<'_, Option<Child>> {
-        self.postmaster.lock().unwrap_or_else(PoisonError::into_inner)
+        self.postmaster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(mut child) = self.postmaster.get_mut().unwrap_or_else(PoisonError::into_inner).take() {
+        if let Some(mut child) = self
+            .postmaster
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             let _ = server::stop(&mut child);
         }
         // The server is down: the watchdog has nothing left to do, and the directory goes
@@ -363,7 +385,9 @@ fn url(port: u16, database: &str) -> String {
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
-    let plain = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     let starts = name.bytes().next().is_some_and(|b| !b.is_ascii_digit());
     if plain && starts && name.len() <= 63 {
         Ok(())
@@ -416,10 +440,15 @@ where
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(|source| Error::Io { what: "build a tokio runtime".into(), source })?;
+                .map_err(|source| Error::Io {
+                    what: "build a tokio runtime".into(),
+                    source,
+                })?;
             Ok(runtime.block_on(make()))
         });
-        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 

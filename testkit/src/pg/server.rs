@@ -3,9 +3,9 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
-use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -100,7 +100,10 @@ pub(super) fn owner() -> Result<Option<Owner>, Error> {
         let out = Command::new("id")
             .args([flag, "postgres"])
             .output()
-            .map_err(|source| Error::Io { what: "run `id postgres`".into(), source })?;
+            .map_err(|source| Error::Io {
+                what: "run `id postgres`".into(),
+                source,
+            })?;
         let text = String::from_utf8_lossy(&out.stdout);
         match text.trim().parse() {
             Ok(n) if out.status.success() => Ok(n),
@@ -109,7 +112,10 @@ pub(super) fn owner() -> Result<Option<Owner>, Error> {
             }),
         }
     };
-    Ok(Some(Owner { uid: id("-u")?, gid: id("-g")? }))
+    Ok(Some(Owner {
+        uid: id("-u")?,
+        gid: id("-g")?,
+    }))
 }
 
 /// A command run as the server's owner, in `cwd` (a directory that owner can read: the
@@ -134,8 +140,16 @@ pub(super) fn chown(dir: &Path, owner: Option<Owner>) -> Result<(), Error> {
 }
 
 /// The flags every cluster is made with (see [`initdb`]); part of the template's key.
-const INITDB_ARGS: [&str; 8] =
-    ["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"];
+const INITDB_ARGS: [&str; 8] = [
+    "-A",
+    "trust",
+    "-U",
+    "postgres",
+    "-E",
+    "UTF8",
+    "--locale=C.UTF-8",
+    "--no-sync",
+];
 
 /// Fills `layout.data` with a new cluster: a copy of the template these binaries and this
 /// owner made before (`$TMPDIR/errscope-pg-template-<hash>`, a few hundred ms instead of
@@ -143,7 +157,10 @@ const INITDB_ARGS: [&str; 8] =
 /// it came from the template.
 pub(super) fn init_data(layout: &Layout) -> Result<bool, Error> {
     let template = template_path(layout);
-    if let Some(template) = template.as_deref().filter(|t| usable_template(t, layout.owner)) {
+    if let Some(template) = template
+        .as_deref()
+        .filter(|t| usable_template(t, layout.owner))
+    {
         let copied = command(Path::new("cp"), layout.owner, &layout.dir)
             .arg("-a")
             .arg(template)
@@ -192,9 +209,18 @@ pub(super) fn parent_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let shm = Path::new("/dev/shm");
-    let roomy = rustix::fs::statvfs(shm).is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= SHM_MIN_FREE);
-    let writable = rustix::fs::access(shm, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_ok();
-    if roomy && writable { shm.to_owned() } else { std::env::temp_dir() }
+    let roomy = rustix::fs::statvfs(shm)
+        .is_ok_and(|s| s.f_bavail.saturating_mul(s.f_frsize) >= SHM_MIN_FREE);
+    let writable = rustix::fs::access(
+        shm,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .is_ok();
+    if roomy && writable {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 /// What `/dev/shm` must have free to be used: room for a few hundred test databases.
@@ -207,8 +233,10 @@ const OWNER_FILE: &str = "owner";
 pub(super) fn write_owner(dir: &Path) -> Result<(), Error> {
     let me = std::process::id();
     let start = process_start(me).unwrap_or(0);
-    fs::write(dir.join(OWNER_FILE), format!("{me} {start}\n"))
-        .map_err(|source| Error::Io { what: format!("write {}", dir.join(OWNER_FILE).display()), source })
+    fs::write(dir.join(OWNER_FILE), format!("{me} {start}\n")).map_err(|source| Error::Io {
+        what: format!("write {}", dir.join(OWNER_FILE).display()),
+        source,
+    })
 }
 
 /// Removes what clusters of processes now gone left in `parent` when their watchdog could
@@ -216,14 +244,18 @@ pub(super) fn write_owner(dir: &Path) -> Result<(), Error> {
 /// running in them (found through `postmaster.pid` and confirmed by its working directory),
 /// and half-saved templates.
 pub(super) fn sweep(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let path = entry.path();
         if let Some(rest) = name.strip_prefix("errscope-pg-template-") {
             // `<key>.<pid>.partial`: a template being saved by <pid>.
-            let pid = rest.strip_suffix(".partial").and_then(|r| r.rsplit('.').next());
+            let pid = rest
+                .strip_suffix(".partial")
+                .and_then(|r| r.rsplit('.').next());
             if let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok())
                 && process_start(pid).is_none()
             {
@@ -234,16 +266,26 @@ pub(super) fn sweep(parent: &Path) {
         if !name.starts_with("errscope-pg-") {
             continue;
         }
-        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else { continue };
+        let Ok(owner) = fs::read_to_string(path.join(OWNER_FILE)) else {
+            continue;
+        };
         let mut fields = owner.split_whitespace().map(|f| f.parse::<u64>().ok());
-        let (Some(Some(pid)), Some(Some(start))) = (fields.next(), fields.next()) else { continue };
-        let alive = u32::try_from(pid).ok().and_then(process_start).is_some_and(|s| s == start);
+        let (Some(Some(pid)), Some(Some(start))) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let alive = u32::try_from(pid)
+            .ok()
+            .and_then(process_start)
+            .is_some_and(|s| s == start);
         if alive {
             continue;
         }
         let data = path.join("data");
         if let Ok(pid_file) = fs::read_to_string(data.join("postmaster.pid"))
-            && let Some(pid) = pid_file.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+            && let Some(pid) = pid_file
+                .lines()
+                .next()
+                .and_then(|l| l.trim().parse::<i32>().ok())
             && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data)
             && let Some(pid) = Pid::from_raw(pid)
         {
@@ -268,13 +310,19 @@ fn process_start(pid: u32) -> Option<u64> {
 /// unreadable.
 pub(super) fn major_version(data: &Path) -> u32 {
     let text = fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default();
-    text.trim().split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+    text.trim()
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A template is used only if it is a whole data directory that the server's own user made
 /// (another user's directory under /tmp is never trusted) and nobody else can write.
 fn usable_template(template: &Path, owner: Option<Owner>) -> bool {
-    let Ok(meta) = fs::symlink_metadata(template) else { return false };
+    let Ok(meta) = fs::symlink_metadata(template) else {
+        return false;
+    };
     meta.is_dir()
         && meta.uid() == owner_uid(owner)
         && meta.mode() & 0o077 == 0
@@ -317,18 +365,27 @@ fn initdb(bin: &Path, owner: Option<Owner>, dir: &Path, data: &Path) -> Result<(
         .arg(data)
         .args(INITDB_ARGS)
         .output()
-        .map_err(|source| Error::Io { what: format!("run {}", program.display()), source })?;
+        .map_err(|source| Error::Io {
+            what: format!("run {}", program.display()),
+            source,
+        })?;
     if out.status.success() {
         return Ok(());
     }
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
-    Err(Error::Initdb { status: out.status, output: output.trim().to_owned() })
+    Err(Error::Initdb {
+        status: out.status,
+        output: output.trim().to_owned(),
+    })
 }
 
 /// A port that was free a moment ago (bound with port 0 and released).
 pub(super) fn free_port() -> Result<u16, Error> {
-    let io = |source| Error::Io { what: "pick a free port on 127.0.0.1".into(), source };
+    let io = |source| Error::Io {
+        what: "pick a free port on 127.0.0.1".into(),
+        source,
+    };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io)?;
     Ok(listener.local_addr().map_err(io)?.port())
 }
@@ -346,7 +403,10 @@ pub(super) fn spawn_watchdog(dir: &Path) -> Result<(Child, ChildStdin), Error> {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .map_err(|source| Error::Io { what: "start the watchdog (sh)".into(), source })?;
+        .map_err(|source| Error::Io {
+            what: "start the watchdog (sh)".into(),
+            source,
+        })?;
     let pipe = child.stdin.take().expect("stdin was piped");
     Ok((child, pipe))
 }
@@ -378,19 +438,19 @@ pub(super) struct Layout {
 impl Layout {
     /// Starts a postmaster on `port` and waits until it accepts connections (`ready`
     /// checks that with a real one).
-    pub(super) fn start(
-        &self,
-        port: u16,
-        ready: &dyn Fn() -> bool,
-    ) -> Result<Child, StartFailure> {
+    pub(super) fn start(&self, port: u16, ready: &dyn Fn() -> bool) -> Result<Child, StartFailure> {
         let io = |what: String| move |source| Error::Io { what, source };
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .map_err(io(format!("open {}", self.log.display())))?;
-        let log_start = log.seek(SeekFrom::End(0)).map_err(io(format!("seek {}", self.log.display())))?;
-        let stderr = log.try_clone().map_err(io(format!("dup {}", self.log.display())))?;
+        let log_start = log
+            .seek(SeekFrom::End(0))
+            .map_err(io(format!("seek {}", self.log.display())))?;
+        let stderr = log
+            .try_clone()
+            .map_err(io(format!("dup {}", self.log.display())))?;
         let program = self.bin.join("postgres");
         let mut child = command(&program, self.owner, &self.dir)
             .arg("-D")
@@ -400,7 +460,14 @@ impl Layout {
             .arg("-k")
             .arg(&self.dir)
             .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
             .args(["-c", "max_connections=200"])
             .stdout(log)
             .stderr(stderr)
@@ -416,10 +483,18 @@ impl Layout {
                     if tail.contains("Address already in use") {
                         return Err(StartFailure::PortInUse);
                     }
-                    return Err(self.start_error(port, format!("postgres exited ({status})"), log_start).into());
+                    return Err(self
+                        .start_error(port, format!("postgres exited ({status})"), log_start)
+                        .into());
                 }
                 Ok(None) => {}
-                Err(source) => return Err(Error::Io { what: "wait for postgres".into(), source }.into()),
+                Err(source) => {
+                    return Err(Error::Io {
+                        what: "wait for postgres".into(),
+                        source,
+                    }
+                    .into());
+                }
             }
             if self.pid_file_status().as_deref() == Some("ready") && ready() {
                 return Ok(child);
@@ -452,7 +527,10 @@ impl Layout {
 
 /// Fast shutdown (SIGINT: disconnect clients, checkpoint, exit), bounded, then SIGKILL.
 pub(super) fn stop(child: &mut Child) -> Result<ExitStatus, Error> {
-    let io = |source| Error::Io { what: "stop postgres".into(), source };
+    let io = |source| Error::Io {
+        what: "stop postgres".into(),
+        source,
+    };
     if let Some(status) = child.try_wait().map_err(io)? {
         return Ok(status);
     }
@@ -508,7 +586,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         fake_install(root.path(), "15");
         let other = fake_install(root.path(), "11");
-        assert_eq!(find_bin_dir(Some(other.clone().into()), root.path()).unwrap(), other);
+        assert_eq!(
+            find_bin_dir(Some(other.clone().into()), root.path()).unwrap(),
+            other
+        );
         let empty = tempfile::tempdir().unwrap();
         let err = find_bin_dir(Some(empty.path().into()), root.path()).unwrap_err();
         assert!(matches!(err, Error::NotInstalled { .. }), "{err}");
