@@ -31,8 +31,8 @@ const LOG_TAIL_LINES: usize = 30;
 /// writer is the process that started the cluster. When that process ends
 /// (exits, panics, SIGKILL) the pipe closes, and the watchdog fast-shuts down whatever
 /// postmaster runs in `DIR/data` (SIGINT, then SIGKILL after 10 s) and removes `DIR`. A
-/// cluster dropped in order kills the watchdog first. It ignores the terminal's signals, so
-/// a Ctrl-C to the test's process group still leaves it to clean up.
+/// cluster dropped in order stops its server itself, then kills the watchdog. It ignores the
+/// terminal's signals, so a Ctrl-C to the test's process group still leaves it to clean up.
 const WATCHDOG: &str = r#"trap '' INT TERM HUP QUIT
 while read -r _; do :; done
 pidfile="$1/data/postmaster.pid"
