@@ -289,7 +289,15 @@ pub(super) fn sweep(parent: &Path) {
             && fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == data)
             && let Some(pid) = Pid::from_raw(pid)
         {
-            let _ = kill_process(pid, Signal::KILL);
+            // Fast shutdown first, so the server releases its System V segment itself.
+            let _ = kill_process(pid, Signal::INT);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while data.join("postmaster.pid").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if data.join("postmaster.pid").exists() {
+                let _ = kill_process(pid, Signal::KILL);
+            }
         }
         let _ = fs::remove_dir_all(&path);
     }
@@ -469,6 +477,9 @@ impl Layout {
                 "full_page_writes=off",
             ])
             .args(["-c", "max_connections=200"])
+            // Dynamic shared memory as files in data/pg_dynshmem rather than /dev/shm: what a
+            // killed server leaves goes with its directory.
+            .args(["-c", "dynamic_shared_memory_type=mmap"])
             .stdout(log)
             .stderr(stderr)
             // Not in the test's process group: a Ctrl-C reaches the test, which stops it.
