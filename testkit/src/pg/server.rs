@@ -201,9 +201,9 @@ fn template_path(layout: &Layout) -> Option<PathBuf> {
 }
 
 /// Where clusters and the template go: `$ERRSCOPE_PG_TMPDIR`; else `/dev/shm` when it is
-/// a tmpfs with [`SHM_MIN_FREE`] to spare (creating a file costs over a millisecond on some
-/// disks, and a cluster is a thousand files: a start takes 0.2 s there instead of 2 s);
-/// else the system's temp dir.
+/// a tmpfs with [`SHM_MIN_FREE`] to spare (creating a file took up to 1.5 ms on this
+/// machine's busy disk, and a cluster is a thousand files: a start takes 0.3 s there, 0.4 to
+/// 1.6 s on that disk); else the system's temp dir.
 pub(super) fn parent_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(super::TMPDIR_ENV).filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
