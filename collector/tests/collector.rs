@@ -1146,7 +1146,7 @@ async fn project_create_prints_a_working_dsn() {
     let dir = tempfile::tempdir().unwrap();
     let first = spawn_binary(dir.path(), &[]).await;
     drop(first);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+    let out = collector_command_blocking(dir.path())
         .args([
             "project",
             "create",
@@ -1182,7 +1182,7 @@ async fn project_create_prints_a_working_dsn() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+    let again = collector_command_blocking(dir.path())
         .args(["project", "create", "shop", "--data"])
         .arg(dir.path())
         .output()

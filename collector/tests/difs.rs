@@ -313,7 +313,7 @@ async fn curl_upload_list_delete_and_the_cli_while_serve_runs() {
     let first_id = body[0]["id"].as_str().unwrap().to_owned();
 
     // The subcommand writes to the same data dir; the running collector sees it.
-    let cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+    let cli = collector_command(data.path())
         .args(["debug-files", "upload", "--project", "default", "--data"])
         .arg(data.path())
         .arg(f.path("hello-2.debug"))
@@ -340,7 +340,7 @@ async fn curl_upload_list_delete_and_the_cli_while_serve_runs() {
     assert_eq!(listed[0]["objectName"], "hello-2.debug");
     let second_id = listed[0]["id"].as_str().unwrap().to_owned();
 
-    let cli_list = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+    let cli_list = collector_command_blocking(data.path())
         .args(["debug-files", "list", "--data"])
         .arg(data.path())
         .output()
@@ -375,7 +375,7 @@ async fn curl_upload_list_delete_and_the_cli_while_serve_runs() {
         b["detail"].as_str().unwrap().contains("no debug file"),
         "{b}"
     );
-    let del = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+    let del = collector_command_blocking(data.path())
         .args(["debug-files", "delete", &second_id, "--data"])
         .arg(data.path())
         .output()
@@ -617,7 +617,10 @@ fn find_prefers_debug_info_to_a_symbol_table_and_ignores_source_bundles() {
     // this thread, outside it.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (store, difs) = rt.block_on(async {
-        let store = errscope_collector::state::open_store_for_tools(dir.path(), None)
+        let store = errscope_collector::state::open_store_for_tools(
+            dir.path(),
+            errscope_testkit::store::database_for(dir.path()),
+        )
             .await
             .unwrap();
         store.create_project("default").await.unwrap();

@@ -30,6 +30,7 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
         .expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
     let mut config = Config::new(dir.path());
+    config.database = errscope_testkit::store::database_for(dir.path());
     config.public_url = format!("http://{addr}");
     config.admin_token = Some(TOKEN.into());
     config.admin_password = Some(PASSWORD.into());
@@ -204,7 +205,7 @@ pub(crate) struct Child {
 /// `listening on` line.
 pub(crate) async fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Child {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+    let mut child = collector_command(data)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
@@ -245,6 +246,29 @@ pub(crate) async fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Chil
         dsn,
         stdout,
     }
+}
+
+/// The collector binary, on the store the test run asked for: with
+/// `ERRSCOPE_TEST_STORE=postgres`, the PostgreSQL database of `data`
+/// (`ERRSCOPE_DATABASE_URL`), the one an in-process server over `data` uses too.
+pub(crate) fn collector_command(data: &std::path::Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
+    match errscope_testkit::store::database_for(data) {
+        Some(url) => cmd.env("ERRSCOPE_DATABASE_URL", url),
+        None => cmd.env_remove("ERRSCOPE_DATABASE_URL"),
+    };
+    cmd
+}
+
+/// [`collector_command`], blocking.
+#[allow(dead_code, reason = "not every test binary runs the command-line tools")]
+pub(crate) fn collector_command_blocking(data: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
+    match errscope_testkit::store::database_for(data) {
+        Some(url) => cmd.env("ERRSCOPE_DATABASE_URL", url),
+        None => cmd.env_remove("ERRSCOPE_DATABASE_URL"),
+    };
+    cmd
 }
 
 /// A valid brotli stream holding `data` in uncompressed meta-blocks (no encoder needed):

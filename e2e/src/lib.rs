@@ -46,6 +46,7 @@ impl Collector {
         let listener = rt.block_on(TcpListener::bind(addr))?;
         let addr = listener.local_addr()?;
         let mut config = Config::new(data);
+        config.database = errscope_testkit::store::database_for(data);
         config.public_url = format!("http://{addr}");
         config.admin_token = Some(TOKEN.into());
         // The tests look every event up: keep them all (not just 100 per issue).

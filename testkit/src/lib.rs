@@ -1,5 +1,6 @@
-//! errscope-testkit: what the test suites need beyond the crates under test. Today that is
-//! [`pg`], a throwaway PostgreSQL server per test process, so one suite runs on both stores.
+//! errscope-testkit: what the test suites need beyond the crates under test: [`pg`], a
+//! throwaway PostgreSQL server per test process, and [`store`], which picks the store a
+//! collector under test runs on, so one suite runs on both.
 //!
 //! ```no_run
 //! use errscope_testkit::pg::Cluster;
@@ -16,3 +17,4 @@
 #![warn(missing_docs)]
 
 pub mod pg;
+pub mod store;

@@ -15,6 +15,33 @@ export const COLLECTOR_BIN = process.env.ERRSCOPE_COLLECTOR_BIN
       'debug/errscope-collector',
     );
 
+// With ERRSCOPE_TEST_STORE=postgres each collector gets a PostgreSQL server of its own
+// (testkit's errscope-pg: a throwaway cluster, gone when its stdin closes).
+const PG_BIN = path.resolve(
+  process.env.CARGO_TARGET_DIR ?? path.resolve(here, '../../../target'),
+  'debug/errscope-pg',
+);
+
+/** Starts errscope-pg and resolves with [process, URL]. */
+async function startPostgres(timeoutMs) {
+  if (!existsSync(PG_BIN)) {
+    throw new Error(`errscope-pg not found at ${PG_BIN}: run \`cargo build -p errscope-testkit\``);
+  }
+  const proc = spawn(PG_BIN, [], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  const url = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`errscope-pg printed no URL within ${timeoutMs} ms: ${out}`)), timeoutMs);
+    proc.stdout.on('data', (d) => {
+      out += d.toString();
+      const m = out.match(/^(postgres:\/\/\S+)\n/m);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    proc.stderr.on('data', (d) => { out += d.toString(); });
+    proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`errscope-pg exited (${code}): ${out}`)); });
+  });
+  return [proc, url];
+}
+
 export const ADMIN_PASSWORD = 'correct horse battery staple';
 export const ADMIN_TOKEN = 'test-admin-token-0123456789abcdef';
 
@@ -32,7 +59,14 @@ export class Collector {
       throw new Error(`collector binary not found at ${COLLECTOR_BIN}: run \`cargo build -p errscope-collector\` or set ERRSCOPE_COLLECTOR_BIN`);
     }
     const dataDir = await mkdtemp(path.join(tmpdir(), 'errscope-dashboard-test-'));
-    const proc = spawn(COLLECTOR_BIN, ['serve', '--listen', '127.0.0.1:0', '--data', dataDir], {
+    const args = ['serve', '--listen', '127.0.0.1:0', '--data', dataDir];
+    let pg = null;
+    if (process.env.ERRSCOPE_TEST_STORE === 'postgres') {
+      const [pgProc, url] = await startPostgres(timeoutMs);
+      pg = pgProc;
+      args.push('--database', url);
+    }
+    const proc = spawn(COLLECTOR_BIN, args, {
       env: {
         ...process.env,
         ERRSCOPE_ADMIN_PASSWORD: ADMIN_PASSWORD,
@@ -42,6 +76,7 @@ export class Collector {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const c = new Collector(proc, null, dataDir);
+    c.pg = pg;
     const base = await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`collector did not print "listening on" within ${timeoutMs} ms; output:\n${c.output.join('')}`)), timeoutMs);
       let buf = '';
@@ -70,6 +105,11 @@ export class Collector {
       const t = setTimeout(() => this.proc.kill('SIGKILL'), 10_000);
       await exited;
       clearTimeout(t);
+    }
+    if (this.pg && this.pg.exitCode === null) {
+      const gone = new Promise((r) => this.pg.once('exit', r));
+      this.pg.stdin.end();
+      await gone;
     }
     await rm(this.dataDir, { recursive: true, force: true });
   }

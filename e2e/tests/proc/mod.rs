@@ -98,7 +98,12 @@ impl CollectorProc {
         listen: SocketAddr,
         timeout: Duration,
     ) -> Option<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-collector"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-collector"));
+        match errscope_testkit::store::database_for(&args.data) {
+            Some(url) => child.env("ERRSCOPE_DATABASE_URL", url),
+            None => child.env_remove("ERRSCOPE_DATABASE_URL"),
+        };
+        let mut child = child
             .arg("--data")
             .arg(&args.data)
             .args(["--listen", &listen.to_string()])

@@ -1,7 +1,4 @@
-//! For this backend's own tests: a fresh database on the test server.
-//!
-//! The server is named by `ERRSCOPE_TEST_PG_URL` (a URL whose user may create databases,
-//! e.g. `postgres://postgres@127.0.0.1:5433/postgres`); `scripts/test` starts one.
+//! For this backend's own tests: a fresh database on a test server.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,17 +7,19 @@ use super::PgStore;
 use crate::metrics::Metrics;
 use crate::store::Retention;
 
-/// The test server's URL; panics, saying what to do, when it is not set.
-pub(crate) fn server_url() -> String {
-    std::env::var("ERRSCOPE_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!("ERRSCOPE_TEST_PG_URL is not set: run the tests with scripts/test, which starts PostgreSQL")
-    })
-}
-
-/// A new, empty database on the test server; returns its URL.
+/// A new, empty database: on the server `ERRSCOPE_TEST_PG_URL` names (a URL whose user
+/// may create databases), else on this process's own throwaway server (errscope-testkit).
 pub(crate) async fn fresh_database() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let server = server_url();
+    let Ok(server) = std::env::var("ERRSCOPE_TEST_PG_URL") else {
+        return tokio::task::spawn_blocking(|| {
+            errscope_testkit::pg::Cluster::shared()
+                .fresh_database()
+                .expect("a database on the test server")
+        })
+        .await
+        .expect("the test server's thread");
+    };
     let name = format!(
         "errscope_unit_{}_{}_{}",
         std::process::id(),
