@@ -382,3 +382,163 @@ async fn two_collectors_on_one_postgres_count_exactly_through_kills_and_a_databa
 async fn four_collectors_on_one_postgres_count_exactly_through_kills_and_a_database_restart() {
     run(4).await;
 }
+
+/// `migrate --from-sqlite`: an installation used on SQLite (events, a resolved issue, a
+/// regression, tags) answers the same on PostgreSQL after the copy, and goes on counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
+    let data = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let lite = start_sqlite_node(data.path()).await;
+    let key = default_key(&http, lite.addr).await;
+    for n in 0..400 {
+        let (_, ev) = event(n);
+        let r = http
+            .post(format!("http://{}/api/1/store/?sentry_key={key}", lite.addr))
+            .body(ev.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Resolve one issue, then see it again (a regression).
+    let r = http
+        .put(format!("http://{}/api/0/issues/1/", lite.addr))
+        .bearer_auth(TOKEN)
+        .json(&json!({"status": "resolved"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, again) = event(400);
+    http.post(format!("http://{}/api/1/store/?sentry_key={key}", lite.addr))
+        .body(again.to_string())
+        .send()
+        .await
+        .unwrap();
+    let paths = [
+        "/api/0/projects/",
+        "/api/0/projects/1/stats/",
+        "/api/0/projects/1/issues/?status=all&sort=count&limit=100",
+        "/api/0/issues/1/",
+        "/api/0/projects/1/classes/",
+        "/api/0/projects/1/tags/release/values/",
+    ];
+    let mut before = Vec::new();
+    for p in paths {
+        before.push(get(&http, lite.addr, p).await);
+    }
+    let mut child = lite.child;
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+
+    let cluster = tokio::task::spawn_blocking(Cluster::shared).await.unwrap();
+    let database = cluster.fresh_database().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+        .args(["migrate", "--from-sqlite"])
+        .arg(data.path())
+        .args(["--to", &database])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("events: 401 rows"), "{text}");
+    // A second copy into the same database is refused, and changes nothing.
+    let twice = Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+        .args(["migrate", "--from-sqlite"])
+        .arg(data.path())
+        .args(["--to", &database])
+        .output()
+        .await
+        .unwrap();
+    assert!(!twice.status.success());
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("empty database"),
+        "{}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
+
+    let other = tempfile::tempdir().unwrap();
+    let pg = start_node(other.path(), &database, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("a collector on the copy");
+    for (p, b) in paths.iter().zip(&before) {
+        let mut a = get(&http, pg.addr, p).await;
+        let mut b = b.clone();
+        // DSNs name the node's own address.
+        for v in [&mut a, &mut b] {
+            if let Some(list) = v.as_array_mut() {
+                for p in list {
+                    p["dsn"] = Value::Null;
+                }
+            }
+        }
+        assert_eq!(a, b, "{p} differs after the copy");
+    }
+    // The same key still works, ids go on after the copied ones, and counts go on.
+    let (_, next) = event(401);
+    let r = http
+        .post(format!("http://{}/api/1/store/?sentry_key={key}", pg.addr))
+        .body(next.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stats = get(&http, pg.addr, "/api/0/projects/1/stats/").await;
+    assert_eq!(stats["events"], 402, "{stats}");
+    let r = http
+        .post(format!("http://{}/api/0/projects/", pg.addr))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "second"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["id"], 2, "{p}");
+}
+
+/// A collector on SQLite under `data`.
+async fn start_sqlite_node(data: &Path) -> Node {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env_remove("ERRSCOPE_DATABASE_URL")
+        .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
+        .env("ERRSCOPE_ADMIN_PASSWORD", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the collector");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            addr = a.parse().ok();
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Node {
+        addr: addr.expect("a `listening on` line"),
+        child,
+    }
+}
+
+async fn default_key(http: &reqwest::Client, addr: SocketAddr) -> String {
+    let projects = get(http, addr, "/api/0/projects/").await;
+    let dsn = projects[0]["dsn"].as_str().unwrap();
+    dsn.split("//")
+        .nth(1)
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned()
+}
