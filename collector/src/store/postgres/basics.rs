@@ -172,8 +172,8 @@ pub(super) async fn list_projects(s: &PgStore) -> Result<Vec<ProjectRow>, StoreE
     .await
 }
 
-/// Creates the project and its key in one transaction; a name another node (or an
-/// earlier call) took makes the insert do nothing, and the answer `None`.
+/// Creates the project and its key in one transaction; a name taken (by an earlier call,
+/// or by another node at the same moment) is `None`.
 pub(super) async fn create_project(
     s: &PgStore,
     name: &str,
@@ -182,6 +182,14 @@ pub(super) async fn create_project(
         let mut c = s.conn().await?;
         let tx = c.transaction().await?;
         let now = crate::time::now_ms();
+        // Checked first so that a taken name spends no id (as on SQLite); the insert's
+        // ON CONFLICT settles the race of nodes creating one name at once.
+        if row(&tx, "SELECT 1 FROM projects WHERE name = $1", &[&name])
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
         let Some(created) = row(
             &tx,
             "INSERT INTO projects (name, created) VALUES ($1, $2)

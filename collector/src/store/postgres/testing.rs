@@ -161,19 +161,22 @@ impl Twin {
     }
 }
 
-/// Events of three classes, two levels, environments and releases, spread over hours
+/// Events of six classes, two levels, environments and releases, spread over hours
 /// before `now`: what the read tests store through SQLite's ingest and mirror.
 pub(crate) fn sample_job(project_id: i64, now: i64) -> crate::store::IngestJob {
     let events = (0..18u64)
         .map(|n| {
-            let class = ["TypeA", "TypeB", "TypeC"][n as usize % 3];
+            let (i2, i3) = (n as usize % 2, n as usize % 3);
+            let class = ["TypeA", "TypeB", "TypeC", "TypeD", "TypeE", "TypeF"][n as usize % 6];
+            let (level, env) = (["error", "warning"][i2], ["prod", "staging"][i2]);
+            let domain = ["ldap", "db", "Ünïcode"][i3];
             let json = serde_json::json!({
                 "event_id": format!("{:032x}", n + 1),
                 "timestamp": (now - n as i64 * 1_700_000) as f64 / 1000.0,
-                "level": ["error", "warning"][n as usize % 2],
-                "environment": ["prod", "staging"][n as usize % 2],
+                "level": level,
+                "environment": env,
                 "release": format!("1.{}", n % 4),
-                "tags": {"domain": ["ldap", "db", "Ünïcode"][n as usize % 3]},
+                "tags": {"domain": domain},
                 "exception": {"values": [{"type": class, "value": format!("boom {}", n % 6)}]},
             });
             crate::ingest::prepare_event(json.to_string().as_bytes(), now, None)
