@@ -454,7 +454,12 @@ pub(super) async fn delete_alert_rule(s: &PgStore, id: i64) -> Result<bool, Stor
     retry(|| async move {
         let mut c = s.conn().await?;
         let tx = c.transaction().await?;
-        exec(&tx, "DELETE FROM alert_deliveries WHERE rule_id = $1", &[&id]).await?;
+        exec(
+            &tx,
+            "DELETE FROM alert_deliveries WHERE rule_id = $1",
+            &[&id],
+        )
+        .await?;
         exec(&tx, "DELETE FROM alert_fired WHERE rule_id = $1", &[&id]).await?;
         let n = exec(&tx, "DELETE FROM alert_rules WHERE id = $1", &[&id]).await?;
         tx.commit().await?;
@@ -612,18 +617,21 @@ mod tests {
     }
 
     /// What two stores' deliveries must agree on (ids and times are their own).
-    fn shape(d: &[DeliveryRow]) -> Vec<(i64, Option<i64>, String, String, i64, Option<i64>, Option<String>, bool)> {
+    fn shape(d: &[DeliveryRow]) -> Vec<String> {
         d.iter()
             .map(|d| {
-                (
-                    d.rule_id,
-                    d.issue_id,
-                    d.trigger.clone(),
-                    d.status.clone(),
-                    d.attempts,
-                    d.response_status,
-                    d.error.clone(),
-                    d.next_attempt.is_some(),
+                format!(
+                    "{:?}",
+                    (
+                        d.rule_id,
+                        d.issue_id,
+                        &d.trigger,
+                        &d.status,
+                        d.attempts,
+                        d.response_status,
+                        &d.error,
+                        d.next_attempt.is_some(),
+                    )
                 )
             })
             .collect()
@@ -632,7 +640,10 @@ mod tests {
     #[tokio::test]
     async fn rules_unmutes_and_the_queue_behave_as_on_sqlite() {
         let t = twin().await;
-        let alerts = Arc::new(Alerts::new(AlertConfig::default(), "http://errscope.test".into()));
+        let alerts = Arc::new(Alerts::new(
+            AlertConfig::default(),
+            "http://errscope.test".into(),
+        ));
         let now = crate::time::now_ms();
         for s in [&t.lite as &dyn Store, &t.pg] {
             s.create_project("default").await.unwrap().unwrap();
@@ -644,30 +655,63 @@ mod tests {
         let only_b = spec(
             "b only",
             Trigger::Unmute,
-            Filter { class: Some("TypeB".into()), ..Default::default() },
+            Filter {
+                class: Some("TypeB".into()),
+                ..Default::default()
+            },
         );
         let needs_event = spec(
             "prod",
             Trigger::Unmute,
-            Filter { environment: Some("prod".into()), ..Default::default() },
+            Filter {
+                environment: Some("prod".into()),
+                ..Default::default()
+            },
         );
         let mut disabled = spec("off", Trigger::Unmute, Filter::default());
         disabled.enabled = false;
         let newish = spec("new", Trigger::NewIssue, Filter::default());
         for s in [&t.lite as &dyn Store, &t.pg] {
             for sp in [&unmute, &only_b, &needs_event, &disabled, &newish] {
-                s.insert_alert_rule(1, sp, 5, now).await.unwrap().expect("under the bound");
+                s.insert_alert_rule(1, sp, 5, now)
+                    .await
+                    .unwrap()
+                    .expect("under the bound");
             }
-            assert!(s.insert_alert_rule(1, &unmute, 5, now).await.unwrap().is_none(), "at max");
-            assert!(s.insert_alert_rule(2, &unmute, 5, now).await.unwrap().is_some(), "per project");
+            assert!(
+                s.insert_alert_rule(1, &unmute, 5, now)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "at max"
+            );
+            assert!(
+                s.insert_alert_rule(2, &unmute, 5, now)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "per project"
+            );
         }
-        assert_eq!(t.pg.alert_rules(1).await.unwrap(), t.lite.alert_rules(1).await.unwrap());
-        assert_eq!(t.pg.alert_rules(1).await.unwrap()[0].spec, unmute, "stored and read back");
-        assert_eq!(t.pg.alert_rule(2).await.unwrap(), t.lite.alert_rule(2).await.unwrap());
+        assert_eq!(
+            t.pg.alert_rules(1).await.unwrap(),
+            t.lite.alert_rules(1).await.unwrap()
+        );
+        assert_eq!(
+            t.pg.alert_rules(1).await.unwrap()[0].spec,
+            unmute,
+            "stored and read back"
+        );
+        assert_eq!(
+            t.pg.alert_rule(2).await.unwrap(),
+            t.lite.alert_rule(2).await.unwrap()
+        );
         assert_eq!(t.pg.alert_rule(99).await.unwrap(), None);
         let mut renamed = newish.clone();
         renamed.name = "renamed".into();
-        renamed.channel = Channel::Email { to: vec!["a@example.com".into()] };
+        renamed.channel = Channel::Email {
+            to: vec!["a@example.com".into()],
+        };
         for s in [&t.lite as &dyn Store, &t.pg] {
             assert!(s.update_alert_rule(5, &renamed).await.unwrap());
             assert!(!s.update_alert_rule(99, &renamed).await.unwrap());
@@ -681,17 +725,33 @@ mod tests {
         };
         assert_eq!(classes, ["TypeB"]);
         for s in [&t.lite as &dyn Store, &t.pg] {
-            assert_eq!(s.set_issue_status(99, "resolved", &alerts).await.unwrap(), None);
-            assert_eq!(s.set_issue_status(2, "muted", &alerts).await.unwrap(), Some(0));
-            assert_eq!(s.set_issue_status(2, "unresolved", &alerts).await.unwrap(), Some(2));
+            assert_eq!(
+                s.set_issue_status(99, "resolved", &alerts).await.unwrap(),
+                None
+            );
+            assert_eq!(
+                s.set_issue_status(2, "muted", &alerts).await.unwrap(),
+                Some(0)
+            );
+            assert_eq!(
+                s.set_issue_status(2, "unresolved", &alerts).await.unwrap(),
+                Some(2)
+            );
             s.set_issue_status(2, "muted", &alerts).await.unwrap();
             assert_eq!(
                 s.set_issue_status(2, "unresolved", &alerts).await.unwrap(),
                 Some(0),
                 "within the action interval"
             );
-            assert_eq!(s.set_issue_status(1, "muted", &alerts).await.unwrap(), Some(0));
-            assert_eq!(s.set_issue_status(1, "resolved", &alerts).await.unwrap(), Some(0), "not an unmute");
+            assert_eq!(
+                s.set_issue_status(1, "muted", &alerts).await.unwrap(),
+                Some(0)
+            );
+            assert_eq!(
+                s.set_issue_status(1, "resolved", &alerts).await.unwrap(),
+                Some(0),
+                "not an unmute"
+            );
             assert_eq!(s.issue(1, now).await.unwrap().unwrap().status, "resolved");
         }
         for rule in 1..=6 {
@@ -717,41 +777,87 @@ mod tests {
             assert_eq!((&p.channel, &p.rule_name), (&l.channel, &l.rule_name));
             assert_eq!(p.delivery.payload, l.delivery.payload);
         }
-        let retry = Outcome::Retry { at: later + 60_000, status: Some(502), error: "bad gateway".into() };
+        let retry = Outcome::Retry {
+            at: later + 60_000,
+            status: Some(502),
+            error: "bad gateway".into(),
+        };
         for (s, due) in [(&t.lite as &dyn Store, &lite_due), (&t.pg, &pg_due)] {
-            s.record_alert_attempt(due[0].delivery.row, &retry, later).await.unwrap();
+            s.record_alert_attempt(due[0].delivery.row, &retry, later)
+                .await
+                .unwrap();
             let (now_due, next) = s.alerts_due(later, 10).await.unwrap();
             assert_eq!(now_due.len(), 1);
             assert_eq!(next, Some(later + 60_000));
-            s.record_alert_attempt(due[1].delivery.row, &Outcome::Sent { status: Some(200) }, later)
+            s.record_alert_attempt(
+                due[1].delivery.row,
+                &Outcome::Sent { status: Some(200) },
+                later,
+            )
+            .await
+            .unwrap();
+            let failed = Outcome::Failed {
+                status: None,
+                error: "gave up".into(),
+            };
+            s.record_alert_attempt(due[0].delivery.row, &failed, later + 60_000)
                 .await
                 .unwrap();
-            let failed = Outcome::Failed { status: None, error: "gave up".into() };
-            s.record_alert_attempt(due[0].delivery.row, &failed, later + 60_000).await.unwrap();
-            s.record_alert_attempt(due[0].delivery.row, &Outcome::Sent { status: Some(200) }, later)
-                .await
-                .unwrap();
+            s.record_alert_attempt(
+                due[0].delivery.row,
+                &Outcome::Sent { status: Some(200) },
+                later,
+            )
+            .await
+            .unwrap();
             let (left, next) = s.alerts_due(later + 120_000, 10).await.unwrap();
             assert_eq!((left.len(), next), (0, None), "nothing queued any more");
             let test = s
-                .record_test_delivery(3, "test-1", "{\"test\":true}", &Outcome::Sent { status: Some(204) }, later)
+                .record_test_delivery(
+                    3,
+                    "test-1",
+                    "{\"test\":true}",
+                    &Outcome::Sent { status: Some(204) },
+                    later,
+                )
                 .await
                 .unwrap()
                 .expect("stored");
-            assert_eq!((test.id.as_str(), test.trigger.as_str(), test.status.as_str()), ("test-1", "test", "sent"));
-            assert_eq!((test.attempts, test.response_status, test.issue_id), (1, Some(204), None));
+            assert_eq!(
+                (
+                    test.id.as_str(),
+                    test.trigger.as_str(),
+                    test.status.as_str()
+                ),
+                ("test-1", "test", "sent")
+            );
+            assert_eq!(
+                (test.attempts, test.response_status, test.issue_id),
+                (1, Some(204), None)
+            );
         }
         for rule in 1..=6 {
             let lite = t.lite.alert_deliveries(rule, 50).await.unwrap();
             let pg = t.pg.alert_deliveries(rule, 50).await.unwrap();
-            assert_eq!(shape(&pg), shape(&lite), "deliveries of rule {rule} after attempts");
+            assert_eq!(
+                shape(&pg),
+                shape(&lite),
+                "deliveries of rule {rule} after attempts"
+            );
         }
         let eight_days = later + 8 * 24 * crate::time::HOUR_MS;
         for s in [&t.lite as &dyn Store, &t.pg] {
             s.prune_alerts(later).await.unwrap();
-            assert_eq!(s.alert_deliveries(3, 50).await.unwrap().len(), 1, "recent entries stay");
+            assert_eq!(
+                s.alert_deliveries(3, 50).await.unwrap().len(),
+                1,
+                "recent entries stay"
+            );
             s.prune_alerts(eight_days).await.unwrap();
-            assert!(s.alert_deliveries(1, 50).await.unwrap().is_empty(), "old entries go");
+            assert!(
+                s.alert_deliveries(1, 50).await.unwrap().is_empty(),
+                "old entries go"
+            );
             assert!(s.alert_deliveries(3, 50).await.unwrap().is_empty());
             assert!(s.delete_alert_rule(1).await.unwrap());
             assert!(!s.delete_alert_rule(1).await.unwrap());
@@ -760,7 +866,11 @@ mod tests {
         // Pruned marks let the rules fire again.
         for s in [&t.lite as &dyn Store, &t.pg] {
             s.set_issue_status(2, "muted", &alerts).await.unwrap();
-            assert_eq!(s.set_issue_status(2, "unresolved", &alerts).await.unwrap(), Some(1), "rule 1 is gone");
+            assert_eq!(
+                s.set_issue_status(2, "unresolved", &alerts).await.unwrap(),
+                Some(1),
+                "rule 1 is gone"
+            );
         }
     }
 
@@ -776,9 +886,15 @@ mod tests {
                 .unwrap()
                 .unwrap();
             for n in 0..crate::store::LOG_PER_RULE + 3 {
-                s.record_test_delivery(r.id, &format!("t{n}"), "{}", &Outcome::Sent { status: Some(200) }, now)
-                    .await
-                    .unwrap();
+                s.record_test_delivery(
+                    r.id,
+                    &format!("t{n}"),
+                    "{}",
+                    &Outcome::Sent { status: Some(200) },
+                    now,
+                )
+                .await
+                .unwrap();
             }
             s.prune_alerts(now).await.unwrap();
             let kept = s.alert_deliveries(r.id, 1000).await.unwrap();

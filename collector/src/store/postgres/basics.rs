@@ -106,9 +106,11 @@ pub(super) async fn setting<C: GenericClient>(
     c: &C,
     name: &str,
 ) -> Result<Option<String>, StoreError> {
-    Ok(row(c, "SELECT value FROM settings WHERE name = $1", &[&name])
-        .await?
-        .map(|r| r.get(0)))
+    Ok(
+        row(c, "SELECT value FROM settings WHERE name = $1", &[&name])
+            .await?
+            .map(|r| r.get(0)),
+    )
 }
 
 pub(super) async fn get_setting(s: &PgStore, name: &str) -> Result<Option<String>, StoreError> {
@@ -291,9 +293,15 @@ mod tests {
 
     async fn node(url: &str) -> Arc<PgStore> {
         Arc::new(
-            PgStore::open(url, 64, Retention::default(), Arc::new(Metrics::default()), None)
-                .await
-                .expect("open"),
+            PgStore::open(
+                url,
+                64,
+                Retention::default(),
+                Arc::new(Metrics::default()),
+                None,
+            )
+            .await
+            .expect("open"),
         )
     }
 
@@ -310,17 +318,27 @@ mod tests {
             assert_eq!(s.setting_or_insert("a", "3").await.unwrap(), "2");
 
             let shop = s.create_project("shop").await.unwrap().expect("created");
-            assert!(s.create_project("shop").await.unwrap().is_none(), "name taken");
+            assert!(
+                s.create_project("shop").await.unwrap().is_none(),
+                "name taken"
+            );
             let web = s.create_project("web").await.unwrap().expect("created");
             assert_eq!((shop.id, web.id), (1, 2));
             assert_eq!(shop.key.len(), 32);
-            assert_eq!(s.list_projects().await.unwrap(), vec![shop.clone(), web.clone()]);
+            assert_eq!(
+                s.list_projects().await.unwrap(),
+                vec![shop.clone(), web.clone()]
+            );
             assert_eq!(s.project_of_key(&web.key).await.unwrap(), Some(2));
             assert_eq!(s.project_of_key("0123").await.unwrap(), None);
 
             s.insert_session("old", 100, 50).await.unwrap();
             s.insert_session("h1", 1_000, 150).await.unwrap();
-            assert_eq!(s.session_expires("old").await.unwrap(), None, "expired, dropped");
+            assert_eq!(
+                s.session_expires("old").await.unwrap(),
+                None,
+                "expired, dropped"
+            );
             assert_eq!(s.session_expires("h1").await.unwrap(), Some(1_000));
             s.delete_session("h1").await.unwrap();
             assert_eq!(s.session_expires("h1").await.unwrap(), None);
@@ -336,7 +354,10 @@ mod tests {
             let n = n.clone();
             tasks.push(tokio::spawn(async move {
                 let created = n.create_project("default").await.unwrap();
-                let secret = n.setting_or_insert("secret", &format!("s{i}")).await.unwrap();
+                let secret = n
+                    .setting_or_insert("secret", &format!("s{i}"))
+                    .await
+                    .unwrap();
                 (created, secret)
             }));
         }
@@ -353,7 +374,10 @@ mod tests {
         assert!(secrets.contains(&stored));
         let all = nodes[1].list_projects().await.unwrap();
         assert_eq!(all, made);
-        assert_eq!(nodes[0].project_of_key(&made[0].key).await.unwrap(), Some(made[0].id));
+        assert_eq!(
+            nodes[0].project_of_key(&made[0].key).await.unwrap(),
+            Some(made[0].id)
+        );
     }
 
     #[tokio::test]
@@ -394,9 +418,15 @@ mod tests {
         let port = free.local_addr().unwrap().port();
         drop(free);
         let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=disable");
-        let e = PgStore::open(&url, 8, Retention::default(), Arc::new(Metrics::default()), None)
-            .await
-            .unwrap_err();
+        let e = PgStore::open(
+            &url,
+            8,
+            Retention::default(),
+            Arc::new(Metrics::default()),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
         assert!(e.is_busy());
     }

@@ -265,7 +265,9 @@ mod tests {
                 evicted.push(done.evicted.iter().map(|d| d.id).collect::<Vec<_>>());
             }
             // File 1 is gone; 2 used last, and a use is never moved back.
-            s.touch_difs(vec![(2, 500), (1, 20), (3, 400)]).await.unwrap();
+            s.touch_difs(vec![(2, 500), (1, 20), (3, 400)])
+                .await
+                .unwrap();
             s.touch_difs(vec![(2, 100)]).await.unwrap();
             let again = s.insert_dif(file(2, 300, 99), max).await.unwrap();
             assert!(again.existed, "same checksum");
@@ -279,8 +281,14 @@ mod tests {
             seen.push(format!("{:?}", s.all_difs().await.unwrap()));
             seen.push(format!("{:?}", s.dif(7).await.unwrap()));
             seen.push(format!("{:?}", s.dif(1).await.unwrap()));
-            seen.push(format!("{:?}", s.dif_by_checksum(1, &format!("{:040x}", 7)).await.unwrap()));
-            seen.push(format!("{:?}", s.dif_by_checksum(2, &format!("{:040x}", 7)).await.unwrap()));
+            seen.push(format!(
+                "{:?}",
+                s.dif_by_checksum(1, &format!("{:040x}", 7)).await.unwrap()
+            ));
+            seen.push(format!(
+                "{:?}",
+                s.dif_by_checksum(2, &format!("{:040x}", 7)).await.unwrap()
+            ));
             seen.push(format!("{:?}", s.delete_dif(7).await.unwrap()));
             seen.push(format!("{:?}", s.delete_dif(7).await.unwrap()));
             seen.push(format!("{:?}", s.difs_version().await.unwrap()));
@@ -290,10 +298,26 @@ mod tests {
         }
         assert_eq!(log[1], log[0]);
         assert_eq!(evictions[1], evictions[0]);
-        let want: Vec<Vec<i64>> = vec![vec![], vec![], vec![], vec![1], vec![], vec![4, 3], vec![5], vec![6, 2]];
-        assert_eq!(evictions[1], want, "least recently used first; a file over the budget stays alone");
+        let want: Vec<Vec<i64>> = vec![
+            vec![],
+            vec![],
+            vec![],
+            vec![1],
+            vec![],
+            vec![4, 3],
+            vec![5],
+            vec![6, 2],
+        ];
+        assert_eq!(
+            evictions[1], want,
+            "least recently used first; a file over the budget stays alone"
+        );
         let pg = &t.pg;
-        assert_eq!(pg.difs_version().await.unwrap(), 8, "7 inserts and a delete changed it");
+        assert_eq!(
+            pg.difs_version().await.unwrap(),
+            8,
+            "7 inserts and a delete changed it"
+        );
         assert!(pg.all_difs().await.unwrap().is_empty());
     }
 
@@ -303,9 +327,15 @@ mod tests {
         let url = url.as_str();
         let open = || async move {
             Arc::new(
-                super::PgStore::open(url, 8, Retention::default(), Arc::new(Metrics::default()), None)
-                    .await
-                    .unwrap(),
+                super::PgStore::open(
+                    url,
+                    8,
+                    Retention::default(),
+                    Arc::new(Metrics::default()),
+                    None,
+                )
+                .await
+                .unwrap(),
             )
         };
         let (a, b) = (open().await, open().await);
@@ -315,7 +345,9 @@ mod tests {
             let s = if n % 2 == 0 { a.clone() } else { b.clone() };
             // Files 1-12 uploaded twice (same checksum), by both nodes.
             let f = file(1 + n % 12, 100, n);
-            tasks.push(tokio::spawn(async move { s.insert_dif(f, 550).await.unwrap() }));
+            tasks.push(tokio::spawn(
+                async move { s.insert_dif(f, 550).await.unwrap() },
+            ));
         }
         let mut evicted = 0;
         let mut added = 0;
@@ -327,7 +359,11 @@ mod tests {
         let left = a.all_difs().await.unwrap();
         assert!(left.iter().map(|d| d.size).sum::<i64>() <= 550, "{left:?}");
         assert_eq!(left.len(), 5);
-        assert_eq!(added - evicted, 5, "each file evicted once: {added} added, {evicted} evicted");
+        assert_eq!(
+            added - evicted,
+            5,
+            "each file evicted once: {added} added, {evicted} evicted"
+        );
         assert_eq!(b.difs_version().await.unwrap(), added as i64);
     }
 }

@@ -209,7 +209,11 @@ pub(super) async fn issues(
         );
     }
     if let Some(c) = cursor {
-        push(&mut sql, &format!(" AND ({col}, id) < (?"), Box::new(c.value));
+        push(
+            &mut sql,
+            &format!(" AND ({col}, id) < (?"),
+            Box::new(c.value),
+        );
         push(&mut sql, ", ?)", Box::new(c.id));
     }
     push(
@@ -298,9 +302,13 @@ pub(super) async fn issue_detail(
                 });
             }
         }
-        let latest_event_id = row(&c, "SELECT latest_event_id FROM issues WHERE id = $1", &[&id])
-            .await?
-            .and_then(|r| r.get(0));
+        let latest_event_id = row(
+            &c,
+            "SELECT latest_event_id FROM issues WHERE id = $1",
+            &[&id],
+        )
+        .await?
+        .and_then(|r| r.get(0));
         Ok(IssueDetail {
             hourly: issue_hourly(&c, id, hours, now).await?,
             tags,
@@ -448,11 +456,10 @@ mod tests {
                 .issues(1, filter.clone(), sort, cursor, limit, now)
                 .await
                 .unwrap();
-            let pg = t
-                .pg
-                .issues(1, filter.clone(), sort, cursor, limit, now)
-                .await
-                .unwrap();
+            let pg =
+                t.pg.issues(1, filter.clone(), sort, cursor, limit, now)
+                    .await
+                    .unwrap();
             assert_eq!(j(&pg.0), j(&lite.0), "{filter:?} {sort:?} after {cursor:?}");
             assert_eq!(pg.1, lite.1, "next cursor of {filter:?} {sort:?}");
             seen.extend(pg.0.iter().map(|i| i.id));
@@ -471,48 +478,104 @@ mod tests {
             s.create_project("default").await.unwrap().unwrap();
         }
         t.lite.ingest(sample_job(1, now)).await.unwrap();
-        t.lite.set_issue_status(2, "resolved", &alerts()).await.unwrap();
-        t.lite.set_issue_status(3, "muted", &alerts()).await.unwrap();
+        t.lite
+            .set_issue_status(2, "resolved", &alerts())
+            .await
+            .unwrap();
+        t.lite
+            .set_issue_status(3, "muted", &alerts())
+            .await
+            .unwrap();
         t.mirror().await;
 
         let all = walk(&t, IssueFilter::default(), Sort::LastSeen, 100, now).await;
         assert!(all.len() >= 6, "the sample makes several issues: {all:?}");
         let filters = [
             IssueFilter::default(),
-            IssueFilter { status: Some("unresolved".into()), ..Default::default() },
-            IssueFilter { status: Some("muted".into()), ..Default::default() },
-            IssueFilter { class: Some("TypeB".into()), ..Default::default() },
-            IssueFilter { level: Some("warning".into()), ..Default::default() },
-            IssueFilter { environment: Some("prod".into()), ..Default::default() },
-            IssueFilter { release: Some("1.3".into()), environment: Some("staging".into()), ..Default::default() },
-            IssueFilter { query: Some("BOOM 3".into()), ..Default::default() },
-            IssueFilter { query: Some("typee".into()), status: Some("unresolved".into()), ..Default::default() },
-            IssueFilter { query: Some("nothing like it".into()), ..Default::default() },
+            IssueFilter {
+                status: Some("unresolved".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                status: Some("muted".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                class: Some("TypeB".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                level: Some("warning".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                environment: Some("prod".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                release: Some("1.3".into()),
+                environment: Some("staging".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                query: Some("BOOM 3".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                query: Some("typee".into()),
+                status: Some("unresolved".into()),
+                ..Default::default()
+            },
+            IssueFilter {
+                query: Some("nothing like it".into()),
+                ..Default::default()
+            },
         ];
         let mut seen = Vec::new();
         for f in &filters {
             for sort in [Sort::LastSeen, Sort::FirstSeen, Sort::Count] {
                 let one_by_one = walk(&t, f.clone(), sort, 1, now).await;
                 let pages_of_four = walk(&t, f.clone(), sort, 4, now).await;
-                assert_eq!(one_by_one, pages_of_four, "pages of 1 and 4 see the same issues");
+                assert_eq!(
+                    one_by_one, pages_of_four,
+                    "pages of 1 and 4 see the same issues"
+                );
                 if sort == Sort::LastSeen {
                     seen.push(one_by_one);
                 }
             }
         }
-        let want: [&[i64]; 10] = [&[1, 2, 3, 4, 5, 6], &[1, 4, 5, 6], &[3], &[2], &[2, 4, 6], &[1, 3, 5], &[2, 4, 6], &[4], &[5], &[]];
+        let want: [&[i64]; 10] = [
+            &[1, 2, 3, 4, 5, 6],
+            &[1, 4, 5, 6],
+            &[3],
+            &[2],
+            &[2, 4, 6],
+            &[1, 3, 5],
+            &[2, 4, 6],
+            &[4],
+            &[5],
+            &[],
+        ];
         assert_eq!(seen, want.map(<[i64]>::to_vec), "what each filter finds");
         let counts = walk(&t, filters[0].clone(), Sort::Count, 3, now).await;
         assert_eq!(counts.len(), all.len());
 
-        for status in [None, Some("unresolved".to_owned()), Some("resolved".to_owned())] {
+        for status in [
+            None,
+            Some("unresolved".to_owned()),
+            Some("resolved".to_owned()),
+        ] {
             let lite = t.lite.classes(1, status.clone(), now).await.unwrap();
             let pg = t.pg.classes(1, status.clone(), now).await.unwrap();
             assert_eq!(j(&pg), j(&lite), "classes of {status:?}");
             assert!(status.is_some() || lite.len() == 6, "six classes: {lite:?}");
         }
         for id in all.iter().copied().chain([999]) {
-            let (lite, pg) = (t.lite.issue(id, now).await.unwrap(), t.pg.issue(id, now).await.unwrap());
+            let (lite, pg) = (
+                t.lite.issue(id, now).await.unwrap(),
+                t.pg.issue(id, now).await.unwrap(),
+            );
             assert_eq!(j(&pg), j(&lite), "issue {id}");
             for hours in [1, 24, 72] {
                 let lite = t.lite.issue_detail(id, hours, now).await.unwrap();
@@ -543,13 +606,26 @@ mod tests {
             assert_eq!(pg, lite, "event {id}");
             assert_eq!(pg.is_some(), n <= 18);
         }
-        assert!(t.pg.event(2, &format!("{:032x}", 1)).await.unwrap().is_none(), "another project's");
+        assert!(
+            t.pg.event(2, &format!("{:032x}", 1))
+                .await
+                .unwrap()
+                .is_none(),
+            "another project's"
+        );
         for key in ["domain", "environment", "release", "none"] {
             let lite = t.lite.project_tag_values(1, key).await.unwrap();
-            assert_eq!(t.pg.project_tag_values(1, key).await.unwrap(), lite, "{key}");
+            assert_eq!(
+                t.pg.project_tag_values(1, key).await.unwrap(),
+                lite,
+                "{key}"
+            );
         }
         let envs = t.pg.project_tag_values(1, "environment").await.unwrap();
-        assert_eq!(j(&envs), json!([{"value": "prod", "count": 9}, {"value": "staging", "count": 9}]));
+        assert_eq!(
+            j(&envs),
+            json!([{"value": "prod", "count": 9}, {"value": "staging", "count": 9}])
+        );
     }
 
     fn alerts() -> std::sync::Arc<crate::alerts::Alerts> {

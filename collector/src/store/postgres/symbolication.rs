@@ -153,9 +153,9 @@ mod tests {
     use super::super::testing::{sample_job, twin};
     use crate::store::{Store, Waiting, encode_event};
 
-    fn flat(w: &[Waiting]) -> Vec<(i64, i64, String, Option<(u8, Vec<u8>)>)> {
+    fn flat(w: &[Waiting]) -> Vec<String> {
         w.iter()
-            .map(|w| (w.row, w.project_id, w.event_id.clone(), w.stored.clone()))
+            .map(|w| format!("{:?}", (w.row, w.project_id, &w.event_id, &w.stored)))
             .collect()
     }
 
@@ -168,8 +168,13 @@ mod tests {
         }
         t.lite.ingest(sample_job(1, now)).await.unwrap();
         t.mirror().await;
-        let (e1, e2, gone) = (format!("{:032x}", 1), format!("{:032x}", 2), format!("{:032x}", 99));
-        let bigger = serde_json::json!({"symbolicated": true, "pad": "x".repeat(2_000)}).to_string();
+        let (e1, e2, gone) = (
+            format!("{:032x}", 1),
+            format!("{:032x}", 2),
+            format!("{:032x}", 99),
+        );
+        let bigger =
+            serde_json::json!({"symbolicated": true, "pad": "x".repeat(2_000)}).to_string();
         let (enc, data) = encode_event(bigger.as_bytes());
         assert_eq!(enc, 1, "compressed, as ingest would store it");
         let mut answers = Vec::new();
@@ -187,13 +192,24 @@ mod tests {
             )
             .await
             .unwrap();
-            s.note_waiting(1, vec![(e1.clone(), vec!["a".into()])], 200, None).await.unwrap();
+            s.note_waiting(1, vec![(e1.clone(), vec!["a".into()])], 200, None)
+                .await
+                .unwrap();
             let all = s.waiting_for_image("a", 0, 10).await.unwrap();
             assert_eq!(all.len(), 3, "noted once each");
-            assert!(all[0].stored.is_some() && all[2].stored.is_none(), "the third is not stored");
+            assert!(
+                all[0].stored.is_some() && all[2].stored.is_none(),
+                "the third is not stored"
+            );
             seen.push(format!("{:?}", flat(&all)));
-            seen.push(format!("{:?}", flat(&s.waiting_for_image("a", all[0].row, 1).await.unwrap())));
-            seen.push(format!("{:?}", flat(&s.waiting_for_image("zzz", 0, 10).await.unwrap())));
+            seen.push(format!(
+                "{:?}",
+                flat(&s.waiting_for_image("a", all[0].row, 1).await.unwrap())
+            ));
+            seen.push(format!(
+                "{:?}",
+                flat(&s.waiting_for_image("zzz", 0, 10).await.unwrap())
+            ));
             seen.push(format!("{:?}", s.waiting_event(1, &e1).await.unwrap()));
             seen.push(format!("{:?}", s.waiting_event(1, &gone).await.unwrap()));
             seen.push(format!("{:?}", s.waiting_event(2, &e1).await.unwrap()));
@@ -208,15 +224,31 @@ mod tests {
             assert_eq!(stored, Some((enc, data.clone())));
             assert!(s.waiting_event(1, &e2).await.unwrap().is_none());
             let shown = s.event(1, &e1).await.unwrap().unwrap();
-            assert_eq!(shown["symbolicated"], true, "the API shows the rewritten JSON");
-            seen.push(format!("{:?}", flat(&s.waiting_for_image("a", 0, 10).await.unwrap())));
+            assert_eq!(
+                shown["symbolicated"], true,
+                "the API shows the rewritten JSON"
+            );
+            seen.push(format!(
+                "{:?}",
+                flat(&s.waiting_for_image("a", 0, 10).await.unwrap())
+            ));
             // Pruning: rows noted before 150 go.
             s.note_waiting(1, vec![], 300, Some(150)).await.unwrap();
-            seen.push(format!("{:?}", flat(&s.waiting_for_image("a", 0, 10).await.unwrap())));
-            seen.push(format!("{:?}", s.waiting_event(1, &e1).await.unwrap().map(|w| w.0)));
+            seen.push(format!(
+                "{:?}",
+                flat(&s.waiting_for_image("a", 0, 10).await.unwrap())
+            ));
+            seen.push(format!(
+                "{:?}",
+                s.waiting_event(1, &e1).await.unwrap().map(|w| w.0)
+            ));
             answers.push(seen);
         }
         assert_eq!(answers[1], answers[0]);
-        assert_eq!(answers[1].last().unwrap(), "None", "e1's row for b was noted at 100");
+        assert_eq!(
+            answers[1].last().unwrap(),
+            "None",
+            "e1's row for b was noted at 100"
+        );
     }
 }

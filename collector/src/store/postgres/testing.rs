@@ -97,7 +97,11 @@ const MIRRORED: &[(&str, &str, &str)] = &[
     ("issue_hourly", "issue_id, hour, count", "iii"),
     ("issue_tags", "issue_id, key, value, count", "itti"),
     ("project_tags", "project_id, key, value, count", "itti"),
-    ("event_ids", "project_id, event_id, issue_id, received", "itii"),
+    (
+        "event_ids",
+        "project_id, event_id, issue_id, received",
+        "itii",
+    ),
 ];
 
 impl Twin {
@@ -126,10 +130,7 @@ impl Twin {
                 .await
                 .expect("empty the table");
             let marks: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
-            let insert = format!(
-                "INSERT INTO {table} ({cols}) VALUES ({})",
-                marks.join(", ")
-            );
+            let insert = format!("INSERT INTO {table} ({cols}) VALUES ({})", marks.join(", "));
             for r in data {
                 let args: Vec<Box<dyn ToSql + Sync + Send>> = r
                     .into_iter()
