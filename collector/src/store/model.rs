@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::StoreError;
 use crate::alerts::rules::Channel;
 use crate::difs::{DifKind, Features};
-use crate::time::HOUR_MS;
+use crate::time::{HOUR_MS, hour_of};
 
 /// A project and its public key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +248,33 @@ pub const MAX_TAG_VALUES_PER_ISSUE: i64 = 100;
 
 /// Distinct tag values kept per project and key.
 pub const MAX_TAG_VALUES_PER_PROJECT: i64 = 1000;
+
+/// Splits `count` over the hour buckets of `[start, end]` in proportion to overlap.
+/// The parts always sum to `count`.
+pub fn spread(count: i64, start: i64, end: i64) -> Vec<(i64, i64)> {
+    let end = end.max(start);
+    let (h0, h1) = (hour_of(start), hour_of(end));
+    if h0 == h1 || h1 - h0 > 24 * 400 {
+        return vec![(h1, count)];
+    }
+    let total = (end - start).max(1) as i128;
+    let mut out = Vec::new();
+    let mut given = 0i64;
+    for h in h0..=h1 {
+        let lo = (h * HOUR_MS).max(start);
+        let hi = ((h + 1) * HOUR_MS).min(end);
+        let share = if h == h1 {
+            count - given
+        } else {
+            ((hi - lo).max(0) as i128 * count as i128 / total) as i64
+        };
+        given += share;
+        if share > 0 {
+            out.push((h, share));
+        }
+    }
+    out
+}
 
 /// Retention settings.
 #[derive(Debug, Clone, Copy)]

@@ -188,4 +188,15 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX unsymbolicated_image ON unsymbolicated (debug_id, id);
     "#,
+    // 2: per-minute occurrence counts of issues whose project has a frequency rule, so
+    // that every node sees the same window (the SQLite writer keeps it in memory).
+    r#"
+    CREATE TABLE issue_minutes (
+        issue_id BIGINT NOT NULL,
+        minute BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (issue_id, minute)
+    );
+    CREATE INDEX issue_minutes_minute ON issue_minutes (minute);
+    "#,
 ];

@@ -10,7 +10,8 @@ use crate::store::{
     IngestJob, MAX_TAG_VALUES_PER_ISSUE, MAX_TAG_VALUES_PER_PROJECT, Retention, StoreError,
     TAG_DELAY,
 };
-use crate::time::{HOUR_MS, hour_of, now_ms};
+use crate::store::spread;
+use crate::time::{hour_of, now_ms};
 
 const OTHER: &str = "(other)";
 
@@ -238,33 +239,6 @@ fn add_count(batch: &mut Batch, pid: i64, issue_id: i64, count: i64, start: i64,
     p.events += count;
     p.seq += 1;
     p.last_seen = p.last_seen.max(end);
-}
-
-/// Splits `count` over the hour buckets of `[start, end]` in proportion to overlap.
-/// The parts always sum to `count`.
-pub(super) fn spread(count: i64, start: i64, end: i64) -> Vec<(i64, i64)> {
-    let end = end.max(start);
-    let (h0, h1) = (hour_of(start), hour_of(end));
-    if h0 == h1 || h1 - h0 > 24 * 400 {
-        return vec![(h1, count)];
-    }
-    let total = (end - start).max(1) as i128;
-    let mut out = Vec::new();
-    let mut given = 0i64;
-    for h in h0..=h1 {
-        let lo = (h * HOUR_MS).max(start);
-        let hi = ((h + 1) * HOUR_MS).min(end);
-        let share = if h == h1 {
-            count - given
-        } else {
-            ((hi - lo).max(0) as i128 * count as i128 / total) as i64
-        };
-        given += share;
-        if share > 0 {
-            out.push((h, share));
-        }
-    }
-    out
 }
 
 /// Applies a batch's accumulated deltas and enforces the per-issue sample cap.
@@ -498,6 +472,7 @@ fn bump_tag(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::HOUR_MS;
 
     #[test]
     fn spread_sums_to_count() {
