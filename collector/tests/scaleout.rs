@@ -38,6 +38,8 @@ async fn start_node(data: &Path, database: &str, listen: SocketAddr) -> Option<N
         .args(["serve", "--listen", &listen.to_string(), "--data"])
         .arg(data)
         .args(["--database", database])
+        // One address for all, as behind a load balancer (it goes into the DSNs shown).
+        .args(["--public-url", "http://errscope.internal:8000"])
         // Every event is kept as a sample, so the test can count the stored rows.
         .args(["--max-events-per-issue", "1000000"])
         .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
@@ -129,7 +131,14 @@ async fn deliver(
             .body(body.to_owned())
             .send()
             .await;
-        match r.map(|r| r.status().as_u16()) {
+        let status = r.as_ref().map(|r| r.status().as_u16()).ok();
+        if let Ok(r) = r
+            && !matches!(status, Some(200 | 503))
+        {
+            let body = r.text().await.unwrap_or_default();
+            eprintln!("{addr} answered {status:?}: {body}");
+        }
+        match status.ok_or(()) {
             Ok(200) => {
                 seen.ok.fetch_add(1, Relaxed);
                 return;

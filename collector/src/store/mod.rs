@@ -58,7 +58,15 @@ impl StoreError {
     pub fn is_busy(&self) -> bool {
         match self {
             StoreError::QueueFull | StoreError::Unavailable(_) => true,
-            StoreError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            // A lost connection, or the server shutting down, starting up or out of
+            // connections (classes 08, 57P0x, 53): transient.
+            StoreError::Postgres(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        let code = db.code().code();
+                        code.starts_with("08") || code.starts_with("57P0") || code.starts_with("53")
+                    })
+            }
             _ => false,
         }
     }
