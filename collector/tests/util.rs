@@ -34,6 +34,9 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
     config.admin_token = Some(TOKEN.into());
     config.admin_password = Some(PASSWORD.into());
     tweak(&mut config);
+    if config.database.is_none() {
+        config.database = test_database().await;
+    }
     let started = start(config).await.expect("start");
     let state = started.state.clone();
     errscope_collector::spawn_background(&state).expect("background tasks");
@@ -60,6 +63,34 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
         stop: Some(stop),
         task: Some(task),
     }
+}
+
+/// With `ERRSCOPE_TEST_BACKEND=postgres`, a fresh database on the server of
+/// `ERRSCOPE_TEST_PG_URL` for each collector, so the suite runs against PostgreSQL;
+/// otherwise none (SQLite under the data dir).
+async fn test_database() -> Option<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    if std::env::var("ERRSCOPE_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let server = std::env::var("ERRSCOPE_TEST_PG_URL")
+        .expect("ERRSCOPE_TEST_BACKEND=postgres needs ERRSCOPE_TEST_PG_URL");
+    let name = format!(
+        "errscope_it_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let (client, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test server");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a test database");
+    let (base, _) = server.rsplit_once('/').expect("a database in the URL");
+    Some(format!("{base}/{name}"))
 }
 
 impl Server {
