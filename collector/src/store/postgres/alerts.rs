@@ -903,4 +903,73 @@ mod tests {
             assert_eq!(kept.last().unwrap().id, "t3");
         }
     }
+
+    #[tokio::test]
+    async fn nodes_reopening_an_issue_at_once_queue_its_alerts_once() {
+        let url = super::super::testing::fresh_database().await;
+        let mut nodes = Vec::new();
+        for _ in 0..2 {
+            nodes.push(Arc::new(
+                super::PgStore::open(
+                    &url,
+                    8,
+                    crate::store::Retention::default(),
+                    Arc::new(crate::metrics::Metrics::default()),
+                    None,
+                )
+                .await
+                .unwrap(),
+            ));
+        }
+        let now = crate::time::now_ms();
+        nodes[0].create_project("default").await.unwrap().unwrap();
+        super::exec(
+            &nodes[0].conn().await.unwrap(),
+            "INSERT INTO issues (project_id, fingerprint, class, kind, title, culprit, level,
+                                 status, count, first_seen, last_seen)
+             VALUES (1, 'f', 'E', 'programmer', 'E: boom', 'app::f', 'error', 'muted', 3, $1, $1)",
+            &[&now],
+        )
+        .await
+        .unwrap();
+        // Rules added from both nodes at once stay within the bound.
+        let mut adds = Vec::new();
+        for n in 0..8 {
+            let node = nodes[n % 2].clone();
+            let sp = spec(&format!("r{n}"), Trigger::Unmute, Filter::default());
+            adds.push(tokio::spawn(async move {
+                node.insert_alert_rule(1, &sp, 3, now).await.unwrap()
+            }));
+        }
+        let mut added = 0;
+        for a in adds {
+            added += usize::from(a.await.unwrap().is_some());
+        }
+        assert_eq!(added, 3);
+        assert_eq!(nodes[1].alert_rules(1).await.unwrap().len(), 3);
+        let alerts = Arc::new(Alerts::new(AlertConfig::default(), "http://x".into()));
+        let mut tasks = Vec::new();
+        for n in 0..8 {
+            let (node, alerts) = (nodes[n % 2].clone(), alerts.clone());
+            tasks.push(tokio::spawn(async move {
+                node.set_issue_status(1, "unresolved", &alerts)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut queued = 0;
+        for t in tasks {
+            queued += t.await.unwrap().expect("the issue exists");
+        }
+        assert_eq!(
+            queued, 3,
+            "one unmute alert per rule, whichever node reopened it"
+        );
+        let (due, _) = nodes[0].alerts_due(now + 60_000, 100).await.unwrap();
+        assert_eq!(due.len(), 3);
+        assert_eq!(
+            nodes[1].issue(1, now).await.unwrap().unwrap().status,
+            "unresolved"
+        );
+    }
 }

@@ -430,4 +430,36 @@ mod tests {
         assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
         assert!(e.is_busy());
     }
+
+    #[tokio::test]
+    async fn connections_the_server_dropped_are_replaced() {
+        let url = fresh_database().await;
+        let s = node(&url).await;
+        s.set_setting("k", "v").await.unwrap();
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let killed = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert!(
+            !killed.is_empty(),
+            "the store's pooled connection was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The pool notices the closed connection and opens another; had the call raced
+        // the close, it would be a 503 (Unavailable), never a 500.
+        match s.get_setting("k").await {
+            Ok(v) => assert_eq!(v.as_deref(), Some("v")),
+            Err(e) => assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}"),
+        }
+        assert_eq!(s.get_setting("k").await.unwrap().as_deref(), Some("v"));
+        assert_eq!(s.setting_or_insert("k", "w").await.unwrap(), "v");
+    }
 }

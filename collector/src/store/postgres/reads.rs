@@ -111,7 +111,7 @@ pub(super) async fn classes(
         let mut out: Vec<Class> = rows(
             &c,
             &format!(
-                "SELECT class, max(kind), count(*), sum(count)::BIGINT, max(last_seen) FROM issues
+                "SELECT class, max(kind COLLATE \"C\"), count(*), sum(count)::BIGINT, max(last_seen) FROM issues
                  WHERE project_id = $1{filter} GROUP BY class
                  ORDER BY max(last_seen) DESC, class COLLATE \"C\""
             ),
