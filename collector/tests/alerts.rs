@@ -712,14 +712,14 @@ async fn queued_alerts_survive_sigkill_and_are_delivered_once() {
     let mut c = c;
     c.child.start_kill().unwrap();
     c.child.wait().await.unwrap();
-    let queued: i64 = rusqlite::Connection::open(dir.path().join("errscope.sqlite3"))
-        .unwrap()
-        .query_row(
-            "SELECT count(*) FROM alert_deliveries WHERE status = 'queued'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let sql = "SELECT count(*) FROM alert_deliveries WHERE status = 'queued'";
+    let queued: i64 = match errscope_testkit::store::database_for(dir.path()) {
+        Some(url) => errscope_testkit::pg::query(&url, sql).unwrap()[0].get(0),
+        None => rusqlite::Connection::open(dir.path().join("errscope.sqlite3"))
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap(),
+    };
     assert_eq!(queued, 3, "three deliveries queued at the kill");
 
     recv.always("/later", None);

@@ -181,7 +181,7 @@ fn collector_killed_and_restarted_under_load_loses_and_duplicates_nothing() {
     let stored = db.event_ids("events");
     let lost: Vec<_> = captured.difference(&stored).collect();
     let unknown: Vec<_> = stored.difference(&captured).collect();
-    let counted = db.int("SELECT events FROM projects WHERE id = 1");
+    let counted = db.project_events();
     let issue_counts = db.int("SELECT sum(count) FROM issues WHERE project_id = 1");
     let rows = db.int("SELECT count(*) FROM events WHERE project_id = 1");
     let duplicated = counted - stored.len() as i64;

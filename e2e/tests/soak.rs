@@ -216,7 +216,7 @@ fn a_steady_load_keeps_memory_and_database_flat_and_delivers_everything() {
     let db = Db::open(&args.data);
     let remembered = db.event_ids("event_ids");
     let lost = captured.difference(&remembered).count();
-    let counted = db.int("SELECT events FROM projects WHERE id = 1");
+    let counted = db.project_events();
     let duplicated = counted - remembered.len() as i64;
     let issues = db.int("SELECT count(*) FROM issues");
     let issue_counts = db.int("SELECT sum(count) FROM issues");

@@ -396,12 +396,21 @@ impl Drop for LoadProc {
     }
 }
 
-/// A read-only look at the collector's database (it may be running: WAL lets a reader in).
-pub(crate) struct Db(rusqlite::Connection);
+/// A read-only look at the collector's database (it may be running: WAL lets a reader in),
+/// on whichever store the run uses (`ERRSCOPE_TEST_STORE`).
+pub(crate) enum Db {
+    /// `errscope.sqlite3` in the data directory.
+    Sqlite(rusqlite::Connection),
+    /// The data directory's PostgreSQL database.
+    Postgres(String),
+}
 
 impl Db {
-    /// Opens `errscope.sqlite3` in a data directory.
+    /// Opens the database of a data directory.
     pub(crate) fn open(data: &Path) -> Self {
+        if let Some(url) = errscope_testkit::store::database_for(data) {
+            return Db::Postgres(url);
+        }
         let conn = rusqlite::Connection::open_with_flags(
             data.join("errscope.sqlite3"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -409,31 +418,60 @@ impl Db {
         .expect("open the collector's database");
         conn.busy_timeout(Duration::from_secs(10))
             .expect("busy timeout");
-        Db(conn)
+        Db::Sqlite(conn)
     }
 
     /// A single integer.
     pub(crate) fn int(&self, sql: &str) -> i64 {
-        self.0
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        match self {
+            Db::Sqlite(c) => c
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Db::Postgres(url) => {
+                let rows = errscope_testkit::pg::query(url, &format!("SELECT ({sql})::BIGINT"))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows[0].get::<_, Option<i64>>(0).unwrap_or(0)
+            }
+        }
+    }
+
+    /// The events the project counts (SQLite keeps them on the project row, PostgreSQL in
+    /// its counter slots).
+    pub(crate) fn project_events(&self) -> i64 {
+        match self {
+            Db::Sqlite(_) => self.int("SELECT events FROM projects WHERE id = 1"),
+            Db::Postgres(_) => {
+                self.int("SELECT sum(events) FROM project_counters WHERE project_id = 1")
+            }
+        }
     }
 
     /// The event ids of a table (`events` or `event_ids`) of project 1.
     pub(crate) fn event_ids(&self, table: &str) -> HashSet<String> {
         // `table` is one of the two names above, never input.
         let sql = format!("SELECT event_id FROM {table} WHERE project_id = 1");
-        let mut stmt = self.0.prepare(&sql).expect("prepare");
-        stmt.query_map([], |r| r.get::<_, String>(0))
-            .expect("query")
-            .collect::<Result<_, _>>()
-            .expect("rows")
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare(&sql).expect("prepare");
+                stmt.query_map([], |r| r.get::<_, String>(0))
+                    .expect("query")
+                    .collect::<Result<_, _>>()
+                    .expect("rows")
+            }
+            Db::Postgres(url) => errscope_testkit::pg::query(url, &sql)
+                .expect("query")
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        }
     }
 
-    /// Bytes of the pages each table and index uses (`dbstat`), by name.
+    /// Bytes of the pages each table and index uses (`dbstat`), by name (SQLite only).
     pub(crate) fn bytes_by_name(&self) -> Vec<(String, i64)> {
-        let mut stmt = self
-            .0
+        let Db::Sqlite(c) = self else {
+            panic!("dbstat is SQLite's");
+        };
+        let mut stmt = c
             .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name")
             .expect("prepare dbstat");
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))

@@ -434,6 +434,27 @@ fn execute(url: &str, sql: &str, connect_timeout: Duration) -> Result<(), Error>
     result?.map_err(sql_error)
 }
 
+/// Runs one query in the database at `url` (any database, not only a [`Cluster`]'s) and
+/// returns its rows: for tests that check what a collector stored.
+pub fn query(url: &str, sql: &str) -> Result<Vec<tokio_postgres::Row>, Error> {
+    let result = on_own_runtime(|| async {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let rows = client.query(sql, &[]).await;
+        drop(client);
+        let _ = connection.await;
+        rows
+    })?;
+    result.map_err(|source| Error::Sql {
+        sql: sql.to_owned(),
+        url: url.to_owned(),
+        detail: source
+            .as_db_error()
+            .map_or_else(|| source.to_string(), |db| db.message().to_owned()),
+        source,
+    })
+}
+
 /// Runs a future on a current-thread runtime in a thread of its own, so this works from
 /// plain tests and from inside a caller's runtime (`#[tokio::test]`) alike.
 fn on_own_runtime<T, F>(make: impl FnOnce() -> F + Send) -> Result<T, Error>
