@@ -628,3 +628,27 @@ fn a_stripped_release_build_sends_addresses_and_its_build_id() {
         );
     }
 }
+
+#[test]
+fn a_build_without_tls_ignores_an_https_dsn_with_one_warning() {
+    // The child links errscope without its `tls` feature.
+    let outbox = Outbox::new();
+    let out = Command::new(child_binary())
+        .arg("deliver")
+        .arg(&outbox.path)
+        .env("ERRSCOPE_CHILD_DSN", "https://key@127.0.0.1:9/1")
+        .output()
+        .expect("run child");
+    assert!(out.status.success(), "{out:?}");
+    // No DSN taken: nothing to deliver, the flush is done at once.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "flushed=true");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "errscope: ignoring DSN: \"https://key@127.0.0.1:9/1\" is https, and errscope was built without its `tls` feature"
+        ],
+        "{stderr}"
+    );
+}
