@@ -48,6 +48,8 @@
 //!
 //! - `tokio` (default): [`spawn`], a `tokio::spawn` that carries the current domain.
 //!   Domains themselves work on any executor.
+//! - `tls` (default): `https://` DSNs (rustls). Without it only `http://` DSNs are taken (an
+//!   `https://` one is ignored with a warning) and no TLS library is built.
 //!
 //! The optional integrations, each off by default:
 //!

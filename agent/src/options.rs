@@ -182,7 +182,7 @@ impl Options {
         let mut options = Self::new();
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         if let Some(dsn) = get("ERRSCOPE_DSN") {
-            match dsn.parse::<Dsn>() {
+            match Dsn::usable(&dsn) {
                 Ok(dsn) => options.dsn = Some(dsn),
                 Err(e) => warn(format_args!("ignoring ERRSCOPE_DSN: {e}")),
             }
@@ -203,10 +203,11 @@ impl Options {
         options
     }
 
-    /// Sets the DSN. A DSN that does not parse is ignored with a warning on stderr.
+    /// Sets the DSN. A DSN that does not parse, or an `https://` one in a build without the
+    /// `tls` feature, is ignored with a warning on stderr.
     #[must_use]
     pub fn dsn(mut self, dsn: &str) -> Self {
-        match dsn.parse::<Dsn>() {
+        match Dsn::usable(dsn) {
             Ok(dsn) => self.dsn = Some(dsn),
             Err(e) => warn(format_args!("ignoring DSN: {e}")),
         }
@@ -396,6 +397,9 @@ pub enum DsnError {
     /// No project id at the end of the path.
     #[error("{0:?} has no project id (expected scheme://KEY@host/PROJECT)")]
     Project(String),
+    /// An `https://` DSN in a build without the `tls` feature.
+    #[error("{0:?} is https, and errscope was built without its `tls` feature")]
+    TlsDisabled(String),
 }
 
 impl FromStr for Dsn {
@@ -449,6 +453,17 @@ impl FromStr for Dsn {
             path: prefix.to_owned(),
             project_id: project_id.to_owned(),
         })
+    }
+}
+
+impl Dsn {
+    /// Parses a DSN this build can ship to: `https://` needs the `tls` feature.
+    fn usable(s: &str) -> Result<Self, DsnError> {
+        let dsn = s.parse::<Self>()?;
+        if dsn.scheme == "https" && !cfg!(feature = "tls") {
+            return Err(DsnError::TlsDisabled(s.trim().to_owned()));
+        }
+        Ok(dsn)
     }
 }
 

@@ -1,80 +1,22 @@
 //! Tests that run a real child process linking errscope: built with `panic = "abort"`,
-//! and built as production binaries are (Cargo's default release profile, no debug info;
-//! the same binary stripped).
+//! and built as production binaries are (as Cargo's default release profile makes them, no
+//! debug info; the same binary stripped). The builds: `fixtures/child_builds.rs`.
 
+#[path = "fixtures/child_builds.rs"]
+mod child_builds;
 mod util;
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use util::{Outbox, read_events};
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/child")
-}
-
-/// The child's target directory, shared by its builds (the outer `cargo test` holds the
-/// lock of its own target directory).
-fn child_target() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("child-target")
-}
-
-fn build_child(profile_args: &[&str]) {
-    let out = Command::new(env!("CARGO"))
-        .arg("build")
-        .arg("--quiet")
-        .args(profile_args)
-        .arg("--manifest-path")
-        .arg(fixture_dir().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(child_target())
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
-        .env_remove("CARGO_PROFILE_RELEASE_STRIP")
-        .output()
-        .expect("run cargo");
-    assert!(
-        out.status.success(),
-        "building the child failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Builds the child once per test run (dev profile, `panic = "abort"`).
+/// The dev build (`panic = "abort"`).
 fn child_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        build_child(&[]);
-        child_target().join("debug").join("errscope-child")
-    })
-}
-
-/// The child built once per test run with Cargo's default release profile (`debug =
-/// false`: a symbol table, no DWARF), and a copy of it stripped as `strip = true` strips
-/// (`strip --strip-all`: no symbol table either), in `stripped/`.
-fn release_binaries() -> &'static (PathBuf, PathBuf) {
-    static BINARIES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    BINARIES.get_or_init(|| {
-        build_child(&["--release"]);
-        let release = child_target().join("release").join("errscope-child");
-        // Same file name: a stripped binary names its crate by nothing else.
-        let dir = child_target().join("stripped");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let stripped = dir.join("errscope-child");
-        let out = Command::new("strip")
-            .arg("--strip-all")
-            .arg("-o")
-            .arg(&stripped)
-            .arg(&release)
-            .output()
-            .expect("run strip (binutils)");
-        assert!(out.status.success(), "strip: {out:?}");
-        (release, stripped)
-    })
+    child_builds::dev()
 }
 
 fn run_child(mode: &str, database: &Path) -> Output {
@@ -92,7 +34,8 @@ fn run_binary(binary: &Path, mode: &str, database: &Path) -> Output {
 
 /// The line of the fixture's `panic!`.
 fn panic_line() -> u64 {
-    let src = std::fs::read_to_string(fixture_dir().join("src/main.rs")).expect("source");
+    let src =
+        std::fs::read_to_string(child_builds::fixture_dir().join("src/main.rs")).expect("source");
     let idx = src
         .lines()
         .position(|l| l.contains("panic!(\"cart total overflow"))
@@ -577,7 +520,7 @@ fn assert_image_of(event: &serde_json::Value, binary: &Path) {
 
 #[test]
 fn a_default_release_build_gets_in_app_and_culprits_right_without_debug_info() {
-    let (release, _) = release_binaries();
+    let release = &child_builds::release().default_release;
     let (in_domain, in_task) = async_events(release);
     for (event, culprit) in [
         (&in_domain, "errscope_child::load_order"),
@@ -643,7 +586,7 @@ fn a_default_release_build_gets_in_app_and_culprits_right_without_debug_info() {
 
 #[test]
 fn a_stripped_release_build_sends_addresses_and_its_build_id() {
-    let (_, stripped) = release_binaries();
+    let stripped = &child_builds::release().stripped;
     let (in_domain, in_task) = async_events(stripped);
     for event in [&in_domain, &in_task] {
         assert_image_of(event, stripped);
@@ -684,4 +627,28 @@ fn a_stripped_release_build_sends_addresses_and_its_build_id() {
             serde_json::json!(["errscope_child"])
         );
     }
+}
+
+#[test]
+fn a_build_without_tls_ignores_an_https_dsn_with_one_warning() {
+    // The child links errscope without its `tls` feature.
+    let outbox = Outbox::new();
+    let out = Command::new(child_binary())
+        .arg("deliver")
+        .arg(&outbox.path)
+        .env("ERRSCOPE_CHILD_DSN", "https://key@127.0.0.1:9/1")
+        .output()
+        .expect("run child");
+    assert!(out.status.success(), "{out:?}");
+    // No DSN taken: nothing to deliver, the flush is done at once.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "flushed=true");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "errscope: ignoring DSN: \"https://key@127.0.0.1:9/1\" is https, and errscope was built without its `tls` feature"
+        ],
+        "{stderr}"
+    );
 }

@@ -43,11 +43,10 @@ fn run(cmd: &mut std::process::Command) -> Result<(), String> {
 }
 
 fn build_host() -> Result<Host, String> {
-    // A target dir shared by test runs (the workspace's, or CARGO_TARGET_DIR's).
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("symbolicate-fixture");
+    // Kept between test runs, and shared with the agent's child fixture
+    // (agent/tests/fixtures/child_builds.rs), whose release profile is this one: the
+    // dependencies both have (backtrace, gimli, serde, url, ...) are built once.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-target");
     let started = Instant::now();
     run(std::process::Command::new(env!("CARGO"))
         .args([
