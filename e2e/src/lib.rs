@@ -159,11 +159,10 @@ impl Collector {
     /// How many retained events wait for the debug file of `debug_id`, read from the
     /// collector's database (viewing an event would symbolicate it; this does not).
     pub fn waiting_for_debug_file(&self, debug_id: &str) -> usize {
-        let id = debug_id.to_owned();
-        let read = self.state.reads.run(move |conn| {
-            errscope_collector::store::symbolication::waiting_for_image(conn, &id, 0, 1_000)
-        });
-        self.rt.block_on(read).expect("read waiting events").len()
+        self.rt
+            .block_on(self.state.store.waiting_for_image(debug_id, 0, 1_000))
+            .expect("read waiting events")
+            .len()
     }
 
     /// Polls `event_count` until it reaches `n` or `timeout` passes; returns the last count.
