@@ -105,7 +105,9 @@ fn main() -> anyhow::Result<()> {
         .get(1)
         .cloned()
         .or_else(|| std::env::var("ERRSCOPE_BENCH_PG_URL").ok())
-        .ok_or_else(|| anyhow::anyhow!("usage: pgbench <postgres-server-url> [seconds] [rounds]"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("usage: pgbench <postgres-server-url> [seconds] [rounds]")
+        })?;
     let seconds: u64 = args.get(2).map_or(Ok(10), |s| s.parse())?;
     let rounds: usize = args.get(3).map_or(Ok(3), |s| s.parse())?;
     let exe = std::env::current_exe()?;

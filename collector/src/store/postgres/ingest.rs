@@ -91,7 +91,13 @@ impl Ingestor {
         let (d, m) = (depth.clone(), metrics.clone());
         let task = tokio::spawn(async move {
             loop {
-                let w = Writer::new(pool.clone(), retention, m.clone(), d.clone(), alerts.clone());
+                let w = Writer::new(
+                    pool.clone(),
+                    retention,
+                    m.clone(),
+                    d.clone(),
+                    alerts.clone(),
+                );
                 match tokio::spawn(w.run(rx.clone())).await {
                     Err(e) if e.is_panic() => {
                         tracing::error!("the PostgreSQL writer panicked on a batch; restarting it");
@@ -568,15 +574,9 @@ mod tests {
     const WORDS: [&str; 6] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
 
     async fn node(url: &str, retention: Retention, capacity: usize) -> PgStore {
-        PgStore::open(
-            url,
-            capacity,
-            retention,
-            Arc::new(Metrics::default()),
-            None,
-        )
-        .await
-        .expect("open the store")
+        PgStore::open(url, capacity, retention, Arc::new(Metrics::default()), None)
+            .await
+            .expect("open the store")
     }
 
     /// Two nodes on one fresh database with project 1.
@@ -620,7 +620,13 @@ mod tests {
     }
 
     async fn i64_of(s: &PgStore, sql: &str) -> i64 {
-        s.conn().await.unwrap().query_one(sql, &[]).await.unwrap().get(0)
+        s.conn()
+            .await
+            .unwrap()
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// `title -> count` of every issue, and `(key, value) -> count` of the project's tags.
@@ -693,7 +699,11 @@ mod tests {
         let now = now_ms();
         let jobs_of = || -> Vec<IngestJob> {
             (0..60u64)
-                .map(|j| job((j * 5..j * 5 + 10).map(|n| ev(n + 1, n as usize % 6, now)).collect()))
+                .map(|j| {
+                    job((j * 5..j * 5 + 10)
+                        .map(|n| ev(n + 1, n as usize % 6, now))
+                        .collect())
+                })
                 .collect()
         };
         let (a, b) = (Arc::new(a), Arc::new(b));
@@ -807,14 +817,18 @@ mod tests {
             .collect();
         assert_eq!(ids, want);
         assert_eq!(i64_of(&s, "SELECT count FROM issues").await, 30);
-        assert_eq!(i64_of(&s, "SELECT sum(count)::int8 FROM issue_hourly").await, 30);
+        assert_eq!(
+            i64_of(&s, "SELECT sum(count)::int8 FROM issue_hourly").await,
+            30
+        );
         assert_eq!(s.stats(1).await.unwrap().unwrap().events, 30);
         s.close().await;
     }
 
     #[tokio::test]
     async fn tag_values_are_capped_with_other() {
-        let (s, _b) = two_nodes().await;
+        let s = testing::fresh_store().await;
+        add_project(&s).await;
         let now = now_ms();
         let events: Vec<PreparedEvent> = (0..crate::store::MAX_TAG_VALUES_PER_ISSUE + 20)
             .map(|n| {
@@ -826,7 +840,11 @@ mod tests {
             .collect();
         s.ingest(job(events)).await.unwrap();
         assert_eq!(
-            i64_of(&s, "SELECT count(*) FROM issue_tags WHERE key = 'request_id'").await,
+            i64_of(
+                &s,
+                "SELECT count(*) FROM issue_tags WHERE key = 'request_id'"
+            )
+            .await,
             crate::store::MAX_TAG_VALUES_PER_ISSUE + 1
         );
         assert_eq!(
@@ -888,7 +906,15 @@ mod tests {
         assert_eq!(stats.discarded[0].quantity, 2 * want.discarded[0].quantity);
         assert_eq!(i64_of(&a, "SELECT count(*) FROM pending_counts").await, 0);
         let (issues, _) = pg_counts(&a).await;
-        assert_eq!(issues.values().copied().collect::<Vec<_>>().iter().sum::<i64>(), 17);
+        assert_eq!(
+            issues
+                .values()
+                .copied()
+                .collect::<Vec<_>>()
+                .iter()
+                .sum::<i64>(),
+            17
+        );
         assert!(a.stats(99).await.unwrap().is_none());
         a.close().await;
         b.close().await;
@@ -1049,7 +1075,11 @@ mod tests {
         b.ingest(job(vec![ev(100, 0, now)])).await.unwrap();
         assert_eq!(queued("regression").await, 1);
         assert_eq!(
-            i64_of(&a, "SELECT count(*) FROM issues WHERE status = 'unresolved' AND is_regression").await,
+            i64_of(
+                &a,
+                "SELECT count(*) FROM issues WHERE status = 'unresolved' AND is_regression"
+            )
+            .await,
             1
         );
         a.close().await;
