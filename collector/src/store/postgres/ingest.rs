@@ -981,6 +981,47 @@ mod tests {
         ));
     }
 
+    /// Another session and the writer lock two issues in opposite orders; PostgreSQL
+    /// aborts the writer's transaction (its deadlock check runs first), which retries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlock_is_retried_not_surfaced() {
+        let s = Arc::new(testing::fresh_store().await);
+        add_project(&s).await;
+        let now = now_ms();
+        s.ingest(job(vec![ev(1, 0, now), ev(2, 1, now)]))
+            .await
+            .unwrap();
+        let mut conn = s.conn().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        tx.batch_execute(
+            "SET LOCAL deadlock_timeout = '10s'; SELECT 1 FROM issues WHERE id = 2 FOR UPDATE",
+        )
+        .await
+        .unwrap();
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move { s.ingest(job(vec![ev(3, 0, now), ev(4, 1, now)])).await })
+        };
+        while i64_of(&s, "SELECT count(*) FROM pg_locks WHERE NOT granted").await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Waits until the writer's transaction is rolled back.
+        tx.batch_execute("SELECT 1 FROM issues WHERE id = 1 FOR UPDATE")
+            .await
+            .expect("the writer, not this session, is the deadlock's victim");
+        tx.commit().await.unwrap();
+        writer
+            .await
+            .unwrap()
+            .expect("the deadlock is not the client's problem");
+        assert_eq!(
+            i64_of(&s, "SELECT count(*) FROM issues WHERE count = 2").await,
+            2
+        );
+        assert_eq!(s.event_copies().await.unwrap().len(), 4);
+        s.close().await;
+    }
+
     #[tokio::test]
     async fn an_unreachable_database_is_unavailable_and_the_writer_recovers() {
         let url = testing::fresh_database().await;
