@@ -951,7 +951,7 @@ mod tests {
             let s = s.clone();
             tokio::spawn(async move { s.ingest(job(vec![ev(2, 0, now)])).await })
         };
-        while i64_of(&s, "SELECT count(*) FROM pg_locks WHERE NOT granted").await == 0 {
+        while i64_of(&s, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").await == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let second = {
@@ -1002,13 +1002,19 @@ mod tests {
             let s = s.clone();
             tokio::spawn(async move { s.ingest(job(vec![ev(3, 0, now), ev(4, 1, now)])).await })
         };
-        while i64_of(&s, "SELECT count(*) FROM pg_locks WHERE NOT granted").await == 0 {
+        while i64_of(&s, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").await == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        // Waits until the writer's transaction is rolled back.
+        // Waits until the writer's transaction is rolled back (PostgreSQL checks for
+        // deadlocks after `deadlock_timeout`, 1 s).
+        let waited = Instant::now();
         tx.batch_execute("SELECT 1 FROM issues WHERE id = 1 FOR UPDATE")
             .await
             .expect("the writer, not this session, is the deadlock's victim");
+        assert!(
+            waited.elapsed() >= Duration::from_millis(500),
+            "the writer held issue 1"
+        );
         tx.commit().await.unwrap();
         writer
             .await
