@@ -621,8 +621,8 @@ fn find_prefers_debug_info_to_a_symbol_table_and_ignores_source_bundles() {
             dir.path(),
             errscope_testkit::store::database_for(dir.path()),
         )
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         store.create_project("default").await.unwrap();
         let difs = Difs::open(dir.path(), 1 << 30, store.clone())
             .await

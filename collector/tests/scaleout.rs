@@ -59,10 +59,7 @@ async fn start_node(data: &Path, database: &str, listen: SocketAddr) -> Option<N
         }
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(Node {
-        addr: addr?,
-        child,
-    })
+    Some(Node { addr: addr?, child })
 }
 
 /// Starts a node on `addr` again (its port may take a moment to be free).
@@ -77,7 +74,10 @@ async fn restart_node(data: &Path, database: &str, addr: SocketAddr) -> Node {
 }
 
 fn event(n: u64) -> (String, Value) {
-    let id = format!("{:032x}", 0x5ca1_e000_0000_0000_u64 as u128 * 1_000_003 + n as u128);
+    let id = format!(
+        "{:032x}",
+        0x5ca1_e000_0000_0000_u64 as u128 * 1_000_003 + n as u128
+    );
     let bug = n % BUGS;
     let ev = json!({
         "event_id": id,
@@ -198,7 +198,11 @@ async fn run(nodes_wanted: usize) {
         .build()
         .unwrap();
     let projects = get(&http, addrs[0], "/api/0/projects/").await;
-    assert_eq!(projects.as_array().unwrap().len(), 1, "one default project: {projects}");
+    assert_eq!(
+        projects.as_array().unwrap().len(),
+        1,
+        "one default project: {projects}"
+    );
     let dsn = projects[0]["dsn"].as_str().unwrap().to_owned();
     let key = dsn
         .split("//")
@@ -261,7 +265,10 @@ async fn run(nodes_wanted: usize) {
     victim_child.start_kill().unwrap();
     let _ = victim_child.wait().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    nodes.insert(0, restart_node(dirs[0].path(), &database, victim_addr).await);
+    nodes.insert(
+        0,
+        restart_node(dirs[0].path(), &database, victim_addr).await,
+    );
 
     wait_for(2).await;
     let c = cluster.clone();
@@ -280,7 +287,10 @@ async fn run(nodes_wanted: usize) {
     victim_child.start_kill().unwrap();
     let _ = victim_child.wait().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    nodes.insert(i, restart_node(dirs[i].path(), &database, victim_addr).await);
+    nodes.insert(
+        i,
+        restart_node(dirs[i].path(), &database, victim_addr).await,
+    );
 
     for c in clients {
         c.await.unwrap();
@@ -291,11 +301,7 @@ async fn run(nodes_wanted: usize) {
         seen.retried.load(Relaxed),
         seen.unavailable.load(Relaxed)
     );
-    assert_eq!(
-        seen.bad.load(Relaxed),
-        0,
-        "no answer other than 200 or 503"
-    );
+    assert_eq!(seen.bad.load(Relaxed), 0, "no answer other than 200 or 503");
 
     // Exact counts, from every node.
     let mut answers = Vec::new();
@@ -325,12 +331,7 @@ async fn run(nodes_wanted: usize) {
     }
     // Per issue: the hourly buckets and the tag counts add up to the count.
     let first = &answers[0]["data"][0];
-    let detail = get(
-        &http,
-        addrs[0],
-        &format!("/api/0/issues/{}/", first["id"]),
-    )
-    .await;
+    let detail = get(&http, addrs[0], &format!("/api/0/issues/{}/", first["id"])).await;
     let hourly: u64 = detail["hourly_14d"]
         .as_array()
         .unwrap()
@@ -364,14 +365,18 @@ async fn run(nodes_wanted: usize) {
         .await
         .unwrap()
         .get(0);
-    assert_eq!((all, twice), (total as i64, 0), "(rows, event ids stored twice)");
+    assert_eq!(
+        (all, twice),
+        (total as i64, 0),
+        "(rows, event ids stored twice)"
+    );
     drop(nodes);
 }
 
 /// Awaits every future, in order.
-async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.map(tokio::spawn).collect();
@@ -403,7 +408,10 @@ async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
     for n in 0..400 {
         let (_, ev) = event(n);
         let r = http
-            .post(format!("http://{}/api/1/store/?sentry_key={key}", lite.addr))
+            .post(format!(
+                "http://{}/api/1/store/?sentry_key={key}",
+                lite.addr
+            ))
             .body(ev.to_string())
             .send()
             .await
@@ -420,11 +428,14 @@ async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (_, again) = event(400);
-    http.post(format!("http://{}/api/1/store/?sentry_key={key}", lite.addr))
-        .body(again.to_string())
-        .send()
-        .await
-        .unwrap();
+    http.post(format!(
+        "http://{}/api/1/store/?sentry_key={key}",
+        lite.addr
+    ))
+    .body(again.to_string())
+    .send()
+    .await
+    .unwrap();
     let paths = [
         "/api/0/projects/",
         "/api/0/projects/1/stats/",

@@ -261,7 +261,10 @@ pub(crate) fn collector_command(data: &std::path::Path) -> tokio::process::Comma
 }
 
 /// [`collector_command`], blocking.
-#[allow(dead_code, reason = "not every test binary runs the command-line tools")]
+#[allow(
+    dead_code,
+    reason = "not every test binary runs the command-line tools"
+)]
 pub(crate) fn collector_command_blocking(data: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
     match errscope_testkit::store::database_for(data) {

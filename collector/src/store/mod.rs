@@ -58,13 +58,13 @@ impl StoreError {
     pub fn is_busy(&self) -> bool {
         match self {
             StoreError::QueueFull | StoreError::Unavailable(_) => true,
-            // A lost connection, or the server shutting down, starting up or out of
-            // connections (classes 08, 57P0x, 53): transient.
+            // Not reachable, closed, or closed on us: connection exceptions (class 08),
+            // the server shutting down or starting (57P01-57P03), no connection slot left.
             StoreError::Postgres(e) => {
                 e.is_closed()
-                    || e.as_db_error().is_none_or(|db| {
-                        let code = db.code().code();
-                        code.starts_with("08") || code.starts_with("57P0") || code.starts_with("53")
+                    || e.code().is_none_or(|c| {
+                        let c = c.code();
+                        c.starts_with("08") || c.starts_with("57P") || c == "53300"
                     })
             }
             _ => false,

@@ -22,7 +22,10 @@ enum Col {
 
 /// The tables copied as they are, with their columns (the SQLite and PostgreSQL schemas
 /// share names); `true` when the table's `id` is an identity column to move on.
-const TABLES: &[(&str, &[(&str, Col)], bool)] = {
+/// A table: its name, its columns, and whether its `id` is an identity column.
+type Table = (&'static str, &'static [(&'static str, Col)], bool);
+
+const TABLES: &[Table] = {
     use Col::*;
     &[
         ("settings", &[("name", Text), ("value", Text)], false),
@@ -356,9 +359,8 @@ pub async fn copy_from_sqlite(data_dir: &Path, url: &str) -> Result<CopyReport, 
     }
     // The checks: every table's rows, and the counts the dashboard shows.
     for (table, copied) in &report.tables {
-        let source: i64 = lite.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| {
-            r.get(0)
-        })?;
+        let source: i64 =
+            lite.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
         let target: i64 = tx
             .query_one(&format!("SELECT count(*) FROM {table}"), &[])
             .await?
@@ -369,9 +371,10 @@ pub async fn copy_from_sqlite(data_dir: &Path, url: &str) -> Result<CopyReport, 
             )));
         }
     }
-    let occurrences: i64 = lite.query_row("SELECT coalesce(sum(count), 0) FROM issues", [], |r| {
-        r.get(0)
-    })?;
+    let occurrences: i64 =
+        lite.query_row("SELECT coalesce(sum(count), 0) FROM issues", [], |r| {
+            r.get(0)
+        })?;
     let copied: i64 = tx
         .query_one("SELECT coalesce(sum(count), 0)::BIGINT FROM issues", &[])
         .await?
@@ -410,7 +413,11 @@ async fn insert(
     let n = cols.len();
     let mut sql = format!(
         "INSERT INTO {table} ({list}) {} VALUES ",
-        if identity { "OVERRIDING SYSTEM VALUE" } else { "" }
+        if identity {
+            "OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        }
     );
     for r in 0..rows {
         if r > 0 {

@@ -91,7 +91,13 @@ impl Ingestor {
         let (d, m) = (depth.clone(), metrics.clone());
         let task = tokio::spawn(async move {
             loop {
-                let w = Writer::new(pool.clone(), retention, m.clone(), d.clone(), alerts.clone());
+                let w = Writer::new(
+                    pool.clone(),
+                    retention,
+                    m.clone(),
+                    d.clone(),
+                    alerts.clone(),
+                );
                 match tokio::spawn(w.run(rx.clone())).await {
                     Err(e) if e.is_panic() => {
                         tracing::error!("the PostgreSQL writer panicked on a batch; restarting it");
@@ -552,4 +558,578 @@ pub(super) async fn event_copies(s: &PgStore) -> Result<HashMap<String, u64>, St
         .iter()
         .map(|r| (r.get(0), r.get::<_, i64>(1).unsigned_abs()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::alerts::AlertConfig;
+    use crate::ingest::prepare_event;
+    use crate::store::postgres::testing;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{CountRecord, Discard, PreparedEvent, Sort, Store};
+
+    const WORDS: [&str; 6] = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+
+    async fn node(url: &str, retention: Retention, capacity: usize) -> PgStore {
+        PgStore::open(url, capacity, retention, Arc::new(Metrics::default()), None)
+            .await
+            .expect("open the store")
+    }
+
+    /// Two nodes on one fresh database with project 1.
+    async fn two_nodes() -> (PgStore, PgStore) {
+        let url = testing::fresh_database().await;
+        let a = node(&url, Retention::default(), 1024).await;
+        add_project(&a).await;
+        let b = node(&url, Retention::default(), 1024).await;
+        (a, b)
+    }
+
+    async fn add_project(s: &PgStore) {
+        s.conn()
+            .await
+            .unwrap()
+            .execute(
+                "INSERT INTO projects (id, name, created) VALUES (1, 'default', 0)",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Event `n` of fingerprint `fp` (a distinct message per fingerprint), with tags.
+    fn ev(n: u64, fp: usize, received: i64) -> PreparedEvent {
+        let json = format!(
+            r#"{{"event_id":"{n:032x}","message":"failure in {} service","timestamp":{},"tags":{{"region":"{}"}}}}"#,
+            WORDS[fp % WORDS.len()],
+            received / 1000,
+            WORDS[(n % 3) as usize],
+        );
+        prepare_event(json.as_bytes(), received, None).unwrap()
+    }
+
+    fn job(events: Vec<PreparedEvent>) -> IngestJob {
+        IngestJob {
+            project_id: 1,
+            events,
+            ..Default::default()
+        }
+    }
+
+    async fn i64_of(s: &PgStore, sql: &str) -> i64 {
+        s.conn()
+            .await
+            .unwrap()
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// `title -> count` of every issue, and `(key, value) -> count` of the project's tags.
+    async fn pg_counts(s: &PgStore) -> (BTreeMap<String, i64>, BTreeMap<(String, String), i64>) {
+        let c = s.conn().await.unwrap();
+        let issues = c
+            .query("SELECT title, count FROM issues", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let tags = c
+            .query("SELECT key, value, count FROM project_tags", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+            .collect();
+        (issues, tags)
+    }
+
+    /// The same jobs through SQLite: issue counts by title and the project's tag counts.
+    async fn sqlite_counts(
+        jobs: Vec<IngestJob>,
+        keys: &[&str],
+    ) -> (
+        BTreeMap<String, i64>,
+        BTreeMap<(String, String), i64>,
+        Stats,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(
+            dir.path(),
+            1024,
+            Retention::default(),
+            Arc::new(Metrics::default()),
+            None,
+        )
+        .unwrap();
+        s.create_project("default").await.unwrap();
+        for j in jobs {
+            s.ingest(j).await.unwrap();
+        }
+        s.close().await;
+        let now = now_ms();
+        let (issues, _) = s
+            .issues(1, Default::default(), Sort::Count, None, 100, now)
+            .await
+            .unwrap();
+        let mut tags = BTreeMap::new();
+        for k in keys {
+            for t in s.project_tag_values(1, k).await.unwrap() {
+                tags.insert((k.to_string(), t.value), t.count);
+            }
+        }
+        let stats = s.stats(1).await.unwrap().unwrap();
+        (
+            issues.into_iter().map(|i| (i.title, i.count)).collect(),
+            tags,
+            stats,
+        )
+    }
+
+    /// 305 events of 6 fingerprints, in jobs of 10 that overlap by half, each sent to
+    /// both nodes at once (and every job once more to the other node afterwards).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_store_and_count_each_event_once() {
+        let (a, b) = two_nodes().await;
+        let now = now_ms();
+        let jobs_of = || -> Vec<IngestJob> {
+            (0..60u64)
+                .map(|j| {
+                    job((j * 5..j * 5 + 10)
+                        .map(|n| ev(n + 1, n as usize % 6, now))
+                        .collect())
+                })
+                .collect()
+        };
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut tasks = Vec::new();
+        for (ja, jb) in jobs_of().into_iter().zip(jobs_of()) {
+            let (a, b) = (a.clone(), b.clone());
+            tasks.push(tokio::spawn(async move { a.ingest(ja).await }));
+            tasks.push(tokio::spawn(async move { b.ingest(jb).await }));
+        }
+        // Then again, node B walking backwards while node A walks forwards.
+        for (ja, jb) in jobs_of().into_iter().rev().zip(jobs_of()) {
+            let (a, b) = (a.clone(), b.clone());
+            tasks.push(tokio::spawn(async move { b.ingest(ja).await }));
+            tasks.push(tokio::spawn(async move { a.ingest(jb).await }));
+        }
+        for t in tasks {
+            t.await.unwrap().expect("every valid job is accepted");
+        }
+        a.close().await;
+        b.close().await;
+        let copies = a.event_copies().await.unwrap();
+        assert_eq!(copies.len(), 305, "ids 1..=305");
+        assert!(copies.values().all(|n| *n == 1));
+        let stats = a.stats(1).await.unwrap().unwrap();
+        assert_eq!(stats.events, 305);
+        assert_eq!(stats.issues, 6);
+        assert_eq!(i64_of(&a, "SELECT sum(count)::int8 FROM issues").await, 305);
+        assert_eq!(
+            i64_of(&a, "SELECT sum(count)::int8 FROM issue_hourly").await,
+            305
+        );
+        assert_eq!(
+            i64_of(
+                &a,
+                "SELECT sum(count)::int8 FROM issue_tags WHERE key = 'region'"
+            )
+            .await,
+            305
+        );
+        assert_eq!(i64_of(&a, "SELECT count(*) FROM event_ids").await, 305);
+        // The same as SQLite gets from one copy of the jobs.
+        let (issues, tags) = pg_counts(&a).await;
+        let (want_issues, want_tags, want_stats) =
+            sqlite_counts(jobs_of(), &["region", "level"]).await;
+        assert_eq!(issues, want_issues);
+        assert_eq!(
+            tags.into_iter()
+                .filter(|((k, _), _)| k == "region" || k == "level")
+                .collect::<BTreeMap<_, _>>(),
+            want_tags
+        );
+        assert_eq!(stats.events, want_stats.events);
+        assert_eq!(stats.issues, want_stats.issues);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_racing_on_a_new_fingerprint_make_one_issue() {
+        let (a, b) = two_nodes().await;
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let now = now_ms();
+        let mut tasks = Vec::new();
+        for n in 0..16u64 {
+            let s = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                s.ingest(job(vec![ev(n + 1, 0, now)])).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(i64_of(&a, "SELECT count(*) FROM issues").await, 1);
+        assert_eq!(i64_of(&a, "SELECT count FROM issues").await, 16);
+        a.close().await;
+        b.close().await;
+    }
+
+    #[tokio::test]
+    async fn keeps_the_first_and_newest_samples_and_exact_counts() {
+        let url = testing::fresh_database().await;
+        let s = node(
+            &url,
+            Retention {
+                max_events_per_issue: 5,
+                ..Retention::default()
+            },
+            64,
+        )
+        .await;
+        add_project(&s).await;
+        let now = now_ms();
+        for n in 1..=20 {
+            s.ingest(job(vec![ev(n, 0, now)])).await.unwrap();
+        }
+        // And a batch larger than the cap at once.
+        s.ingest(job((21..=30).map(|n| ev(n, 0, now)).collect()))
+            .await
+            .unwrap();
+        let ids: Vec<String> = s
+            .conn()
+            .await
+            .unwrap()
+            .query("SELECT event_id FROM events ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let want: Vec<String> = [1, 27, 28, 29, 30]
+            .iter()
+            .map(|n| format!("{n:032x}"))
+            .collect();
+        assert_eq!(ids, want);
+        assert_eq!(i64_of(&s, "SELECT count FROM issues").await, 30);
+        assert_eq!(
+            i64_of(&s, "SELECT sum(count)::int8 FROM issue_hourly").await,
+            30
+        );
+        assert_eq!(s.stats(1).await.unwrap().unwrap().events, 30);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn tag_values_are_capped_with_other() {
+        let s = testing::fresh_store().await;
+        add_project(&s).await;
+        let now = now_ms();
+        let events: Vec<PreparedEvent> = (0..crate::store::MAX_TAG_VALUES_PER_ISSUE + 20)
+            .map(|n| {
+                let json = format!(
+                    r#"{{"event_id":"{n:032x}","message":"m","tags":{{"request_id":"r{n}"}}}}"#
+                );
+                prepare_event(json.as_bytes(), now, None).unwrap()
+            })
+            .collect();
+        s.ingest(job(events)).await.unwrap();
+        assert_eq!(
+            i64_of(
+                &s,
+                "SELECT count(*) FROM issue_tags WHERE key = 'request_id'"
+            )
+            .await,
+            crate::store::MAX_TAG_VALUES_PER_ISSUE + 1
+        );
+        assert_eq!(
+            i64_of(
+                &s,
+                "SELECT count FROM issue_tags WHERE key = 'request_id' AND value = '(other)'"
+            )
+            .await,
+            20
+        );
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn discards_and_aggregate_counts_match_sqlite() {
+        let (a, b) = two_nodes().await;
+        let now = now_ms();
+        let count = |id: &str, event: u64, n: i64| CountRecord {
+            id: id.into(),
+            event_id: format!("{event:032x}"),
+            count: n,
+            start: now - 1000,
+            end: now,
+        };
+        let jobs = || {
+            vec![
+                job(vec![ev(1, 0, now)]),
+                IngestJob {
+                    project_id: 1,
+                    events: vec![],
+                    discards: vec![Discard {
+                        reason: "queue_overflow".into(),
+                        category: "error".into(),
+                        quantity: 3,
+                    }],
+                    // One for a stored event, one whose event comes later.
+                    counts: vec![count("c1", 1, 10), count("c2", 2, 5)],
+                },
+                job(vec![ev(2, 1, now)]),
+            ]
+        };
+        for j in jobs() {
+            a.ingest(j).await.unwrap();
+        }
+        // Retries of all of it through the other node change nothing.
+        for j in jobs() {
+            b.ingest(j).await.unwrap();
+        }
+        let stats = a.stats(1).await.unwrap().unwrap();
+        let (_, _, want) = sqlite_counts(jobs(), &[]).await;
+        assert_eq!(stats.events, 17);
+        assert_eq!(stats.events, want.events);
+        assert_eq!(stats.issues, want.issues);
+        assert!(stats.last_seen.is_some());
+        assert!(stats.seq > 0);
+        assert_eq!(stats.discarded.len(), 1);
+        // Discards carry no id: a resent report counts again, as on SQLite.
+        assert_eq!(want.discarded[0].quantity, 3);
+        assert_eq!(stats.discarded[0].quantity, 2 * want.discarded[0].quantity);
+        assert_eq!(i64_of(&a, "SELECT count(*) FROM pending_counts").await, 0);
+        let (issues, _) = pg_counts(&a).await;
+        assert_eq!(
+            issues
+                .values()
+                .copied()
+                .collect::<Vec<_>>()
+                .iter()
+                .sum::<i64>(),
+            17
+        );
+        assert!(a.stats(99).await.unwrap().is_none());
+        a.close().await;
+        b.close().await;
+    }
+
+    /// Holds the lock of issue 1 from another connection until the returned sender fires.
+    async fn hold_issue_lock(s: &PgStore) -> oneshot::Sender<()> {
+        let mut conn = s.conn().await.unwrap();
+        let (release, wait) = oneshot::channel::<()>();
+        let (locked_tx, locked) = oneshot::channel();
+        tokio::spawn(async move {
+            let tx = conn.transaction().await.unwrap();
+            tx.execute("SELECT 1 FROM issues WHERE id = 1 FOR UPDATE", &[])
+                .await
+                .unwrap();
+            let _ = locked_tx.send(());
+            let _ = wait.await;
+            tx.commit().await.unwrap();
+        });
+        locked.await.unwrap();
+        release
+    }
+
+    #[tokio::test]
+    async fn a_job_is_answered_after_its_commit_and_a_full_queue_is_refused() {
+        let url = testing::fresh_database().await;
+        let s = Arc::new(node(&url, Retention::default(), 1).await);
+        add_project(&s).await;
+        let now = now_ms();
+        s.ingest(job(vec![ev(1, 0, now)])).await.unwrap();
+        let release = hold_issue_lock(&s).await;
+        // The writer takes this job and waits for the lock; the next one fills the queue.
+        let first = {
+            let s = s.clone();
+            tokio::spawn(async move { s.ingest(job(vec![ev(2, 0, now)])).await })
+        };
+        while i64_of(&s, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let second = {
+            let s = s.clone();
+            tokio::spawn(async move { s.ingest(job(vec![ev(3, 0, now)])).await })
+        };
+        while s.queue_depth() < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(matches!(
+            s.ingest(job(vec![ev(4, 0, now)])).await,
+            Err(StoreError::QueueFull)
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!first.is_finished(), "not answered before it commits");
+        assert_eq!(i64_of(&s, "SELECT count(*) FROM events").await, 1);
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        // Answered means committed: another connection sees it.
+        assert!(i64_of(&s, "SELECT count(*) FROM events").await >= 2);
+        second.await.unwrap().unwrap();
+        assert_eq!(i64_of(&s, "SELECT count FROM issues").await, 3);
+        s.close().await;
+        assert!(matches!(
+            s.ingest(job(vec![ev(5, 0, now)])).await,
+            Err(StoreError::WriterGone)
+        ));
+    }
+
+    /// Another session and the writer lock two issues in opposite orders; PostgreSQL
+    /// aborts the writer's transaction (its deadlock check runs first), which retries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlock_is_retried_not_surfaced() {
+        let s = Arc::new(testing::fresh_store().await);
+        add_project(&s).await;
+        let now = now_ms();
+        s.ingest(job(vec![ev(1, 0, now), ev(2, 1, now)]))
+            .await
+            .unwrap();
+        let mut conn = s.conn().await.unwrap();
+        let tx = conn.transaction().await.unwrap();
+        tx.batch_execute(
+            "SET LOCAL deadlock_timeout = '10s'; SELECT 1 FROM issues WHERE id = 2 FOR UPDATE",
+        )
+        .await
+        .unwrap();
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move { s.ingest(job(vec![ev(3, 0, now), ev(4, 1, now)])).await })
+        };
+        while i64_of(&s, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Waits until the writer's transaction is rolled back (PostgreSQL checks for
+        // deadlocks after `deadlock_timeout`, 1 s).
+        let waited = Instant::now();
+        tx.batch_execute("SELECT 1 FROM issues WHERE id = 1 FOR UPDATE")
+            .await
+            .expect("the writer, not this session, is the deadlock's victim");
+        assert!(
+            waited.elapsed() >= Duration::from_millis(500),
+            "the writer held issue 1"
+        );
+        tx.commit().await.unwrap();
+        writer
+            .await
+            .unwrap()
+            .expect("the deadlock is not the client's problem");
+        assert_eq!(
+            i64_of(&s, "SELECT count(*) FROM issues WHERE count = 2").await,
+            2
+        );
+        assert_eq!(s.event_copies().await.unwrap().len(), 4);
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_unavailable_and_the_writer_recovers() {
+        let url = testing::fresh_database().await;
+        let s = node(&url, Retention::default(), 64).await;
+        add_project(&s).await;
+        let now = now_ms();
+        s.ingest(job(vec![ev(1, 0, now)])).await.unwrap();
+        let db = url.rsplit('/').next().unwrap().to_owned();
+        let (admin, conn) = tokio_postgres::connect(&testing::server_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+            ))
+            .await
+            .unwrap();
+        let e = s.ingest(job(vec![ev(2, 0, now)])).await.unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
+        assert!(e.is_busy());
+        admin
+            .batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+            .await
+            .unwrap();
+        // The client's retry goes through on a new connection.
+        s.ingest(job(vec![ev(2, 0, now)])).await.unwrap();
+        assert_eq!(s.stats(1).await.unwrap().unwrap().events, 2);
+        s.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_new_issue_alert_when_nodes_race_and_regressions_alert() {
+        let url = testing::fresh_database().await;
+        let alerts = Arc::new(Alerts::new(AlertConfig::default(), "http://x".into()));
+        let open = || {
+            PgStore::open(
+                &url,
+                64,
+                Retention::default(),
+                Arc::new(Metrics::default()),
+                Some(alerts.clone()),
+            )
+        };
+        let a = Arc::new(open().await.unwrap());
+        add_project(&a).await;
+        let b = Arc::new(open().await.unwrap());
+        let channel = crate::alerts::rules::Channel::Webhook {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret: None,
+        };
+        let c = a.conn().await.unwrap();
+        for trigger in ["new_issue", "regression"] {
+            c.execute(
+                "INSERT INTO alert_rules (project_id, name, trigger_kind, count, minutes, filter, interval_minutes, channel, enabled, created)
+                 VALUES (1, $1, $1, 0, 0, '{}', 0, $2, TRUE, 0)",
+                &[&trigger, &channel.to_stored().to_string()],
+            )
+            .await
+            .unwrap();
+        }
+        alerts.rules_changed();
+        let now = now_ms();
+        let mut tasks = Vec::new();
+        for n in 0..8u64 {
+            let s = if n % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                s.ingest(job(vec![ev(n + 1, 0, now)])).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let queued = |trigger: &'static str| {
+            let c = &c;
+            async move {
+                c.query_one(
+                    "SELECT count(*) FROM alert_deliveries WHERE trigger_kind = $1 AND status = 'queued'",
+                    &[&trigger],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+            }
+        };
+        assert_eq!(queued("new_issue").await, 1);
+        assert_eq!(queued("regression").await, 0);
+        c.execute("UPDATE issues SET status = 'resolved'", &[])
+            .await
+            .unwrap();
+        b.ingest(job(vec![ev(100, 0, now)])).await.unwrap();
+        assert_eq!(queued("regression").await, 1);
+        assert_eq!(
+            i64_of(
+                &a,
+                "SELECT count(*) FROM issues WHERE status = 'unresolved' AND is_regression"
+            )
+            .await,
+            1
+        );
+        a.close().await;
+        b.close().await;
+    }
 }

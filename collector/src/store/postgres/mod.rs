@@ -39,9 +39,6 @@ pub const MAX_CONNECTIONS: usize = 16;
 /// The PostgreSQL database of `--database postgres://...`.
 pub struct PgStore {
     pool: Pool,
-    metrics: Arc<Metrics>,
-    retention: Retention,
-    alerts: Option<Arc<Alerts>>,
     ingest: ingest::Ingestor,
 }
 
@@ -49,10 +46,6 @@ impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PgStore")
     }
-}
-
-fn unbuilt(what: &str) -> StoreError {
-    StoreError::Config(format!("{what} is not available on PostgreSQL yet"))
 }
 
 impl PgStore {
@@ -67,20 +60,9 @@ impl PgStore {
     ) -> Result<PgStore, StoreError> {
         let pool = pool(url)?;
         migrate(&pool).await?;
-        let ingest = ingest::Ingestor::start(
-            pool.clone(),
-            queue_capacity,
-            retention,
-            metrics.clone(),
-            alerts.clone(),
-        );
-        Ok(PgStore {
-            pool,
-            metrics,
-            retention,
-            alerts,
-            ingest,
-        })
+        let ingest =
+            ingest::Ingestor::start(pool.clone(), queue_capacity, retention, metrics, alerts);
+        Ok(PgStore { pool, ingest })
     }
 
     /// A pooled connection; an unreachable database is [`StoreError::Unavailable`].

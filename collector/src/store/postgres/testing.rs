@@ -7,6 +7,12 @@ use super::PgStore;
 use crate::metrics::Metrics;
 use crate::store::Retention;
 
+/// The test server's URL (its superuser, its default database).
+pub(crate) fn server_url() -> String {
+    std::env::var("ERRSCOPE_TEST_PG_URL")
+        .unwrap_or_else(|_| errscope_testkit::pg::Cluster::shared().url())
+}
+
 /// A new, empty database: on the server `ERRSCOPE_TEST_PG_URL` names (a URL whose user
 /// may create databases), else on this process's own throwaway server (errscope-testkit).
 pub(crate) async fn fresh_database() -> String {

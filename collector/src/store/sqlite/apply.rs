@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use crate::store::spread;
 use crate::store::{
     IngestJob, MAX_TAG_VALUES_PER_ISSUE, MAX_TAG_VALUES_PER_PROJECT, Retention, StoreError,
     TAG_DELAY,
 };
-use crate::store::spread;
 use crate::time::{hour_of, now_ms};
 
 const OTHER: &str = "(other)";

@@ -97,6 +97,44 @@ impl Batch {
     }
 }
 
+/// Columns of new pending counts.
+#[derive(Default)]
+struct PendingCols<'a> {
+    id: Vec<&'a str>,
+    project: Vec<i64>,
+    event: Vec<&'a str>,
+    count: Vec<i64>,
+    start: Vec<i64>,
+    end: Vec<i64>,
+}
+
+/// Columns of new issues: project, fingerprint, class, kind, title, culprit, level, time.
+#[derive(Default)]
+struct IssueCols<'a>(
+    Vec<i64>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<&'a str>,
+    Vec<i64>,
+);
+
+/// Columns of the issue UPDATE: id, count, last and first seen, then the newest
+/// event's id, level, title and culprit.
+#[derive(Default)]
+struct UpdateCols<'a>(
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<i64>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+);
+
 /// Stores the events, discards and counts of `jobs` and accumulates what they add to
 /// issues, hours, tags and projects in `batch` (written by [`flush`]). With `sweep`, also
 /// applies aggregate counts left pending by a node that did not yet see their event.
@@ -127,7 +165,11 @@ pub(super) async fn stage(
     let ids = resolve_issues(tx, evs.iter().map(|&at| event(at)), cache, batch).await?;
     let issue_of = |pid: i64, ev: &PreparedEvent| -> i64 {
         let key = (pid, ev.grouping.fingerprint.clone());
-        cache.get(&key).or_else(|| ids.get(&key)).copied().unwrap_or(0)
+        cache
+            .get(&key)
+            .or_else(|| ids.get(&key))
+            .copied()
+            .unwrap_or(0)
     };
 
     // The dedup check and record in one statement: a row another node inserted and has
@@ -208,9 +250,7 @@ pub(super) async fn stage(
         for row in tx
             .query(
                 &stmt,
-                &[
-                    &p, &e, &iss, &ts, &rc, &lv, &msg, &env, &rel, &enc, &data,
-                ],
+                &[&p, &e, &iss, &ts, &rc, &lv, &msg, &env, &rel, &enc, &data],
             )
             .await?
         {
@@ -358,22 +398,21 @@ pub(super) async fn stage(
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            let mut pending: (Vec<&str>, Vec<i64>, Vec<&str>, Vec<i64>, Vec<i64>, Vec<i64>) =
-                Default::default();
+            let mut pending = PendingCols::default();
             for ((pid, c), issue) in fresh.iter().zip(found) {
                 match issue {
                     Some(issue_id) => batch.add_count(*pid, issue_id, c.count, c.start, c.end),
                     None => {
-                        pending.0.push(&c.id);
-                        pending.1.push(*pid);
-                        pending.2.push(&c.event_id);
-                        pending.3.push(c.count);
-                        pending.4.push(c.start);
-                        pending.5.push(c.end);
+                        pending.id.push(&c.id);
+                        pending.project.push(*pid);
+                        pending.event.push(&c.event_id);
+                        pending.count.push(c.count);
+                        pending.start.push(c.start);
+                        pending.end.push(c.end);
                     }
                 }
             }
-            if !pending.0.is_empty() {
+            if !pending.id.is_empty() {
                 let stmt = tx
                     .prepare_cached(
                         "INSERT INTO pending_counts (id, project_id, event_id, count, start_ms, end_ms, received)
@@ -384,7 +423,12 @@ pub(super) async fn stage(
                 tx.execute(
                     &stmt,
                     &[
-                        &pending.0, &pending.1, &pending.2, &pending.3, &pending.4, &pending.5,
+                        &pending.id,
+                        &pending.project,
+                        &pending.event,
+                        &pending.count,
+                        &pending.start,
+                        &pending.end,
                         &now,
                     ],
                 )
@@ -414,16 +458,7 @@ async fn resolve_issues<'a>(
     if need.is_empty() {
         return Ok(ids);
     }
-    let mut c: (
-        Vec<i64>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<&str>,
-        Vec<i64>,
-    ) = Default::default();
+    let mut c = IssueCols::default();
     for ((pid, fp), ev) in &need {
         let g = &ev.grouping;
         c.0.push(*pid);
@@ -513,16 +548,7 @@ pub(super) async fn flush(
     retention: &Retention,
 ) -> Result<(), StoreError> {
     if !batch.issues.is_empty() {
-        let mut c: (
-            Vec<i64>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<Option<&str>>,
-            Vec<Option<&str>>,
-            Vec<Option<&str>>,
-            Vec<Option<&str>>,
-        ) = Default::default();
+        let mut c = UpdateCols::default();
         for (id, d) in &batch.issues {
             let latest = d.latest.map(|(j, i)| &jobs[j].events[i]);
             c.0.push(*id);
@@ -572,11 +598,8 @@ pub(super) async fn flush(
                         WHERE newer >= $2 AND id <> first)",
                 )
                 .await?;
-            tx.execute(
-                &stmt,
-                &[&sampled, &retention.max_events_per_issue.max(1)],
-            )
-            .await?;
+            tx.execute(&stmt, &[&sampled, &retention.max_events_per_issue.max(1)])
+                .await?;
         }
     }
     if !batch.hourly.is_empty() {
