@@ -17,9 +17,9 @@
 //!   reconnects when it is back.
 //!
 //! The bounds are the SQLite writer's (`sqlite/writer.rs`): samples per issue, retention,
-//! dedup ids by age and count (pruned by one node at a time), tag caps with `(other)` and
-//! tag counts lagging their events by up to [`TAG_DELAY`] under load (on the node that
-//! stored the events; a killed node loses that last second of tag counts). Aggregate
+//! dedup ids by age and count (pruned by one node at a time), tag caps with `(other)`.
+//! Unlike SQLite's writer, tag counts are written in their events' transaction: exact
+//! even when a node is killed (one UNNEST statement per table and batch). Aggregate
 //! counts racing their event on another node are applied by the next sweep (5 s).
 
 mod apply;
@@ -35,13 +35,13 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 
-use self::apply::{Batch, IssueIds, TagCounts};
+use self::apply::{Batch, IssueIds};
 use super::PgStore;
 use crate::alerts::Alerts;
 use crate::metrics::Metrics;
 use crate::store::{
     DEDUP_WINDOW_MS, DiscardRow, IngestJob, MAX_BATCH_EVENTS, MAX_BATCH_JOBS, Retention, Stats,
-    StoreError, TAG_DELAY,
+    StoreError,
 };
 use crate::time::{HOUR_MS, hour_of, now_ms, rfc3339};
 
@@ -152,7 +152,6 @@ impl Ingestor {
 /// What a committed transaction did.
 struct Done {
     batch: Batch,
-    wrote_tags: bool,
     alerts_queued: usize,
 }
 
@@ -162,8 +161,6 @@ struct Writer {
     metrics: Arc<Metrics>,
     depth: Arc<AtomicI64>,
     issue_ids: IssueIds,
-    tags: (TagCounts, TagCounts),
-    tags_since: Instant,
     hook: hook::Hook,
     last_prune: Instant,
     last_hourly_prune: Instant,
@@ -189,8 +186,6 @@ impl Writer {
             metrics,
             depth,
             issue_ids: IssueIds::new(),
-            tags: Default::default(),
-            tags_since: Instant::now(),
             hook: hook::Hook::new(alerts),
             last_prune: long_ago,
             last_hourly_prune: long_ago,
@@ -207,10 +202,7 @@ impl Writer {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(_) => {
-                    if !self.tags.0.is_empty()
-                        || !self.tags.1.is_empty()
-                        || self.last_sweep.elapsed() >= SWEEP_EVERY
-                    {
+                    if self.last_sweep.elapsed() >= SWEEP_EVERY {
                         self.process(Vec::new()).await;
                     }
                     self.maybe_prune().await;
@@ -249,9 +241,6 @@ impl Writer {
                 break;
             }
             self.maybe_prune().await;
-        }
-        if !self.tags.0.is_empty() || !self.tags.1.is_empty() {
-            self.process(Vec::new()).await;
         }
         tracing::debug!("PostgreSQL writer stopped");
     }
@@ -328,23 +317,15 @@ impl Writer {
             alerts_queued = self.hook.decide(&tx, &facts, &batch, jobs).await?;
         }
         apply::flush(&tx, jobs, &batch, &self.retention).await?;
-        // Light load (one or two requests per batch): tag counts go out with their events.
-        let wrote_tags = jobs.len() <= 2
-            || self.tags_since.elapsed() >= TAG_DELAY
-            || self.tags.0.len() + self.tags.1.len() > 50_000;
-        if wrote_tags {
-            let (mut issue, mut project) = self.tags.clone();
-            add_tags(&mut issue, &batch.issue_tags);
-            add_tags(&mut project, &batch.project_tags);
-            apply::write_tags(&tx, &issue, &project).await?;
-        }
+        // Tag counts go out with their events, in one statement per table per batch: a
+        // node killed after answering 200 has lost none of them.
+        apply::write_tags(&tx, &batch.issue_tags, &batch.project_tags).await?;
         tx.commit().await?;
         if sweep {
             self.last_sweep = Instant::now();
         }
         Ok(Done {
             batch,
-            wrote_tags,
             alerts_queued,
         })
     }
@@ -352,24 +333,12 @@ impl Writer {
     fn committed(&mut self, done: Done, took: Duration) {
         let Done {
             batch,
-            wrote_tags,
             alerts_queued,
         } = done;
         if self.issue_ids.len() > 100_000 {
             self.issue_ids.clear();
         }
         self.issue_ids.extend(batch.learned.iter().cloned());
-        if wrote_tags {
-            self.tags.0.clear();
-            self.tags.1.clear();
-            self.tags_since = Instant::now();
-        } else {
-            if self.tags.0.is_empty() && self.tags.1.is_empty() {
-                self.tags_since = Instant::now();
-            }
-            add_tags(&mut self.tags.0, &batch.issue_tags);
-            add_tags(&mut self.tags.1, &batch.project_tags);
-        }
         self.metrics.commit(took);
         self.metrics
             .events_accepted
@@ -472,12 +441,6 @@ impl Writer {
         r?;
         unlocked?;
         Ok(())
-    }
-}
-
-fn add_tags(into: &mut TagCounts, from: &TagCounts) {
-    for (k, n) in from {
-        *into.entry(k.clone()).or_default() += n;
     }
 }
 
