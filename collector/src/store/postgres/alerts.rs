@@ -478,6 +478,10 @@ pub(super) async fn alert_deliveries(
 
 /// Up to `limit` queued deliveries due at `now`, oldest first, and when the next one not
 /// yet due is.
+/// How long a node holds the deliveries it took from the queue before another node may
+/// take them (it records each attempt's outcome well before: attempts time out sooner).
+pub(super) const CLAIM_LEASE_MS: i64 = 60_000;
+
 pub(super) async fn alerts_due(
     s: &PgStore,
     now: i64,
@@ -485,15 +489,24 @@ pub(super) async fn alerts_due(
 ) -> Result<(Vec<Due>, Option<i64>), StoreError> {
     retry(|| async move {
         let c = s.conn().await?;
+        // Claimed for a lease: the sender of one node attempts a delivery, the others skip
+        // it; if that node dies mid-attempt, another takes it when the lease is over.
         let due = rows(
             &c,
             &format!(
-                "SELECT {DELIVERY_COLUMNS}, r.channel, r.name, d.created
-                 FROM alert_deliveries d JOIN alert_rules r ON r.id = d.rule_id
-                 WHERE d.status = 'queued' AND d.next_attempt <= $1
-                 ORDER BY d.next_attempt, d.id LIMIT $2"
+                "WITH d AS (
+                     UPDATE alert_deliveries SET next_attempt = $1 + $3
+                     WHERE id IN (
+                         SELECT id FROM alert_deliveries
+                         WHERE status = 'queued' AND next_attempt <= $1
+                         ORDER BY next_attempt, id LIMIT $2
+                         FOR UPDATE SKIP LOCKED)
+                     RETURNING *)
+                 SELECT {DELIVERY_COLUMNS}, r.channel, r.name, d.created
+                 FROM d JOIN alert_rules r ON r.id = d.rule_id
+                 ORDER BY d.next_attempt, d.id"
             ),
-            &[&now, &limit],
+            &[&now, &limit, &CLAIM_LEASE_MS],
         )
         .await?
         .iter()
@@ -965,8 +978,24 @@ mod tests {
             queued, 3,
             "one unmute alert per rule, whichever node reopened it"
         );
-        let (due, _) = nodes[0].alerts_due(now + 60_000, 100).await.unwrap();
-        assert_eq!(due.len(), 3);
+        // The two nodes' senders take the queue at once: each delivery goes to one of them.
+        let at = now + 60_000;
+        let (a, b) = tokio::join!(nodes[0].alerts_due(at, 100), nodes[1].alerts_due(at, 100));
+        let mut rows: Vec<i64> = a
+            .unwrap()
+            .0
+            .iter()
+            .chain(b.unwrap().0.iter())
+            .map(|d| d.delivery.row)
+            .collect();
+        rows.sort_unstable();
+        let taken = rows.len();
+        rows.dedup();
+        assert_eq!((taken, rows.len()), (3, 3), "each delivery taken once");
+        assert!(nodes[0].alerts_due(at, 100).await.unwrap().0.is_empty());
+        // A node that took them and died: after the lease another node takes them again.
+        let later = at + super::CLAIM_LEASE_MS;
+        assert_eq!(nodes[1].alerts_due(later, 100).await.unwrap().0.len(), 3);
         assert_eq!(
             nodes[1].issue(1, now).await.unwrap().unwrap().status,
             "unresolved"
