@@ -188,4 +188,6 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX unsymbolicated_image ON unsymbolicated (debug_id, id);
     "#,
+    // 2: teams and access (store/postgres/access.rs).
+    super::access::MIGRATION,
 ];
