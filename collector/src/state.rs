@@ -53,6 +53,8 @@ pub struct Config {
     pub debug_files: Option<Arc<dyn DebugFileLookup>>,
     /// Bounds of the symbolication caches.
     pub symbolication: Limits,
+    /// Teams and access: session idle time, login throttling.
+    pub access: crate::auth::AccessConfig,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             alerts: crate::alerts::AlertConfig::default(),
             debug_files: None,
             symbolication: Limits::default(),
+            access: crate::auth::AccessConfig::default(),
         }
     }
 }
@@ -244,6 +247,8 @@ pub async fn start(config: Config) -> Result<Started, StoreError> {
     }
     let token_hash = hashes.pop().unwrap_or_default();
     let password_hash = hashes.pop().unwrap_or_default();
+    // The admin login is the first owner (on upgrade, and on a fresh start).
+    crate::auth::bootstrap_owner(&*store, &password_hash, config.admin_password.is_some()).await?;
     let keys = store
         .list_projects()
         .await?
@@ -412,6 +417,33 @@ impl Inner {
         tokio::task::spawn_blocking(move || verify_secret(&p, &hash))
             .await
             .unwrap_or(false)
+    }
+
+    /// Checks a secret against an argon2 hash, one verification at a time over all
+    /// callers; `None` if the verifications waiting took longer than 10 s (busy).
+    pub async fn argon2_verify(&self, secret: &str, hash: &str) -> Option<bool> {
+        let permit =
+            tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
+        let Ok(Ok(_permit)) = permit else {
+            return None;
+        };
+        let (s, h) = (secret.to_owned(), hash.to_owned());
+        tokio::task::spawn_blocking(move || verify_secret(&s, &h))
+            .await
+            .ok()
+    }
+
+    /// Hashes a secret with argon2id, sharing [`Inner::argon2_verify`]'s bound.
+    pub async fn argon2_hash(&self, secret: &str) -> Result<String, StoreError> {
+        let permit =
+            tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
+        let Ok(Ok(_permit)) = permit else {
+            return Err(StoreError::Unavailable("password hashing is busy".into()));
+        };
+        let s = secret.to_owned();
+        tokio::task::spawn_blocking(move || hash_secret(&s))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Starts a dashboard session and stores it (hashed); returns its id.

@@ -5,18 +5,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Digest as _;
 
 use super::chunks::is_sha1;
 use super::{DifError, Difs, hex};
+use crate::auth::{Need, Routes, Target};
 use crate::state::AppState;
 use crate::store::{DifRow, StoreError};
 use crate::time::rfc3339;
@@ -96,26 +96,51 @@ impl IntoResponse for DifApiError {
     }
 }
 
-/// The routes, to merge into the authenticated `/api/0/` router. (The org segment is
-/// named `pid` because the router needs one name per position under `/projects/`.)
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/0/organizations/{org}/chunk-upload/",
-            get(chunk_options)
-                .post(upload_chunks)
-                .layer(DefaultBodyLimit::max(MAX_REQUEST_SIZE)),
+/// Adds the routes to the authenticated `/api/0/` ones, with what each needs: uploads
+/// `debugfiles:write`, listing `project:read`, deleting `project:admin`. (The org segment
+/// is named `pid` because the router needs one name per position under `/projects/`.)
+pub fn routes(routes: Routes) -> Routes {
+    use crate::auth::Scope::{DebugFilesWrite, ProjectAdmin, ProjectRead};
+    let project = Target::ProjectRef("project");
+    let limit = || DefaultBodyLimit::max(MAX_REQUEST_SIZE);
+    let file_limit = || DefaultBodyLimit::max(MAX_FILE_SIZE as usize);
+    let chunks = "/api/0/organizations/{org}/chunk-upload/";
+    let dsyms = "/api/0/projects/{pid}/{project}/files/dsyms/";
+    routes
+        .add(
+            Method::GET,
+            chunks,
+            Need::org(DebugFilesWrite),
+            get(chunk_options).layer(limit()),
         )
-        .route(
+        .add(
+            Method::POST,
+            chunks,
+            Need::org(DebugFilesWrite),
+            post(upload_chunks).layer(limit()),
+        )
+        .post(
             "/api/0/projects/{pid}/{project}/files/difs/assemble/",
-            post(assemble),
+            Need::on(DebugFilesWrite, project),
+            assemble,
         )
-        .route(
-            "/api/0/projects/{pid}/{project}/files/dsyms/",
-            get(list)
-                .delete(delete)
-                .post(upload_multipart)
-                .layer(DefaultBodyLimit::max(MAX_FILE_SIZE as usize)),
+        .add(
+            Method::GET,
+            dsyms,
+            Need::on(ProjectRead, project),
+            get(list).layer(file_limit()),
+        )
+        .add(
+            Method::DELETE,
+            dsyms,
+            Need::on(ProjectAdmin, project).audited("debugfile.delete"),
+            delete(delete_file).layer(file_limit()),
+        )
+        .add(
+            Method::POST,
+            dsyms,
+            Need::on(DebugFilesWrite, project),
+            post(upload_multipart).layer(file_limit()),
         )
 }
 
@@ -495,7 +520,7 @@ async fn list(
 }
 
 /// `DELETE /api/0/projects/{org}/{project}/files/dsyms/?id=<id>`.
-async fn delete(
+async fn delete_file(
     State(state): State<AppState>,
     Path((_org, project)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
