@@ -41,8 +41,11 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = app(state.clone());
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
             .await
