@@ -82,6 +82,7 @@ use axum::routing::{get, post};
 /// [`auth::policy`]); [`app`] serves them, the tests walk them.
 pub fn api_routes() -> auth::Routes {
     use auth::Scope::{OrgAdmin, ProjectRead, ProjectWrite};
+    use auth::policy::{delete, get, post, put};
     use auth::{Need, Target};
     let pid = Target::Project("pid");
     let issue = Target::Issue("id");
@@ -89,76 +90,88 @@ pub fn api_routes() -> auth::Routes {
     let read = |t| Need::on(ProjectRead, t);
     let write = |t| Need::on(ProjectWrite, t);
     let routes = auth::Routes::new()
-        .get("/api/0/session/", Need::SELF, auth::api::session_info)
-        .get("/api/0/projects/", Need::org(ProjectRead), api::list_projects)
-        .post(
+        .route("/api/0/session/", get(Need::SELF, auth::api::session_info))
+        .route(
             "/api/0/projects/",
-            Need::org(OrgAdmin).audited("project.create"),
-            api::create_project,
+            get(Need::org(ProjectRead), api::list_projects).post(
+                Need::org(OrgAdmin).audited("project.create"),
+                api::create_project,
+            ),
         )
-        .get("/api/0/projects/{pid}/", read(pid), api::get_project)
-        .get("/api/0/projects/{pid}/stats/", read(pid), api::project_stats)
-        .get("/api/0/projects/{pid}/classes/", read(pid), api::classes)
-        .get("/api/0/projects/{pid}/issues/", read(pid), api::list_issues)
-        .get(
+        .route("/api/0/projects/{pid}/", get(read(pid), api::get_project))
+        .route(
+            "/api/0/projects/{pid}/stats/",
+            get(read(pid), api::project_stats),
+        )
+        .route("/api/0/projects/{pid}/classes/", get(read(pid), api::classes))
+        .route("/api/0/projects/{pid}/issues/", get(read(pid), api::list_issues))
+        .route(
             "/api/0/projects/{pid}/events/{event_id}/",
-            read(pid),
-            api::get_event,
+            get(read(pid), api::get_event),
         )
-        .get(
+        .route(
             "/api/0/projects/{pid}/tags/{key}/values/",
-            read(pid),
-            api::tag_values,
+            get(read(pid), api::tag_values),
         )
-        .get("/api/0/issues/{id}/", read(issue), api::get_issue)
-        .put(
+        .route(
             "/api/0/issues/{id}/",
-            write(issue).audited("issue.status"),
-            api::update_issue,
+            get(read(issue), api::get_issue)
+                .put(write(issue).audited("issue.status"), api::update_issue),
         )
-        .get("/api/0/issues/{id}/events/", read(issue), api::issue_events)
-        .get(
+        .route(
+            "/api/0/issues/{id}/events/",
+            get(read(issue), api::issue_events),
+        )
+        .route(
             "/api/0/projects/{pid}/alerts/",
-            read(pid),
-            alerts::api::list_rules,
+            get(read(pid), alerts::api::list_rules)
+                .post(write(pid).audited("rule.create"), alerts::api::create_rule),
         )
-        .post(
-            "/api/0/projects/{pid}/alerts/",
-            write(pid).audited("rule.create"),
-            alerts::api::create_rule,
+        .route(
+            "/api/0/alerts/{id}/test/",
+            post(write(rule), alerts::api::test_rule),
         )
-        .post("/api/0/alerts/{id}/test/", write(rule), alerts::api::test_rule)
-        .get(
+        .route(
             "/api/0/alerts/{id}/deliveries/",
-            read(rule),
-            alerts::api::deliveries,
+            get(read(rule), alerts::api::deliveries),
         )
-        .get("/api/0/alerts/{id}/", read(rule), alerts::api::get_rule)
-        .put(
+        .route(
             "/api/0/alerts/{id}/",
-            write(rule).audited("rule.update"),
-            alerts::api::update_rule,
+            get(read(rule), alerts::api::get_rule)
+                .put(write(rule).audited("rule.update"), alerts::api::update_rule)
+                .delete(write(rule).audited("rule.delete"), alerts::api::delete_rule),
         )
-        .delete(
-            "/api/0/alerts/{id}/",
-            write(rule).audited("rule.delete"),
-            alerts::api::delete_rule,
+        .route(
+            "/api/0/users/",
+            get(Need::org(OrgAdmin), auth::api::list_users)
+                .post(Need::org(OrgAdmin), auth::api::create_user),
         )
-        .get("/api/0/users/", Need::org(OrgAdmin), auth::api::list_users)
-        .post("/api/0/users/", Need::org(OrgAdmin), auth::api::create_user)
-        .put("/api/0/users/{id}/", Need::org(OrgAdmin), auth::api::update_user)
-        .post(
+        .route(
+            "/api/0/users/{id}/",
+            put(Need::org(OrgAdmin), auth::api::update_user),
+        )
+        .route(
             "/api/0/users/{id}/invite/",
-            Need::org(OrgAdmin),
-            auth::api::reinvite,
+            post(Need::org(OrgAdmin), auth::api::reinvite),
         )
-        .get("/api/0/audit/", Need::org(OrgAdmin), auth::api::audit_log)
-        .put("/api/0/user/password/", Need::SELF, auth::api::change_password)
-        .get("/api/0/tokens/", Need::SELF, auth::api::list_tokens)
-        .post("/api/0/tokens/", Need::SELF, auth::api::create_token)
-        .delete("/api/0/tokens/{id}/", Need::SELF, auth::api::revoke_token)
-        .get("/api/0/sessions/", Need::SELF, auth::api::list_sessions)
-        .delete("/api/0/sessions/{id}/", Need::SELF, auth::api::revoke_session);
+        .route("/api/0/audit/", get(Need::org(OrgAdmin), auth::api::audit_log))
+        .route(
+            "/api/0/user/password/",
+            put(Need::SELF, auth::api::change_password),
+        )
+        .route(
+            "/api/0/tokens/",
+            get(Need::SELF, auth::api::list_tokens).post(Need::SELF, auth::api::create_token),
+        )
+        .route(
+            "/api/0/tokens/{id}/",
+            delete(Need::SELF, auth::api::revoke_token),
+        )
+        .route("/api/0/sessions/", get(Need::SELF, auth::api::list_sessions))
+        .route(
+            "/api/0/sessions/{id}/",
+            delete(Need::SELF, auth::api::revoke_session),
+        );
     difs::api::routes(routes)
 }
 

@@ -103,17 +103,51 @@ impl std::fmt::Debug for Routes {
     }
 }
 
+/// The methods of one path, each with what it needs: `get(need, handler).put(need,
+/// handler)`, given to [`Routes::route`].
+#[must_use]
+pub struct Methods(Vec<(Method, Need, MethodRouter<AppState>)>);
+
 macro_rules! method {
     ($name:ident, $method:ident, $route:path) => {
-        /// Adds a handler for this method with what it needs.
-        pub fn $name<H, T>(self, path: &'static str, need: Need, handler: H) -> Self
+        /// Answers this method with `handler`, which needs `need`.
+        pub fn $name<H, T>(need: Need, handler: H) -> Methods
         where
             H: Handler<T, AppState>,
             T: 'static,
         {
-            self.add(Method::$method, path, need, $route(handler))
+            Methods(vec![(Method::$method, need, $route(handler))])
+        }
+
+        impl Methods {
+            /// Also answers this method with `handler`, which needs `need`.
+            pub fn $name<H, T>(mut self, need: Need, handler: H) -> Methods
+            where
+                H: Handler<T, AppState>,
+                T: 'static,
+            {
+                self.0.push((Method::$method, need, $route(handler)));
+                self
+            }
         }
     };
+}
+
+method!(get, GET, axum::routing::get);
+method!(post, POST, axum::routing::post);
+method!(put, PUT, axum::routing::put);
+method!(delete, DELETE, axum::routing::delete);
+
+impl Methods {
+    /// Bounds the request bodies of all these methods.
+    pub fn limit(self, bytes: usize) -> Methods {
+        Methods(
+            self.0
+                .into_iter()
+                .map(|(m, n, r)| (m, n, r.layer(axum::extract::DefaultBodyLimit::max(bytes))))
+                .collect(),
+        )
+    }
 }
 
 impl Routes {
@@ -122,23 +156,14 @@ impl Routes {
         Self::default()
     }
 
-    /// Adds `route` (which must answer `method` only) with what it needs.
-    pub fn add(
-        mut self,
-        method: Method,
-        path: &'static str,
-        need: Need,
-        route: MethodRouter<AppState>,
-    ) -> Self {
-        self.rules.push(RouteRule { method, path, need });
-        self.router = self.router.route(path, route);
+    /// Adds a path's methods, each with what it needs.
+    pub fn route(mut self, path: &'static str, methods: Methods) -> Self {
+        for (method, need, route) in methods.0 {
+            self.rules.push(RouteRule { method, path, need });
+            self.router = self.router.route(path, route);
+        }
         self
     }
-
-    method!(get, GET, axum::routing::get);
-    method!(post, POST, axum::routing::post);
-    method!(put, PUT, axum::routing::put);
-    method!(delete, DELETE, axum::routing::delete);
 
     /// Every route and its rule, in the order added.
     pub fn rules(&self) -> &[RouteRule] {

@@ -26,11 +26,15 @@ impl Policy {
         }
     }
 
-    /// How long the n-th attempt over the limit is refused: doubling from an eighth of
+    /// What the n-th attempt over the limit adds to the wait: doubling from an eighth of
     /// the window, at least a second, at most four windows.
     fn grow(self, failures: i64) -> i64 {
         let over = (failures - self.max - 1).clamp(0, 20) as u32;
-        ((self.window / 8).max(1000) << over).min(4 * self.window.max(1000))
+        ((self.window / 8).max(1000) << over).min(self.cap())
+    }
+
+    fn cap(self) -> i64 {
+        4 * self.window.max(1000)
     }
 
     /// An attempt at `now`: counted, and refused (`blocked_until > now`) when over.
@@ -42,7 +46,9 @@ impl Policy {
         });
         if r.blocked_until > now {
             r.failures += 1;
-            r.blocked_until = r.blocked_until.max(now + self.grow(r.failures));
+            // Each refused attempt adds to the wait, up to four windows from now.
+            r.blocked_until =
+                (r.blocked_until + self.grow(r.failures)).min(now + self.cap());
             return r;
         }
         if now - r.window_start >= self.window {

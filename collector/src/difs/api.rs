@@ -6,16 +6,16 @@ use std::io::Read as _;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Digest as _;
 
 use super::chunks::is_sha1;
 use super::{DifError, Difs, hex};
+use crate::auth::policy::{get, post};
 use crate::auth::{Need, Routes, Target};
 use crate::state::AppState;
 use crate::store::{DifRow, StoreError};
@@ -102,45 +102,26 @@ impl IntoResponse for DifApiError {
 pub fn routes(routes: Routes) -> Routes {
     use crate::auth::Scope::{DebugFilesWrite, ProjectAdmin, ProjectRead};
     let project = Target::ProjectRef("project");
-    let limit = || DefaultBodyLimit::max(MAX_REQUEST_SIZE);
-    let file_limit = || DefaultBodyLimit::max(MAX_FILE_SIZE as usize);
-    let chunks = "/api/0/organizations/{org}/chunk-upload/";
-    let dsyms = "/api/0/projects/{pid}/{project}/files/dsyms/";
     routes
-        .add(
-            Method::GET,
-            chunks,
-            Need::org(DebugFilesWrite),
-            get(chunk_options).layer(limit()),
+        .route(
+            "/api/0/organizations/{org}/chunk-upload/",
+            get(Need::org(DebugFilesWrite), chunk_options)
+                .post(Need::org(DebugFilesWrite), upload_chunks)
+                .limit(MAX_REQUEST_SIZE),
         )
-        .add(
-            Method::POST,
-            chunks,
-            Need::org(DebugFilesWrite),
-            post(upload_chunks).layer(limit()),
-        )
-        .post(
+        .route(
             "/api/0/projects/{pid}/{project}/files/difs/assemble/",
-            Need::on(DebugFilesWrite, project),
-            assemble,
+            post(Need::on(DebugFilesWrite, project), assemble),
         )
-        .add(
-            Method::GET,
-            dsyms,
-            Need::on(ProjectRead, project),
-            get(list).layer(file_limit()),
-        )
-        .add(
-            Method::DELETE,
-            dsyms,
-            Need::on(ProjectAdmin, project).audited("debugfile.delete"),
-            delete(delete_file).layer(file_limit()),
-        )
-        .add(
-            Method::POST,
-            dsyms,
-            Need::on(DebugFilesWrite, project),
-            post(upload_multipart).layer(file_limit()),
+        .route(
+            "/api/0/projects/{pid}/{project}/files/dsyms/",
+            get(Need::on(ProjectRead, project), list)
+                .delete(
+                    Need::on(ProjectAdmin, project).audited("debugfile.delete"),
+                    delete_file,
+                )
+                .post(Need::on(DebugFilesWrite, project), upload_multipart)
+                .limit(MAX_FILE_SIZE as usize),
         )
 }
 
