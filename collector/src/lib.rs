@@ -82,7 +82,7 @@ use axum::routing::{get, post};
 /// [`auth::policy`]); [`app`] serves them, the tests walk them.
 pub fn api_routes() -> auth::Routes {
     use auth::Scope::{OrgAdmin, ProjectRead, ProjectWrite};
-    use auth::policy::{delete, get, post, put};
+    use auth::policy::{get, post};
     use auth::{Need, Target};
     let pid = Target::Project("pid");
     let issue = Target::Issue("id");
@@ -140,38 +140,8 @@ pub fn api_routes() -> auth::Routes {
             get(read(rule), alerts::api::get_rule)
                 .put(write(rule).audited("rule.update"), alerts::api::update_rule)
                 .delete(write(rule).audited("rule.delete"), alerts::api::delete_rule),
-        )
-        .route(
-            "/api/0/users/",
-            get(Need::org(OrgAdmin), auth::api::list_users)
-                .post(Need::org(OrgAdmin), auth::api::create_user),
-        )
-        .route(
-            "/api/0/users/{id}/",
-            put(Need::org(OrgAdmin), auth::api::update_user),
-        )
-        .route(
-            "/api/0/users/{id}/invite/",
-            post(Need::org(OrgAdmin), auth::api::reinvite),
-        )
-        .route("/api/0/audit/", get(Need::org(OrgAdmin), auth::api::audit_log))
-        .route(
-            "/api/0/user/password/",
-            put(Need::SELF, auth::api::change_password),
-        )
-        .route(
-            "/api/0/tokens/",
-            get(Need::SELF, auth::api::list_tokens).post(Need::SELF, auth::api::create_token),
-        )
-        .route(
-            "/api/0/tokens/{id}/",
-            delete(Need::SELF, auth::api::revoke_token),
-        )
-        .route("/api/0/sessions/", get(Need::SELF, auth::api::list_sessions))
-        .route(
-            "/api/0/sessions/{id}/",
-            delete(Need::SELF, auth::api::revoke_session),
         );
+    let routes = auth::api::routes(routes);
     difs::api::routes(routes)
 }
 

@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 use super::users::{self, UserError};
 use super::{AuthError, Caller, Scope, Scopes, TOKEN_PREFIX, Via, audit, new_secret, secret_hash};
+use super::policy::{Routes, delete, get, post, put};
+use super::{Need, Scope::OrgAdmin};
 use crate::state::AppState;
 use crate::store::{TokenRow, UserRow, UserUpdate};
 use crate::time::now_ms;
@@ -27,6 +29,43 @@ impl From<UserError> for AuthError {
             UserError::Store(e) => e.into(),
         }
     }
+}
+
+/// Adds the access routes to the `/api/0/` ones: users and the audit log for owners
+/// (`org:admin`); the caller's own password, tokens and sessions for anyone signed in.
+pub fn routes(routes: Routes) -> Routes {
+    routes
+        .route(
+            "/api/0/users/",
+            get(Need::org(OrgAdmin), list_users)
+                .post(Need::org(OrgAdmin), create_user),
+        )
+        .route(
+            "/api/0/users/{id}/",
+            put(Need::org(OrgAdmin), update_user),
+        )
+        .route(
+            "/api/0/users/{id}/invite/",
+            post(Need::org(OrgAdmin), reinvite),
+        )
+        .route("/api/0/audit/", get(Need::org(OrgAdmin), audit_log))
+        .route(
+            "/api/0/user/password/",
+            put(Need::SELF, change_password),
+        )
+        .route(
+            "/api/0/tokens/",
+            get(Need::SELF, list_tokens).post(Need::SELF, create_token),
+        )
+        .route(
+            "/api/0/tokens/{id}/",
+            delete(Need::SELF, revoke_token),
+        )
+        .route("/api/0/sessions/", get(Need::SELF, list_sessions))
+        .route(
+            "/api/0/sessions/{id}/",
+            delete(Need::SELF, revoke_session),
+        )
 }
 
 fn body<T: DeserializeOwned>(b: &Bytes, shape: &str) -> Result<T, AuthError> {
