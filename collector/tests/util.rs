@@ -67,6 +67,12 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
 }
 
 impl Server {
+    /// The data directory.
+    #[allow(dead_code, reason = "not every test binary runs the command-line tools")]
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub(crate) fn auth(&self) -> String {
         format!(
             "Sentry sentry_version=7, sentry_key={}, sentry_client=test/1.0",
