@@ -195,6 +195,7 @@ fn specs() -> HashMap<(&'static str, &'static str), Spec> {
     let s = |scope, ok| Spec { scope, ok };
     HashMap::from([
         (("GET", "/api/0/session/"), s("", &[200])),
+        (("GET", "/api/0/user/"), s("", &[200])),
         (("GET", "/api/0/projects/"), s("project:read", &[200])),
         (("POST", "/api/0/projects/"), s("org:admin", &[201])),
         (("GET", "/api/0/projects/{pid}/"), s("project:read", &[200])),
@@ -457,7 +458,7 @@ async fn every_route_with_every_role_and_token_scope() {
         .map(|p| p["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, vec![1]);
-    let (_, me) = call(&s, &callers[1], "GET", "/api/0/session/", None).await;
+    let (_, me) = call(&s, &callers[1], "GET", "/api/0/user/", None).await;
     assert_eq!((me["username"].clone(), me["role"].clone()), (json!("mia"), json!("member")));
     // A revoked token stops at once; its last use was noted.
     let (_, tokens) = call(&s, &admin(), "GET", "/api/0/tokens/", None).await;
@@ -660,7 +661,7 @@ async fn the_user_command_works_while_serving_and_disabling_ends_sessions() {
         scopes: vec!["project:read"],
         only_a: true,
     };
-    let (st, me) = call(&s, &bob, "GET", "/api/0/session/", None).await;
+    let (st, me) = call(&s, &bob, "GET", "/api/0/user/", None).await;
     assert_eq!((st, me["role"].clone()), (200, json!("viewer")));
     let (st, _) = call(&s, &bob, "PUT", "/api/0/issues/1/", Some(json!({"status": "resolved"}))).await;
     assert!(st == 403 || st == 404, "a viewer cannot resolve: {st}");

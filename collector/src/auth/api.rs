@@ -49,6 +49,7 @@ pub fn routes(routes: Routes) -> Routes {
             post(Need::org(OrgAdmin), reinvite),
         )
         .route("/api/0/audit/", get(Need::org(OrgAdmin), audit_log))
+        .route("/api/0/user/", get(Need::SELF, whoami))
         .route(
             "/api/0/user/password/",
             put(Need::SELF, change_password),
@@ -86,8 +87,13 @@ fn invite_url(state: &AppState, secret: &str) -> String {
     )
 }
 
-/// `GET /api/0/session/`: who is asking, their role, scopes and projects.
+/// `GET /api/0/session/`: who is asking, `{"username"}`.
 pub async fn session_info(Extension(c): Extension<Caller>) -> Response {
+    Json(json!({ "username": c.user.username })).into_response()
+}
+
+/// `GET /api/0/user/`: who is asking, their role, scopes and projects.
+pub async fn whoami(Extension(c): Extension<Caller>) -> Response {
     let projects = c.projects.as_ref().map(|p| {
         let mut v: Vec<i64> = p.iter().copied().collect();
         v.sort_unstable();
