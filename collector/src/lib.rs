@@ -103,8 +103,14 @@ pub fn api_routes() -> auth::Routes {
             "/api/0/projects/{pid}/stats/",
             get(read(pid), api::project_stats),
         )
-        .route("/api/0/projects/{pid}/classes/", get(read(pid), api::classes))
-        .route("/api/0/projects/{pid}/issues/", get(read(pid), api::list_issues))
+        .route(
+            "/api/0/projects/{pid}/classes/",
+            get(read(pid), api::classes),
+        )
+        .route(
+            "/api/0/projects/{pid}/issues/",
+            get(read(pid), api::list_issues),
+        )
         .route(
             "/api/0/projects/{pid}/events/{event_id}/",
             get(read(pid), api::get_event),

@@ -391,8 +391,7 @@ impl Inner {
     /// Checks a secret against an argon2 hash, one verification at a time over all
     /// callers; `None` if the verifications waiting took longer than 10 s (busy).
     pub async fn argon2_verify(&self, secret: &str, hash: &str) -> Option<bool> {
-        let permit =
-            tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
+        let permit = tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
         let Ok(Ok(_permit)) = permit else {
             return None;
         };
@@ -404,8 +403,7 @@ impl Inner {
 
     /// Hashes a secret with argon2id, sharing [`Inner::argon2_verify`]'s bound.
     pub async fn argon2_hash(&self, secret: &str) -> Result<String, StoreError> {
-        let permit =
-            tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
+        let permit = tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
         let Ok(Ok(_permit)) = permit else {
             return Err(StoreError::Unavailable("password hashing is busy".into()));
         };

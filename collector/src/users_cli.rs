@@ -102,8 +102,8 @@ pub(crate) fn run(command: UserCommand) -> anyhow::Result<()> {
                 let result = async {
                     let ids = users::project_ids(&*store, &projects).await?;
                     let hash = state::hash_secret(&pw)?;
-                    let u = users::add(&*store, &username, None, None, role, &ids, Some(hash))
-                        .await?;
+                    let u =
+                        users::add(&*store, &username, None, None, role, &ids, Some(hash)).await?;
                     errscope_collector::auth::audit(
                         &*store,
                         None,
@@ -164,10 +164,15 @@ pub(crate) fn run(command: UserCommand) -> anyhow::Result<()> {
             }
             UserCommand::Disable { username, db } => {
                 let store = open(db).await?;
-                let result = change(&*store, &username, UserUpdate {
-                    disabled: Some(true),
-                    ..Default::default()
-                }, "user.disable")
+                let result = change(
+                    &*store,
+                    &username,
+                    UserUpdate {
+                        disabled: Some(true),
+                        ..Default::default()
+                    },
+                    "user.disable",
+                )
                 .await;
                 store.close().await;
                 result?;
@@ -182,10 +187,15 @@ pub(crate) fn run(command: UserCommand) -> anyhow::Result<()> {
                 let (pw, generated) = password(password_stdin)?;
                 let hash = state::hash_secret(&pw)?;
                 let store = open(db).await?;
-                let result = change(&*store, &username, UserUpdate {
-                    password_hash: Some(hash),
-                    ..Default::default()
-                }, "password.reset")
+                let result = change(
+                    &*store,
+                    &username,
+                    UserUpdate {
+                        password_hash: Some(hash),
+                        ..Default::default()
+                    },
+                    "password.reset",
+                )
                 .await;
                 store.close().await;
                 result?;
@@ -210,7 +220,6 @@ async fn change(
         bail!("no user named `{username}`");
     };
     users::update(store, &user, update).await?;
-    errscope_collector::auth::audit(store, None, action, &user.username, "command line", "")
-        .await;
+    errscope_collector::auth::audit(store, None, action, &user.username, "command line", "").await;
     Ok(())
 }

@@ -199,9 +199,18 @@ fn specs() -> HashMap<(&'static str, &'static str), Spec> {
         (("GET", "/api/0/projects/"), s("project:read", &[200])),
         (("POST", "/api/0/projects/"), s("org:admin", &[201])),
         (("GET", "/api/0/projects/{pid}/"), s("project:read", &[200])),
-        (("GET", "/api/0/projects/{pid}/stats/"), s("project:read", &[200])),
-        (("GET", "/api/0/projects/{pid}/classes/"), s("project:read", &[200])),
-        (("GET", "/api/0/projects/{pid}/issues/"), s("project:read", &[200])),
+        (
+            ("GET", "/api/0/projects/{pid}/stats/"),
+            s("project:read", &[200]),
+        ),
+        (
+            ("GET", "/api/0/projects/{pid}/classes/"),
+            s("project:read", &[200]),
+        ),
+        (
+            ("GET", "/api/0/projects/{pid}/issues/"),
+            s("project:read", &[200]),
+        ),
         (
             ("GET", "/api/0/projects/{pid}/events/{event_id}/"),
             s("project:read", &[200]),
@@ -212,18 +221,39 @@ fn specs() -> HashMap<(&'static str, &'static str), Spec> {
         ),
         (("GET", "/api/0/issues/{id}/"), s("project:read", &[200])),
         (("PUT", "/api/0/issues/{id}/"), s("project:write", &[200])),
-        (("GET", "/api/0/issues/{id}/events/"), s("project:read", &[200])),
-        (("GET", "/api/0/projects/{pid}/alerts/"), s("project:read", &[200])),
-        (("POST", "/api/0/projects/{pid}/alerts/"), s("project:write", &[201])),
-        (("POST", "/api/0/alerts/{id}/test/"), s("project:write", &[200])),
-        (("GET", "/api/0/alerts/{id}/deliveries/"), s("project:read", &[200])),
+        (
+            ("GET", "/api/0/issues/{id}/events/"),
+            s("project:read", &[200]),
+        ),
+        (
+            ("GET", "/api/0/projects/{pid}/alerts/"),
+            s("project:read", &[200]),
+        ),
+        (
+            ("POST", "/api/0/projects/{pid}/alerts/"),
+            s("project:write", &[201]),
+        ),
+        (
+            ("POST", "/api/0/alerts/{id}/test/"),
+            s("project:write", &[200]),
+        ),
+        (
+            ("GET", "/api/0/alerts/{id}/deliveries/"),
+            s("project:read", &[200]),
+        ),
         (("GET", "/api/0/alerts/{id}/"), s("project:read", &[200])),
         (("PUT", "/api/0/alerts/{id}/"), s("project:write", &[200])),
-        (("DELETE", "/api/0/alerts/{id}/"), s("project:write", &[204])),
+        (
+            ("DELETE", "/api/0/alerts/{id}/"),
+            s("project:write", &[204]),
+        ),
         (("GET", "/api/0/users/"), s("org:admin", &[200])),
         (("POST", "/api/0/users/"), s("org:admin", &[201])),
         (("PUT", "/api/0/users/{id}/"), s("org:admin", &[200])),
-        (("POST", "/api/0/users/{id}/invite/"), s("org:admin", &[201])),
+        (
+            ("POST", "/api/0/users/{id}/invite/"),
+            s("org:admin", &[201]),
+        ),
         (("GET", "/api/0/audit/"), s("org:admin", &[200])),
         (("PUT", "/api/0/user/password/"), s("", &[204])),
         (("GET", "/api/0/tokens/"), s("", &[200])),
@@ -241,7 +271,10 @@ fn specs() -> HashMap<(&'static str, &'static str), Spec> {
             s("debugfiles:write", &[200, 400]),
         ),
         (
-            ("POST", "/api/0/projects/{pid}/{project}/files/difs/assemble/"),
+            (
+                "POST",
+                "/api/0/projects/{pid}/{project}/files/difs/assemble/",
+            ),
             s("debugfiles:write", &[200]),
         ),
         (
@@ -429,7 +462,10 @@ async fn every_route_with_every_role_and_token_scope() {
             if spec.scope.is_empty() || who.scopes.contains(&spec.scope) {
                 assert!(spec.ok.contains(&st), "{st}, wanted {:?}: {what}", spec.ok);
                 if st == 404 {
-                    assert!(got["detail"].as_str().unwrap().contains("no debug file"), "{what}");
+                    assert!(
+                        got["detail"].as_str().unwrap().contains("no debug file"),
+                        "{what}"
+                    );
                 }
             } else {
                 assert_eq!(st, 403, "{what}");
@@ -443,12 +479,19 @@ async fn every_route_with_every_role_and_token_scope() {
             if who.only_a && rule.need.target != errscope_collector::auth::Target::None {
                 let (path, body) = prepare(&s, who, key.0, rule.path, &fb, viewer_id).await;
                 let (st, got) = call(&s, who, key.0, &path, body).await;
-                assert_eq!(st, 404, "{} {path} as {} (project B): {got}", key.0, who.name);
+                assert_eq!(
+                    st, 404,
+                    "{} {path} as {} (project B): {got}",
+                    key.0, who.name
+                );
                 checked += 1;
             }
         }
     }
-    assert!(specs.len() == rules.len(), "the table has routes the router lost");
+    assert!(
+        specs.len() == rules.len(),
+        "the table has routes the router lost"
+    );
     // The projects list is filtered to memberships.
     let (_, list) = call(&s, &callers[1], "GET", "/api/0/projects/", None).await;
     let ids: Vec<i64> = list
@@ -459,7 +502,10 @@ async fn every_route_with_every_role_and_token_scope() {
         .collect();
     assert_eq!(ids, vec![1]);
     let (_, me) = call(&s, &callers[1], "GET", "/api/0/user/", None).await;
-    assert_eq!((me["username"].clone(), me["role"].clone()), (json!("mia"), json!("member")));
+    assert_eq!(
+        (me["username"].clone(), me["role"].clone()),
+        (json!("mia"), json!("member"))
+    );
     // A revoked token stops at once; its last use was noted.
     let (_, tokens) = call(&s, &admin(), "GET", "/api/0/tokens/", None).await;
     let t = tokens
@@ -471,8 +517,14 @@ async fn every_route_with_every_role_and_token_scope() {
         .clone();
     assert!(t["last_used"].is_i64(), "{t}");
     assert!(t.get("token").is_none() && t.get("hash").is_none(), "{t}");
-    let reader = callers.iter().find(|c| c.name.ends_with("project:read")).unwrap();
-    assert_eq!(call(&s, reader, "GET", "/api/0/projects/", None).await.0, 200);
+    let reader = callers
+        .iter()
+        .find(|c| c.name.ends_with("project:read"))
+        .unwrap();
+    assert_eq!(
+        call(&s, reader, "GET", "/api/0/projects/", None).await.0,
+        200
+    );
     let (st, _) = call(
         &s,
         &admin(),
@@ -482,7 +534,10 @@ async fn every_route_with_every_role_and_token_scope() {
     )
     .await;
     assert_eq!(st, 204);
-    assert_eq!(call(&s, reader, "GET", "/api/0/projects/", None).await.0, 401);
+    assert_eq!(
+        call(&s, reader, "GET", "/api/0/projects/", None).await.0,
+        401
+    );
     // The audit log saw it all.
     let (_, log) = call(&s, &admin(), "GET", "/api/0/audit/?limit=500", None).await;
     let actions: Vec<&str> = log["data"]
@@ -549,7 +604,10 @@ async fn wrong_passwords_from_one_and_from_twenty_addresses_are_throttled() {
         } else {
             assert_eq!(st, 429, "attempt {i}");
             let r = retry.expect("Retry-After");
-            assert!(r >= 1 && r >= last_retry, "Retry-After {r} after {last_retry}");
+            assert!(
+                r >= 1 && r >= last_retry,
+                "Retry-After {r} after {last_retry}"
+            );
             last_retry = r;
         }
         if i % 20 == 0 {
@@ -578,7 +636,10 @@ async fn wrong_passwords_from_one_and_from_twenty_addresses_are_throttled() {
     assert_eq!(throttled, 195, "all but the first 5 got 429");
     let fresh = client_from("127.0.0.40");
     let (st, retry) = login_from(&fresh, &s, "ann", "secret-pass-1").await;
-    assert_eq!(st, 429, "the right password from a new address, still throttled");
+    assert_eq!(
+        st, 429,
+        "the right password from a new address, still throttled"
+    );
     // An address trying many names is throttled too.
     let spray = client_from("127.0.0.41");
     for i in 0..5 {
@@ -651,7 +712,10 @@ async fn the_user_command_works_while_serving_and_disabling_ends_sessions() {
     let r = login(&s, "bob", "bobs-password").await;
     assert_eq!(r.status(), 204);
     let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set_cookie.contains("; Secure"), "https public URL: {set_cookie}");
+    assert!(
+        set_cookie.contains("; Secure"),
+        "https public URL: {set_cookie}"
+    );
     let bob = Who {
         name: "bob".into(),
         bearer: None,
@@ -663,7 +727,14 @@ async fn the_user_command_works_while_serving_and_disabling_ends_sessions() {
     };
     let (st, me) = call(&s, &bob, "GET", "/api/0/user/", None).await;
     assert_eq!((st, me["role"].clone()), (200, json!("viewer")));
-    let (st, _) = call(&s, &bob, "PUT", "/api/0/issues/1/", Some(json!({"status": "resolved"}))).await;
+    let (st, _) = call(
+        &s,
+        &bob,
+        "PUT",
+        "/api/0/issues/1/",
+        Some(json!({"status": "resolved"})),
+    )
+    .await;
     assert!(st == 403 || st == 404, "a viewer cannot resolve: {st}");
     let list = run(vec!["list".into()], None).await;
     assert!(list.contains("bob\tviewer\tactive"), "{list}");

@@ -46,10 +46,10 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
     });
     let key = {
         let projects = state.store.list_projects().await.unwrap();
@@ -68,7 +68,10 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
 
 impl Server {
     /// The data directory.
-    #[allow(dead_code, reason = "not every test binary runs the command-line tools")]
+    #[allow(
+        dead_code,
+        reason = "not every test binary runs the command-line tools"
+    )]
     pub(crate) fn data_dir(&self) -> &std::path::Path {
         self._dir.path()
     }
@@ -270,7 +273,10 @@ pub(crate) fn collector_command(data: &std::path::Path) -> tokio::process::Comma
 }
 
 /// [`collector_command`], blocking.
-#[allow(dead_code, reason = "not every test binary runs the command-line tools")]
+#[allow(
+    dead_code,
+    reason = "not every test binary runs the command-line tools"
+)]
 pub(crate) fn collector_command_blocking(data: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
     match errscope_testkit::store::database_for(data) {

@@ -12,9 +12,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::policy::{Routes, delete, get, post, put};
 use super::users::{self, UserError};
 use super::{AuthError, Caller, Scope, Scopes, TOKEN_PREFIX, Via, audit, new_secret, secret_hash};
-use super::policy::{Routes, delete, get, post, put};
 use super::{Need, Scope::OrgAdmin};
 use crate::state::AppState;
 use crate::store::{TokenRow, UserRow, UserUpdate};
@@ -37,36 +37,23 @@ pub fn routes(routes: Routes) -> Routes {
     routes
         .route(
             "/api/0/users/",
-            get(Need::org(OrgAdmin), list_users)
-                .post(Need::org(OrgAdmin), create_user),
+            get(Need::org(OrgAdmin), list_users).post(Need::org(OrgAdmin), create_user),
         )
-        .route(
-            "/api/0/users/{id}/",
-            put(Need::org(OrgAdmin), update_user),
-        )
+        .route("/api/0/users/{id}/", put(Need::org(OrgAdmin), update_user))
         .route(
             "/api/0/users/{id}/invite/",
             post(Need::org(OrgAdmin), reinvite),
         )
         .route("/api/0/audit/", get(Need::org(OrgAdmin), audit_log))
         .route("/api/0/user/", get(Need::SELF, whoami))
-        .route(
-            "/api/0/user/password/",
-            put(Need::SELF, change_password),
-        )
+        .route("/api/0/user/password/", put(Need::SELF, change_password))
         .route(
             "/api/0/tokens/",
             get(Need::SELF, list_tokens).post(Need::SELF, create_token),
         )
-        .route(
-            "/api/0/tokens/{id}/",
-            delete(Need::SELF, revoke_token),
-        )
+        .route("/api/0/tokens/{id}/", delete(Need::SELF, revoke_token))
         .route("/api/0/sessions/", get(Need::SELF, list_sessions))
-        .route(
-            "/api/0/sessions/{id}/",
-            delete(Need::SELF, revoke_session),
-        )
+        .route("/api/0/sessions/{id}/", delete(Need::SELF, revoke_session))
 }
 
 fn body<T: DeserializeOwned>(b: &Bytes, shape: &str) -> Result<T, AuthError> {
@@ -403,7 +390,9 @@ pub async fn create_token(
         scopes.push(scope);
     }
     if scopes.is_empty() {
-        return Err(AuthError::BadRequest("give a token at least one scope".into()));
+        return Err(AuthError::BadRequest(
+            "give a token at least one scope".into(),
+        ));
     }
     let name: String = n.name.trim().chars().take(128).collect();
     let secret = format!("{TOKEN_PREFIX}{}", new_secret());
@@ -412,7 +401,11 @@ pub async fn create_token(
         .insert_token(TokenRow {
             id: 0,
             user_id: c.user.id,
-            name: if name.is_empty() { "token".into() } else { name },
+            name: if name.is_empty() {
+                "token".into()
+            } else {
+                name
+            },
             scopes: Scopes::from(scopes).names().join(" "),
             hash: secret_hash(&secret),
             prefix: secret.chars().take(TOKEN_PREFIX.len() + 6).collect(),

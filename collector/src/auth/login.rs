@@ -126,7 +126,15 @@ pub async fn login(
         }
     };
     throttle::reset(store, &keys).await?;
-    audit(store, Some(&user.username), "login", &user.username, &address, "").await;
+    audit(
+        store,
+        Some(&user.username),
+        "login",
+        &user.username,
+        &address,
+        "",
+    )
+    .await;
     let agent = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
@@ -134,7 +142,12 @@ pub async fn login(
         .chars()
         .take(200)
         .collect::<String>();
-    start_session(&state, user.id, format!("{address} {agent}").trim().to_owned()).await
+    start_session(
+        &state,
+        user.id,
+        format!("{address} {agent}").trim().to_owned(),
+    )
+    .await
 }
 
 /// `POST /auth/logout`: ends the session of the cookie.

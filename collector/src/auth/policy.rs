@@ -99,7 +99,9 @@ pub struct Routes {
 
 impl std::fmt::Debug for Routes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Routes").field("rules", &self.rules).finish()
+        f.debug_struct("Routes")
+            .field("rules", &self.rules)
+            .finish()
     }
 }
 
@@ -281,10 +283,7 @@ async fn authorize(
         ))?;
     if matches!(caller.via, Via::Session(_))
         && !matches!(*method, Method::GET | Method::HEAD)
-        && headers
-            .get("x-errscope-request")
-            .map(|v| v.as_bytes())
-            != Some(b"1")
+        && headers.get("x-errscope-request").map(|v| v.as_bytes()) != Some(b"1")
     {
         return Err(AuthError::Forbidden(
             "requests authenticated by cookie must carry the header X-Errscope-Request: 1".into(),
@@ -323,7 +322,16 @@ async fn check(State(g): State<Guard>, mut req: Request, next: Next) -> Response
     let params = axum::RequestExt::extract_parts::<RawPathParams>(&mut req)
         .await
         .ok();
-    let (caller, need) = match authorize(&g, &method, &path, req.headers(), req.extensions(), params.as_ref()).await {
+    let (caller, need) = match authorize(
+        &g,
+        &method,
+        &path,
+        req.headers(),
+        req.extensions(),
+        params.as_ref(),
+    )
+    .await
+    {
         Ok(Some(found)) => found,
         Ok(None) => return next.run(req).await,
         Err(e) => return e.into_response(),

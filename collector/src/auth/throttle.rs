@@ -47,8 +47,7 @@ impl Policy {
         if r.blocked_until > now {
             r.failures += 1;
             // Each refused attempt adds to the wait, up to four windows from now.
-            r.blocked_until =
-                (r.blocked_until + self.grow(r.failures)).min(now + self.cap());
+            r.blocked_until = (r.blocked_until + self.grow(r.failures)).min(now + self.cap());
             return r;
         }
         if now - r.window_start >= self.window {

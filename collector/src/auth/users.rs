@@ -31,9 +31,7 @@ pub fn check_username(name: &str) -> Result<String, UserError> {
     let n = name.trim();
     if n.is_empty()
         || n.chars().count() > 64
-        || !n
-            .chars()
-            .all(|c| c.is_alphanumeric() || "._-@".contains(c))
+        || !n.chars().all(|c| c.is_alphanumeric() || "._-@".contains(c))
     {
         return Err(UserError::Invalid(
             "username must be 1 to 64 letters, digits, `.`, `_`, `-` or `@`".into(),
@@ -158,7 +156,11 @@ pub async fn keep_an_owner(
 }
 
 /// Changes a user (disabling ends their sessions at once), keeping an owner.
-pub async fn update(store: &dyn Store, user: &UserRow, update: UserUpdate) -> Result<(), UserError> {
+pub async fn update(
+    store: &dyn Store,
+    user: &UserRow,
+    update: UserUpdate,
+) -> Result<(), UserError> {
     if let Some(r) = &update.role {
         check_role(r)?;
     }

@@ -129,7 +129,10 @@ fn invite_row(r: &Row) -> InviteRow {
 pub(super) async fn users(s: &PgStore) -> Result<Vec<UserRow>, StoreError> {
     let c = s.conn().await?;
     let rows = c
-        .query(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"), &[])
+        .query(
+            &format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"),
+            &[],
+        )
         .await?;
     Ok(rows.iter().map(user_row).collect())
 }
@@ -137,7 +140,10 @@ pub(super) async fn users(s: &PgStore) -> Result<Vec<UserRow>, StoreError> {
 pub(super) async fn user(s: &PgStore, id: i64) -> Result<Option<UserRow>, StoreError> {
     let c = s.conn().await?;
     let r = c
-        .query_opt(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"), &[&id])
+        .query_opt(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+            &[&id],
+        )
         .await?;
     Ok(r.as_ref().map(user_row))
 }
@@ -305,8 +311,11 @@ pub(super) async fn touch_token(s: &PgStore, id: i64, now: i64) -> Result<(), St
 
 pub(super) async fn insert_user_session(s: &PgStore, r: SessionRow) -> Result<(), StoreError> {
     let c = s.conn().await?;
-    c.execute("DELETE FROM user_sessions WHERE expires <= $1", &[&r.created])
-        .await?;
+    c.execute(
+        "DELETE FROM user_sessions WHERE expires <= $1",
+        &[&r.created],
+    )
+    .await?;
     c.execute(
         "INSERT INTO user_sessions (user_id, hash, created, last_seen, expires, client)
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -563,17 +572,19 @@ mod tests {
             .await
             .unwrap()
             .expect("inserted");
-        assert!(s.insert_user(crate::store::NewUser {
-            username: "ann".into(),
-            display_name: "x".into(),
-            email: None,
-            role: "viewer".into(),
-            password_hash: None,
-            created: 1,
-        })
-        .await
-        .unwrap()
-        .is_none());
+        assert!(
+            s.insert_user(crate::store::NewUser {
+                username: "ann".into(),
+                display_name: "x".into(),
+                email: None,
+                role: "viewer".into(),
+                password_hash: None,
+                created: 1,
+            })
+            .await
+            .unwrap()
+            .is_none()
+        );
         s.set_memberships(u.id, vec![3, 1]).await.unwrap();
         assert_eq!(s.memberships(u.id).await.unwrap(), vec![1, 3]);
         s.insert_user_session(crate::store::SessionRow {
@@ -589,25 +600,51 @@ mod tests {
         .unwrap();
         assert!(s.user_session("h", 50).await.unwrap().is_some());
         assert!(s.user_session("h", 150).await.unwrap().is_none());
-        s.update_user(u.id, UserUpdate { disabled: Some(true), ..Default::default() })
-            .await
-            .unwrap();
+        s.update_user(
+            u.id,
+            UserUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         assert!(s.user_session("h", 50).await.unwrap().is_none());
-        s.insert_invite(crate::store::InviteRow { hash: "i".into(), user_id: u.id, created: 1, expires: 100 })
-            .await
-            .unwrap();
+        s.insert_invite(crate::store::InviteRow {
+            hash: "i".into(),
+            user_id: u.id,
+            created: 1,
+            expires: 100,
+        })
+        .await
+        .unwrap();
         assert!(s.accept_invite("i", "pw", 50).await.unwrap().is_some());
         assert!(s.accept_invite("i", "pw", 50).await.unwrap().is_none());
         let t = s
-            .throttle("k", Box::new(|old| {
-                assert!(old.is_none());
-                Some(ThrottleRow { window_start: 1, failures: 1, blocked_until: 0 })
-            }))
+            .throttle(
+                "k",
+                Box::new(|old| {
+                    assert!(old.is_none());
+                    Some(ThrottleRow {
+                        window_start: 1,
+                        failures: 1,
+                        blocked_until: 0,
+                    })
+                }),
+            )
             .await
             .unwrap();
         assert_eq!(t.map(|t| t.failures), Some(1));
         let t = s
-            .throttle("k", Box::new(|old| old.map(|o| ThrottleRow { failures: o.failures + 1, ..o })))
+            .throttle(
+                "k",
+                Box::new(|old| {
+                    old.map(|o| ThrottleRow {
+                        failures: o.failures + 1,
+                        ..o
+                    })
+                }),
+            )
             .await
             .unwrap();
         assert_eq!(t.map(|t| t.failures), Some(2));

@@ -29,13 +29,13 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
+    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
+    UserUpdate,
+};
+use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
     IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
     StoreError, TagValue, Waiting, WaitingEvent, redact_url,
-};
-use crate::store::{
-    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
-    UserUpdate,
 };
 
 /// Connections each collector keeps to the database at most.
@@ -255,7 +255,12 @@ impl Store for PgStore {
         access::user_session(self, hash, now).await
     }
 
-    async fn touch_user_session(&self, id: i64, last_seen: i64, expires: i64) -> Result<(), StoreError> {
+    async fn touch_user_session(
+        &self,
+        id: i64,
+        last_seen: i64,
+        expires: i64,
+    ) -> Result<(), StoreError> {
         access::touch_user_session(self, id, last_seen, expires).await
     }
 
@@ -279,7 +284,12 @@ impl Store for PgStore {
         access::invite(self, hash, now).await
     }
 
-    async fn accept_invite(&self, hash: &str, password_hash: &str, now: i64) -> Result<Option<InviteRow>, StoreError> {
+    async fn accept_invite(
+        &self,
+        hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Option<InviteRow>, StoreError> {
         access::accept_invite(self, hash, password_hash, now).await
     }
 

@@ -128,7 +128,11 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditRow> {
     })
 }
 
-fn user_where(c: &Connection, clause: &str, p: &dyn rusqlite::ToSql) -> Result<Option<UserRow>, StoreError> {
+fn user_where(
+    c: &Connection,
+    clause: &str,
+    p: &dyn rusqlite::ToSql,
+) -> Result<Option<UserRow>, StoreError> {
     Ok(c.query_row(
         &format!("SELECT {USER_COLUMNS} FROM users WHERE {clause}"),
         [p],
@@ -141,7 +145,8 @@ impl SqliteStore {
     pub(super) async fn a_users(&self) -> Result<Vec<UserRow>, StoreError> {
         self.reads
             .run(|c| {
-                let mut st = c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))?;
+                let mut st =
+                    c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users ORDER BY id"))?;
                 Ok(st.query_map([], user_row)?.collect::<Result<Vec<_>, _>>()?)
             })
             .await
@@ -309,7 +314,14 @@ impl SqliteStore {
                 tx.execute(
                     "INSERT INTO user_sessions (user_id, hash, created, last_seen, expires, client)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![s.user_id, s.hash, s.created, s.last_seen, s.expires, s.client],
+                    params![
+                        s.user_id,
+                        s.hash,
+                        s.created,
+                        s.last_seen,
+                        s.expires,
+                        s.client
+                    ],
                 )?;
                 Ok(())
             })
@@ -411,7 +423,11 @@ impl SqliteStore {
             .await
     }
 
-    pub(super) async fn a_invite(&self, hash: &str, now: i64) -> Result<Option<InviteRow>, StoreError> {
+    pub(super) async fn a_invite(
+        &self,
+        hash: &str,
+        now: i64,
+    ) -> Result<Option<InviteRow>, StoreError> {
         let h = hash.to_owned();
         self.reads
             .run(move |c| {

@@ -17,13 +17,13 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
+    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
+    UserUpdate,
+};
+use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
     IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
     StoreError, TagValue, Waiting, WaitingEvent,
-};
-use crate::store::{
-    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
-    UserUpdate,
 };
 
 /// The embedded SQLite database under `--data`.
@@ -596,7 +596,12 @@ impl Store for SqliteStore {
         self.a_user_session(hash, now).await
     }
 
-    async fn touch_user_session(&self, id: i64, last_seen: i64, expires: i64) -> Result<(), StoreError> {
+    async fn touch_user_session(
+        &self,
+        id: i64,
+        last_seen: i64,
+        expires: i64,
+    ) -> Result<(), StoreError> {
         self.a_touch_user_session(id, last_seen, expires).await
     }
 
@@ -620,7 +625,12 @@ impl Store for SqliteStore {
         self.a_invite(hash, now).await
     }
 
-    async fn accept_invite(&self, hash: &str, password_hash: &str, now: i64) -> Result<Option<InviteRow>, StoreError> {
+    async fn accept_invite(
+        &self,
+        hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Option<InviteRow>, StoreError> {
         self.a_accept_invite(hash, password_hash, now).await
     }
 
