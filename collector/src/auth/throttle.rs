@@ -74,12 +74,15 @@ impl Policy {
     }
 }
 
-/// The keys an attempt counts against.
-pub fn keys(username: &str, address: &str) -> [String; 2] {
-    [
-        format!("user:{}", username.trim().to_lowercase()),
-        format!("addr:{address}"),
-    ]
+/// The keys an attempt counts against: the username, and the client's address when the
+/// server knows it (an embedder serving without `ConnectInfo` gets the username's only,
+/// rather than one count shared by every client).
+pub fn keys(username: &str, address: &str) -> Vec<String> {
+    let mut keys = vec![format!("user:{}", username.trim().to_lowercase())];
+    if address != "unknown" {
+        keys.push(format!("addr:{address}"));
+    }
+    keys
 }
 
 /// Counts an attempt on every key; `Some(seconds)` to wait if any refuses it.
