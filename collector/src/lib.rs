@@ -22,7 +22,9 @@
 //! - [`symbolicate`]: server-side symbolication from debug files, source context;
 //! - [`store`]: the storage seam (one trait) and its backends: embedded SQLite (schema,
 //!   group-commit writer thread, read queries) and PostgreSQL;
-//! - [`api`]: the dashboard's JSON API and session;
+//! - [`api`]: the dashboard's JSON API;
+//! - [`auth`]: users, roles, project membership, scoped tokens, sessions, login
+//!   throttling, invites, the audit log, and the permission check of every API route;
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
 //! - [`alerts`]: alert rules, their decision on ingest and their background delivery;
 //! - [`dashboard`]: the embedded web UI;
@@ -34,6 +36,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod auth;
 pub mod budget;
 pub mod dashboard;
 pub mod difs;
@@ -75,6 +78,79 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+/// The `/api/0/` routes, each with the scope and project it needs (see
+/// [`auth::policy`]); [`app`] serves them, the tests walk them.
+pub fn api_routes() -> auth::Routes {
+    use auth::Scope::{OrgAdmin, ProjectRead, ProjectWrite};
+    use auth::policy::{get, post};
+    use auth::{Need, Target};
+    let pid = Target::Project("pid");
+    let issue = Target::Issue("id");
+    let rule = Target::Rule("id");
+    let read = |t| Need::on(ProjectRead, t);
+    let write = |t| Need::on(ProjectWrite, t);
+    let routes = auth::Routes::new()
+        .route("/api/0/session/", get(Need::SELF, auth::api::session_info))
+        .route(
+            "/api/0/projects/",
+            get(Need::org(ProjectRead), api::list_projects).post(
+                Need::org(OrgAdmin).audited("project.create"),
+                api::create_project,
+            ),
+        )
+        .route("/api/0/projects/{pid}/", get(read(pid), api::get_project))
+        .route(
+            "/api/0/projects/{pid}/stats/",
+            get(read(pid), api::project_stats),
+        )
+        .route(
+            "/api/0/projects/{pid}/classes/",
+            get(read(pid), api::classes),
+        )
+        .route(
+            "/api/0/projects/{pid}/issues/",
+            get(read(pid), api::list_issues),
+        )
+        .route(
+            "/api/0/projects/{pid}/events/{event_id}/",
+            get(read(pid), api::get_event),
+        )
+        .route(
+            "/api/0/projects/{pid}/tags/{key}/values/",
+            get(read(pid), api::tag_values),
+        )
+        .route(
+            "/api/0/issues/{id}/",
+            get(read(issue), api::get_issue)
+                .put(write(issue).audited("issue.status"), api::update_issue),
+        )
+        .route(
+            "/api/0/issues/{id}/events/",
+            get(read(issue), api::issue_events),
+        )
+        .route(
+            "/api/0/projects/{pid}/alerts/",
+            get(read(pid), alerts::api::list_rules)
+                .post(write(pid).audited("rule.create"), alerts::api::create_rule),
+        )
+        .route(
+            "/api/0/alerts/{id}/test/",
+            post(write(rule), alerts::api::test_rule),
+        )
+        .route(
+            "/api/0/alerts/{id}/deliveries/",
+            get(read(rule), alerts::api::deliveries),
+        )
+        .route(
+            "/api/0/alerts/{id}/",
+            get(read(rule), alerts::api::get_rule)
+                .put(write(rule).audited("rule.update"), alerts::api::update_rule)
+                .delete(write(rule).audited("rule.delete"), alerts::api::delete_rule),
+        );
+    let routes = auth::api::routes(routes);
+    difs::api::routes(routes)
+}
+
 /// The collector's HTTP routes.
 pub fn app(state: AppState) -> Router {
     let ingest = Router::new()
@@ -95,58 +171,21 @@ pub fn app(state: AppState) -> Router {
             post(ingest::store_handler).options(ingest::preflight),
         )
         .layer(axum::middleware::map_response(ingest::ingest_headers));
-    let api = Router::new()
-        .route("/api/0/session/", get(api::session_info))
-        .route(
-            "/api/0/projects/",
-            get(api::list_projects).post(api::create_project),
-        )
-        .route("/api/0/projects/{pid}/", get(api::get_project))
-        .route("/api/0/projects/{pid}/stats/", get(api::project_stats))
-        .route("/api/0/projects/{pid}/classes/", get(api::classes))
-        .route("/api/0/projects/{pid}/issues/", get(api::list_issues))
-        .route(
-            "/api/0/projects/{pid}/events/{event_id}/",
-            get(api::get_event),
-        )
-        .route(
-            "/api/0/projects/{pid}/tags/{key}/values/",
-            get(api::tag_values),
-        )
-        .route(
-            "/api/0/issues/{id}/",
-            get(api::get_issue).put(api::update_issue),
-        )
-        .route("/api/0/issues/{id}/events/", get(api::issue_events))
-        .merge(difs::api::routes())
-        .route(
-            "/api/0/projects/{pid}/alerts/",
-            get(alerts::api::list_rules).post(alerts::api::create_rule),
-        )
-        .route("/api/0/alerts/{id}/test/", post(alerts::api::test_rule))
-        .route(
-            "/api/0/alerts/{id}/deliveries/",
-            get(alerts::api::deliveries),
-        )
-        .route(
-            "/api/0/alerts/{id}/",
-            get(alerts::api::get_rule)
-                .put(alerts::api::update_rule)
-                .delete(alerts::api::delete_rule),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            api::require_auth,
-        ));
+    let api = api_routes().finish(state.clone());
     Router::new()
         .merge(ingest)
         .merge(api)
         // Unauthenticated, outside the ingestion budget: a login body is a few bytes.
         .route(
             "/auth/login",
-            post(api::login).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+            post(auth::login::login).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
         )
-        .route("/auth/logout", post(api::logout))
+        .route("/auth/logout", post(auth::login::logout))
+        .route(
+            "/auth/invite/",
+            post(auth::login::accept_invite).layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+        )
+        .route("/auth/invite/{token}", get(auth::login::invite_info))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/", get(dashboard::root))

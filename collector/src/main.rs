@@ -1,4 +1,4 @@
-//! The `errscope-collector` binary: `serve`, `project create` and `debug-files`.
+//! The `errscope-collector` binary: `serve`, `project create`, `user` and `debug-files`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use errscope_collector::store::Retention;
 use errscope_collector::{Config, app, serve, start, state};
 
 mod difs_cli;
+mod users_cli;
 
 #[derive(Parser)]
 #[command(
@@ -81,6 +82,14 @@ enum Command {
         #[arg(long, env = "ERRSCOPE_DIFS_MAX_MB", default_value_t = 2048,
               value_parser = clap::value_parser!(u64).range(1..))]
         difs_max_mb: u64,
+        /// Minutes a dashboard session lasts without a request.
+        #[arg(long, env = "ERRSCOPE_SESSION_IDLE_MINUTES", default_value_t = 1440,
+              value_parser = clap::value_parser!(u64).range(1..=43_200))]
+        session_idle_minutes: u64,
+        /// The login throttle's window in seconds (5 failures in it); for tests.
+        #[arg(long, env = "ERRSCOPE_LOGIN_WINDOW_SECS", default_value_t = 900, hide = true,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        login_window_secs: u64,
     },
     /// Upload, list and delete debug files (also while `serve` runs on the same data).
     /// Copy an SQLite installation into an empty PostgreSQL database (stop `serve` first).
@@ -100,6 +109,11 @@ enum Command {
     Project {
         #[command(subcommand)]
         command: ProjectCommand,
+    },
+    /// Manage users (the first owner, lost passwords), also while `serve` runs.
+    User {
+        #[command(subcommand)]
+        command: users_cli::UserCommand,
     },
 }
 
@@ -184,6 +198,7 @@ fn env_secret(name: &str) -> Option<String> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::DebugFiles { command } => difs_cli::run(command),
+        Command::User { command } => users_cli::run(command),
         Command::Migrate { from_sqlite, to } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -253,6 +268,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             dedup_max_ids,
             difs_max_mb,
+            session_idle_minutes,
+            login_window_secs,
             alerts,
         } => {
             let max_connections = connection_cap(max_connections as usize);
@@ -291,6 +308,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.body_timeout = Duration::from_secs(body_timeout_secs);
                 config.difs_max_bytes = difs_max_mb.saturating_mul(1 << 20);
                 config.alerts = alerts;
+                config.access.session_idle = Duration::from_secs(session_idle_minutes * 60);
+                config.access.login_window = Duration::from_secs(login_window_secs);
                 config.admin_token = env_secret("ERRSCOPE_ADMIN_TOKEN");
                 config.admin_password = env_secret("ERRSCOPE_ADMIN_PASSWORD");
                 let started = start(config).await.context("opening the database")?;

@@ -82,9 +82,9 @@ pub async fn serve_with(
                 () = &mut shutdown => break 'accept,
             }
         }
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -102,7 +102,10 @@ pub async fn serve_with(
             conns: Arc::clone(&conns),
             id,
         };
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            // The client's address for login throttling (forwarded headers are not trusted).
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let busy = slot.busy();
             let fut = hyper::service::Service::call(&svc, req);
             async move {

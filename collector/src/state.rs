@@ -1,4 +1,4 @@
-//! Shared state: configuration, the store handles, credentials, sessions, key cache.
+//! Shared state: configuration, the store handles, the admin credentials, key cache.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -53,6 +53,8 @@ pub struct Config {
     pub debug_files: Option<Arc<dyn DebugFileLookup>>,
     /// Bounds of the symbolication caches.
     pub symbolication: Limits,
+    /// Teams and access: session idle time, login throttling.
+    pub access: crate::auth::AccessConfig,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ impl Config {
             alerts: crate::alerts::AlertConfig::default(),
             debug_files: None,
             symbolication: Limits::default(),
+            access: crate::auth::AccessConfig::default(),
         }
     }
 }
@@ -118,9 +121,7 @@ pub struct Inner {
     pub symbolicator: Arc<Symbolicator>,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
-    password_hash: RwLock<String>,
     verified: Mutex<Vec<String>>,
-    sessions: Mutex<HashMap<String, i64>>,
     rate: Mutex<HashMap<i64, (i64, u64)>>,
     /// One argon2 verification at a time: wrong tokens or passwords cannot take more
     /// than one core, nor the blocking threads reads need.
@@ -138,8 +139,6 @@ pub struct Started {
     pub first_start: bool,
 }
 
-const SESSION_TTL_MS: i64 = 7 * 24 * 3_600_000;
-const MAX_SESSIONS: usize = 10_000;
 /// The dashboard user's name.
 pub const ADMIN_USER: &str = "admin";
 
@@ -170,15 +169,6 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
-}
-
-/// What the database keeps of a session id: its BLAKE2s-256 digest, hex.
-fn session_key(id: &str) -> String {
-    use blake2::Digest;
-    blake2::Blake2s256::digest(id.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -244,6 +234,8 @@ pub async fn start(config: Config) -> Result<Started, StoreError> {
     }
     let token_hash = hashes.pop().unwrap_or_default();
     let password_hash = hashes.pop().unwrap_or_default();
+    // The admin login is the first owner (on upgrade, and on a fresh start).
+    crate::auth::bootstrap_owner(&*store, &password_hash, config.admin_password.is_some()).await?;
     let keys = store
         .list_projects()
         .await?
@@ -275,9 +267,7 @@ pub async fn start(config: Config) -> Result<Started, StoreError> {
         difs,
         keys: RwLock::new(keys),
         token_hash: RwLock::new(token_hash),
-        password_hash: RwLock::new(password_hash),
         verified: Mutex::new(verified),
-        sessions: Mutex::new(HashMap::new()),
         rate: Mutex::new(HashMap::new()),
         hashing: tokio::sync::Semaphore::new(1),
     };
@@ -398,76 +388,29 @@ impl Inner {
         ok
     }
 
-    /// Whether `password` is the admin password.
-    pub async fn check_password(&self, password: &str) -> bool {
-        let hash = self
-            .password_hash
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let p = password.to_owned();
-        let Ok(_permit) = self.hashing.acquire().await else {
-            return false;
+    /// Checks a secret against an argon2 hash, one verification at a time over all
+    /// callers; `None` if the verifications waiting took longer than 10 s (busy).
+    pub async fn argon2_verify(&self, secret: &str, hash: &str) -> Option<bool> {
+        let permit = tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
+        let Ok(Ok(_permit)) = permit else {
+            return None;
         };
-        tokio::task::spawn_blocking(move || verify_secret(&p, &hash))
+        let (s, h) = (secret.to_owned(), hash.to_owned());
+        tokio::task::spawn_blocking(move || verify_secret(&s, &h))
             .await
-            .unwrap_or(false)
+            .ok()
     }
 
-    /// Starts a dashboard session and stores it (hashed); returns its id.
-    pub async fn new_session(&self) -> Result<String, StoreError> {
-        let id = format!("{}{}", random_secret(), random_secret());
-        let now = now_ms();
-        let expires = now + SESSION_TTL_MS;
-        let key = session_key(&id);
-        self.store.insert_session(&key, expires, now).await?;
-        self.remember_session(&id, expires);
-        Ok(id)
-    }
-
-    fn remember_session(&self, id: &str, expires: i64) {
-        let now = now_ms();
-        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        s.retain(|_, exp| *exp > now);
-        if s.len() >= MAX_SESSIONS
-            && let Some(oldest) = s.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone())
-        {
-            s.remove(&oldest);
-        }
-        s.insert(id.to_owned(), expires);
-    }
-
-    /// Whether a session id is live (memory first, then the database, so sessions
-    /// survive a restart).
-    pub async fn session_valid(&self, id: &str) -> bool {
-        let now = now_ms();
-        if let Some(exp) = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-        {
-            return *exp > now;
-        }
-        let key = session_key(id);
-        let found = self.store.session_expires(&key).await;
-        match found {
-            Ok(Some(exp)) if exp > now => {
-                self.remember_session(id, exp);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Ends a session.
-    pub async fn end_session(&self, id: &str) -> Result<(), StoreError> {
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        let key = session_key(id);
-        self.store.delete_session(&key).await
+    /// Hashes a secret with argon2id, sharing [`Inner::argon2_verify`]'s bound.
+    pub async fn argon2_hash(&self, secret: &str) -> Result<String, StoreError> {
+        let permit = tokio::time::timeout(Duration::from_secs(10), self.hashing.acquire()).await;
+        let Ok(Ok(_permit)) = permit else {
+            return Err(StoreError::Unavailable("password hashing is busy".into()));
+        };
+        let s = secret.to_owned();
+        tokio::task::spawn_blocking(move || hash_secret(&s))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Counts `n` events against the project's per-minute limit. Returns the seconds to

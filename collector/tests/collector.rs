@@ -1,5 +1,6 @@
 //! End-to-end tests: a real collector on 127.0.0.1:0 and a real HTTP client.
 
+mod access;
 mod alerts;
 mod symbolication;
 mod util;

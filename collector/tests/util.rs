@@ -41,12 +41,15 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let router = app(state.clone());
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
     });
     let key = {
         let projects = state.store.list_projects().await.unwrap();
@@ -64,6 +67,15 @@ pub(crate) async fn server_with(tweak: impl FnOnce(&mut Config)) -> Server {
 }
 
 impl Server {
+    /// The data directory.
+    #[allow(
+        dead_code,
+        reason = "not every test binary runs the command-line tools"
+    )]
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     pub(crate) fn auth(&self) -> String {
         format!(
             "Sentry sentry_version=7, sentry_key={}, sentry_client=test/1.0",

@@ -36,11 +36,15 @@ async fn project(state: &AppState, raw: &str) -> Result<ProjectRow, ApiError> {
         .ok_or(ApiError::NotFound("no such project"))
 }
 
-/// `GET /api/0/projects/`.
-pub async fn list_projects(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// `GET /api/0/projects/`: the projects the caller sees.
+pub async fn list_projects(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Result<Response, ApiError> {
     let all = state.store.list_projects().await?;
     Ok(Json(
         all.iter()
+            .filter(|p| caller.sees(p.id))
             .map(|p| project_json(&state, p))
             .collect::<Vec<_>>(),
     )

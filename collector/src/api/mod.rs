@@ -1,14 +1,12 @@
-//! The JSON API the dashboard uses (`/api/0/...`) and the dashboard session (`/auth/...`).
+//! The JSON API the dashboard uses (`/api/0/...`): projects, issues, events, tags.
 //!
-//! Every `/api/0/` request needs `Authorization: Bearer <admin token>` or the session
-//! cookie; with the cookie, a request that is not `GET`/`HEAD` must also carry
-//! `X-Errscope-Request: 1`, which a cross-site form cannot set.
+//! Who may call each route (a bearer token or the session cookie, its scopes and project
+//! memberships) is checked before the handler by [`crate::auth::policy`].
 
 mod handlers;
-mod session;
 
+pub use crate::auth::SESSION_COOKIE;
 pub use handlers::*;
-pub use session::{SESSION_COOKIE, login, logout, require_auth, session_info};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -5,18 +5,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
 
 use axum::Json;
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha1::Digest as _;
 
 use super::chunks::is_sha1;
 use super::{DifError, Difs, hex};
+use crate::auth::policy::{get, post};
+use crate::auth::{Need, Routes, Target};
 use crate::state::AppState;
 use crate::store::{DifRow, StoreError};
 use crate::time::rfc3339;
@@ -96,26 +96,32 @@ impl IntoResponse for DifApiError {
     }
 }
 
-/// The routes, to merge into the authenticated `/api/0/` router. (The org segment is
-/// named `pid` because the router needs one name per position under `/projects/`.)
-pub fn routes() -> Router<AppState> {
-    Router::new()
+/// Adds the routes to the authenticated `/api/0/` ones, with what each needs: uploads
+/// `debugfiles:write`, listing `project:read`, deleting `project:admin`. (The org segment
+/// is named `pid` because the router needs one name per position under `/projects/`.)
+pub fn routes(routes: Routes) -> Routes {
+    use crate::auth::Scope::{DebugFilesWrite, ProjectAdmin, ProjectRead};
+    let project = Target::ProjectRef("project");
+    routes
         .route(
             "/api/0/organizations/{org}/chunk-upload/",
-            get(chunk_options)
-                .post(upload_chunks)
-                .layer(DefaultBodyLimit::max(MAX_REQUEST_SIZE)),
+            get(Need::org(DebugFilesWrite), chunk_options)
+                .post(Need::org(DebugFilesWrite), upload_chunks)
+                .limit(MAX_REQUEST_SIZE),
         )
         .route(
             "/api/0/projects/{pid}/{project}/files/difs/assemble/",
-            post(assemble),
+            post(Need::on(DebugFilesWrite, project), assemble),
         )
         .route(
             "/api/0/projects/{pid}/{project}/files/dsyms/",
-            get(list)
-                .delete(delete)
-                .post(upload_multipart)
-                .layer(DefaultBodyLimit::max(MAX_FILE_SIZE as usize)),
+            get(Need::on(ProjectRead, project), list)
+                .delete(
+                    Need::on(ProjectAdmin, project).audited("debugfile.delete"),
+                    delete_file,
+                )
+                .post(Need::on(DebugFilesWrite, project), upload_multipart)
+                .limit(MAX_FILE_SIZE as usize),
         )
 }
 
@@ -495,7 +501,7 @@ async fn list(
 }
 
 /// `DELETE /api/0/projects/{org}/{project}/files/dsyms/?id=<id>`.
-async fn delete(
+async fn delete_file(
     State(state): State<AppState>,
     Path((_org, project)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,

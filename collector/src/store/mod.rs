@@ -4,6 +4,7 @@
 //! Callers hold an `Arc<dyn Store>` and never see SQL. Each backend keeps the same
 //! bounds (`model.rs`): samples per issue, the dedup window, tag values, the alert queue.
 
+pub mod accounts;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
+pub use accounts::*;
 pub use model::*;
 
 use crate::alerts::Alerts;
@@ -292,6 +294,71 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Finishes the writes queued so far and stops; later writes fail.
     async fn close(&self);
+
+    // --- teams and access (issue 16): users, memberships, tokens, sessions, invites, ----
+    // --- login throttling, the audit log ---------------------------------------------
+
+    /// Every user, by id.
+    async fn users(&self) -> Result<Vec<UserRow>, StoreError>;
+    /// One user by id.
+    async fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError>;
+    /// One user by login name.
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError>;
+    /// Adds a user; `None` if the name is taken.
+    async fn insert_user(&self, user: NewUser) -> Result<Option<UserRow>, StoreError>;
+    /// Changes a user; disabling ends their sessions in the same transaction. Whether the
+    /// user exists.
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError>;
+    /// The projects a user belongs to.
+    async fn memberships(&self, user_id: i64) -> Result<Vec<i64>, StoreError>;
+    /// Replaces the projects a user belongs to.
+    async fn set_memberships(&self, user_id: i64, projects: Vec<i64>) -> Result<(), StoreError>;
+    /// Stores a token (its `id` is assigned) and returns it.
+    async fn insert_token(&self, token: TokenRow) -> Result<TokenRow, StoreError>;
+    /// The token with this hash.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError>;
+    /// A user's tokens, by id.
+    async fn user_tokens(&self, user_id: i64) -> Result<Vec<TokenRow>, StoreError>;
+    /// Revokes one of a user's tokens; whether it existed.
+    async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError>;
+    /// Notes a token's last use.
+    async fn touch_token(&self, id: i64, now: i64) -> Result<(), StoreError>;
+    /// Stores a session (its `id` is assigned), dropping expired ones.
+    async fn insert_user_session(&self, session: SessionRow) -> Result<(), StoreError>;
+    /// The session with this hash, if it has not expired at `now`.
+    async fn user_session(&self, hash: &str, now: i64) -> Result<Option<SessionRow>, StoreError>;
+    /// Notes a session's use and pushes its expiry.
+    async fn touch_user_session(
+        &self,
+        id: i64,
+        last_seen: i64,
+        expires: i64,
+    ) -> Result<(), StoreError>;
+    /// A user's live sessions, by id.
+    async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<SessionRow>, StoreError>;
+    /// Ends one of a user's sessions; whether it existed.
+    async fn delete_user_session(&self, user_id: i64, id: i64) -> Result<bool, StoreError>;
+    /// Ends the session with this hash (logout).
+    async fn delete_user_session_by_hash(&self, hash: &str) -> Result<(), StoreError>;
+    /// Stores an invite, replacing the user's earlier ones.
+    async fn insert_invite(&self, invite: InviteRow) -> Result<(), StoreError>;
+    /// The invite with this hash if it has not expired at `now`.
+    async fn invite(&self, hash: &str, now: i64) -> Result<Option<InviteRow>, StoreError>;
+    /// Uses an invite up: removes it and, if it had not expired, sets its user's password
+    /// (one transaction). The invite if it was used now.
+    async fn accept_invite(
+        &self,
+        hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Option<InviteRow>, StoreError>;
+    /// Changes the throttle window of `key` with `f`, atomically (among all collectors
+    /// on the database); the new row.
+    async fn throttle(&self, key: &str, f: ThrottleFn) -> Result<Option<ThrottleRow>, StoreError>;
+    /// Appends to the audit log, dropping entries beyond the newest `keep`.
+    async fn insert_audit(&self, entry: AuditRow, keep: i64) -> Result<(), StoreError>;
+    /// The newest audit entries with an id below `before`.
+    async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
 }
 
 /// A database URL fit for messages and logs: its password replaced by `***`.

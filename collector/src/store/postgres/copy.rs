@@ -208,6 +208,76 @@ const TABLES: &[Table] = {
             ],
             true,
         ),
+        // Teams and access (store/*/access.rs); login throttle windows are not copied.
+        (
+            "users",
+            &[
+                ("id", Int),
+                ("username", Text),
+                ("display_name", Text),
+                ("email", Text),
+                ("role", Text),
+                ("disabled", Bool),
+                ("password_hash", Text),
+                ("created", Int),
+            ],
+            true,
+        ),
+        (
+            "memberships",
+            &[("user_id", Int), ("project_id", Int)],
+            false,
+        ),
+        (
+            "api_tokens",
+            &[
+                ("id", Int),
+                ("user_id", Int),
+                ("name", Text),
+                ("scopes", Text),
+                ("hash", Text),
+                ("prefix", Text),
+                ("created", Int),
+                ("last_used", Int),
+            ],
+            true,
+        ),
+        (
+            "user_sessions",
+            &[
+                ("id", Int),
+                ("user_id", Int),
+                ("hash", Text),
+                ("created", Int),
+                ("last_seen", Int),
+                ("expires", Int),
+                ("client", Text),
+            ],
+            true,
+        ),
+        (
+            "invites",
+            &[
+                ("hash", Text),
+                ("user_id", Int),
+                ("created", Int),
+                ("expires", Int),
+            ],
+            false,
+        ),
+        (
+            "audit_log",
+            &[
+                ("id", Int),
+                ("at", Int),
+                ("actor", Text),
+                ("action", Text),
+                ("target", Text),
+                ("address", Text),
+                ("detail", Text),
+            ],
+            true,
+        ),
     ]
 };
 

@@ -5,6 +5,7 @@
 //! `ingest.rs` writes events (exact under retries to several nodes), `reads.rs` answers
 //! the API, `alerts.rs`, `difs.rs` and `symbolication.rs` the rest of the seam.
 
+mod access;
 mod alerts;
 mod basics;
 pub mod copy;
@@ -27,6 +28,10 @@ use serde_json::Value;
 use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
+use crate::store::{
+    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
+    UserUpdate,
+};
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
     IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
@@ -172,6 +177,114 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.ingest.close().await;
+    }
+
+    // --- teams and access (store/postgres/access.rs) ---
+
+    async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        access::users(self).await
+    }
+
+    async fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        access::user(self, id).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        access::user_by_name(self, username).await
+    }
+
+    async fn insert_user(&self, user: NewUser) -> Result<Option<UserRow>, StoreError> {
+        access::insert_user(self, user).await
+    }
+
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError> {
+        access::update_user(self, id, update).await
+    }
+
+    async fn memberships(&self, user_id: i64) -> Result<Vec<i64>, StoreError> {
+        access::memberships(self, user_id).await
+    }
+
+    async fn set_memberships(&self, user_id: i64, projects: Vec<i64>) -> Result<(), StoreError> {
+        access::set_memberships(self, user_id, projects).await
+    }
+
+    async fn insert_token(&self, token: TokenRow) -> Result<TokenRow, StoreError> {
+        access::insert_token(self, token).await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        access::token_by_hash(self, hash).await
+    }
+
+    async fn user_tokens(&self, user_id: i64) -> Result<Vec<TokenRow>, StoreError> {
+        access::user_tokens(self, user_id).await
+    }
+
+    async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        access::delete_token(self, user_id, id).await
+    }
+
+    async fn touch_token(&self, id: i64, now: i64) -> Result<(), StoreError> {
+        access::touch_token(self, id, now).await
+    }
+
+    async fn insert_user_session(&self, session: SessionRow) -> Result<(), StoreError> {
+        access::insert_user_session(self, session).await
+    }
+
+    async fn user_session(&self, hash: &str, now: i64) -> Result<Option<SessionRow>, StoreError> {
+        access::user_session(self, hash, now).await
+    }
+
+    async fn touch_user_session(
+        &self,
+        id: i64,
+        last_seen: i64,
+        expires: i64,
+    ) -> Result<(), StoreError> {
+        access::touch_user_session(self, id, last_seen, expires).await
+    }
+
+    async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<SessionRow>, StoreError> {
+        access::user_sessions(self, user_id, now).await
+    }
+
+    async fn delete_user_session(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        access::delete_user_session(self, user_id, id).await
+    }
+
+    async fn delete_user_session_by_hash(&self, hash: &str) -> Result<(), StoreError> {
+        access::delete_user_session_by_hash(self, hash).await
+    }
+
+    async fn insert_invite(&self, invite: InviteRow) -> Result<(), StoreError> {
+        access::insert_invite(self, invite).await
+    }
+
+    async fn invite(&self, hash: &str, now: i64) -> Result<Option<InviteRow>, StoreError> {
+        access::invite(self, hash, now).await
+    }
+
+    async fn accept_invite(
+        &self,
+        hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Option<InviteRow>, StoreError> {
+        access::accept_invite(self, hash, password_hash, now).await
+    }
+
+    async fn throttle(&self, key: &str, f: ThrottleFn) -> Result<Option<ThrottleRow>, StoreError> {
+        access::throttle(self, key, f).await
+    }
+
+    async fn insert_audit(&self, entry: AuditRow, keep: i64) -> Result<(), StoreError> {
+        access::insert_audit(self, entry, keep).await
+    }
+
+    async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        access::audit(self, before, limit).await
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {

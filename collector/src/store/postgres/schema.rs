@@ -199,4 +199,6 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX issue_minutes_minute ON issue_minutes (minute);
     "#,
+    // 3: teams and access (store/postgres/access.rs).
+    super::access::MIGRATION,
 ];

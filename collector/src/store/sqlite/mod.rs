@@ -5,6 +5,7 @@
 //! one transaction; `apply.rs` holds that transaction's SQL); reads run on a small pool of
 //! other connections, which WAL mode lets proceed while the writer commits.
 
+mod access;
 pub mod alerts;
 mod apply;
 pub mod difs;
@@ -207,6 +208,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX unsymbolicated_image ON unsymbolicated (debug_id, id);
     "#,
+    // 6: teams and access: users, memberships, API tokens, user sessions, invites, login
+    // throttle windows, the audit log (store/sqlite/access.rs).
+    access::MIGRATION,
 ];
 
 /// Opens a connection with the collector's pragmas.

@@ -17,6 +17,10 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
+    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
+    UserUpdate,
+};
+use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
     IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
     StoreError, TagValue, Waiting, WaitingEvent,
@@ -24,8 +28,8 @@ use crate::store::{
 
 /// The embedded SQLite database under `--data`.
 pub struct SqliteStore {
-    reads: ReadPool,
-    writer: Writer,
+    pub(super) reads: ReadPool,
+    pub(super) writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
@@ -532,5 +536,113 @@ impl Store for SqliteStore {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+
+    // --- teams and access (store/sqlite/access.rs) ---
+
+    async fn users(&self) -> Result<Vec<UserRow>, StoreError> {
+        self.a_users().await
+    }
+
+    async fn user(&self, id: i64) -> Result<Option<UserRow>, StoreError> {
+        self.a_user(id).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError> {
+        self.a_user_by_name(username).await
+    }
+
+    async fn insert_user(&self, user: NewUser) -> Result<Option<UserRow>, StoreError> {
+        self.a_insert_user(user).await
+    }
+
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError> {
+        self.a_update_user(id, update).await
+    }
+
+    async fn memberships(&self, user_id: i64) -> Result<Vec<i64>, StoreError> {
+        self.a_memberships(user_id).await
+    }
+
+    async fn set_memberships(&self, user_id: i64, projects: Vec<i64>) -> Result<(), StoreError> {
+        self.a_set_memberships(user_id, projects).await
+    }
+
+    async fn insert_token(&self, token: TokenRow) -> Result<TokenRow, StoreError> {
+        self.a_insert_token(token).await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
+        self.a_token_by_hash(hash).await
+    }
+
+    async fn user_tokens(&self, user_id: i64) -> Result<Vec<TokenRow>, StoreError> {
+        self.a_user_tokens(user_id).await
+    }
+
+    async fn delete_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        self.a_delete_token(user_id, id).await
+    }
+
+    async fn touch_token(&self, id: i64, now: i64) -> Result<(), StoreError> {
+        self.a_touch_token(id, now).await
+    }
+
+    async fn insert_user_session(&self, session: SessionRow) -> Result<(), StoreError> {
+        self.a_insert_user_session(session).await
+    }
+
+    async fn user_session(&self, hash: &str, now: i64) -> Result<Option<SessionRow>, StoreError> {
+        self.a_user_session(hash, now).await
+    }
+
+    async fn touch_user_session(
+        &self,
+        id: i64,
+        last_seen: i64,
+        expires: i64,
+    ) -> Result<(), StoreError> {
+        self.a_touch_user_session(id, last_seen, expires).await
+    }
+
+    async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<SessionRow>, StoreError> {
+        self.a_user_sessions(user_id, now).await
+    }
+
+    async fn delete_user_session(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        self.a_delete_user_session(user_id, id).await
+    }
+
+    async fn delete_user_session_by_hash(&self, hash: &str) -> Result<(), StoreError> {
+        self.a_delete_user_session_by_hash(hash).await
+    }
+
+    async fn insert_invite(&self, invite: InviteRow) -> Result<(), StoreError> {
+        self.a_insert_invite(invite).await
+    }
+
+    async fn invite(&self, hash: &str, now: i64) -> Result<Option<InviteRow>, StoreError> {
+        self.a_invite(hash, now).await
+    }
+
+    async fn accept_invite(
+        &self,
+        hash: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> Result<Option<InviteRow>, StoreError> {
+        self.a_accept_invite(hash, password_hash, now).await
+    }
+
+    async fn throttle(&self, key: &str, f: ThrottleFn) -> Result<Option<ThrottleRow>, StoreError> {
+        self.a_throttle(key, f).await
+    }
+
+    async fn insert_audit(&self, entry: AuditRow, keep: i64) -> Result<(), StoreError> {
+        self.a_insert_audit(entry, keep).await
+    }
+
+    async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+        self.a_audit(before, limit).await
     }
 }
