@@ -491,7 +491,7 @@ pub(super) async fn alerts_due(
         let c = s.conn().await?;
         // Claimed for a lease: the sender of one node attempts a delivery, the others skip
         // it; if that node dies mid-attempt, another takes it when the lease is over.
-        let due = rows(
+        let due: Vec<Due> = rows(
             &c,
             &format!(
                 "WITH d AS (
@@ -517,11 +517,14 @@ pub(super) async fn alerts_due(
             created_ms: r.get(15),
         })
         .collect();
+        // The next one due after these (the ones just claimed do not count: their lease
+        // is not an attempt).
+        let claimed: Vec<i64> = due.iter().map(|d| d.delivery.row).collect();
         let next: Option<i64> = row(
             &c,
             "SELECT min(next_attempt) FROM alert_deliveries
-             WHERE status = 'queued' AND next_attempt > $1",
-            &[&now],
+             WHERE status = 'queued' AND next_attempt > $1 AND id <> ALL($2)",
+            &[&now, &claimed],
         )
         .await?
         .and_then(|r| r.get(0));
@@ -800,7 +803,10 @@ mod tests {
                 .await
                 .unwrap();
             let (now_due, next) = s.alerts_due(later, 10).await.unwrap();
-            assert_eq!(now_due.len(), 1);
+            // PostgreSQL hands a delivery to one sender at a time: the other one, taken by
+            // the call above and not attempted yet, is under its lease until later + 60 s.
+            let still_due = if s.backend() == "postgres" { 0 } else { 1 };
+            assert_eq!(now_due.len(), still_due, "{}", s.backend());
             assert_eq!(next, Some(later + 60_000));
             s.record_alert_attempt(
                 due[1].delivery.row,
