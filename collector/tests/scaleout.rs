@@ -34,10 +34,19 @@ struct Node {
 }
 
 async fn start_node(data: &Path, database: &str, listen: SocketAddr) -> Option<Node> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
+    start_on(data, Some(database), listen).await
+}
+
+/// A collector on `database`, or on SQLite under `data` without one.
+async fn start_on(data: &Path, database: Option<&str>, listen: SocketAddr) -> Option<Node> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
+    match database {
+        Some(url) => cmd.env("ERRSCOPE_DATABASE_URL", url),
+        None => cmd.env_remove("ERRSCOPE_DATABASE_URL"),
+    };
+    let mut child = cmd
         .args(["serve", "--listen", &listen.to_string(), "--data"])
         .arg(data)
-        .args(["--database", database])
         // One address for all, as behind a load balancer (it goes into the DSNs shown).
         .args(["--public-url", "http://errscope.internal:8000"])
         // Every event is kept as a sample, so the test can count the stored rows.
@@ -525,30 +534,9 @@ async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
 
 /// A collector on SQLite under `data`.
 async fn start_sqlite_node(data: &Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env_remove("ERRSCOPE_DATABASE_URL")
-        .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
-        .env("ERRSCOPE_ADMIN_PASSWORD", TOKEN)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the collector");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut addr = None;
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            addr = a.parse().ok();
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Node {
-        addr: addr.expect("a `listening on` line"),
-        child,
-    }
+    start_on(data, None, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("a collector on SQLite")
 }
 
 async fn default_key(http: &reqwest::Client, addr: SocketAddr) -> String {

@@ -264,12 +264,7 @@ pub(crate) async fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Chil
 /// `ERRSCOPE_TEST_STORE=postgres`, the PostgreSQL database of `data`
 /// (`ERRSCOPE_DATABASE_URL`), the one an in-process server over `data` uses too.
 pub(crate) fn collector_command(data: &std::path::Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
-    match errscope_testkit::store::database_for(data) {
-        Some(url) => cmd.env("ERRSCOPE_DATABASE_URL", url),
-        None => cmd.env_remove("ERRSCOPE_DATABASE_URL"),
-    };
-    cmd
+    collector_command_blocking(data).into()
 }
 
 /// [`collector_command`], blocking.

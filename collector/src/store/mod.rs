@@ -60,18 +60,21 @@ impl StoreError {
     pub fn is_busy(&self) -> bool {
         match self {
             StoreError::QueueFull | StoreError::Unavailable(_) => true,
-            // Not reachable, closed, or closed on us: connection exceptions (class 08),
-            // the server shutting down or starting (57P01-57P03), no connection slot left.
-            StoreError::Postgres(e) => {
-                e.is_closed()
-                    || e.code().is_none_or(|c| {
-                        let c = c.code();
-                        c.starts_with("08") || c.starts_with("57P") || c == "53300"
-                    })
-            }
+            StoreError::Postgres(e) => pg_unreachable(e),
             _ => false,
         }
     }
+}
+
+/// Whether a PostgreSQL error means the server cannot be used now rather than that the
+/// query was wrong: not reachable, closed, or closed on us (connection exceptions, class
+/// 08), the server shutting down or starting (57P01-57P03), no connection slot left.
+pub(crate) fn pg_unreachable(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_none_or(|c| {
+            let c = c.code();
+            c.starts_with("08") || c.starts_with("57P") || c == "53300"
+        })
 }
 
 /// A rewritten event of [`Store::rewrite_events`]: `(project, event id, new stored

@@ -15,7 +15,7 @@ use crate::alerts::rules::{Channel, EventFacts, Filter, Rule, RuleSpec, Trigger}
 use crate::store::{DeliveryRow, Due, LOG_DAYS, LOG_PER_RULE, MAX_QUEUED, Outcome, StoreError};
 use crate::time::now_ms;
 
-const RULE_COLUMNS: &str = "id, project_id, name, trigger_kind, count, minutes, filter, interval_minutes, channel, enabled, created";
+pub(super) const RULE_COLUMNS: &str = "id, project_id, name, trigger_kind, count, minutes, filter, interval_minutes, channel, enabled, created";
 
 /// A stored channel (JSON text); an unreadable one sends nowhere.
 fn channel_of(stored: &str) -> Channel {
@@ -25,7 +25,7 @@ fn channel_of(stored: &str) -> Channel {
         .unwrap_or(Channel::Slack { url: String::new() })
 }
 
-fn rule_of(r: &Row) -> Rule {
+pub(super) fn rule_of(r: &Row) -> Rule {
     let trigger: String = r.get(3);
     let filter: String = r.get(6);
     let filter: Value = serde_json::from_str(&filter).unwrap_or(Value::Null);

@@ -35,15 +35,7 @@ pub(super) fn unavailable(e: StoreError) -> StoreError {
     let StoreError::Postgres(pg) = &e else {
         return e;
     };
-    let gone = pg.is_closed()
-        || pg.code().is_some_and(|c| {
-            c.code().starts_with("08")
-                || *c == SqlState::ADMIN_SHUTDOWN
-                || *c == SqlState::CRASH_SHUTDOWN
-                || *c == SqlState::CANNOT_CONNECT_NOW
-                || *c == SqlState::TOO_MANY_CONNECTIONS
-        });
-    if gone {
+    if crate::store::pg_unreachable(pg) {
         StoreError::Unavailable(pg.to_string())
     } else {
         e

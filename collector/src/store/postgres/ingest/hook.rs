@@ -10,50 +10,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Transaction;
-use serde_json::Value;
 
 use super::apply::Batch;
 use crate::alerts::Alerts;
 use crate::alerts::message::{IssueFacts, payload};
-use crate::alerts::rules::{Channel, EventFacts, Filter, Rule, RuleSpec, Trigger};
-use crate::store::{IngestJob, MAX_QUEUED, StoreError};
+use crate::alerts::rules::{EventFacts, Rule, Trigger};
+use crate::store::postgres::alerts::{RULE_COLUMNS, enqueue, fire_if_due, rule_of};
+use crate::store::{IngestJob, StoreError};
 use crate::time::now_ms;
 
 /// Rules are reread at least this often: another node's API may have changed them.
 const RELOAD: Duration = Duration::from_secs(5);
-
-fn rule_of(r: &tokio_postgres::Row) -> Rule {
-    let trigger: String = r.get(3);
-    let filter: String = r.get(6);
-    let channel: String = r.get(8);
-    let filter: Value = serde_json::from_str(&filter).unwrap_or(Value::Null);
-    let f = |k: &str| filter.get(k).and_then(Value::as_str).map(str::to_owned);
-    let channel = serde_json::from_str(&channel)
-        .ok()
-        .and_then(|c| Channel::from_stored(&c))
-        .unwrap_or(Channel::Slack { url: String::new() });
-    Rule {
-        id: r.get(0),
-        project_id: r.get(1),
-        spec: RuleSpec {
-            name: r.get(2),
-            trigger: Trigger::parse(&trigger).unwrap_or(Trigger::NewIssue),
-            count: r.get(4),
-            minutes: r.get(5),
-            filter: Filter {
-                level: f("level"),
-                environment: f("environment"),
-                release: f("release"),
-                class: f("class"),
-                kind: f("kind"),
-            },
-            interval_minutes: r.get(7),
-            channel,
-            enabled: r.get(9),
-        },
-        created: r.get(10),
-    }
-}
 
 /// The writer's alerting state: the enabled rules by project and their project names.
 pub(super) struct Hook {
@@ -87,10 +54,9 @@ impl Hook {
         let changed = alerts.take_rules_changed();
         if changed || self.loaded.is_none_or(|t| t.elapsed() >= RELOAD) {
             let stmt = tx
-                .prepare_cached(
-                    "SELECT id, project_id, name, trigger_kind, count, minutes, filter, interval_minutes, channel, enabled, created
-                     FROM alert_rules WHERE enabled ORDER BY id",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {RULE_COLUMNS} FROM alert_rules WHERE enabled ORDER BY id"
+                ))
                 .await?;
             let rows = tx.query(&stmt, &[]).await?;
             self.rules.clear();
@@ -204,7 +170,18 @@ impl Hook {
                     ev,
                     &alerts.public_url,
                 );
-                if enqueue(tx, rule.id, *issue_id, s.trigger.as_str(), &body, now).await? {
+                if enqueue(
+                    tx,
+                    rule.id,
+                    Some(*issue_id),
+                    s.trigger.as_str(),
+                    &body,
+                    "queued",
+                    now,
+                )
+                .await?
+                .is_some()
+                {
                     queued += 1;
                 }
             }
@@ -218,64 +195,4 @@ impl Hook {
             a.wake();
         }
     }
-}
-
-/// Whether a rule may fire for an issue now (its last message is at least `interval_ms`
-/// old); if so, records that it fires. The issue is locked, so nodes take turns.
-async fn fire_if_due(
-    tx: &Transaction<'_>,
-    rule_id: i64,
-    issue_id: i64,
-    now: i64,
-    interval_ms: i64,
-) -> Result<bool, StoreError> {
-    let stmt = tx
-        .prepare_cached("SELECT fired_at FROM alert_fired WHERE rule_id = $1 AND issue_id = $2")
-        .await?;
-    let last: Option<i64> = tx
-        .query_opt(&stmt, &[&rule_id, &issue_id])
-        .await?
-        .map(|r| r.get(0));
-    if last.is_some_and(|t| now - t < interval_ms) {
-        return Ok(false);
-    }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO alert_fired (rule_id, issue_id, fired_at) VALUES ($1, $2, $3)
-             ON CONFLICT (rule_id, issue_id) DO UPDATE SET fired_at = excluded.fired_at",
-        )
-        .await?;
-    tx.execute(&stmt, &[&rule_id, &issue_id, &now]).await?;
-    Ok(true)
-}
-
-/// Queues a delivery for the sender; false (and a warning) when the queue is full.
-async fn enqueue(
-    tx: &Transaction<'_>,
-    rule_id: i64,
-    issue_id: i64,
-    trigger: &str,
-    body: &str,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let stmt = tx
-        .prepare_cached("SELECT count(*) FROM alert_deliveries WHERE status = 'queued'")
-        .await?;
-    let queued: i64 = tx.query_one(&stmt, &[]).await?.get(0);
-    if queued >= MAX_QUEUED {
-        tracing::warn!(
-            "alert delivery queue full ({MAX_QUEUED}); dropping a {trigger} alert of rule {rule_id}"
-        );
-        return Ok(false);
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO alert_deliveries (delivery_id, rule_id, issue_id, trigger_kind, payload, status, attempts, next_attempt, created, updated)
-             VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $6, $6)",
-        )
-        .await?;
-    tx.execute(&stmt, &[&id, &rule_id, &issue_id, &trigger, &body, &now])
-        .await?;
-    Ok(true)
 }
