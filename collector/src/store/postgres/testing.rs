@@ -1,49 +1,26 @@
 //! For this backend's own tests: a fresh database on a test server.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::PgStore;
 use crate::metrics::Metrics;
 use crate::store::Retention;
 
-/// The test server's URL (its superuser, its default database).
+/// The test server's URL (its superuser, its default database): this process's own
+/// throwaway server (errscope-testkit).
 pub(crate) fn server_url() -> String {
-    std::env::var("ERRSCOPE_TEST_PG_URL")
-        .unwrap_or_else(|_| errscope_testkit::pg::Cluster::shared().url())
+    errscope_testkit::pg::Cluster::shared().url()
 }
 
-/// A new, empty database: on the server `ERRSCOPE_TEST_PG_URL` names (a URL whose user
-/// may create databases), else on this process's own throwaway server (errscope-testkit).
+/// A new, empty database on the test server.
 pub(crate) async fn fresh_database() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let Ok(server) = std::env::var("ERRSCOPE_TEST_PG_URL") else {
-        return tokio::task::spawn_blocking(|| {
-            errscope_testkit::pg::Cluster::shared()
-                .fresh_database()
-                .expect("a database on the test server")
-        })
-        .await
-        .expect("the test server's thread");
-    };
-    let name = format!(
-        "errscope_unit_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        crate::time::now_ms()
-    );
-    let (client, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test server");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create a test database");
-    match server.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => panic!("ERRSCOPE_TEST_PG_URL has no database part: {server}"),
-    }
+    tokio::task::spawn_blocking(|| {
+        errscope_testkit::pg::Cluster::shared()
+            .fresh_database()
+            .expect("a database on the test server")
+    })
+    .await
+    .expect("the test server's thread")
 }
 
 /// A store on a fresh database.
