@@ -686,7 +686,7 @@ async fn queued_alerts_survive_sigkill_and_are_delivered_once() {
         "channel": {"type": "webhook", "url": format!("{}/later", recv.base)}}),
     )
     .await;
-    create_rule(
+    let now_rule = create_rule(
         &http,
         &c.base,
         json!({"name": "now", "trigger": "new_issue",
@@ -703,9 +703,19 @@ async fn queued_alerts_survive_sigkill_and_are_delivered_once() {
         assert_eq!(r.status(), 200);
     }
     recv.wait_ok("/now", 3).await;
-    // Every `later` delivery has been tried (503) and is waiting for its retry.
+    // Every `later` delivery has been tried (503) and is waiting for its retry, and every
+    // `now` delivery is recorded as sent (a message the receiver got but the collector
+    // had not recorded yet would rightly be sent again after the kill).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while recv.got("/later").len() < 3 {
+    loop {
+        let sent = deliveries(&http, &c.base, now_rule)
+            .await
+            .iter()
+            .filter(|d| d["status"] == "sent")
+            .count();
+        if recv.got("/later").len() >= 3 && sent == 3 {
+            break;
+        }
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
