@@ -624,6 +624,10 @@ async fn wrong_passwords_from_one_and_from_twenty_addresses_are_throttled() {
     assert_eq!(login_from(&other, &s, "admin", PASSWORD).await.0, 429);
 
     // 200 wrong passwords for one user from 20 addresses: the username's count holds.
+    // The invite's check before a password was set left a failure on ann's count, still
+    // in the window or not depending on how long the loop above took; a success starts
+    // the count over.
+    assert_eq!(login(&s, "ann", "secret-pass-1").await.status(), 204);
     let mut throttled = 0;
     for a in 0..20 {
         let http = client_from(&format!("127.0.0.{}", 10 + a));
