@@ -43,6 +43,7 @@ pub mod difs;
 pub mod grouping;
 pub mod ingest;
 pub mod metrics;
+pub mod quota;
 pub mod serve;
 pub mod state;
 pub mod store;

@@ -122,7 +122,7 @@ pub struct Inner {
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     verified: Mutex<Vec<String>>,
-    rate: Mutex<HashMap<i64, (i64, u64)>>,
+    quotas: crate::quota::Quotas,
     /// One argon2 verification at a time: wrong tokens or passwords cannot take more
     /// than one core, nor the blocking threads reads need.
     hashing: tokio::sync::Semaphore,
@@ -268,7 +268,7 @@ pub async fn start(config: Config) -> Result<Started, StoreError> {
         keys: RwLock::new(keys),
         token_hash: RwLock::new(token_hash),
         verified: Mutex::new(verified),
-        rate: Mutex::new(HashMap::new()),
+        quotas: crate::quota::Quotas::default(),
         hashing: tokio::sync::Semaphore::new(1),
     };
     Ok(Started {
@@ -413,23 +413,15 @@ impl Inner {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// Counts `n` events against the project's per-minute limit. Returns the seconds to
-    /// wait when over it.
-    pub fn rate_limited(&self, project_id: i64, n: u64) -> Option<u64> {
-        let limit = self.config.rate_limit_per_minute?;
-        let now = now_ms();
-        let minute = now / 60_000;
-        let mut rate = self.rate.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = rate.entry(project_id).or_insert((minute, 0));
-        if entry.0 != minute {
-            *entry = (minute, 0);
-        }
-        if entry.1 + n > limit {
-            let wait = 60 - (now % 60_000) / 1000;
-            return Some(wait.max(1) as u64);
-        }
-        entry.1 += n;
-        None
+    /// Counts `n` events against the project's per-minute limit, shared by every
+    /// collector on the database. Returns the seconds to wait when over it.
+    pub async fn rate_limited(&self, project_id: i64, n: u64) -> Result<Option<u64>, StoreError> {
+        let Some(limit) = self.config.rate_limit_per_minute else {
+            return Ok(None);
+        };
+        self.quotas
+            .admit(&*self.store, project_id, n, limit, now_ms())
+            .await
     }
 
     /// The writer queue depth (for tests and metrics).

@@ -39,6 +39,16 @@ async fn start_node(data: &Path, database: &str, listen: SocketAddr) -> Option<N
 
 /// A collector on `database`, or on SQLite under `data` without one.
 async fn start_on(data: &Path, database: Option<&str>, listen: SocketAddr) -> Option<Node> {
+    start_with(data, database, listen, &[]).await
+}
+
+/// [`start_on`], with more arguments to `serve`.
+async fn start_with(
+    data: &Path,
+    database: Option<&str>,
+    listen: SocketAddr,
+    args: &[&str],
+) -> Option<Node> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
     match database {
         Some(url) => cmd.env("ERRSCOPE_DATABASE_URL", url),
@@ -51,6 +61,7 @@ async fn start_on(data: &Path, database: Option<&str>, listen: SocketAddr) -> Op
         .args(["--public-url", "http://errscope.internal:8000"])
         // Every event is kept as a sample, so the test can count the stored rows.
         .args(["--max-events-per-issue", "1000000"])
+        .args(args)
         .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
         .env("ERRSCOPE_ADMIN_PASSWORD", TOKEN)
         .stdout(std::process::Stdio::piped())
@@ -408,6 +419,67 @@ async fn four_collectors_on_one_postgres_count_exactly_through_kills_and_a_datab
 
 /// `migrate --from-sqlite`: an installation used on SQLite (events, a resolved issue, a
 /// regression, tags) answers the same on PostgreSQL after the copy, and goes on counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_two_collectors() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let database = cluster.fresh_database().expect("a database");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let args = ["--rate-limit", "300"];
+        nodes.push(
+            start_with(d.path(), Some(&database), listen, &args)
+                .await
+                .unwrap(),
+        );
+    }
+    let http = reqwest::Client::new();
+    let key = default_key(&http, nodes[0].addr).await;
+    // The limit is per minute of the wall clock: start early in one.
+    let second = || {
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH))
+            .unwrap()
+            .as_secs()
+    };
+    if second() % 60 > 40 {
+        tokio::time::sleep(Duration::from_secs(61 - second() % 60)).await;
+    }
+    let minute = second() / 60;
+    let (mut ok, mut limited) = (0, 0);
+    for n in 0..600u64 {
+        let addr = nodes[(n % 2) as usize].addr;
+        let r = http
+            .post(format!("http://{addr}/api/1/store/?sentry_key={key}"))
+            .header("content-type", "application/json")
+            .body(event(n).1.to_string())
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            other => panic!("{other}: {}", r.text().await.unwrap()),
+        }
+    }
+    assert_eq!(second() / 60, minute, "the sends took under a minute");
+    // Each node may hold up to a 64th of the limit unspent (quota.rs), never more.
+    assert!(
+        (300 - 2 * 5..=300).contains(&ok),
+        "{ok} admitted of a limit of 300"
+    );
+    assert_eq!(ok + limited, 600);
+    let stats = get(&http, nodes[1].addr, "/api/0/projects/1/stats/").await;
+    assert_eq!(stats["events"], ok, "{stats}");
+    for mut n in nodes {
+        n.child.kill().await.unwrap();
+    }
+    drop(cluster);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
     let data = tempfile::tempdir().unwrap();

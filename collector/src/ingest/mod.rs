@@ -384,7 +384,7 @@ async fn ingest(
     }
     let n = job.events.len() as u64;
     if n > 0
-        && let Some(wait) = state.rate_limited(project_id, n)
+        && let Some(wait) = state.rate_limited(project_id, n).await?
     {
         return Err(IngestError::RateLimited(wait));
     }

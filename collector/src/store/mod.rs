@@ -125,14 +125,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The project of a public key.
     async fn project_of_key(&self, key: &str) -> Result<Option<i64>, StoreError>;
 
-    // --- dashboard sessions (only a hash of each session id is stored) ---------------
+    // --- rate limits -----------------------------------------------------------------
 
-    /// Stores a session, dropping the expired ones.
-    async fn insert_session(&self, hash: &str, expires: i64, now: i64) -> Result<(), StoreError>;
-    /// When a session expires, if it exists.
-    async fn session_expires(&self, hash: &str) -> Result<Option<i64>, StoreError>;
-    /// Ends a session.
-    async fn delete_session(&self, hash: &str) -> Result<(), StoreError>;
+    /// Takes up to `want` of the `limit` events that `project_id` may send in `window`
+    /// (a minute number), from the count every collector on the database shares; how
+    /// many were granted (0 once the window is spent).
+    async fn take_quota(
+        &self,
+        project_id: i64,
+        window: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError>;
 
     // --- ingest ----------------------------------------------------------------------
 

@@ -225,52 +225,31 @@ pub(super) async fn project_of_key(s: &PgStore, key: &str) -> Result<Option<i64>
     .await
 }
 
-pub(super) async fn insert_session(
+pub(super) async fn take_quota(
     s: &PgStore,
-    hash: &str,
-    expires: i64,
-    now: i64,
-) -> Result<(), StoreError> {
-    retry(|| async move {
-        let mut c = s.conn().await?;
-        let tx = c.transaction().await?;
-        exec(&tx, "DELETE FROM sessions WHERE expires <= $1", &[&now]).await?;
-        exec(
-            &tx,
-            "INSERT INTO sessions (token_hash, expires) VALUES ($1, $2)",
-            &[&hash, &expires],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+    project_id: i64,
+    window: i64,
+    want: u64,
+    limit: u64,
+) -> Result<u64, StoreError> {
+    let (want, limit) = (want as i64, limit as i64);
+    // `asked` counts what was asked for, granted or not: one atomic add, and each caller
+    // knows what stood before its own (`asked - want`), so no row lock is held.
+    let asked: i64 = retry(|| async move {
+        Ok(s.conn()
+            .await?
+            .query_one(
+                "INSERT INTO rate_windows (project_id, window_start, asked) VALUES ($1, $2, $3)
+                 ON CONFLICT (project_id, window_start)
+                 DO UPDATE SET asked = rate_windows.asked + excluded.asked
+                 RETURNING asked",
+                &[&project_id, &window, &want],
+            )
+            .await?
+            .get(0))
     })
-    .await
-}
-
-pub(super) async fn session_expires(s: &PgStore, hash: &str) -> Result<Option<i64>, StoreError> {
-    retry(|| async move {
-        Ok(row(
-            &s.conn().await?,
-            "SELECT expires FROM sessions WHERE token_hash = $1",
-            &[&hash],
-        )
-        .await?
-        .map(|r| r.get(0)))
-    })
-    .await
-}
-
-pub(super) async fn delete_session(s: &PgStore, hash: &str) -> Result<(), StoreError> {
-    retry(|| async move {
-        exec(
-            &s.conn().await?,
-            "DELETE FROM sessions WHERE token_hash = $1",
-            &[&hash],
-        )
-        .await
-        .map(drop)
-    })
-    .await
+    .await?;
+    Ok((limit - (asked - want)).clamp(0, want) as u64)
 }
 
 #[cfg(test)]
@@ -298,7 +277,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn settings_projects_and_sessions_behave_as_on_sqlite() {
+    async fn settings_projects_and_quotas_behave_as_on_sqlite() {
         let t = twin().await;
         for s in [&t.lite as &dyn Store, &t.pg] {
             assert_eq!(s.get_setting("a").await.unwrap(), None);
@@ -324,17 +303,34 @@ mod tests {
             assert_eq!(s.project_of_key(&web.key).await.unwrap(), Some(2));
             assert_eq!(s.project_of_key("0123").await.unwrap(), None);
 
-            s.insert_session("old", 100, 50).await.unwrap();
-            s.insert_session("h1", 1_000, 150).await.unwrap();
+            assert_eq!(s.take_quota(1, 7, 60, 100).await.unwrap(), 60);
+            assert_eq!(s.take_quota(1, 7, 60, 100).await.unwrap(), 40, "the rest");
+            assert_eq!(s.take_quota(1, 7, 5, 100).await.unwrap(), 0, "spent");
+            assert_eq!(s.take_quota(1, 8, 5, 100).await.unwrap(), 5, "a new window");
             assert_eq!(
-                s.session_expires("old").await.unwrap(),
-                None,
-                "expired, dropped"
+                s.take_quota(2, 7, 5, 100).await.unwrap(),
+                5,
+                "another project"
             );
-            assert_eq!(s.session_expires("h1").await.unwrap(), Some(1_000));
-            s.delete_session("h1").await.unwrap();
-            assert_eq!(s.session_expires("h1").await.unwrap(), None);
         }
+    }
+
+    #[tokio::test]
+    async fn nodes_taking_quota_at_once_share_one_limit() {
+        let url = fresh_database().await;
+        let nodes = [node(&url).await, node(&url).await, node(&url).await];
+        let mut tasks = Vec::new();
+        for n in nodes.iter().cycle().take(30) {
+            let n = n.clone();
+            tasks.push(tokio::spawn(async move {
+                n.take_quota(1, 42, 7, 100).await.unwrap()
+            }));
+        }
+        let mut granted = 0;
+        for t in tasks {
+            granted += t.await.unwrap();
+        }
+        assert_eq!(granted, 100, "30 asks of 7 share a limit of 100");
     }
 
     #[tokio::test]

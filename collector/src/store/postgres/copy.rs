@@ -136,7 +136,6 @@ const TABLES: &[Table] = {
             ],
             false,
         ),
-        ("sessions", &[("token_hash", Text), ("expires", Int)], false),
         (
             "difs",
             &[

@@ -417,6 +417,11 @@ impl Writer {
                 &[&(now - DEDUP_WINDOW_MS)],
             )
             .await?;
+            conn.execute(
+                "DELETE FROM rate_windows WHERE window_start < $1",
+                &[&(now / 60_000 - 1)],
+            )
+            .await?;
             if self.last_hourly_prune.elapsed() >= Duration::from_secs(3600) {
                 self.last_hourly_prune = Instant::now();
                 conn.execute(

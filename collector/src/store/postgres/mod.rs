@@ -311,16 +311,14 @@ impl Store for PgStore {
         basics::project_of_key(self, key).await
     }
 
-    async fn insert_session(&self, hash: &str, expires: i64, now: i64) -> Result<(), StoreError> {
-        basics::insert_session(self, hash, expires, now).await
-    }
-
-    async fn session_expires(&self, hash: &str) -> Result<Option<i64>, StoreError> {
-        basics::session_expires(self, hash).await
-    }
-
-    async fn delete_session(&self, hash: &str) -> Result<(), StoreError> {
-        basics::delete_session(self, hash).await
+    async fn take_quota(
+        &self,
+        project_id: i64,
+        window: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        basics::take_quota(self, project_id, window, want, limit).await
     }
 
     async fn ingest(&self, job: IngestJob) -> Result<(), StoreError> {

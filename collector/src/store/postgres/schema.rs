@@ -201,4 +201,15 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 3: teams and access (store/postgres/access.rs).
     super::access::MIGRATION,
+    // 4: the per-minute rate-limit counts every node takes its share from (quota.rs); the
+    // sessions of the single admin login, replaced by user_sessions in 3.
+    r#"
+    CREATE TABLE rate_windows (
+        project_id BIGINT NOT NULL,
+        window_start BIGINT NOT NULL,
+        asked BIGINT NOT NULL,
+        PRIMARY KEY (project_id, window_start)
+    );
+    DROP TABLE sessions;
+    "#,
 ];

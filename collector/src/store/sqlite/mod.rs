@@ -211,6 +211,8 @@ const MIGRATIONS: &[&str] = &[
     // 6: teams and access: users, memberships, API tokens, user sessions, invites, login
     // throttle windows, the audit log (store/sqlite/access.rs).
     access::MIGRATION,
+    // 7: the sessions of the single admin login, replaced by user_sessions in 6.
+    "DROP TABLE sessions;",
 ];
 
 /// Opens a connection with the collector's pragmas.

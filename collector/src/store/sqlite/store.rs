@@ -32,6 +32,8 @@ pub struct SqliteStore {
     pub(super) writer: Writer,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    /// Per project: the rate-limit window and the events granted in it.
+    quota: Mutex<HashMap<i64, (i64, u64)>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -59,6 +61,7 @@ impl SqliteStore {
             writer,
             writer_thread: Mutex::new(Some(thread)),
             metrics,
+            quota: Mutex::new(HashMap::new()),
         })
     }
 
@@ -130,42 +133,22 @@ impl Store for SqliteStore {
         self.reads.run(move |c| super::project_of_key(c, &k)).await
     }
 
-    async fn insert_session(&self, hash: &str, expires: i64, now: i64) -> Result<(), StoreError> {
-        let h = hash.to_owned();
-        self.writer
-            .exec(move |tx| {
-                tx.execute("DELETE FROM sessions WHERE expires <= ?1", [now])?;
-                tx.execute(
-                    "INSERT INTO sessions (token_hash, expires) VALUES (?1, ?2)",
-                    params![h, expires],
-                )?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn session_expires(&self, hash: &str) -> Result<Option<i64>, StoreError> {
-        let h = hash.to_owned();
-        self.reads
-            .run(move |c| {
-                Ok(c.query_row(
-                    "SELECT expires FROM sessions WHERE token_hash = ?1",
-                    [h],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()?)
-            })
-            .await
-    }
-
-    async fn delete_session(&self, hash: &str) -> Result<(), StoreError> {
-        let h = hash.to_owned();
-        self.writer
-            .exec(move |tx| {
-                tx.execute("DELETE FROM sessions WHERE token_hash = ?1", [h])?;
-                Ok(())
-            })
-            .await
+    async fn take_quota(
+        &self,
+        project_id: i64,
+        window: i64,
+        want: u64,
+        limit: u64,
+    ) -> Result<u64, StoreError> {
+        // One collector owns a SQLite database: its memory is the shared count.
+        let mut quota = self.quota.lock().unwrap_or_else(|e| e.into_inner());
+        let used = quota.entry(project_id).or_insert((window, 0));
+        if used.0 != window {
+            *used = (window, 0);
+        }
+        let granted = want.min(limit.saturating_sub(used.1));
+        used.1 += granted;
+        Ok(granted)
     }
 
     async fn ingest(&self, job: IngestJob) -> Result<(), StoreError> {
