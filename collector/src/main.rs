@@ -217,8 +217,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report.occurrences, report.project_events
             );
             println!(
-                "debug files stay under {}/difs: give every collector that directory (or a copy)",
-                from_sqlite.display()
+                "debug files: {} copied into the database (each collector keeps a copy under its --data)",
+                report.dif_files
             );
             Ok(())
         }

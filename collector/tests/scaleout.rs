@@ -480,6 +480,142 @@ async fn a_rate_limit_holds_across_two_collectors() {
     drop(cluster);
 }
 
+/// A small ELF debug file (gcc, objcopy), and its bytes.
+fn debug_file(dir: &Path) -> Vec<u8> {
+    let c = dir.join("hello.c");
+    std::fs::write(&c, "int main(void) { return 0; }\n").unwrap();
+    let exe = dir.join("hello");
+    let debug = dir.join("hello.debug");
+    let ok = std::process::Command::new("gcc")
+        .args(["-g", "-O0", "-Wl,--build-id", "-o"])
+        .arg(&exe)
+        .arg(&c)
+        .status()
+        .unwrap()
+        .success()
+        && std::process::Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&exe)
+            .arg(&debug)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "gcc and objcopy build the debug file");
+    std::fs::read(debug).unwrap()
+}
+
+/// The files a node keeps under `<data>/difs/<project>/`.
+fn node_difs(data: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(data.join("difs/1"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        out.push(std::fs::read(e.path()).unwrap());
+    }
+    out
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_debug_file_uploaded_to_one_collector_reaches_the_others() {
+    let cluster = tokio::task::spawn_blocking(Cluster::start)
+        .await
+        .unwrap()
+        .expect("start PostgreSQL");
+    let database = cluster.fresh_database().expect("a database");
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut nodes = Vec::new();
+    for d in &dirs {
+        nodes.push(
+            start_node(d.path(), &database, "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    let bytes = debug_file(work.path());
+    let http = reqwest::Client::new();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes.clone()).file_name("hello.debug"),
+    );
+    let r = http
+        .post(format!(
+            "http://{}/api/0/projects/any/default/files/dsyms/",
+            nodes[0].addr
+        ))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let uploaded: Value = r.json().await.unwrap();
+    let id = uploaded[0]["id"].as_str().unwrap().to_owned();
+
+    // The other node lists it and holds a copy of the same bytes, fetched from the database.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = get(
+            &http,
+            nodes[1].addr,
+            "/api/0/projects/any/default/files/dsyms/",
+        )
+        .await;
+        if listed[0]["id"] == id.as_str() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not listed on the other node: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("a copy on the other node", || {
+        node_difs(dirs[1].path()) == [bytes.clone()]
+    })
+    .await;
+
+    // A node that starts with an empty data directory fetches it too.
+    let third = tempfile::tempdir().unwrap();
+    let mut n3 = start_node(third.path(), &database, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    wait_for("a copy on a new node", || {
+        node_difs(third.path()) == [bytes.clone()]
+    })
+    .await;
+
+    // Deleted on the first node: gone from the others' disks.
+    let r = http
+        .delete(format!(
+            "http://{}/api/0/projects/any/default/files/dsyms/?id={id}",
+            nodes[0].addr
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    wait_for("the copies removed", || {
+        node_difs(dirs[1].path()).is_empty() && node_difs(third.path()).is_empty()
+    })
+    .await;
+    for n in nodes.iter_mut().chain([&mut n3]) {
+        n.child.kill().await.unwrap();
+    }
+    drop(cluster);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
     let data = tempfile::tempdir().unwrap();
@@ -525,6 +661,24 @@ async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
         "/api/0/projects/1/classes/",
         "/api/0/projects/1/tags/release/values/",
     ];
+    // A debug file, whose bytes the copy takes into the database.
+    let work = tempfile::tempdir().unwrap();
+    let dif = debug_file(work.path());
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(dif.clone()).file_name("hello.debug"),
+    );
+    let r = http
+        .post(format!(
+            "http://{}/api/0/projects/any/default/files/dsyms/",
+            lite.addr
+        ))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let mut before = Vec::new();
     for p in paths {
         before.push(get(&http, lite.addr, p).await);
@@ -549,6 +703,7 @@ async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("events: 401 rows"), "{text}");
+    assert!(text.contains("debug files: 1 copied"), "{text}");
     // A second copy into the same database is refused, and changes nothing.
     let twice = Command::new(env!("CARGO_BIN_EXE_errscope-collector"))
         .args(["migrate", "--from-sqlite"])
@@ -568,6 +723,10 @@ async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
     let pg = start_node(other.path(), &database, "127.0.0.1:0".parse().unwrap())
         .await
         .expect("a collector on the copy");
+    wait_for("the debug file on the new node", || {
+        node_difs(other.path()) == [dif.clone()]
+    })
+    .await;
     for (p, b) in paths.iter().zip(&before) {
         let mut a = get(&http, pg.addr, p).await;
         let mut b = b.clone();

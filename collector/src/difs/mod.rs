@@ -225,6 +225,11 @@ struct Shared {
     uploads: tokio::sync::Semaphore,
     /// Checksums being assembled now.
     assembling: Mutex<HashSet<String>>,
+    /// The index version this node's copies of the files match, when the store shares
+    /// the bytes (-1: not yet compared).
+    copied: AtomicI64,
+    /// Held from a file's arrival under `<data>/difs/` to its row's in the index.
+    files: Mutex<()>,
 }
 
 /// The debug files' store: the files under `<data>/difs/`, their index in SQLite and in
@@ -281,6 +286,8 @@ impl Difs {
             news,
             uploads: tokio::sync::Semaphore::new(CONCURRENT_UPLOADS),
             assembling: Mutex::new(HashSet::new()),
+            copied: AtomicI64::new(-1),
+            files: Mutex::new(()),
         })))
     }
 
@@ -531,13 +538,14 @@ impl Difs {
             uploaded: now_ms(),
             last_used: None,
         };
+        let files = self.0.files.lock().unwrap_or_else(|e| e.into_inner());
         let dest_dir = self.0.dir.join(project_id.to_string());
         std::fs::create_dir_all(&dest_dir).map_err(|e| DifError::Io(dest_dir.clone(), e))?;
         let dest = dest_dir.join(checksum);
         std::fs::rename(&tmp.path, &dest).map_err(|e| DifError::Io(dest.clone(), e))?;
         tmp.kept = true;
         self.flush_used()?;
-        let evicted = match self.db(self.0.store.insert_dif(row, self.0.max_bytes)) {
+        let evicted = match self.db(self.0.store.insert_dif(row, self.0.max_bytes, Some(&dest))) {
             Ok(inserted) => {
                 row = inserted.row;
                 inserted.evicted
@@ -547,6 +555,7 @@ impl Difs {
                 return Err(e);
             }
         };
+        drop(files);
         for old in &evicted {
             tracing::info!(
                 "debug files: evicted {} ({}, {} bytes, least recently used) to stay within {} bytes",
@@ -577,21 +586,31 @@ impl Difs {
         Ok(true)
     }
 
-    /// Reloads the index if the database changed; announces the files that are new.
+    /// Reloads the index if the database changed; announces the files that are new. With
+    /// a store that shares the files' bytes, first brings this node's copies in line:
+    /// fetches the files it lacks, removes those no longer indexed.
     pub fn refresh(&self) -> Result<(), DifError> {
+        let shared = self.0.store.shares_dif_bytes();
         let (version, rows) = {
+            // Read under the lock an upload holds from its file's arrival to its row's,
+            // so that a file on disk is never taken for one no longer indexed.
+            let _files = shared.then(|| self.0.files.lock().unwrap_or_else(|e| e.into_inner()));
             let version = self.db(self.0.store.difs_version())?;
-            if version
-                == self
-                    .0
-                    .index
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .version
-            {
+            let indexed = self
+                .0
+                .index
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .version;
+            if version == indexed && (!shared || self.0.copied.load(Relaxed) == version) {
                 return Ok(());
             }
-            (version, self.db(self.0.store.all_difs())?)
+            let rows = self.db(self.0.store.all_difs())?;
+            if shared {
+                self.copy_files(&rows)?;
+                self.0.copied.store(version, Relaxed);
+            }
+            (version, rows)
         };
         let mut ix = self.0.index.write().unwrap_or_else(|e| e.into_inner());
         if ix.version == version {
@@ -609,6 +628,52 @@ impl Difs {
         drop(ix);
         for n in new {
             let _ = self.0.news.send(n);
+        }
+        Ok(())
+    }
+
+    /// Makes `<data>/difs/` hold a copy of each file in `rows` and nothing else (but the
+    /// staging directories). Called with `files` held.
+    fn copy_files(&self, rows: &[DifRow]) -> Result<(), DifError> {
+        let mut kept = HashSet::new();
+        for row in rows {
+            let path = self.path_of(row);
+            kept.insert(path.clone());
+            if path.exists() {
+                continue;
+            }
+            let mut tmp = self.temp_file()?;
+            match self.db(self.0.store.dif_bytes(row.id, &tmp.path)) {
+                Ok(true) => {
+                    let dir = self.0.dir.join(row.project_id.to_string());
+                    std::fs::create_dir_all(&dir).map_err(|e| DifError::Io(dir.clone(), e))?;
+                    std::fs::rename(&tmp.path, &path).map_err(|e| DifError::Io(path.clone(), e))?;
+                    tmp.kept = true;
+                }
+                // Deleted since the list was read.
+                Ok(false) => {}
+                Err(e) => tracing::warn!("debug files: fetching {} failed: {e}", row.name),
+            }
+        }
+        let projects =
+            std::fs::read_dir(&self.0.dir).map_err(|e| DifError::Io(self.0.dir.clone(), e))?;
+        for project in projects.flatten() {
+            let is_project = project
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<i64>().is_ok());
+            if !is_project {
+                continue;
+            }
+            for f in std::fs::read_dir(project.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if !kept.contains(&f.path()) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
         }
         Ok(())
     }

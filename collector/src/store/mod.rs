@@ -10,7 +10,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -284,8 +284,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         checksum: &str,
     ) -> Result<Option<DifRow>, StoreError>;
     /// Indexes a file (unless its checksum is there) and evicts the least recently used
-    /// others until all fit in `max_bytes`, in one transaction.
-    async fn insert_dif(&self, row: DifRow, max_bytes: u64) -> Result<DifInsert, StoreError>;
+    /// others until all fit in `max_bytes`, in one transaction. A store that
+    /// [shares the files' bytes](Store::shares_dif_bytes) takes them from `bytes` in the
+    /// same transaction.
+    async fn insert_dif(
+        &self,
+        row: DifRow,
+        max_bytes: u64,
+        bytes: Option<&Path>,
+    ) -> Result<DifInsert, StoreError>;
+    /// Whether the files' bytes live in the database, for every collector on it
+    /// (PostgreSQL), rather than only beside it, under `<data>/difs/` (SQLite, one node).
+    fn shares_dif_bytes(&self) -> bool;
+    /// Writes a file's bytes from the database to `dest`; false if it holds none (the
+    /// file was deleted, or the store does not share them).
+    async fn dif_bytes(&self, id: i64, dest: &Path) -> Result<bool, StoreError>;
     /// Removes a file from the index; the row if it existed.
     async fn delete_dif(&self, id: i64) -> Result<Option<DifRow>, StoreError>;
     /// Writes last-use times `(id, ms)`.

@@ -292,6 +292,8 @@ pub struct CopyReport {
     pub occurrences: i64,
     /// Events counted over all projects, equal on both sides.
     pub project_events: i64,
+    /// Debug files whose bytes were copied from `<data>/difs/` into the database.
+    pub dif_files: u64,
 }
 
 fn value(v: Lite, col: Col) -> Result<Box<dyn ToSql + Sync + Send>, StoreError> {
@@ -425,6 +427,31 @@ pub async fn copy_from_sqlite(data_dir: &Path, url: &str) -> Result<CopyReport, 
             )
             .await?;
         }
+    }
+    // The debug files' bytes, which every node fetches from the database.
+    let mut stmt = lite.prepare("SELECT id, project_id, checksum FROM difs ORDER BY id")?;
+    let difs = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (id, project_id, checksum) in difs {
+        let file = data_dir
+            .join("difs")
+            .join(project_id.to_string())
+            .join(checksum);
+        if !file.exists() {
+            return Err(StoreError::Task(format!(
+                "debug file {id} is indexed but {} is missing; nothing was committed",
+                file.display()
+            )));
+        }
+        super::difs::put_bytes(&tx, id, &file).await?;
+        report.dif_files += 1;
     }
     // The checks: every table's rows, and the counts the dashboard shows.
     for (table, copied) in &report.tables {

@@ -1,7 +1,11 @@
 //! The debug files' index and its version counter (the `difs_version` setting, bumped in
 //! every transaction that changes the index, so every node sees another's uploads).
 
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+
 use deadpool_postgres::GenericClient;
+use futures_util::TryStreamExt as _;
 use tokio_postgres::Row;
 
 use super::PgStore;
@@ -12,6 +16,9 @@ use crate::store::{DifInsert, DifRow, StoreError};
 /// `pg_advisory_xact_lock` key held by the transactions that add or remove files, so
 /// that nodes evicting at once do not evict twice ("difs" in ASCII).
 const INDEX_LOCK: i64 = 0x64_69_66_73;
+
+/// The bytes of a file are stored in rows of this size.
+const CHUNK: usize = 1 << 20;
 
 const COLUMNS: &str = "id, project_id, checksum, name, kind, object_kind, arch, debug_id, code_id, features, size, uploaded, last_used";
 
@@ -112,6 +119,7 @@ pub(super) async fn insert_dif(
     s: &PgStore,
     row_in: DifRow,
     max_bytes: u64,
+    bytes: Option<&Path>,
 ) -> Result<DifInsert, StoreError> {
     let d = &row_in;
     retry(|| async move {
@@ -148,6 +156,9 @@ pub(super) async fn insert_dif(
         )
         .await?
         .map_or(0, |r| r.get(0));
+        if let Some(path) = bytes {
+            put_bytes(&tx, id, path).await?;
+        }
         let mut total: u64 = row(&tx, "SELECT coalesce(sum(size), 0)::BIGINT FROM difs", &[])
             .await?
             .map_or(0, |r| r.get::<_, i64>(0).max(0) as u64);
@@ -178,6 +189,62 @@ pub(super) async fn insert_dif(
         })
     })
     .await
+}
+
+/// Stores the bytes of file `id` from `path`, a [`CHUNK`] at a time.
+pub(super) async fn put_bytes<C: GenericClient>(
+    c: &C,
+    id: i64,
+    path: &Path,
+) -> Result<(), StoreError> {
+    // Plain file reads: the debug files' store runs these futures on a blocking thread.
+    let mut file = std::fs::File::open(path).map_err(|e| StoreError::Io(path.to_owned(), e))?;
+    let stmt = c
+        .prepare_cached("INSERT INTO dif_chunks (dif_id, seq, data) VALUES ($1, $2, $3)")
+        .await?;
+    let mut buf = vec![0; CHUNK];
+    for seq in 0i64.. {
+        let mut len = 0;
+        while len < CHUNK {
+            let n = file
+                .read(&mut buf[len..])
+                .map_err(|e| StoreError::Io(path.to_owned(), e))?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        if len == 0 && seq > 0 {
+            break;
+        }
+        c.execute(&stmt, &[&id, &seq, &&buf[..len]]).await?;
+        if len < CHUNK {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the bytes of file `id` to `dest` as they stream in; false if there are none.
+/// (Plain file writes, as in [`put_bytes`].)
+pub(super) async fn dif_bytes(s: &PgStore, id: i64, dest: &Path) -> Result<bool, StoreError> {
+    let c = s.conn().await?;
+    let stream = c
+        .query_raw(
+            "SELECT data FROM dif_chunks WHERE dif_id = $1 ORDER BY seq",
+            [&id as &(dyn tokio_postgres::types::ToSql + Sync)],
+        )
+        .await?;
+    futures_util::pin_mut!(stream);
+    let io = |e| StoreError::Io(dest.to_owned(), e);
+    let mut out = std::fs::File::create(dest).map_err(io)?;
+    let mut any = false;
+    while let Some(r) = stream.try_next().await? {
+        any = true;
+        out.write_all(r.get::<_, &[u8]>(0)).map_err(io)?;
+    }
+    out.sync_all().map_err(io)?;
+    Ok(any)
 }
 
 /// Removes a file's row and bumps the version, in one transaction.
@@ -260,7 +327,7 @@ mod tests {
             let mut evicted = Vec::new();
             seen.push(format!("{:?}", s.difs_version().await.unwrap()));
             for n in 1..=4 {
-                let done = s.insert_dif(file(n, 300, 10 * n), max).await.unwrap();
+                let done = s.insert_dif(file(n, 300, 10 * n), max, None).await.unwrap();
                 seen.push(format!("{:?} {}", done.row, done.existed));
                 evicted.push(done.evicted.iter().map(|d| d.id).collect::<Vec<_>>());
             }
@@ -269,12 +336,15 @@ mod tests {
                 .await
                 .unwrap();
             s.touch_difs(vec![(2, 100)]).await.unwrap();
-            let again = s.insert_dif(file(2, 300, 99), max).await.unwrap();
+            let again = s.insert_dif(file(2, 300, 99), max, None).await.unwrap();
             assert!(again.existed, "same checksum");
             seen.push(format!("{:?}", again.row));
             evicted.push(again.evicted.iter().map(|d| d.id).collect());
             for (n, size) in [(5, 450), (6, 450), (7, 5_000)] {
-                let done = s.insert_dif(file(n, size, 10 * n), max).await.unwrap();
+                let done = s
+                    .insert_dif(file(n, size, 10 * n), max, None)
+                    .await
+                    .unwrap();
                 seen.push(format!("{:?}", done.row));
                 evicted.push(done.evicted.iter().map(|d| d.id).collect());
             }
@@ -345,9 +415,9 @@ mod tests {
             let s = if n % 2 == 0 { a.clone() } else { b.clone() };
             // Files 1-12 uploaded twice (same checksum), by both nodes.
             let f = file(1 + n % 12, 100, n);
-            tasks.push(tokio::spawn(
-                async move { s.insert_dif(f, 550).await.unwrap() },
-            ));
+            tasks.push(tokio::spawn(async move {
+                s.insert_dif(f, 550, None).await.unwrap()
+            }));
         }
         let mut evicted = 0;
         let mut added = 0;

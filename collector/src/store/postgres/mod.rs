@@ -18,6 +18,7 @@ mod symbolication;
 pub(crate) mod testing;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::str::FromStr as _;
 use std::sync::Arc;
 
@@ -505,8 +506,21 @@ impl Store for PgStore {
         difs::dif_by_checksum(self, project_id, checksum).await
     }
 
-    async fn insert_dif(&self, row: DifRow, max_bytes: u64) -> Result<DifInsert, StoreError> {
-        difs::insert_dif(self, row, max_bytes).await
+    async fn insert_dif(
+        &self,
+        row: DifRow,
+        max_bytes: u64,
+        bytes: Option<&Path>,
+    ) -> Result<DifInsert, StoreError> {
+        difs::insert_dif(self, row, max_bytes, bytes).await
+    }
+
+    fn shares_dif_bytes(&self) -> bool {
+        true
+    }
+
+    async fn dif_bytes(&self, id: i64, dest: &Path) -> Result<bool, StoreError> {
+        difs::dif_bytes(self, id, dest).await
     }
 
     async fn delete_dif(&self, id: i64) -> Result<Option<DifRow>, StoreError> {

@@ -212,4 +212,14 @@ pub const MIGRATIONS: &[&str] = &[
     );
     DROP TABLE sessions;
     "#,
+    // 5: the debug files' bytes, so that every node can symbolicate with a file uploaded
+    // to any (difs/mod.rs keeps a copy under each node's `<data>/difs/`).
+    r#"
+    CREATE TABLE dif_chunks (
+        dif_id BIGINT NOT NULL REFERENCES difs(id) ON DELETE CASCADE,
+        seq BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (dif_id, seq)
+    );
+    "#,
 ];

@@ -442,7 +442,12 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn insert_dif(&self, row: DifRow, max_bytes: u64) -> Result<DifInsert, StoreError> {
+    async fn insert_dif(
+        &self,
+        row: DifRow,
+        max_bytes: u64,
+        _bytes: Option<&Path>,
+    ) -> Result<DifInsert, StoreError> {
         self.writer
             .exec(move |tx| {
                 if let Some(existing) = difs::by_checksum(tx, row.project_id, &row.checksum)? {
@@ -472,6 +477,14 @@ impl Store for SqliteStore {
                 })
             })
             .await
+    }
+
+    fn shares_dif_bytes(&self) -> bool {
+        false
+    }
+
+    async fn dif_bytes(&self, _id: i64, _dest: &Path) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
     async fn delete_dif(&self, id: i64) -> Result<Option<DifRow>, StoreError> {
