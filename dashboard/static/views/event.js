@@ -229,6 +229,27 @@ function missingDebugFiles(ev) {
     }));
 }
 
+/**
+ * The minidump an event was made from (`errscope.minidump`): its size, whether it could
+ * be processed (and why not), and a link that downloads the raw dump.
+ */
+function minidumpSection(ev) {
+  const notes = ev.errscope && typeof ev.errscope === 'object' ? ev.errscope : null;
+  const m = notes && notes.minidump && typeof notes.minidump === 'object' ? notes.minidump : null;
+  if (!m) return null;
+  const pid = encodeURIComponent(str(ev.project));
+  const eid = encodeURIComponent(str(ev.event_id));
+  const href = `/api/0/projects/${pid}/events/${eid}/attachments/minidump/`;
+  return section('Minidump',
+    kvTable([
+      ['file', h('span', { class: 'mono' }, str(m.name))],
+      ['size', Number.isFinite(m.size) ? `${m.size} bytes` : null],
+      ['processed', m.processed === false ? 'no' : 'yes'],
+      ['reason', m.error ? str(m.error) : null],
+    ], 'kv-small'),
+    h('p', null, h('a', { class: 'btn btn-small minidump-download', href, download: str(m.name) || 'minidump.dmp' }, 'Download minidump')));
+}
+
 /** Everything about one event. `head` is put above the exception. */
 export function renderEvent(ev, head) {
   const values = exceptionValues(ev);
@@ -253,6 +274,7 @@ export function renderEvent(ev, head) {
   return h('div', { class: 'event' },
     head,
     missingDebugFiles(ev),
+    minidumpSection(ev),
     values.length
       ? section('Exception', msg && !values.some((v) => v.value === msg) ? h('p', { class: 'ev-message' }, msg) : null, exceptionChain(values))
       : section('Message', h('p', { class: 'ev-message' }, msg || '(no message)')),

@@ -9,6 +9,7 @@ mod access;
 pub mod alerts;
 mod apply;
 pub mod difs;
+mod minidumps;
 pub mod queries;
 mod store;
 pub mod symbolication;
@@ -211,6 +212,8 @@ const MIGRATIONS: &[&str] = &[
     // 6: teams and access: users, memberships, API tokens, user sessions, invites, login
     // throttle windows, the audit log (store/sqlite/access.rs).
     access::MIGRATION,
+    // 7: kept minidumps (collector/src/minidump/): the dumps live under <data>/minidumps/.
+    minidumps::MIGRATION,
 ];
 
 /// Opens a connection with the collector's pragmas.
