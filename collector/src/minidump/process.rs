@@ -9,7 +9,6 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -48,6 +47,18 @@ pub enum ProcessError {
     /// The dump's structure is broken (truncated, inconsistent).
     #[error("the minidump cannot be read: {0}")]
     Read(String),
+    /// A stream runs past the end of the file: the upload was cut short.
+    #[error(
+        "the minidump is truncated: stream {stream:#x} ends at byte {end}, the file has {len}"
+    )]
+    Truncated {
+        /// The stream's type.
+        stream: u32,
+        /// Where its data ends.
+        end: u64,
+        /// The file's length.
+        len: usize,
+    },
     /// The processor refused it (no thread list, no system info, ...).
     #[error("the minidump cannot be processed: {0}")]
     Process(String),
@@ -65,12 +76,21 @@ pub fn process(
     rt: &tokio::runtime::Handle,
 ) -> Result<Map<String, Value>, ProcessError> {
     let dump = Minidump::read(bytes).map_err(|e| ProcessError::Read(e.to_string()))?;
+    for s in dump.all_streams() {
+        let end = u64::from(s.location.rva) + u64::from(s.location.data_size);
+        if end > bytes.len() as u64 {
+            return Err(ProcessError::Truncated {
+                stream: s.stream_type,
+                end,
+                len: bytes.len(),
+            });
+        }
+    }
     let provider = Bounded {
         inner: Symbolizer::new(Supplier {
             lookup,
             max_bytes: bounds.sym_bytes,
         }),
-        calls: AtomicUsize::new(0),
     };
     let work = minidump_processor::process_minidump(&dump, &provider);
     let state = rt
@@ -136,18 +156,15 @@ impl SymbolSupplier for Supplier {
     }
 }
 
-/// The symbolizer, yielding every few calls so that the deadline can stop a stackwalk
+/// The symbolizer, yielding at every frame so that the deadline can stop a stackwalk
 /// (the processor's futures are otherwise ready at every step).
 struct Bounded {
     inner: Symbolizer,
-    calls: AtomicUsize,
 }
 
 impl Bounded {
     async fn tick(&self) {
-        if self.calls.fetch_add(1, Relaxed) % 16 == 15 {
-            YieldOnce(false).await;
-        }
+        YieldOnce(false).await;
     }
 }
 
@@ -418,4 +435,58 @@ fn to_event(state: &ProcessState, bounds: Bounds) -> Map<String, Value> {
         ev.insert("timestamp".into(), t.as_secs().into());
     }
     ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolicate::DirectoryLookup;
+
+    fn linux_dump() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/minidumps/linux-mini.dmp"
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_deadline_stops_a_stackwalk() {
+        let bytes = linux_dump();
+        let rt = tokio::runtime::Handle::current();
+        let run = move |timeout| {
+            let (bytes, rt) = (bytes.clone(), rt.clone());
+            tokio::task::spawn_blocking(move || {
+                let bounds = Bounds {
+                    timeout,
+                    threads: 64,
+                    frames: 256,
+                    sym_bytes: 1 << 20,
+                };
+                process(&bytes, Arc::new(DirectoryLookup::default()), bounds, &rt)
+            })
+        };
+        let e = run(Duration::ZERO).await.unwrap().unwrap_err();
+        assert!(matches!(e, ProcessError::Timeout(0)), "{e}");
+        let ev = run(Duration::from_secs(30)).await.unwrap().unwrap();
+        assert_eq!(ev["exception"]["values"][0]["type"], "SIGSEGV");
+        // Bounds on what the event keeps.
+        let bounds = Bounds {
+            timeout: Duration::from_secs(30),
+            threads: 0,
+            frames: 1,
+            sym_bytes: 0,
+        };
+        let bytes = linux_dump();
+        let ev = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Handle::current();
+            process(&bytes, Arc::new(DirectoryLookup::default()), bounds, &rt)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let threads = ev["threads"]["values"].as_array().unwrap();
+        assert_eq!(threads.len(), 1, "only the crashing thread");
+        assert_eq!(threads[0]["stacktrace"]["frames"].as_array().unwrap().len(), 1);
+    }
 }
