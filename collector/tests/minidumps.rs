@@ -49,6 +49,12 @@ fn crash_frames(ev: &Value) -> Vec<Value> {
 #[tokio::test]
 async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() {
     let s = server().await;
+    // Before its `.sym` file: addresses only, the module listed as missing its file.
+    let raw = dump("test.dmp");
+    let (st, early) = post_minidump(&s, raw.clone(), &[]).await;
+    assert_eq!(st, 200, "{early}");
+    let ev = stored(&s, &early).await;
+    assert!(crash_frames(&ev).last().unwrap()["function"].is_null(), "{ev}");
     let base = s.base.clone();
     let sym = fixture("test_app.sym");
     let out = tokio::task::spawn_blocking(move || {
@@ -69,7 +75,14 @@ async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() 
     // The debug id of the MODULE line (`5A9832E5287241C1838ED98914E9B7FF1`).
     assert_eq!(f["debugId"], "5a9832e5-2872-41c1-838e-d98914e9b7ff-1", "{f}");
 
-    let raw = dump("test.dmp");
+    // The early event is symbolicated now that the file is there.
+    let ev = stored(&s, &early).await;
+    assert_eq!(
+        crash_frames(&ev).last().unwrap()["function"],
+        "`anonymous namespace'::CrashFunction",
+        "{ev}"
+    );
+
     let (st, id) = post_minidump(
         &s,
         raw.clone(),
@@ -118,8 +131,13 @@ async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() 
         "{images:?}"
     );
     // Grouped like any crash: an issue titled by the crash reason.
-    let (_, issues) = s.api("/api/0/projects/1/issues/").await;
-    let issue = &issues["data"][0];
+    let (_, issues) = s.api("/api/0/projects/1/issues/?status=all").await;
+    let issue = issues["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == ev["issue_id"])
+        .unwrap();
     assert!(
         issue["title"].as_str().unwrap().contains("EXCEPTION_ACCESS_VIOLATION_WRITE"),
         "{issue}"
