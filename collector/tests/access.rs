@@ -216,7 +216,10 @@ fn specs() -> HashMap<(&'static str, &'static str), Spec> {
             s("project:read", &[200]),
         ),
         (
-            ("GET", "/api/0/projects/{pid}/events/{event_id}/attachments/minidump/"),
+            (
+                "GET",
+                "/api/0/projects/{pid}/events/{event_id}/attachments/minidump/",
+            ),
             s("project:read", &[404]),
         ),
         (

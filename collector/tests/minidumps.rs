@@ -7,7 +7,9 @@ use super::*;
 use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minidumps").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/minidumps")
+        .join(name)
 }
 
 fn dump(name: &str) -> Vec<u8> {
@@ -54,26 +56,43 @@ async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() 
     let (st, early) = post_minidump(&s, raw.clone(), &[]).await;
     assert_eq!(st, 200, "{early}");
     let ev = stored(&s, &early).await;
-    assert!(crash_frames(&ev).last().unwrap()["function"].is_null(), "{ev}");
+    assert!(
+        crash_frames(&ev).last().unwrap()["function"].is_null(),
+        "{ev}"
+    );
     let base = s.base.clone();
     let sym = fixture("test_app.sym");
     let out = tokio::task::spawn_blocking(move || {
         sentry_cli_cmd(&base)
-            .args(["debug-files", "upload", "--org", "o", "--project", "default"])
+            .args([
+                "debug-files",
+                "upload",
+                "--org",
+                "o",
+                "--project",
+                "default",
+            ])
             .arg(&sym)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let files = dsyms(&s).await;
     let f = files
         .iter()
         .find(|f| f["kind"] == "breakpad")
         .unwrap_or_else(|| panic!("no breakpad file in {files:?}"));
     // The debug id of the MODULE line (`5A9832E5287241C1838ED98914E9B7FF1`).
-    assert_eq!(f["debugId"], "5a9832e5-2872-41c1-838e-d98914e9b7ff-1", "{f}");
+    assert_eq!(
+        f["debugId"], "5a9832e5-2872-41c1-838e-d98914e9b7ff-1",
+        "{f}"
+    );
 
     // The early event is symbolicated now that the file is there.
     let ev = stored(&s, &early).await;
@@ -118,16 +137,24 @@ async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() 
         .collect();
     assert_eq!(
         names[..3],
-        ["`anonymous namespace'::CrashFunction", "main", "__tmainCRTStartup"],
+        [
+            "`anonymous namespace'::CrashFunction",
+            "main",
+            "__tmainCRTStartup"
+        ],
         "{frames:?}"
     );
     assert_eq!(frames.last().unwrap()["lineno"], 58);
-    assert!(ev["threads"]["values"].as_array().unwrap().len() >= 2, "{}", ev["threads"]);
+    assert!(
+        ev["threads"]["values"].as_array().unwrap().len() >= 2,
+        "{}",
+        ev["threads"]
+    );
     let images = ev["debug_meta"]["images"].as_array().unwrap();
     assert!(
-        images
-            .iter()
-            .any(|i| i["code_file"].as_str().unwrap().ends_with("test_app.exe") && i["type"] == "pe"),
+        images.iter().any(
+            |i| i["code_file"].as_str().unwrap().ends_with("test_app.exe") && i["type"] == "pe"
+        ),
         "{images:?}"
     );
     // Grouped like any crash: an issue titled by the crash reason.
@@ -139,19 +166,30 @@ async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() 
         .find(|i| i["id"] == ev["issue_id"])
         .unwrap();
     assert!(
-        issue["title"].as_str().unwrap().contains("EXCEPTION_ACCESS_VIOLATION_WRITE"),
+        issue["title"]
+            .as_str()
+            .unwrap()
+            .contains("EXCEPTION_ACCESS_VIOLATION_WRITE"),
         "{issue}"
     );
     // The raw dump comes back as it was sent.
     let r = s
         .http
-        .get(format!("{}/api/0/projects/1/events/{id}/attachments/minidump/", s.base))
+        .get(format!(
+            "{}/api/0/projects/1/events/{id}/attachments/minidump/",
+            s.base
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-disposition"].to_str().unwrap().contains("crash.dmp"));
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("crash.dmp")
+    );
     assert_eq!(r.bytes().await.unwrap().to_vec(), raw);
     s.stop().await;
 }
@@ -163,8 +201,15 @@ async fn linux_and_macos_dumps_and_the_envelope_attachment() {
     let linux = dump("linux-mini.dmp");
     let eid = event_id(7001);
     let mut body = format!("{{\"event_id\":\"{eid}\"}}\n").into_bytes();
-    let event = json!({"release": "native@2", "tags": {"shard": "b"}, "level": "error"}).to_string();
-    body.extend(format!("{{\"type\":\"event\",\"length\":{}}}\n{event}\n", event.len()).bytes());
+    let event =
+        json!({"release": "native@2", "tags": {"shard": "b"}, "level": "error"}).to_string();
+    body.extend(
+        format!(
+            "{{\"type\":\"event\",\"length\":{}}}\n{event}\n",
+            event.len()
+        )
+        .bytes(),
+    );
     body.extend(
         format!(
             "{{\"type\":\"attachment\",\"length\":{},\"attachment_type\":\"event.minidump\",\"filename\":\"linux.dmp\"}}\n",
@@ -177,7 +222,11 @@ async fn linux_and_macos_dumps_and_the_envelope_attachment() {
     let r = s.post_envelope(body).await;
     assert_eq!(r.status(), 200);
     let ev = stored(&s, &eid).await;
-    assert_eq!(ev["exception"]["values"][0]["type"], "SIGSEGV", "{}", ev["exception"]);
+    assert_eq!(
+        ev["exception"]["values"][0]["type"], "SIGSEGV",
+        "{}",
+        ev["exception"]
+    );
     assert_eq!(ev["release"], "native@2");
     assert_eq!(ev["tags"]["shard"], "b");
     assert_eq!(ev["level"], "error", "the SDK's level stands");
@@ -185,11 +234,17 @@ async fn linux_and_macos_dumps_and_the_envelope_attachment() {
     assert!(!crash_frames(&ev).is_empty());
     let images = ev["debug_meta"]["images"].as_array().unwrap();
     assert!(images.iter().all(|i| i["type"] == "elf"), "{images:?}");
-    assert!(images.iter().any(|i| i["code_id"].is_string()), "{images:?}");
+    assert!(
+        images.iter().any(|i| i["code_id"].is_string()),
+        "{images:?}"
+    );
     assert_eq!(ev["errscope"]["minidump"]["name"], "linux.dmp");
     let r = s
         .http
-        .get(format!("{}/api/0/projects/1/events/{eid}/attachments/minidump/", s.base))
+        .get(format!(
+            "{}/api/0/projects/1/events/{eid}/attachments/minidump/",
+            s.base
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -206,7 +261,11 @@ async fn linux_and_macos_dumps_and_the_envelope_attachment() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let ev = stored(&s, &r.text().await.unwrap()).await;
-    assert_eq!(ev["exception"]["values"][0]["type"], "EXC_BAD_ACCESS", "{}", ev["exception"]);
+    assert_eq!(
+        ev["exception"]["values"][0]["type"], "EXC_BAD_ACCESS",
+        "{}",
+        ev["exception"]
+    );
     assert!(
         ev["exception"]["values"][0]["value"]
             .as_str()
@@ -233,7 +292,11 @@ async fn bad_minidumps_are_refused_or_stored_as_unprocessable() {
     let mut huge = b"MDMP".to_vec();
     huge.resize(64 * 1024 + 1, 0);
     let (st, body) = post_minidump(&s, huge, &[]).await;
-    assert_eq!((st, detail(&body).contains("minidump-max-mb")), (413, true), "{body}");
+    assert_eq!(
+        (st, detail(&body).contains("minidump-max-mb")),
+        (413, true),
+        "{body}"
+    );
     // No file field; no key.
     let r = s
         .http
@@ -269,10 +332,19 @@ async fn bad_minidumps_are_refused_or_stored_as_unprocessable() {
     let (st, id) = post_minidump(&s, junk.clone(), &[]).await;
     assert_eq!(st, 200, "{id}");
     let ev = stored(&s, &id).await;
-    assert!(ev["message"].as_str().unwrap().starts_with("Unprocessable minidump"), "{ev}");
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unprocessable minidump"),
+        "{ev}"
+    );
     let r = s
         .http
-        .get(format!("{}/api/0/projects/1/events/{id}/attachments/minidump/", s.base))
+        .get(format!(
+            "{}/api/0/projects/1/events/{id}/attachments/minidump/",
+            s.base
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await

@@ -117,7 +117,11 @@ async fn upload(
     let multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
     let form = if multipart {
         // The fields are copied out of the body once more.
         held.cover(2 * raw.len() + 256 * 1024)
@@ -190,10 +194,7 @@ pub async fn from_envelope(
     }
     let (dump, name) = dump.ok_or_else(|| IngestError::Internal("no minidump item".into()))?;
     let header_id = header.event_id.as_deref().and_then(event::parse_event_id);
-    crash(
-        state, project_id, base, header_id, dump, &name, job, held,
-    )
-    .await
+    crash(state, project_id, base, header_id, dump, &name, job, held).await
 }
 
 /// An event JSON object that is the base of a crash event.
@@ -297,8 +298,8 @@ async fn read_form(headers: &HeaderMap, raw: Vec<u8>, max: usize) -> Result<Form
             continue;
         }
         if name == "sentry" {
-            form.base = parse_base(&data)
-                .map_err(|e| prefix_field(e, "the `sentry` form field"))?;
+            form.base =
+                parse_base(&data).map_err(|e| prefix_field(e, "the `sentry` form field"))?;
             continue;
         }
         if form.fields.len() >= MAX_FIELD_COUNT {
@@ -367,7 +368,10 @@ fn apply_fields(ev: &mut Map<String, Value>, fields: &[(String, String)]) {
 
 /// Processes a dump into an event over `base`, stores it (with `job`'s other records) and
 /// keeps the dump. Returns the stored event ids.
-#[allow(clippy::too_many_arguments, reason = "one call site per ingestion path")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site per ingestion path"
+)]
 async fn crash(
     state: &AppState,
     project_id: i64,

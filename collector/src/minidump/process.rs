@@ -17,8 +17,8 @@ use breakpad_symbols::{
     FileError, FileKind, LocateSymbolsResult, Module, SymbolError, SymbolFile, SymbolSupplier,
     Symbolizer,
 };
-use minidump::system_info::{Cpu, Os};
 use minidump::Minidump;
+use minidump::system_info::{Cpu, Os};
 use minidump_processor::ProcessState;
 use minidump_unwind::{
     FillSymbolError, FrameSymbolizer, FrameWalker, StackFrame, SymbolProvider, SymbolStats,
@@ -48,9 +48,7 @@ pub enum ProcessError {
     #[error("the minidump cannot be read: {0}")]
     Read(String),
     /// A stream runs past the end of the file: the upload was cut short.
-    #[error(
-        "the minidump is truncated: stream {stream:#x} ends at byte {end}, the file has {len}"
-    )]
+    #[error("the minidump is truncated: stream {stream:#x} ends at byte {end}, the file has {len}")]
     Truncated {
         /// The stream's type.
         stream: u32,
@@ -135,8 +133,7 @@ impl SymbolSupplier for Supplier {
         }
         let symbols = SymbolFile::from_file(&path)?;
         if let Some(id) = module.debug_identifier() {
-            self.lookup
-                .mark_used(&id.to_string().to_ascii_lowercase());
+            self.lookup.mark_used(&id.to_string().to_ascii_lowercase());
         }
         Ok(LocateSymbolsResult {
             symbols,
@@ -487,6 +484,9 @@ mod tests {
         .unwrap();
         let threads = ev["threads"]["values"].as_array().unwrap();
         assert_eq!(threads.len(), 1, "only the crashing thread");
-        assert_eq!(threads[0]["stacktrace"]["frames"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            threads[0]["stacktrace"]["frames"].as_array().unwrap().len(),
+            1
+        );
     }
 }

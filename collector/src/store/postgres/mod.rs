@@ -35,8 +35,8 @@ use crate::store::{
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
-    IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
-    StoreError, TagValue, Waiting, WaitingEvent, redact_url,
+    IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats,
+    Store, StoreError, TagValue, Waiting, WaitingEvent, redact_url,
 };
 
 /// Connections each collector keeps to the database at most.

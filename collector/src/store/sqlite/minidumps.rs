@@ -56,7 +56,14 @@ pub(super) fn insert(
     conn.execute(
         "INSERT OR REPLACE INTO minidumps (project_id, event_id, size, checksum, name, received)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![m.project_id, m.event_id, m.size, m.checksum, m.name, m.received],
+        params![
+            m.project_id,
+            m.event_id,
+            m.size,
+            m.checksum,
+            m.name,
+            m.received
+        ],
     )?;
     let mut total: i64 =
         conn.query_row("SELECT coalesce(sum(size), 0) FROM minidumps", [], |r| {

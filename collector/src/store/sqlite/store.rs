@@ -22,8 +22,8 @@ use crate::store::{
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
-    IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
-    StoreError, TagValue, Waiting, WaitingEvent,
+    IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats,
+    Store, StoreError, TagValue, Waiting, WaitingEvent,
 };
 
 /// The embedded SQLite database under `--data`.
