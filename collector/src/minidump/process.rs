@@ -367,10 +367,14 @@ fn to_event(state: &ProcessState, bounds: Bounds) -> Map<String, Value> {
     }
     if let Some(info) = &state.exception_info {
         let reason = info.reason.to_string();
-        let ty = reason.split(" / ").next().unwrap_or(&reason).to_owned();
+        // `EXC_BAD_ACCESS / KERN_INVALID_ADDRESS`: the type, then the detail in the value.
+        let (ty, detail) = match reason.split_once(" / ") {
+            Some((ty, rest)) => (ty.to_owned(), format!("{rest}, ")),
+            None => (reason.clone(), String::new()),
+        };
         let mut ex = json!({
             "type": ty,
-            "value": format!("Fatal Error: {reason} at {}", hex(info.address.0)),
+            "value": format!("{detail}address {}", hex(info.address.0)),
             "mechanism": {
                 "type": "minidump",
                 "handled": false,

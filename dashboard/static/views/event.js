@@ -212,11 +212,13 @@ function missingDebugFiles(ev) {
     h('p', { class: 'muted' },
       'Frames of these images have addresses only. Upload the debug file of the same build ',
       '(the unstripped binary, or its ', h('span', { class: 'mono' }, 'objcopy --only-keep-debug'),
-      ' companion) and this event is symbolicated; new events group by the symbolicated frames.'),
+      ' companion; for Windows and macOS programs the Breakpad ', h('span', { class: 'mono' }, '.sym'),
+      ' file dump_syms makes) and this event is symbolicated; new events group by the symbolicated frames.'),
     list.map((m) => {
       const file = str(m.code_file) || '<file>';
       const base = file.split(/[\\/]/).pop() || file;
-      const debug = `${base}.debug`;
+      const windows = /\.(exe|dll)$/i.test(base) || file.includes('\\');
+      const debug = windows ? `${base.replace(/\.(exe|dll)$/i, '')}.sym` : `${base}.debug`;
       return h('div', { class: 'missing-dif' },
         kvTable([
           ['image', h('span', { class: 'mono' }, file)],

@@ -126,3 +126,50 @@ pub(super) async fn insert_minidump(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::twin;
+    use crate::store::{MinidumpRow, Store};
+
+    fn dump(n: i64, size: i64) -> MinidumpRow {
+        MinidumpRow {
+            project_id: 1,
+            event_id: format!("{n:032x}"),
+            size,
+            checksum: format!("{n:040x}"),
+            name: format!("crash-{n}.dmp"),
+            received: 1000 * n,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_index_drops_the_oldest_dumps_as_sqlite_does() {
+        let t = twin().await;
+        let mut logs = Vec::new();
+        for s in [&t.lite as &dyn Store, &t.pg] {
+            let mut log = Vec::new();
+            for (n, size) in [(1, 400), (2, 400), (3, 400), (2, 100), (4, 2_000)] {
+                let dropped = s.insert_minidump(dump(n, size), 1_000).await.unwrap();
+                log.push(format!("{dropped:?}"));
+            }
+            for n in 1..=4 {
+                log.push(format!(
+                    "{:?}",
+                    s.minidump(1, &format!("{n:032x}")).await.unwrap()
+                ));
+            }
+            log.push(format!(
+                "{:?}",
+                s.minidump(2, &format!("{:032x}", 4)).await.unwrap()
+            ));
+            logs.push(log);
+        }
+        assert_eq!(logs[1], logs[0]);
+        // 1 went for 3; replacing 2 dropped nothing; 4, over the budget alone, stays alone.
+        assert!(logs[0][2].contains(&format!("{:032x}", 1)), "{:?}", logs[0]);
+        assert_eq!(logs[0][3], "[]");
+        assert!(logs[0][8].starts_with("Some("), "{:?}", logs[0]);
+        assert_eq!(logs[0][5..8], ["None", "None", "None"], "{:?}", logs[0]);
+    }
+}
