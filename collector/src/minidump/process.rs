@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use breakpad_symbols::{
@@ -89,6 +89,7 @@ pub fn process(
             lookup,
             max_bytes: bounds.sym_bytes,
         }),
+        deadline: Instant::now() + bounds.timeout,
     };
     let work = minidump_processor::process_minidump(&dump, &provider);
     let state = rt
@@ -153,14 +154,19 @@ impl SymbolSupplier for Supplier {
     }
 }
 
-/// The symbolizer, yielding at every frame so that the deadline can stop a stackwalk
-/// (the processor's futures are otherwise ready at every step).
+/// The symbolizer, looking at the clock at every frame: past the deadline it never
+/// answers again, so the timeout around the processor ends the walk (whose futures are
+/// otherwise ready at every step); before it, it yields once so the timeout can fire.
 struct Bounded {
     inner: Symbolizer,
+    deadline: Instant,
 }
 
 impl Bounded {
     async fn tick(&self) {
+        if Instant::now() >= self.deadline {
+            std::future::pending::<()>().await;
+        }
         YieldOnce(false).await;
     }
 }
