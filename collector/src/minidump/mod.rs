@@ -52,9 +52,6 @@ impl Default for MinidumpConfig {
     }
 }
 
-/// The largest dump `--minidump-max-mb` may allow: what an envelope may inflate to.
-pub const MAX_DUMP: usize = crate::ingest::MAX_ENVELOPE;
-
 /// The largest Breakpad symbol file parsed for a stackwalk (parsed, it takes a few times
 /// its size in memory, per processing).
 const SYM_BYTES: u64 = 64 << 20;
