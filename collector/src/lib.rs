@@ -25,6 +25,7 @@
 //! - [`api`]: the dashboard's JSON API;
 //! - [`auth`]: users, roles, project membership, scoped tokens, sessions, login
 //!   throttling, invites, the audit log, and the permission check of every API route;
+//! - [`minidump`]: minidumps processed into native events, the raw dumps kept;
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
 //! - [`alerts`]: alert rules, their decision on ingest and their background delivery;
 //! - [`dashboard`]: the embedded web UI;
@@ -43,6 +44,7 @@ pub mod difs;
 pub mod grouping;
 pub mod ingest;
 pub mod metrics;
+pub mod minidump;
 pub mod quota;
 pub mod serve;
 pub mod state;
@@ -117,6 +119,10 @@ pub fn api_routes() -> auth::Routes {
             get(read(pid), api::get_event),
         )
         .route(
+            "/api/0/projects/{pid}/events/{event_id}/attachments/minidump/",
+            get(read(pid), minidump::api::download),
+        )
+        .route(
             "/api/0/projects/{pid}/tags/{key}/values/",
             get(read(pid), api::tag_values),
         )
@@ -166,6 +172,18 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/{project_id}/store/",
             post(ingest::store_handler).options(ingest::preflight),
+        )
+        .route(
+            "/api/{project_id}/minidump/",
+            post(ingest::minidump::handler)
+                .options(ingest::preflight)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/{project_id}/minidump",
+            post(ingest::minidump::handler)
+                .options(ingest::preflight)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
         )
         .route(
             "/api/{project_id}/store",

@@ -82,6 +82,8 @@ enum Command {
         #[arg(long, env = "ERRSCOPE_DIFS_MAX_MB", default_value_t = 2048,
               value_parser = clap::value_parser!(u64).range(1..))]
         difs_max_mb: u64,
+        #[command(flatten)]
+        minidumps: MinidumpFlags,
         /// Minutes a dashboard session lasts without a request.
         #[arg(long, env = "ERRSCOPE_SESSION_IDLE_MINUTES", default_value_t = 1440,
               value_parser = clap::value_parser!(u64).range(1..=43_200))]
@@ -115,6 +117,39 @@ enum Command {
         #[command(subcommand)]
         command: users_cli::UserCommand,
     },
+}
+
+/// Minidump settings.
+#[derive(clap::Args)]
+struct MinidumpFlags {
+    /// Megabytes of the largest minidump accepted (larger: 413).
+    #[arg(long, env = "ERRSCOPE_MINIDUMP_MAX_MB", default_value_t = 16,
+          value_parser = clap::value_parser!(u64).range(1..=100))]
+    minidump_max_mb: u64,
+    /// Megabytes of raw minidumps kept for download; the oldest go first.
+    #[arg(long, env = "ERRSCOPE_MINIDUMPS_DISK_MB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(0..))]
+    minidumps_disk_mb: u64,
+    /// Minidumps processed at once over all requests (each takes a core while it runs).
+    #[arg(long, env = "ERRSCOPE_MINIDUMP_WORKERS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    minidump_workers: u64,
+    /// Seconds one minidump's processing may take; past it the event says "unprocessable".
+    #[arg(long, env = "ERRSCOPE_MINIDUMP_TIMEOUT_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    minidump_timeout_secs: u64,
+}
+
+impl MinidumpFlags {
+    fn config(&self) -> errscope_collector::minidump::MinidumpConfig {
+        errscope_collector::minidump::MinidumpConfig {
+            max_bytes: (self.minidump_max_mb as usize) << 20,
+            disk_bytes: self.minidumps_disk_mb.saturating_mul(1 << 20),
+            workers: self.minidump_workers as usize,
+            timeout: Duration::from_secs(self.minidump_timeout_secs),
+            ..Default::default()
+        }
+    }
 }
 
 /// Alert delivery settings.
@@ -268,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             dedup_max_ids,
             difs_max_mb,
+            minidumps,
             session_idle_minutes,
             login_window_secs,
             alerts,
@@ -307,6 +343,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.header_timeout = Duration::from_secs(header_timeout_secs);
                 config.body_timeout = Duration::from_secs(body_timeout_secs);
                 config.difs_max_bytes = difs_max_mb.saturating_mul(1 << 20);
+                config.minidumps = minidumps.config();
                 config.alerts = alerts;
                 config.access.session_idle = Duration::from_secs(session_idle_minutes * 60);
                 config.access.login_window = Duration::from_secs(login_window_secs);

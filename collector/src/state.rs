@@ -55,6 +55,8 @@ pub struct Config {
     pub symbolication: Limits,
     /// Teams and access: session idle time, login throttling.
     pub access: crate::auth::AccessConfig,
+    /// Minidumps: size cap, processing workers and deadline, disk budget of kept dumps.
+    pub minidumps: crate::minidump::MinidumpConfig,
 }
 
 impl Config {
@@ -78,6 +80,7 @@ impl Config {
             debug_files: None,
             symbolication: Limits::default(),
             access: crate::auth::AccessConfig::default(),
+            minidumps: crate::minidump::MinidumpConfig::default(),
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct Inner {
     pub budget: Budget,
     /// Server-side symbolication, from [`Config::debug_files`] or the uploaded files.
     pub symbolicator: Arc<Symbolicator>,
+    /// Minidump processing and the kept dumps.
+    pub minidumps: crate::minidump::Minidumps,
     keys: RwLock<HashMap<String, i64>>,
     token_hash: RwLock<String>,
     verified: Mutex<Vec<String>>,
@@ -256,11 +261,18 @@ pub async fn start(config: Config) -> Result<Started, StoreError> {
         Some(lookup) => lookup.clone(),
         None => Arc::new(difs.clone()),
     };
-    let symbolicator = Arc::new(Symbolicator::new(lookup, config.symbolication));
+    let symbolicator = Arc::new(Symbolicator::new(lookup.clone(), config.symbolication));
+    let minidumps =
+        crate::minidump::Minidumps::open(&config.data_dir, config.minidumps, store.clone(), lookup)
+            .map_err(|e| match e {
+                crate::minidump::MinidumpError::Io(p, e) => StoreError::Io(p, e),
+                e => StoreError::Task(e.to_string()),
+            })?;
     let inner = Inner {
         store,
         budget: Budget::new(config.max_inflight_bytes),
         symbolicator,
+        minidumps,
         config,
         alerts,
         metrics,

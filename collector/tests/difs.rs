@@ -1,6 +1,8 @@
 //! Debug files end to end: the real sentry-cli against a real collector, the multipart
-//! upload, the `debug-files` subcommand while `serve` runs, eviction and bad input.
+//! upload, the `debug-files` subcommand while `serve` runs, eviction and bad input; and
+//! minidumps, symbolicated with the Breakpad files sentry-cli uploads.
 
+mod minidumps;
 #[allow(dead_code, reason = "the helpers other test binaries use")]
 mod util;
 

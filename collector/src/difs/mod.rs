@@ -357,6 +357,31 @@ impl Difs {
         Some(self.matched(&best.row))
     }
 
+    /// The newest file of one kind for an image (by debug id, or code id).
+    pub fn find_kind(
+        &self,
+        debug_id: &str,
+        code_id: Option<&str>,
+        kind: DifKind,
+    ) -> Option<DifMatch> {
+        let ix = self.0.index.read().unwrap_or_else(|e| e.into_inner());
+        let by_debug = normalize_debug_id(debug_id)
+            .and_then(|d| ix.by_debug_id.get(&d))
+            .into_iter()
+            .flatten();
+        let code = code_id.map(|c| c.trim().to_ascii_lowercase());
+        let by_code = code
+            .as_ref()
+            .and_then(|c| ix.by_code_id.get(c))
+            .into_iter()
+            .flatten();
+        let best = by_debug
+            .chain(by_code)
+            .filter(|e| e.row.kind == kind)
+            .max_by_key(|e| (e.row.uploaded, e.row.id))?;
+        Some(self.matched(&best.row))
+    }
+
     /// The source bundle of a debug id, if one was uploaded.
     pub fn find_sources(&self, debug_id: &str) -> Option<PathBuf> {
         let d = normalize_debug_id(debug_id)?;
@@ -803,6 +828,10 @@ impl crate::symbolicate::DebugFileLookup for Difs {
 
     fn find_sources(&self, debug_id: &str) -> Option<PathBuf> {
         Difs::find_sources(self, debug_id)
+    }
+
+    fn find_breakpad(&self, debug_id: &str, code_id: Option<&str>) -> Option<PathBuf> {
+        Difs::find_kind(self, debug_id, code_id, DifKind::Breakpad).map(|m| m.path)
     }
 
     fn mark_used(&self, debug_id: &str) {

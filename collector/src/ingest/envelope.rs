@@ -46,7 +46,14 @@ struct ItemHeader {
     ty: String,
     #[serde(default)]
     length: Option<u64>,
+    #[serde(default)]
+    attachment_type: Option<String>,
+    #[serde(default)]
+    filename: Option<String>,
 }
+
+/// The `attachment_type` of an attachment item holding a minidump.
+pub const MINIDUMP_ATTACHMENT: &str = "event.minidump";
 
 /// One item.
 #[derive(Debug, PartialEq, Eq)]
@@ -152,6 +159,9 @@ pub struct Limits {
     pub total: usize,
     /// The item types whose payloads are kept; others are skipped without being held.
     pub keep: &'static [&'static str],
+    /// Largest minidump attachment (`attachment_type: "event.minidump"`), kept apart
+    /// from other attachments; 0: minidumps are skipped like other attachments.
+    pub minidump: usize,
 }
 
 /// An item the [`Framer`] kept.
@@ -163,6 +173,10 @@ pub struct OwnedItem {
     pub ty: String,
     /// The payload bytes.
     pub payload: Vec<u8>,
+    /// An attachment's `attachment_type` (kept attachments are minidumps only).
+    pub attachment_type: Option<String>,
+    /// An attachment's `filename`.
+    pub filename: Option<String>,
 }
 
 /// Why the [`Framer`] refused an envelope.
@@ -195,6 +209,8 @@ enum State {
 struct Current {
     n: usize,
     ty: String,
+    attachment_type: Option<String>,
+    filename: Option<String>,
     len: usize,
     keep: bool,
     buf: Vec<u8>,
@@ -341,7 +357,11 @@ impl Framer {
                 };
                 let cur = self.cur.as_mut().expect("a line item");
                 if cur.keep {
-                    let limit = self.limits.limit(&cur.ty);
+                    let limit = if cur.attachment_type.as_deref() == Some(MINIDUMP_ATTACHMENT) {
+                        self.limits.minidump
+                    } else {
+                        self.limits.limit(&cur.ty)
+                    };
                     // One byte of slack for a `\r` before the newline.
                     if cur.buf.len() + part.len() > limit + 1 {
                         return Err(FrameError::ItemTooLarge(cur.n, cur.ty.clone(), limit));
@@ -379,11 +399,20 @@ impl Framer {
         let ih =
             ih.0.ok_or_else(|| EnvelopeError::Header(what.clone(), "missing `type`".into()))?;
         self.seen = n;
-        let keep = self.limits.keep.contains(&ih.ty.as_str());
-        let limit = self.limits.limit(&ih.ty);
+        let minidump = self.limits.minidump > 0
+            && ih.ty == "attachment"
+            && ih.attachment_type.as_deref() == Some(MINIDUMP_ATTACHMENT);
+        let keep = minidump || self.limits.keep.contains(&ih.ty.as_str());
+        let limit = if minidump {
+            self.limits.minidump
+        } else {
+            self.limits.limit(&ih.ty)
+        };
         let mut cur = Current {
             n,
             ty: ih.ty,
+            attachment_type: ih.attachment_type,
+            filename: ih.filename,
             len: 0,
             keep,
             buf: Vec::new(),
@@ -438,6 +467,8 @@ impl Framer {
             n: cur.n,
             ty: cur.ty,
             payload: cur.buf,
+            attachment_type: cur.attachment_type,
+            filename: cur.filename,
         });
     }
 
@@ -552,6 +583,7 @@ mod tests {
             kept: 1 << 20,
             total: 1 << 24,
             keep: KEEP,
+            minidump: 0,
         };
         let mut f = Framer::new(limits, known.then_some(body.len()));
         for piece in body.chunks(split.max(1)) {
@@ -597,6 +629,8 @@ mod tests {
                         n: n + 1,
                         ty: i.ty,
                         payload: i.payload.to_vec(),
+                        attachment_type: None,
+                        filename: None,
                     })
                     .collect();
                 (h, kept)
@@ -628,6 +662,7 @@ mod tests {
             kept: 50,
             total: 1000,
             keep: &["event", "client_report"],
+            minidump: 0,
         };
         // An announced length over the limit: refused on the header line.
         let mut f = Framer::new(limits, None);

@@ -213,7 +213,7 @@ fn frame_error(e: FrameError) -> IngestError {
     }
 }
 
-fn wire_error(e: axum::Error) -> IngestError {
+pub(super) fn wire_error(e: axum::Error) -> IngestError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     while let Some(s) = src {
         if let Some(t) = s.downcast_ref::<crate::serve::BodyTimeout>() {
@@ -229,11 +229,13 @@ fn wire_too_large() -> IngestError {
 }
 
 /// Reads `body` (a store event if `store`, else an envelope) to its end, or to the first
-/// reason to refuse it, with every byte it holds covered by `held` first.
+/// reason to refuse it, with every byte it holds covered by `held` first. An envelope's
+/// minidump attachments are kept up to `minidump` bytes each.
 pub async fn read(
     body: Body,
     headers: &HeaderMap,
     store: bool,
+    minidump: usize,
     held: &mut Reservation,
 ) -> Result<Framed, IngestError> {
     // A declared length over the limit is refused before a byte of the body is read.
@@ -253,6 +255,7 @@ pub async fn read(
                 kept: MAX_EVENT,
                 total: MAX_ENVELOPE,
                 keep: KEPT_ITEMS,
+                minidump,
             },
             known_len,
         )))

@@ -9,6 +9,7 @@ pub mod body;
 pub mod envelope;
 pub mod event;
 pub mod intake;
+pub mod minidump;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -309,7 +310,16 @@ async fn ingest(
     // Every byte this request holds, from its first wire frame to the commit of what it
     // stores, is covered by this reservation against the memory budget.
     let mut held = state.budget.reserve();
-    let framed = intake::read(body, headers, kind == Kind::Store, &mut held).await?;
+    let minidump_max = state.minidumps.config().max_bytes;
+    let framed = intake::read(body, headers, kind == Kind::Store, minidump_max, &mut held).await?;
+    // An envelope with a minidump is one crash: processed as the minidump endpoint does.
+    let framed = match framed {
+        intake::Framed::Envelope(header, items) if items.iter().any(minidump::is_minidump) => {
+            return minidump::from_envelope(state, project_id, request_key, header, items, held)
+                .await;
+        }
+        other => other,
+    };
     let received = now_ms();
     let size = framed.payload_bytes();
     let symbolicator = state.symbolicator.clone();

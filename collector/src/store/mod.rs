@@ -304,6 +304,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Writes last-use times `(id, ms)`.
     async fn touch_difs(&self, used: Vec<(i64, i64)>) -> Result<(), StoreError>;
 
+    // --- kept minidumps' index (the dumps live beside the database) ------------------
+
+    /// Indexes a kept dump (replacing the row of the same event), then drops the oldest
+    /// others until all fit in `max_bytes`, in one transaction; returns the dropped rows.
+    async fn insert_minidump(
+        &self,
+        row: MinidumpRow,
+        max_bytes: u64,
+    ) -> Result<Vec<MinidumpRow>, StoreError>;
+    /// The kept dump of an event.
+    async fn minidump(
+        &self,
+        project_id: i64,
+        event_id: &str,
+    ) -> Result<Option<MinidumpRow>, StoreError>;
+
     // --- checks ----------------------------------------------------------------------
 
     /// How many stored rows each event id has (exactly one each in a sound store): the

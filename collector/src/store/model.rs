@@ -509,3 +509,20 @@ pub struct DifRow {
     /// Last time symbolication used it, ms since the epoch.
     pub last_used: Option<i64>,
 }
+
+/// One kept minidump: its index row (the bytes live under `<data>/minidumps/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinidumpRow {
+    /// The project of the event.
+    pub project_id: i64,
+    /// The event made from the dump.
+    pub event_id: String,
+    /// The dump's size in bytes.
+    pub size: i64,
+    /// SHA-1 of the dump, hex.
+    pub checksum: String,
+    /// The name the client sent (`upload_file_minidump`'s file name).
+    pub name: String,
+    /// When it arrived (ms).
+    pub received: i64,
+}

@@ -26,8 +26,8 @@ pub struct Image {
 }
 
 impl Image {
-    /// A system library (libc, the loader, the vDSO): its frames have symbol names and
-    /// nobody uploads its debug file, so it is not reported as missing one.
+    /// A system library (libc, the loader, the vDSO, Windows' and macOS' own): nobody
+    /// uploads its debug file, so it is not reported as missing one.
     pub fn is_system(&self) -> bool {
         let f = self.code_file.as_deref().unwrap_or("");
         f.is_empty()
@@ -38,6 +38,10 @@ impl Image {
             || f.contains("linux-vdso")
             || f.contains("linux-gate")
             || f.starts_with('[')
+            // Windows and macOS system libraries, as minidumps name them.
+            || f.to_ascii_lowercase().contains(":\\windows\\")
+            || f.starts_with("/System/Library/")
+            || f.starts_with("/usr/lib/system/")
     }
 }
 

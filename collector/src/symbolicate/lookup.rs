@@ -30,6 +30,12 @@ pub trait DebugFileLookup: Send + Sync + std::fmt::Debug {
     /// The source bundle (a zip with a manifest, as `sentry-cli --include-sources` makes)
     /// of an image, if one was uploaded.
     fn find_sources(&self, debug_id: &str) -> Option<PathBuf>;
+    /// The Breakpad symbol file (`.sym`) of an image, if one was uploaded: minidump
+    /// processing reads its unwind information to walk stacks.
+    fn find_breakpad(&self, debug_id: &str, code_id: Option<&str>) -> Option<PathBuf> {
+        let _ = (debug_id, code_id);
+        None
+    }
     /// Called when a debug file was used to symbolicate (for least-recently-used eviction).
     fn mark_used(&self, debug_id: &str) {
         let _ = debug_id;

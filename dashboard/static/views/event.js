@@ -212,11 +212,13 @@ function missingDebugFiles(ev) {
     h('p', { class: 'muted' },
       'Frames of these images have addresses only. Upload the debug file of the same build ',
       '(the unstripped binary, or its ', h('span', { class: 'mono' }, 'objcopy --only-keep-debug'),
-      ' companion) and this event is symbolicated; new events group by the symbolicated frames.'),
+      ' companion; for Windows and macOS programs the Breakpad ', h('span', { class: 'mono' }, '.sym'),
+      ' file dump_syms makes) and this event is symbolicated; new events group by the symbolicated frames.'),
     list.map((m) => {
       const file = str(m.code_file) || '<file>';
       const base = file.split(/[\\/]/).pop() || file;
-      const debug = `${base}.debug`;
+      const windows = /\.(exe|dll)$/i.test(base) || file.includes('\\');
+      const debug = windows ? `${base.replace(/\.(exe|dll)$/i, '')}.sym` : `${base}.debug`;
       return h('div', { class: 'missing-dif' },
         kvTable([
           ['image', h('span', { class: 'mono' }, file)],
@@ -227,6 +229,27 @@ function missingDebugFiles(ev) {
           `sentry-cli --url ${origin} --auth-token <API token> debug-files upload --org any --project ${project} ${debug}\n`
           + `errscope-collector debug-files upload --data <data dir> --project ${project} ${debug}`));
     }));
+}
+
+/**
+ * The minidump an event was made from (`errscope.minidump`): its size, whether it could
+ * be processed (and why not), and a link that downloads the raw dump.
+ */
+function minidumpSection(ev) {
+  const notes = ev.errscope && typeof ev.errscope === 'object' ? ev.errscope : null;
+  const m = notes && notes.minidump && typeof notes.minidump === 'object' ? notes.minidump : null;
+  if (!m) return null;
+  const pid = encodeURIComponent(str(ev.project));
+  const eid = encodeURIComponent(str(ev.event_id));
+  const href = `/api/0/projects/${pid}/events/${eid}/attachments/minidump/`;
+  return section('Minidump',
+    kvTable([
+      ['file', h('span', { class: 'mono' }, str(m.name))],
+      ['size', Number.isFinite(m.size) ? `${m.size} bytes` : null],
+      ['processed', m.processed === false ? 'no' : 'yes'],
+      ['reason', m.error ? str(m.error) : null],
+    ], 'kv-small'),
+    h('p', null, h('a', { class: 'btn btn-small minidump-download', href, download: str(m.name) || 'minidump.dmp' }, 'Download minidump')));
 }
 
 /** Everything about one event. `head` is put above the exception. */
@@ -253,6 +276,7 @@ export function renderEvent(ev, head) {
   return h('div', { class: 'event' },
     head,
     missingDebugFiles(ev),
+    minidumpSection(ev),
     values.length
       ? section('Exception', msg && !values.some((v) => v.value === msg) ? h('p', { class: 'ev-message' }, msg) : null, exceptionChain(values))
       : section('Message', h('p', { class: 'ev-message' }, msg || '(no message)')),

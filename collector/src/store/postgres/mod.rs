@@ -11,6 +11,7 @@ mod basics;
 pub mod copy;
 mod difs;
 mod ingest;
+mod minidumps;
 mod reads;
 pub mod schema;
 mod symbolication;
@@ -35,8 +36,8 @@ use crate::store::{
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
-    IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
-    StoreError, TagValue, Waiting, WaitingEvent, redact_url,
+    IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats,
+    Store, StoreError, TagValue, Waiting, WaitingEvent, redact_url,
 };
 
 /// Connections each collector keeps to the database at most.
@@ -529,6 +530,22 @@ impl Store for PgStore {
 
     async fn touch_difs(&self, used: Vec<(i64, i64)>) -> Result<(), StoreError> {
         difs::touch_difs(self, used).await
+    }
+
+    async fn insert_minidump(
+        &self,
+        row: MinidumpRow,
+        max_bytes: u64,
+    ) -> Result<Vec<MinidumpRow>, StoreError> {
+        minidumps::insert_minidump(self, row, max_bytes).await
+    }
+
+    async fn minidump(
+        &self,
+        project_id: i64,
+        event_id: &str,
+    ) -> Result<Option<MinidumpRow>, StoreError> {
+        minidumps::minidump(self, project_id, event_id).await
     }
 
     async fn event_copies(&self) -> Result<HashMap<String, u64>, StoreError> {

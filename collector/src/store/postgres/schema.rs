@@ -222,4 +222,6 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (dif_id, seq)
     );
     "#,
+    // 6: kept minidumps (store/postgres/minidumps.rs).
+    super::minidumps::MIGRATION,
 ];

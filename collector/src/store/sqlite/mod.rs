@@ -9,6 +9,7 @@ mod access;
 pub mod alerts;
 mod apply;
 pub mod difs;
+mod minidumps;
 pub mod queries;
 mod store;
 pub mod symbolication;
@@ -213,6 +214,8 @@ const MIGRATIONS: &[&str] = &[
     access::MIGRATION,
     // 7: the sessions of the single admin login, replaced by user_sessions in 6.
     "DROP TABLE sessions;",
+    // 8: kept minidumps (collector/src/minidump/): the dumps live under <data>/minidumps/.
+    minidumps::MIGRATION,
 ];
 
 /// Opens a connection with the collector's pragmas.

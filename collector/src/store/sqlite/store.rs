@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::writer::Writer;
-use super::{ReadPool, alerts as q, difs, queries, symbolication as sym};
+use super::{ReadPool, alerts as q, difs, minidumps, queries, symbolication as sym};
 use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
@@ -22,8 +22,8 @@ use crate::store::{
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
-    IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
-    StoreError, TagValue, Waiting, WaitingEvent,
+    IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats,
+    Store, StoreError, TagValue, Waiting, WaitingEvent,
 };
 
 /// The embedded SQLite database under `--data`.
@@ -503,6 +503,27 @@ impl Store for SqliteStore {
     async fn touch_difs(&self, used: Vec<(i64, i64)>) -> Result<(), StoreError> {
         self.writer
             .exec(move |tx| difs::set_last_used(tx, &used))
+            .await
+    }
+
+    async fn insert_minidump(
+        &self,
+        row: MinidumpRow,
+        max_bytes: u64,
+    ) -> Result<Vec<MinidumpRow>, StoreError> {
+        self.writer
+            .exec(move |tx| minidumps::insert(tx, &row, max_bytes))
+            .await
+    }
+
+    async fn minidump(
+        &self,
+        project_id: i64,
+        event_id: &str,
+    ) -> Result<Option<MinidumpRow>, StoreError> {
+        let e = event_id.to_owned();
+        self.reads
+            .run(move |c| minidumps::get(c, project_id, &e))
             .await
     }
 

@@ -1,0 +1,354 @@
+//! Minidumps from other producers (Breakpad on Windows, Linux, macOS; see
+//! fixtures/minidumps/README.md): the multipart endpoint with Crashpad's form fields, the
+//! envelope attachment, Breakpad `.sym` files uploaded by the real sentry-cli, the
+//! download of the kept dump, and bad dumps.
+
+use super::*;
+use serde_json::json;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/minidumps")
+        .join(name)
+}
+
+fn dump(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).unwrap()
+}
+
+/// `POST /api/1/minidump/?sentry_key=...` with `upload_file_minidump` and text fields.
+async fn post_minidump(s: &Server, data: Vec<u8>, fields: &[(&str, &str)]) -> (u16, String) {
+    let mut form = reqwest::multipart::Form::new().part(
+        "upload_file_minidump",
+        reqwest::multipart::Part::bytes(data).file_name("crash.dmp"),
+    );
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    let r = s
+        .http
+        .post(format!("{}/api/1/minidump/?sentry_key={}", s.base, s.key))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn stored(s: &Server, id: &str) -> Value {
+    let (st, ev) = s.api(&format!("/api/0/projects/1/events/{id}/")).await;
+    assert_eq!(st, 200, "{ev}");
+    ev
+}
+
+fn crash_frames(ev: &Value) -> Vec<Value> {
+    ev["exception"]["values"][0]["stacktrace"]["frames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() {
+    let s = server().await;
+    // Before its `.sym` file: addresses only, the module listed as missing its file.
+    let raw = dump("test.dmp");
+    let (st, early) = post_minidump(&s, raw.clone(), &[]).await;
+    assert_eq!(st, 200, "{early}");
+    let ev = stored(&s, &early).await;
+    assert!(
+        crash_frames(&ev).last().unwrap()["function"].is_null(),
+        "{ev}"
+    );
+    let base = s.base.clone();
+    let sym = fixture("test_app.sym");
+    let out = tokio::task::spawn_blocking(move || {
+        sentry_cli_cmd(&base)
+            .args([
+                "debug-files",
+                "upload",
+                "--org",
+                "o",
+                "--project",
+                "default",
+            ])
+            .arg(&sym)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = dsyms(&s).await;
+    let f = files
+        .iter()
+        .find(|f| f["kind"] == "breakpad")
+        .unwrap_or_else(|| panic!("no breakpad file in {files:?}"));
+    // The debug id of the MODULE line (`5A9832E5287241C1838ED98914E9B7FF1`).
+    assert_eq!(
+        f["debugId"], "5a9832e5-2872-41c1-838e-d98914e9b7ff-1",
+        "{f}"
+    );
+
+    // The early event is symbolicated now that the file is there.
+    let ev = stored(&s, &early).await;
+    assert_eq!(
+        crash_frames(&ev).last().unwrap()["function"],
+        "`anonymous namespace'::CrashFunction",
+        "{ev}"
+    );
+
+    let (st, id) = post_minidump(
+        &s,
+        raw.clone(),
+        &[
+            ("sentry[release]", "test_app@1.0"),
+            ("sentry[environment]", "staging"),
+            ("sentry[tags][gpu]", "nv"),
+            ("sentry[user][id]", "42"),
+            ("prod", "TestApp"),
+        ],
+    )
+    .await;
+    assert_eq!(st, 200, "{id}");
+    let ev = stored(&s, &id).await;
+    let ex = &ev["exception"]["values"][0];
+    assert_eq!(ex["type"], "EXCEPTION_ACCESS_VIOLATION_WRITE", "{ex}");
+    assert_eq!(ex["mechanism"]["data"]["crash_address"], "0x45", "{ex}");
+    assert_eq!(ev["level"], "fatal");
+    assert_eq!(ev["platform"], "native");
+    assert_eq!(ev["release"], "test_app@1.0");
+    assert_eq!(ev["environment"], "staging");
+    assert_eq!(ev["tags"]["gpu"], "nv");
+    assert_eq!(ev["user"]["id"], "42");
+    assert_eq!(ev["extra"]["prod"], "TestApp");
+    assert_eq!(ev["contexts"]["os"]["name"], "Windows");
+    // Newest frame last: the crashing function, its caller, the CRT start, walked by
+    // the `.sym` file's CFI.
+    let frames = crash_frames(&ev);
+    let names: Vec<&str> = frames
+        .iter()
+        .rev()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert_eq!(
+        names[..3],
+        [
+            "`anonymous namespace'::CrashFunction",
+            "main",
+            "__tmainCRTStartup"
+        ],
+        "{frames:?}"
+    );
+    assert_eq!(frames.last().unwrap()["lineno"], 58);
+    assert!(
+        ev["threads"]["values"].as_array().unwrap().len() >= 2,
+        "{}",
+        ev["threads"]
+    );
+    let images = ev["debug_meta"]["images"].as_array().unwrap();
+    assert!(
+        images.iter().any(
+            |i| i["code_file"].as_str().unwrap().ends_with("test_app.exe") && i["type"] == "pe"
+        ),
+        "{images:?}"
+    );
+    // Grouped like any crash: an issue titled by the crash reason.
+    let (_, issues) = s.api("/api/0/projects/1/issues/?status=all").await;
+    let issue = issues["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == ev["issue_id"])
+        .unwrap();
+    assert!(
+        issue["title"]
+            .as_str()
+            .unwrap()
+            .contains("EXCEPTION_ACCESS_VIOLATION_WRITE"),
+        "{issue}"
+    );
+    // The raw dump comes back as it was sent.
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/0/projects/1/events/{id}/attachments/minidump/",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("crash.dmp")
+    );
+    assert_eq!(r.bytes().await.unwrap().to_vec(), raw);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn linux_and_macos_dumps_and_the_envelope_attachment() {
+    let s = server().await;
+    // sentry-native's shape: an event item and the dump as an `event.minidump` attachment.
+    let linux = dump("linux-mini.dmp");
+    let eid = event_id(7001);
+    let mut body = format!("{{\"event_id\":\"{eid}\"}}\n").into_bytes();
+    let event =
+        json!({"release": "native@2", "tags": {"shard": "b"}, "level": "error"}).to_string();
+    body.extend(
+        format!(
+            "{{\"type\":\"event\",\"length\":{}}}\n{event}\n",
+            event.len()
+        )
+        .bytes(),
+    );
+    body.extend(
+        format!(
+            "{{\"type\":\"attachment\",\"length\":{},\"attachment_type\":\"event.minidump\",\"filename\":\"linux.dmp\"}}\n",
+            linux.len()
+        )
+        .bytes(),
+    );
+    body.extend(&linux);
+    body.push(b'\n');
+    let r = s.post_envelope(body).await;
+    assert_eq!(r.status(), 200);
+    let ev = stored(&s, &eid).await;
+    assert_eq!(
+        ev["exception"]["values"][0]["type"], "SIGSEGV",
+        "{}",
+        ev["exception"]
+    );
+    assert_eq!(ev["release"], "native@2");
+    assert_eq!(ev["tags"]["shard"], "b");
+    assert_eq!(ev["level"], "error", "the SDK's level stands");
+    assert_eq!(ev["contexts"]["os"]["name"], "Linux");
+    assert!(!crash_frames(&ev).is_empty());
+    let images = ev["debug_meta"]["images"].as_array().unwrap();
+    assert!(images.iter().all(|i| i["type"] == "elf"), "{images:?}");
+    assert!(
+        images.iter().any(|i| i["code_id"].is_string()),
+        "{images:?}"
+    );
+    assert_eq!(ev["errscope"]["minidump"]["name"], "linux.dmp");
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/0/projects/1/events/{eid}/attachments/minidump/",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().to_vec(), linux);
+
+    // A raw body (no form) from a macOS client.
+    let r = s
+        .http
+        .post(format!("{}/api/1/minidump/?sentry_key={}", s.base, s.key))
+        .body(dump("pipeline-inlines-macos-segv.dmp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ev = stored(&s, &r.text().await.unwrap()).await;
+    assert_eq!(
+        ev["exception"]["values"][0]["type"], "EXC_BAD_ACCESS",
+        "{}",
+        ev["exception"]
+    );
+    assert!(
+        ev["exception"]["values"][0]["value"]
+            .as_str()
+            .unwrap()
+            .contains("KERN_INVALID_ADDRESS")
+    );
+    assert_eq!(ev["debug_meta"]["images"][0]["type"], "macho");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_minidumps_are_refused_or_stored_as_unprocessable() {
+    let s = server_with(|c| c.minidumps.max_bytes = 64 * 1024).await;
+    let detail = |body: &str| -> String {
+        serde_json::from_str::<Value>(body).unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (st, body) = post_minidump(&s, Vec::new(), &[]).await;
+    assert_eq!((st, detail(&body).contains("empty")), (400, true), "{body}");
+    let (st, body) = post_minidump(&s, b"GIF89a not a dump at all".to_vec(), &[]).await;
+    assert_eq!((st, detail(&body).contains("MDMP")), (400, true), "{body}");
+    let mut huge = b"MDMP".to_vec();
+    huge.resize(64 * 1024 + 1, 0);
+    let (st, body) = post_minidump(&s, huge, &[]).await;
+    assert_eq!(
+        (st, detail(&body).contains("minidump-max-mb")),
+        (413, true),
+        "{body}"
+    );
+    // No file field; no key.
+    let r = s
+        .http
+        .post(format!("{}/api/1/minidump/?sentry_key={}", s.base, s.key))
+        .multipart(reqwest::multipart::Form::new().text("sentry[release]", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(detail(&r.text().await.unwrap()).contains("upload_file_minidump"));
+    let r = s
+        .http
+        .post(format!("{}/api/1/minidump/", s.base))
+        .body(dump("test.dmp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Truncated: the header is there, its streams are not; the event says why.
+    let mut cut = dump("test.dmp");
+    cut.truncate(2000);
+    let (st, id) = post_minidump(&s, cut.clone(), &[("sentry[release]", "r1")]).await;
+    assert_eq!(st, 200, "{id}");
+    let ev = stored(&s, &id).await;
+    let msg = ev["message"].as_str().unwrap_or_else(|| panic!("{ev}"));
+    assert!(msg.starts_with("Unprocessable minidump: "), "{ev}");
+    assert!(msg.contains("truncated"), "{msg}");
+    assert_eq!(ev["errscope"]["minidump"]["processed"], false);
+    assert_eq!(ev["release"], "r1");
+    // Garbage after a valid signature: stored as unprocessable too, and downloadable.
+    let mut junk = b"MDMP".to_vec();
+    junk.extend((0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let (st, id) = post_minidump(&s, junk.clone(), &[]).await;
+    assert_eq!(st, 200, "{id}");
+    let ev = stored(&s, &id).await;
+    assert!(
+        ev["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unprocessable minidump"),
+        "{ev}"
+    );
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/0/projects/1/events/{id}/attachments/minidump/",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().to_vec(), junk);
+    s.stop().await;
+}
