@@ -285,6 +285,7 @@ mod integration;
 mod options;
 mod rand;
 mod scrub;
+mod session;
 mod shared;
 mod ship;
 mod store;

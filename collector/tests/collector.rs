@@ -2,6 +2,7 @@
 
 mod access;
 mod alerts;
+mod releases;
 mod symbolication;
 mod util;
 

@@ -10,6 +10,7 @@ mod alerts;
 mod basics;
 pub mod copy;
 mod difs;
+mod health;
 mod ingest;
 mod reads;
 pub mod schema;
@@ -28,6 +29,9 @@ use serde_json::Value;
 use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
+use crate::store::{
+    NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate,
+};
 use crate::store::{
     AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
     UserUpdate,
@@ -285,6 +289,39 @@ impl Store for PgStore {
 
     async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         access::audit(self, before, limit).await
+    }
+
+    async fn ingest_sessions(
+        &self,
+        project_id: i64,
+        updates: Vec<SessionUpdate>,
+        aggregates: Vec<SessionAggregate>,
+    ) -> Result<(), StoreError> {
+        health::ingest(self, project_id, updates, aggregates).await
+    }
+
+    async fn session_buckets(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<SessionBucket>, StoreError> {
+        health::buckets(self, project_id, query).await
+    }
+
+    async fn release_users(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        health::users(self, project_id, query).await
+    }
+
+    async fn new_issues(&self, project_id: i64, limit: i64) -> Result<Vec<NewIssue>, StoreError> {
+        health::new_issues(self, project_id, limit).await
+    }
+
+    async fn first_release(&self, issue_id: i64) -> Result<Option<String>, StoreError> {
+        health::first_release(self, issue_id).await
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -201,4 +201,6 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 3: teams and access (store/postgres/access.rs).
     super::access::MIGRATION,
+    // 4: release health: sessions and session aggregates (store/postgres/health.rs).
+    super::health::MIGRATION,
 ];

@@ -9,6 +9,7 @@ mod access;
 pub mod alerts;
 mod apply;
 pub mod difs;
+pub mod health;
 pub mod queries;
 mod store;
 pub mod symbolication;
@@ -211,6 +212,8 @@ const MIGRATIONS: &[&str] = &[
     // 6: teams and access: users, memberships, API tokens, user sessions, invites, login
     // throttle windows, the audit log (store/sqlite/access.rs).
     access::MIGRATION,
+    // 7: release health: sessions and session aggregates (store/sqlite/health.rs).
+    health::MIGRATION,
 ];
 
 /// Opens a connection with the collector's pragmas.
