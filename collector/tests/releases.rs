@@ -106,7 +106,15 @@ async fn single_sessions_and_aggregates_count_once_per_release_and_environment()
     // The event's issue is the release's new issue, and says where it was seen.
     assert_eq!(r["new_issues"], 1, "{r}");
     let issue = r["new_issue_ids"][0].as_i64().unwrap();
-    let (_, detail) = s.api(&format!("/api/0/issues/{issue}/")).await;
+    // Tag values may lag their events by up to a second.
+    let mut detail = Value::Null;
+    for _ in 0..50 {
+        detail = s.api(&format!("/api/0/issues/{issue}/")).await.1;
+        if detail["releases"] != json!([]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(detail["releases"], json!([{"version": "node@1", "count": 1}]));
     assert_eq!(detail["first_release"], "node@1");
     let (_, stats) = s.api("/api/0/projects/1/stats/").await;
