@@ -2,7 +2,7 @@
 //! counts and discard counters until a shipper sends them. If the file cannot be opened
 //! or written, the outbox degrades to a bounded in-memory buffer with one stderr line.
 //!
-//! The schema (version 1) is documented in the crate docs ("The outbox").
+//! The schema (version 2) is documented in the crate docs ("The outbox").
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};

@@ -51,7 +51,7 @@ pub struct Sessions {
     pub updates: Vec<SessionUpdate>,
     /// Aggregate buckets.
     pub aggregates: Vec<SessionAggregate>,
-    /// Items dropped, with why (one stderr-free debug log each).
+    /// Items dropped (each logged at debug level with its reason).
     pub dropped: u64,
 }
 
@@ -66,8 +66,8 @@ impl Sessions {
         (self.updates.len() + self.aggregates.len()) as u64
     }
 
-    /// Takes one `session` or `sessions` item (`n` is its position, `header` the envelope
-    /// header line's `sent_at`); a bad item is dropped and counted.
+    /// Takes one `session` or `sessions` item (`n`: its position; `sent_at`: the
+    /// envelope header's); a bad item is dropped and counted.
     pub fn take(&mut self, ty: &str, payload: &[u8], n: usize, sent_at: Option<&str>, now: i64) {
         let r = match ty {
             "session" => parse_session(payload, now).map(|u| self.updates.push(u)),
