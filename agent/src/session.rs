@@ -92,7 +92,9 @@ impl Tracker {
             SessionOp::End(status) => self.end(shared, store, status),
         };
         if let Err(e) = r {
-            warn(format_args!("cannot record the release-health session: {e}"));
+            warn(format_args!(
+                "cannot record the release-health session: {e}"
+            ));
         }
     }
 
@@ -107,8 +109,7 @@ impl Tracker {
         let mut closed = Vec::new();
         for s in store.open_sessions()? {
             // Another process sharing the outbox, still running, keeps its session.
-            if s.run_id == shared.run_id || crate::crash_report::run_alive(&database, &s.run_id)
-            {
+            if s.run_id == shared.run_id || crate::crash_report::run_alive(&database, &s.run_id) {
                 continue;
             }
             let status = if s.panicked || crashed_runs.contains(&s.run_id) {

@@ -790,7 +790,11 @@ impl SqliteStore {
         self.conn
             .execute(
                 "UPDATE open_sessions SET errors = ?2, panicked = ?3 WHERE sid = ?1",
-                params![sid, i64::try_from(errors).unwrap_or(i64::MAX), i64::from(panicked)],
+                params![
+                    sid,
+                    i64::try_from(errors).unwrap_or(i64::MAX),
+                    i64::from(panicked)
+                ],
             )
             .map_err(write_err(&self.path))?;
         Ok(())

@@ -9,9 +9,10 @@ use crate::util::*;
 
 /// An envelope of `(type, payload)` items, with `sent_at` as the JavaScript SDKs stamp it.
 fn items(sent_at: &str, items: &[(&str, Value)]) -> Vec<u8> {
-    let mut out = json!({"sent_at": sent_at, "sdk": {"name": "sentry.javascript.node", "version": "8.42.0"}})
-        .to_string()
-        .into_bytes();
+    let mut out =
+        json!({"sent_at": sent_at, "sdk": {"name": "sentry.javascript.node", "version": "8.42.0"}})
+            .to_string()
+            .into_bytes();
     out.push(b'\n');
     for (ty, payload) in items {
         let p = payload.to_string();
@@ -50,8 +51,24 @@ async fn single_sessions_and_aggregates_count_once_per_release_and_environment()
     let s = server().await;
     let now = rfc3339(now_ms());
     // s1 ends healthy, and its final update is delivered twice.
-    post(&s, items(&now, &[("session", session("s1", "user-1", "production", "ok", 0, true))])).await;
-    let exited = items(&now, &[("session", session("s1", "user-1", "production", "exited", 0, false))]);
+    post(
+        &s,
+        items(
+            &now,
+            &[(
+                "session",
+                session("s1", "user-1", "production", "ok", 0, true),
+            )],
+        ),
+    )
+    .await;
+    let exited = items(
+        &now,
+        &[(
+            "session",
+            session("s1", "user-1", "production", "exited", 0, false),
+        )],
+    );
     post(&s, exited.clone()).await;
     post(&s, exited).await;
     // s2 errs, then crashes; its first update arrives last and changes nothing.
@@ -59,11 +76,45 @@ async fn single_sessions_and_aggregates_count_once_per_release_and_environment()
     update["seq"] = json!(1);
     let mut crashed = session("s2", "user-1", "production", "crashed", 1, false);
     crashed["seq"] = json!(2);
-    post(&s, items(&now, &[("session", update), ("session", crashed)])).await;
-    post(&s, items(&now, &[("session", session("s2", "user-1", "production", "ok", 0, true))])).await;
+    post(
+        &s,
+        items(&now, &[("session", update), ("session", crashed)]),
+    )
+    .await;
+    post(
+        &s,
+        items(
+            &now,
+            &[(
+                "session",
+                session("s2", "user-1", "production", "ok", 0, true),
+            )],
+        ),
+    )
+    .await;
     // s3 in staging; s4 vanished.
-    post(&s, items(&now, &[("session", session("s3", "user-2", "staging", "exited", 0, true))])).await;
-    post(&s, items(&now, &[("session", session("s4", "user-3", "production", "abnormal", 0, true))])).await;
+    post(
+        &s,
+        items(
+            &now,
+            &[(
+                "session",
+                session("s3", "user-2", "staging", "exited", 0, true),
+            )],
+        ),
+    )
+    .await;
+    post(
+        &s,
+        items(
+            &now,
+            &[(
+                "session",
+                session("s4", "user-3", "production", "abnormal", 0, true),
+            )],
+        ),
+    )
+    .await;
     // One aggregate envelope, retried: counted once.
     let aggregates = items(
         &now,
@@ -96,12 +147,32 @@ async fn single_sessions_and_aggregates_count_once_per_release_and_environment()
     assert_eq!(r["crash_free_rate"], 0.75);
     assert_eq!(r["users"], 3);
     assert_eq!(r["adoption"], 1.0);
-    assert!(r["first_seen"].as_str().unwrap() < r["last_seen"].as_str().unwrap(), "{r}");
+    assert!(
+        r["first_seen"].as_str().unwrap() < r["last_seen"].as_str().unwrap(),
+        "{r}"
+    );
     let envs = r["environments"].as_array().unwrap();
     let env = |name: &str| envs.iter().find(|e| e["environment"] == name).unwrap();
-    assert_eq!((&env("production")["sessions"], &env("production")["crashed"]), (&json!(7), &json!(2)));
-    assert_eq!((&env("staging")["sessions"], &env("staging")["crash_free_rate"]), (&json!(1), &json!(1.0)));
-    let series: i64 = r["series"].as_array().unwrap().iter().map(|p| p["sessions"].as_i64().unwrap()).sum();
+    assert_eq!(
+        (
+            &env("production")["sessions"],
+            &env("production")["crashed"]
+        ),
+        (&json!(7), &json!(2))
+    );
+    assert_eq!(
+        (
+            &env("staging")["sessions"],
+            &env("staging")["crash_free_rate"]
+        ),
+        (&json!(1), &json!(1.0))
+    );
+    let series: i64 = r["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sessions"].as_i64().unwrap())
+        .sum();
     assert_eq!(series, 8);
     // The event's issue is the release's new issue, and says where it was seen.
     assert_eq!(r["new_issues"], 1, "{r}");
@@ -115,16 +186,28 @@ async fn single_sessions_and_aggregates_count_once_per_release_and_environment()
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(detail["releases"], json!([{"version": "node@1", "count": 1}]));
+    assert_eq!(
+        detail["releases"],
+        json!([{"version": "node@1", "count": 1}])
+    );
     assert_eq!(detail["first_release"], "node@1");
     let (_, stats) = s.api("/api/0/projects/1/stats/").await;
     assert_eq!(stats["events"], 1, "{stats}");
-    assert!(stats.to_string().contains("invalid"), "the dropped session is counted: {stats}");
+    assert!(
+        stats.to_string().contains("invalid"),
+        "the dropped session is counted: {stats}"
+    );
 
     // One environment only.
-    let (_, staging) = s.api("/api/0/projects/1/releases/?environment=staging").await;
+    let (_, staging) = s
+        .api("/api/0/projects/1/releases/?environment=staging")
+        .await;
     let r = release(&staging, "node@1");
-    assert_eq!((&r["sessions"], &r["crash_free_rate"]), (&json!(1), &json!(1.0)), "{r}");
+    assert_eq!(
+        (&r["sessions"], &r["crash_free_rate"]),
+        (&json!(1), &json!(1.0)),
+        "{r}"
+    );
     // The release's own page: hourly points and its new issues.
     let (st, one) = s.api("/api/0/projects/1/releases/node@1/").await;
     assert_eq!(st, 200, "{one}");
@@ -143,7 +226,12 @@ async fn session_items_take_their_share_of_the_rate_limit() {
     let now = rfc3339(now_ms());
     let three: Vec<(&str, Value)> = ["a", "b", "c"]
         .iter()
-        .map(|sid| ("session", session(sid, "u", "production", "exited", 0, true)))
+        .map(|sid| {
+            (
+                "session",
+                session(sid, "u", "production", "exited", 0, true),
+            )
+        })
         .collect();
     let r = s.post_envelope(items(&now, &three)).await;
     assert_eq!(r.status(), 429);
@@ -159,7 +247,11 @@ async fn python_sentry_sdk_session_aggregates() {
         return;
     }
     let s = server().await;
-    let dsn = format!("http://{}@{}/1", s.key, s.base.trim_start_matches("http://"));
+    let dsn = format!(
+        "http://{}@{}/1",
+        s.key,
+        s.base.trim_start_matches("http://")
+    );
     let script = r#"
 import sys, sentry_sdk
 from sentry_sdk.sessions import track_session
@@ -185,7 +277,11 @@ sentry_sdk.flush(10)
         .output()
         .await
         .expect("python3");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (_, list) = s.api("/api/0/projects/1/releases/").await;
     let r = release(&list, "py@2");
     assert_eq!(

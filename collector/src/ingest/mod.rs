@@ -367,13 +367,9 @@ async fn ingest(
                         "errscope.counts" => job
                             .counts
                             .extend(parse_counts(&item.payload).map_err(|e| prefix(e, n))?),
-                        ty @ ("session" | "sessions") => sessions.take(
-                            ty,
-                            &item.payload,
-                            n,
-                            header.sent_at.as_deref(),
-                            received,
-                        ),
+                        ty @ ("session" | "sessions") => {
+                            sessions.take(ty, &item.payload, n, header.sent_at.as_deref(), received)
+                        }
                         _ => {}
                     }
                 }

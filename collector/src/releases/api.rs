@@ -29,7 +29,10 @@ const DAY_MS: i64 = 86_400_000;
 type Params = Query<HashMap<String, String>>;
 
 /// `days` (1 to 90) and `environment` from the query.
-fn query(p: &HashMap<String, String>, release: Option<String>) -> Result<(SessionQuery, i64), ApiError> {
+fn query(
+    p: &HashMap<String, String>,
+    release: Option<String>,
+) -> Result<(SessionQuery, i64), ApiError> {
     let days = match p.get("days").filter(|d| !d.is_empty()) {
         None => DEFAULT_DAYS,
         Some(d) => d
@@ -120,7 +123,10 @@ fn summarize(buckets: &[SessionBucket], new: Vec<NewIssue>) -> BTreeMap<String, 
         let r = out.entry(b.release.clone()).or_default();
         r.total.add(b);
         r.envs.entry(b.environment.clone()).or_default().add(b);
-        r.days.entry(b.hour.div_euclid(DAY_MS) * DAY_MS).or_default().add(b);
+        r.days
+            .entry(b.hour.div_euclid(DAY_MS) * DAY_MS)
+            .or_default()
+            .add(b);
         r.hours.entry(b.hour).or_default().add(b);
     }
     for issue in new {
@@ -142,7 +148,13 @@ fn series(points: &BTreeMap<i64, Sum>, key: &str) -> Vec<Value> {
         .collect()
 }
 
-fn release_json(version: &str, r: &Release, users: Option<i64>, all_sessions: i64, since: i64) -> serde_json::Map<String, Value> {
+fn release_json(
+    version: &str,
+    r: &Release,
+    users: Option<i64>,
+    all_sessions: i64,
+    since: i64,
+) -> serde_json::Map<String, Value> {
     let mut m = r.total.counts();
     m.insert("version".into(), json!(version));
     m.insert("first_seen".into(), json!(r.total.first_seen.map(rfc3339)));
@@ -156,19 +168,28 @@ fn release_json(version: &str, r: &Release, users: Option<i64>, all_sessions: i6
     m.insert("new_issues".into(), json!(new.len()));
     m.insert(
         "new_issue_ids".into(),
-        json!(new.iter().take(IDS_PER_RELEASE).map(|i| i.id).collect::<Vec<_>>()),
+        json!(
+            new.iter()
+                .take(IDS_PER_RELEASE)
+                .map(|i| i.id)
+                .collect::<Vec<_>>()
+        ),
     );
     m.insert(
         "environments".into(),
-        json!(r
-            .envs
-            .iter()
-            .map(|(env, s)| {
-                let mut e = s.counts();
-                e.insert("environment".into(), json!((!env.is_empty()).then_some(env)));
-                Value::Object(e)
-            })
-            .collect::<Vec<_>>()),
+        json!(
+            r.envs
+                .iter()
+                .map(|(env, s)| {
+                    let mut e = s.counts();
+                    e.insert(
+                        "environment".into(),
+                        json!((!env.is_empty()).then_some(env)),
+                    );
+                    Value::Object(e)
+                })
+                .collect::<Vec<_>>()
+        ),
     );
     m
 }
@@ -206,7 +227,12 @@ pub async fn list_releases(
         .iter()
         .filter(|(_, r)| r.total.sessions > 0 || r.new.iter().any(|i| i.first_seen >= since))
         .collect();
-    list.sort_by(|a, b| b.1.total.last_seen.cmp(&a.1.total.last_seen).then(a.0.cmp(b.0)));
+    list.sort_by(|a, b| {
+        b.1.total
+            .last_seen
+            .cmp(&a.1.total.last_seen)
+            .then(a.0.cmp(b.0))
+    });
     let out: Vec<Value> = list
         .into_iter()
         .take(MAX_RELEASES)

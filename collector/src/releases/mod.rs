@@ -304,7 +304,10 @@ mod tests {
     fn sessions_are_validated() {
         let ok = br#"{"sid":"a1","init":true,"started":"2026-11-30T10:00:00Z","status":"ok","errors":1,"attrs":{"release":"r@1","environment":"prod"}}"#;
         let u = parse_session(ok, NOW).unwrap();
-        assert_eq!((u.release.as_str(), u.environment.as_str()), ("r@1", "prod"));
+        assert_eq!(
+            (u.release.as_str(), u.environment.as_str()),
+            ("r@1", "prod")
+        );
         assert_eq!((u.status.as_str(), u.errors, u.seq), ("ok", 1, 0));
         for (bad, why) in [
             (&br#"{"sid":"a","started":"2026-11-30T10:00:00Z","attrs":{}}"#[..], "release"),
@@ -316,8 +319,14 @@ mod tests {
             let e = parse_session(bad, NOW).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
         }
-        let big = format!(r#"{{"sid":"a","started":1,"attrs":{{"release":"{}"}}}}"#, "x".repeat(20_000));
-        assert!(matches!(parse_session(big.as_bytes(), NOW), Err(SessionError::TooLarge(..))));
+        let big = format!(
+            r#"{{"sid":"a","started":1,"attrs":{{"release":"{}"}}}}"#,
+            "x".repeat(20_000)
+        );
+        assert!(matches!(
+            parse_session(big.as_bytes(), NOW),
+            Err(SessionError::TooLarge(..))
+        ));
     }
 
     #[test]

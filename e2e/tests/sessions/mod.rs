@@ -76,12 +76,19 @@ fn sessions_end_exited_crashed_or_abnormal_and_count_errors() {
     );
     std::thread::sleep(Duration::from_millis(500));
     let r = release(&collector, |_| true);
-    assert_eq!(r["crashed"], 0, "nothing says crashed before the next run: {r}");
+    assert_eq!(
+        r["crashed"], 0,
+        "nothing says crashed before the next run: {r}"
+    );
     let out = run("deliver", &b, &collector);
     assert!(out.status.success(), "{out:?}");
     // The crashed run's session, and the delivering run's own, ended `exited`.
     let r = release(&collector, |r| r["crashed"] == 1 && r["sessions"] == 3);
-    assert_eq!((&r["sessions"], &r["crashed"]), (&3.into(), &1.into()), "{r}");
+    assert_eq!(
+        (&r["sessions"], &r["crashed"]),
+        (&3.into(), &1.into()),
+        "{r}"
+    );
 
     // SIGKILL: nothing runs at all; the next run finds the session open and not its own.
     let c = outbox(dir.path(), "c");
@@ -92,7 +99,10 @@ fn sessions_end_exited_crashed_or_abnormal_and_count_errors() {
         .expect("spawn the child");
     let stdout = hang.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("flushed=true"));
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("flushed=true")
+    );
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
     hang.kill().expect("SIGKILL");
     let _ = hang.wait();

@@ -7,8 +7,7 @@ use super::PgStore;
 use super::basics::{retry, rows};
 use crate::store::sqlite::health::KEEP_MS;
 use crate::store::{
-    NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate, StoreError,
-    is_terminal,
+    NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate, StoreError, is_terminal,
 };
 
 /// The tables (appended to the migrations in `schema.rs`).
@@ -243,7 +242,10 @@ pub(super) async fn new_issues(
     .await
 }
 
-pub(super) async fn first_release(s: &PgStore, issue_id: i64) -> Result<Option<String>, StoreError> {
+pub(super) async fn first_release(
+    s: &PgStore,
+    issue_id: i64,
+) -> Result<Option<String>, StoreError> {
     retry(|| async move {
         let c = s.conn().await?;
         let stmt = c

@@ -30,9 +30,6 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate,
-};
-use crate::store::{
     AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
     UserUpdate,
 };
@@ -41,6 +38,7 @@ use crate::store::{
     IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
     StoreError, TagValue, Waiting, WaitingEvent, redact_url,
 };
+use crate::store::{NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate};
 
 /// Connections each collector keeps to the database at most.
 pub const MAX_CONNECTIONS: usize = 16;

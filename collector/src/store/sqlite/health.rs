@@ -4,8 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::store::{
-    NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate, StoreError,
-    is_terminal,
+    NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate, StoreError, is_terminal,
 };
 
 /// Sessions started longer ago than this are dropped as new ones arrive.

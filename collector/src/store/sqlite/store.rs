@@ -17,9 +17,6 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate,
-};
-use crate::store::{
     AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
     UserUpdate,
 };
@@ -28,6 +25,7 @@ use crate::store::{
     IssueDetail, IssueFilter, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats, Store,
     StoreError, TagValue, Waiting, WaitingEvent,
 };
+use crate::store::{NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate};
 
 /// The embedded SQLite database under `--data`.
 pub struct SqliteStore {
