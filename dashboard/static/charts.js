@@ -122,7 +122,9 @@ export function crashFreeLines(series, { width = 600, height = 160 } = {}) {
       points: pts.map((p) => `${x(p.at.getTime()).toFixed(1)},${y(p.rate).toFixed(1)}`).join(' '),
     }));
     for (const p of pts) {
-      svg.appendChild(s('circle', { class: ['line-dot', cls], cx: x(p.at.getTime()).toFixed(1), cy: y(p.rate).toFixed(1), r: 3 },
+      // A round-capped stub: a dot that the stretched viewBox does not distort.
+      const px = x(p.at.getTime());
+      svg.appendChild(s('line', { class: ['line-dot', cls], x1: px.toFixed(2), x2: (px + 0.01).toFixed(2), y1: y(p.rate).toFixed(1), y2: y(p.rate).toFixed(1) },
         s('title', null, `${one.name}, ${p.at.toISOString().slice(0, 10)}: ${pct(p.rate)} crash-free of ${int(p.sessions)} session${p.sessions === 1 ? '' : 's'}`)));
     }
     legend.appendChild(h('li', null, h('span', { class: ['swatch', cls], 'aria-hidden': 'true' }), one.name));

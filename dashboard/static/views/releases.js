@@ -45,7 +45,7 @@ export async function releasesView(ctx) {
     for (const r of list) for (const e of r.environments || []) environments.add(e.environment || '');
     const rows = list.map((r) => h('tr', { 'data-release': r.version },
       h('td', null, h('div', { class: 'release-name mono' }, r.version),
-        h('div', { class: 'muted' }, r.last_seen ? `last seen ${timeAgo(r.last_seen)}` : '')),
+        r.last_seen ? h('div', { class: 'muted' }, 'last seen ', timeAgo(r.last_seen)) : null),
       h('td', { class: 'r' }, int(r.sessions)),
       h('td', { class: ['r', 'crash-free', rateClass(r.crash_free_rate)] }, pct(r.crash_free_rate)),
       h('td', { class: 'r adoption' }, r.adoption === null ? '–' : pct(r.adoption)),
