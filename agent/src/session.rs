@@ -174,6 +174,106 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::options::Options;
+    use crate::store::Bounds;
+
+    fn shared(db: &std::path::Path, run_id: &str) -> Shared {
+        let options = Options::new()
+            .database(db)
+            .release("shop@2")
+            .environment("prod");
+        Shared {
+            in_app: crate::trace::InApp::default(),
+            storm: crate::storm::Storm::new(5, std::time::Duration::from_secs(10)),
+            counters: crate::shared::Counters::default(),
+            server_name: None,
+            scrubber: crate::scrub::Scrubber::new(&options.scrub_keys),
+            init_trace: crate::trace::RawTrace::default(),
+            run_id: run_id.to_owned(),
+            options,
+        }
+    }
+
+    fn updates(store: &SqliteStore) -> Vec<serde_json::Value> {
+        store
+            .pending_session_updates(100)
+            .expect("updates")
+            .iter()
+            .map(|(_, p)| serde_json::from_slice(p).expect("json"))
+            .collect()
+    }
+
+    #[test]
+    fn the_next_start_ends_a_dead_runs_session_abnormal_or_crashed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("outbox.db");
+        let bounds = Bounds {
+            max_events: 100,
+            max_bytes: 1 << 20,
+        };
+        let mut store = SqliteStore::open(&db, bounds, false).expect("open");
+        // Run a opens its session and counts three errors, then vanishes.
+        let a = shared(&db, "run-a");
+        let mut ta = Tracker::default();
+        ta.apply(
+            &a,
+            &mut store,
+            SessionOp::Start {
+                crashed_runs: vec![],
+            },
+        );
+        a.counters.session_errors.store(3, Ordering::Relaxed);
+        ta.note(&a, &mut store);
+        assert_eq!(store.open_sessions().expect("open")[0].errors, 3);
+        // Run b ends it abnormal (no crash record, no panic), and dies by a signal.
+        let b = shared(&db, "run-b");
+        Tracker::default().apply(
+            &b,
+            &mut store,
+            SessionOp::Start {
+                crashed_runs: vec![],
+            },
+        );
+        // Run c: b left a crash record.
+        let c = shared(&db, "run-c");
+        let mut tc = Tracker::default();
+        tc.apply(
+            &c,
+            &mut store,
+            SessionOp::Start {
+                crashed_runs: vec!["run-b".into()],
+            },
+        );
+        tc.apply(&c, &mut store, SessionOp::End("exited"));
+        let got: Vec<(bool, String, u64)> = updates(&store)
+            .iter()
+            .map(|u| {
+                assert_eq!(
+                    u["attrs"],
+                    serde_json::json!({"release": "shop@2", "environment": "prod"})
+                );
+                (
+                    u["init"].as_bool().unwrap_or(false),
+                    u["status"].as_str().unwrap_or("").to_owned(),
+                    u["errors"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect();
+        let expect = [
+            (true, "ok", 0),
+            (false, "abnormal", 3),
+            (true, "ok", 0),
+            (false, "crashed", 0),
+            (true, "ok", 0),
+            (false, "exited", 0),
+        ];
+        let expect: Vec<(bool, String, u64)> = expect
+            .iter()
+            .map(|(i, s, e)| (*i, (*s).to_owned(), *e))
+            .collect();
+        assert_eq!(got, expect);
+        assert!(store.open_sessions().expect("open").is_empty());
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {
