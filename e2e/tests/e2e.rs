@@ -5,6 +5,8 @@
 //! [`symbolication`]: a stripped host (the agent's child fixture) and its uploaded debug file.
 //! [`sessions`]: release health, the child fixture's sessions ending in every way.
 
+#[path = "../../agent/tests/fixtures/child_builds.rs"]
+mod child_builds;
 mod sessions;
 mod symbolication;
 

@@ -2,8 +2,7 @@
 //! session to the real collector; a run that panicked or was SIGKILLed has its session
 //! ended (`crashed`, `abnormal`) by the next run.
 
-#[path = "../../../agent/tests/fixtures/child_builds.rs"]
-mod child_builds;
+use crate::child_builds;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
