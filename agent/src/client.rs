@@ -184,6 +184,18 @@ impl Client {
         }
     }
 
+    /// Ends this run's session (committed before this returns, or `deadline` passes).
+    pub(crate) fn end_session(&self, status: &'static str, deadline: Instant) {
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        if self
+            .tx
+            .send_deadline(Msg::EndSession(status, ack_tx), deadline)
+            .is_ok()
+        {
+            let _ = ack_rx.recv_deadline(deadline);
+        }
+    }
+
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
         if worker::is_worker_thread() {
             // Waiting for ourselves would only time out.
@@ -221,6 +233,11 @@ impl Client {
         payload: impl FnOnce() -> Payload,
     ) -> EventId {
         let event_id = EventId::new();
+        if matches!(level, Level::Error | Level::Fatal) {
+            // Release health counts every error recorded, sampled or not.
+            let c = &self.shared.counters;
+            c.session_errors.fetch_add(1, Ordering::Relaxed);
+        }
         if self.sampled_out(event_id) {
             return EventId::nil();
         }
@@ -282,6 +299,10 @@ impl Client {
             storm_key: None,
         };
         self.shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .session_errors
+            .fetch_add(1, Ordering::Relaxed);
         if worker::is_worker_thread() {
             // The agent's own thread cannot wait for itself.
             return self.write_directly(record, "it happened on the agent's own thread");

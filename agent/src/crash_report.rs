@@ -81,7 +81,7 @@ fn create_run_file(shared: &Shared) -> Option<(File, u64)> {
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir).ok()?;
     }
-    let run_id = EventId::new().to_string();
+    let run_id = shared.run_id.clone();
     let final_path = database.with_file_name(format!("{}{run_id}", run_prefix(&database)?));
     // Made under another name and renamed once locked and headed: the agent's thread may
     // be looking for dead runs right now, and must not take this one for one.
@@ -165,14 +165,30 @@ fn dead_runs(database: &Path) -> Vec<DeadRun> {
     runs
 }
 
+/// Whether the run `run_id` is alive: its file beside the outbox is locked (by its
+/// process). A run without a file (delivered, or never made) is not.
+pub(crate) fn run_alive(database: &Path, run_id: &str) -> bool {
+    let Some(prefix) = run_prefix(database) else {
+        return false;
+    };
+    let Ok(file) = File::open(database.with_file_name(format!("{prefix}{run_id}"))) else {
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor this function owns; the lock, if taken, goes with
+    // the descriptor when `file` is dropped.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
 /// Turns what ended runs left into events and has `commit` write them (before anything of
-/// this run); deletes their files once committed. Never panics its caller.
+/// this run); deletes their files once committed. Returns the ids of the runs that died
+/// by a signal (their sessions crashed). Never panics its caller.
 pub(crate) fn deliver(
     shared: &Shared,
     resolver: &mut Resolver,
     os: &Value,
     commit: impl FnOnce(Vec<Row>) -> bool,
-) {
+) -> Vec<String> {
+    let mut crashed = Vec::new();
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let runs = dead_runs(&shared.options.database_path());
         if runs.is_empty() {
@@ -185,6 +201,7 @@ pub(crate) fn deliver(
                 continue;
             };
             let Some(record) = record else { continue };
+            crashed.push(header.run_id.clone());
             let Some(event) = crash_event(&header, &record, shared, resolver, os, &current) else {
                 continue;
             };
@@ -220,6 +237,7 @@ pub(crate) fn deliver(
             "internal error while reading what an earlier run left"
         ));
     }
+    crashed
 }
 
 /// The header and, if the run died by a signal, its record.

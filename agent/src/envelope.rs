@@ -1,5 +1,5 @@
 //! The wire side of shipping: Sentry envelopes out (events, `errscope.counts`,
-//! `client_report`), gzip, and what a server's answer means for the shipper
+//! `client_report`, `session`), gzip, and what a server's answer means for the shipper
 //! (`Retry-After`, `X-Sentry-Rate-Limits`, `X-Errscope-Collector`).
 
 use std::io::Write as _;
@@ -57,6 +57,13 @@ pub(crate) fn build(events: &[Pending], counts: &[CountRecord], report: &[Discar
         push_item(&mut out, "client_report", body.as_bytes());
     }
     out
+}
+
+/// Appends release-health `session` items (each an update's JSON) to an envelope body.
+pub(crate) fn push_sessions(out: &mut Vec<u8>, sessions: &[(i64, Vec<u8>)]) {
+    for (_, payload) in sessions {
+        push_item(out, "session", payload);
+    }
 }
 
 fn push_line(out: &mut Vec<u8>, value: &serde_json::Value) {

@@ -36,6 +36,7 @@ pub fn init(options: Options) -> Guard {
             server_name,
             scrubber: Scrubber::new(&options.scrub_keys),
             init_trace,
+            run_id: crate::event::EventId::new().to_string(),
             options,
         });
         let tx = worker::start(Arc::clone(&shared))?;
@@ -94,7 +95,14 @@ impl Drop for Guard {
         };
         let timeout = client.shared.options.shutdown_timeout;
         let deadline = Instant::now() + timeout;
-        client.flush(timeout);
+        // Dropped while unwinding from a panic: the process is going down with it.
+        let status = if std::thread::panicking() {
+            "crashed"
+        } else {
+            "exited"
+        };
+        client.end_session(status, deadline);
+        client.flush(deadline.saturating_duration_since(Instant::now()));
         client::uninstall(&client);
         client.shut_down(deadline);
     }

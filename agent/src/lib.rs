@@ -192,6 +192,10 @@
 //!   re-faults or is raised again). The next start stores the record, before anything of
 //!   its own, as a `fatal` event with `mechanism {type: "signalhandler", handled: false,
 //!   meta.signal}`, classed `SIGSEGV`, `stack overflow`, `out of memory`, `abort`, …
+//! - Release health (with a release; [`Options::sessions`]): one Sentry session per run,
+//!   opened by [`init`] and ended `exited` by the [`Guard`]; a run that died is ended by
+//!   the next start, `crashed` (a panic or a fatal signal) or `abnormal` (SIGKILL), with
+//!   the errors it counted. Updates go out as `session` items with the counts.
 //! - Nothing in the agent panics its host: failures degrade with one line on stderr
 //!   starting with `errscope:` (an outbox that cannot be opened or written is replaced by
 //!   a bounded in-memory buffer, and [`Stats::degraded`] says so).
@@ -208,6 +212,8 @@
 //! | `counts` | `id TEXT PRIMARY KEY` (32 hex), `event_id TEXT`, `count INTEGER`, `start REAL`, `end REAL`: the collector's `errscope.counts` items; `event_id` is a stored event |
 //! | `discards` | `reason TEXT`, `category TEXT`, `quantity INTEGER`, key (`reason`, `category`): client-report counters (`queue_overflow`, `cache_overflow`, `sample_rate`, `before_send`) |
 //! | `meta` | `key TEXT PRIMARY KEY`, `value TEXT`: `agent_version` |
+//! | `open_sessions` | `sid TEXT PRIMARY KEY`, `run_id TEXT` (the run file's id), `started REAL`, `errors INTEGER`, `panicked INTEGER`, `release TEXT`, `environment TEXT`: sessions no run has ended yet (migration 2) |
+//! | `session_updates` | `id INTEGER PRIMARY KEY AUTOINCREMENT`, `payload BLOB` (a `session` item's JSON): waiting to be shipped, at most 1000 |
 //! | `totals` | one row (`id = 1`): `events INTEGER`, `bytes INTEGER`, the count and size of `events`, kept by every writer in the same transaction as its change (a shipper deleting sent events must lower them too), so several processes sharing one file keep its bounds |
 //!
 //! Beside it, each process that installed the fatal-signal handlers keeps a run file,
@@ -285,6 +291,7 @@ mod integration;
 mod options;
 mod rand;
 mod scrub;
+mod session;
 mod shared;
 mod ship;
 mod store;

@@ -76,6 +76,10 @@ pub struct Options {
     /// crash reporter must see these signals first. What an earlier run recorded is
     /// delivered either way. Default: on.
     pub catch_signals: bool,
+    /// Release health: send a Sentry session per run (`init` opens it; it ends `exited`,
+    /// or `crashed`/`abnormal`, sent by the next run, when the process died). Needs a
+    /// [`release`](Options::release). `ERRSCOPE_SESSIONS=0` turns it off. Default: on.
+    pub sessions: bool,
     /// Capacity of the queue between the host's threads and the agent's thread. A capture
     /// that finds it full is counted against a stored event of its fingerprint if there is
     /// one, else dropped and counted (`queue_overflow`). Default: 4096.
@@ -118,6 +122,7 @@ impl Default for Options {
             scrub_keys: Vec::new(),
             attach_stacktrace: true,
             catch_signals: true,
+            sessions: true,
             queue_size: 4096,
             storm_burst: 5,
             storm_window: Duration::from_secs(10),
@@ -147,6 +152,7 @@ impl fmt::Debug for Options {
             .field("scrub_keys", &self.scrub_keys)
             .field("attach_stacktrace", &self.attach_stacktrace)
             .field("catch_signals", &self.catch_signals)
+            .field("sessions", &self.sessions)
             .field("queue_size", &self.queue_size)
             .field("storm_burst", &self.storm_burst)
             .field("storm_window", &self.storm_window)
@@ -192,6 +198,15 @@ impl Options {
         }
         options.release = get("ERRSCOPE_RELEASE");
         options.environment = get("ERRSCOPE_ENVIRONMENT");
+        if let Some(on) = get("ERRSCOPE_SESSIONS") {
+            match on.trim() {
+                "0" | "false" | "off" => options.sessions = false,
+                "1" | "true" | "on" => options.sessions = true,
+                _ => warn(format_args!(
+                    "ignoring ERRSCOPE_SESSIONS={on:?}: expected 0/1, true/false or on/off"
+                )),
+            }
+        }
         if let Some(rate) = get("ERRSCOPE_SAMPLE_RATE") {
             match rate.trim().parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => options.sample_rate = r,
@@ -316,6 +331,13 @@ impl Options {
     #[must_use]
     pub fn catch_signals(mut self, on: bool) -> Self {
         self.catch_signals = on;
+        self
+    }
+
+    /// Turns release-health sessions on or off (see [`Options::sessions`]).
+    #[must_use]
+    pub fn sessions(mut self, on: bool) -> Self {
+        self.sessions = on;
         self
     }
 

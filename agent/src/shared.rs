@@ -33,6 +33,8 @@ pub(crate) struct Counters {
     pub(crate) outbox_events: AtomicU64,
     /// Shipper: the last attempt failed.
     pub(crate) delivery_failing: AtomicBool,
+    /// Release health: errors (captures at level error or fatal, and panics) this run.
+    pub(crate) session_errors: AtomicU64,
     /// The writer committed something: wakes the shipper.
     pub(crate) outbox_changed: tokio::sync::Notify,
 }
@@ -47,4 +49,6 @@ pub(crate) struct Shared {
     pub(crate) scrubber: Scrubber,
     /// The stack of the `init` call, resolved on the agent's thread to find the host crate.
     pub(crate) init_trace: RawTrace,
+    /// This run's id: its crash run file's name and its session's owner.
+    pub(crate) run_id: String,
 }

@@ -46,6 +46,8 @@ const PIPELINE: usize = 3;
 const SENTRY_CONCURRENCY: usize = 4;
 /// Storm counts per envelope.
 const MAX_COUNTS: usize = 1000;
+/// Session updates per envelope (Sentry takes up to 100 items in one).
+const MAX_SESSIONS: usize = 50;
 /// The shipper looks at the outbox this often even without being woken (events written
 /// by another process sharing the file, or by the panic hook's own connection).
 const IDLE_POLL: Duration = Duration::from_secs(2);
@@ -582,13 +584,16 @@ impl Shipper<'_> {
         };
         let counts = store.ready_counts(MAX_COUNTS).map_err(store_failure)?;
         let report = store.discards().map_err(store_failure)?;
-        if counts.is_empty() && report.is_empty() {
+        let sessions = store
+            .pending_session_updates(MAX_SESSIONS)
+            .map_err(store_failure)?;
+        if counts.is_empty() && report.is_empty() && sessions.is_empty() {
             return Ok(());
         }
-        let answer = self
-            .transport
-            .post(envelope::build(&[], &counts, &report))
-            .await;
+        let mut body = envelope::build(&[], &counts, &report);
+        envelope::push_sessions(&mut body, &sessions);
+        let answer = self.transport.post(body).await;
+        let session_ids: Vec<i64> = sessions.iter().map(|(id, _)| *id).collect();
         let Some(store) = self.store.as_mut() else {
             return Ok(());
         };
@@ -597,6 +602,9 @@ impl Shipper<'_> {
                 self.batching |= collector;
                 store.delete_counts(&counts, None).map_err(store_failure)?;
                 store.subtract_discards(&report).map_err(store_failure)?;
+                store
+                    .delete_session_updates(&session_ids)
+                    .map_err(store_failure)?;
                 match pause {
                     Some(p) => Err(Failure::RateLimited(p)),
                     None => Ok(()),
@@ -604,13 +612,16 @@ impl Shipper<'_> {
             }
             Answer::Rejected { status, detail } => {
                 warn(format_args!(
-                    "the server refused storm counts and discard counters with HTTP {status} \
-                     ({}); dropped them",
+                    "the server refused storm counts, discard counters and session updates \
+                     with HTTP {status} ({}); dropped them",
                     detail.trim()
                 ));
                 store.subtract_discards(&report).map_err(store_failure)?;
                 store
                     .delete_counts(&counts, Some(SEND_ERROR))
+                    .map_err(store_failure)?;
+                store
+                    .delete_session_updates(&session_ids)
                     .map_err(store_failure)?;
                 Ok(())
             }
@@ -742,6 +753,7 @@ mod tests {
         assert_eq!(
             depth,
             crate::store::Depth {
+                sessions: 0,
                 events: 8,
                 counts: 0,
                 discards: 2

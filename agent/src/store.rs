@@ -2,7 +2,7 @@
 //! counts and discard counters until a shipper sends them. If the file cannot be opened
 //! or written, the outbox degrades to a bounded in-memory buffer with one stderr line.
 //!
-//! The schema (version 1) is documented in the crate docs ("The outbox").
+//! The schema (version 2) is documented in the crate docs ("The outbox").
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -57,6 +57,21 @@ const MIGRATIONS: &[&str] = &[
         bytes INTEGER NOT NULL
     );
     INSERT INTO totals (id, events, bytes) VALUES (1, 0, 0);",
+    // 2: release health (session.rs): the sessions of runs not yet ended, and the session
+    // updates waiting to be shipped.
+    "CREATE TABLE open_sessions (
+        sid TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        started REAL NOT NULL,
+        errors INTEGER NOT NULL,
+        panicked INTEGER NOT NULL,
+        release TEXT NOT NULL,
+        environment TEXT
+    );
+    CREATE TABLE session_updates (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        payload BLOB NOT NULL
+    );",
 ];
 
 /// Why the outbox could not be opened or written.
@@ -385,11 +400,12 @@ pub(crate) struct Depth {
     pub(crate) events: u64,
     pub(crate) counts: u64,
     pub(crate) discards: u64,
+    pub(crate) sessions: u64,
 }
 
 impl Depth {
     pub(crate) fn is_empty(self) -> bool {
-        self.events == 0 && self.counts == 0 && self.discards == 0
+        self.events == 0 && self.counts == 0 && self.discards == 0 && self.sessions == 0
     }
 }
 
@@ -643,20 +659,180 @@ impl SqliteStore {
     /// What waits to be shipped: events (from the totals), counts, discard rows.
     pub(crate) fn depth(&self) -> Result<Depth, StoreError> {
         let (events, _) = totals(&self.conn).map_err(|e| self.write_error(e))?;
-        let (counts, discards): (i64, i64) = self
+        let (counts, discards, sessions): (i64, i64, i64) = self
             .conn
             .query_row(
                 "SELECT (SELECT count(*) FROM counts),
-                        (SELECT count(*) FROM discards WHERE quantity > 0)",
+                        (SELECT count(*) FROM discards WHERE quantity > 0),
+                        (SELECT count(*) FROM session_updates)",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(|e| self.write_error(e))?;
         Ok(Depth {
             events,
             counts: u64::try_from(counts).unwrap_or(0),
             discards: u64::try_from(discards).unwrap_or(0),
+            sessions: u64::try_from(sessions).unwrap_or(0),
         })
+    }
+}
+
+/// A session of a run that has not ended it (this run's, or one that died).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct OpenSession {
+    pub(crate) sid: String,
+    pub(crate) run_id: String,
+    pub(crate) started: f64,
+    pub(crate) errors: u64,
+    pub(crate) panicked: bool,
+    pub(crate) release: String,
+    pub(crate) environment: Option<String>,
+}
+
+/// Session updates kept at most; the oldest go first.
+const MAX_SESSION_UPDATES: i64 = 1000;
+/// Open sessions kept at most (many runs dying before any could close theirs).
+const MAX_OPEN_SESSIONS: i64 = 100;
+
+/// Release health (`session.rs`): open sessions and the updates waiting to ship.
+impl SqliteStore {
+    /// The sessions no run has ended, oldest first.
+    pub(crate) fn open_sessions(&self) -> Result<Vec<OpenSession>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT sid, run_id, started, errors, panicked, release, environment
+                 FROM open_sessions ORDER BY started",
+            )
+            .map_err(|e| self.write_error(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(OpenSession {
+                    sid: r.get(0)?,
+                    run_id: r.get(1)?,
+                    started: r.get(2)?,
+                    errors: r.get::<_, i64>(3)?.unsigned_abs(),
+                    panicked: r.get::<_, i64>(4)? != 0,
+                    release: r.get(5)?,
+                    environment: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.write_error(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.write_error(e))?;
+        Ok(rows)
+    }
+
+    /// In one transaction: ends the sessions `closed` (their final updates queued), and,
+    /// with `open`, opens that one with its first update. Keeps both tables bounded.
+    pub(crate) fn session_changes(
+        &mut self,
+        closed: &[(String, Vec<u8>)],
+        open: Option<(&OpenSession, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let err = write_err(&self.path);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        {
+            let mut queue = tx
+                .prepare_cached("INSERT INTO session_updates (payload) VALUES (?1)")
+                .map_err(err)?;
+            let mut close = tx
+                .prepare_cached("DELETE FROM open_sessions WHERE sid = ?1")
+                .map_err(err)?;
+            for (sid, payload) in closed {
+                close.execute([sid]).map_err(err)?;
+                queue.execute([payload]).map_err(err)?;
+            }
+            if let Some((s, payload)) = open {
+                tx.execute(
+                    "INSERT OR REPLACE INTO open_sessions (sid, run_id, started, errors, panicked, release, environment)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        s.sid,
+                        s.run_id,
+                        s.started,
+                        i64::try_from(s.errors).unwrap_or(i64::MAX),
+                        i64::from(s.panicked),
+                        s.release,
+                        s.environment
+                    ],
+                )
+                .map_err(err)?;
+                queue.execute([payload]).map_err(err)?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM session_updates WHERE id <= (SELECT max(id) FROM session_updates) - ?1",
+            [MAX_SESSION_UPDATES],
+        )
+        .map_err(err)?;
+        tx.execute(
+            "DELETE FROM open_sessions WHERE sid NOT IN
+                (SELECT sid FROM open_sessions ORDER BY started DESC LIMIT ?1)",
+            [MAX_OPEN_SESSIONS],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// Notes an open session's error count and whether a panic was recorded.
+    pub(crate) fn note_session(
+        &mut self,
+        sid: &str,
+        errors: u64,
+        panicked: bool,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE open_sessions SET errors = ?2, panicked = ?3 WHERE sid = ?1",
+                params![
+                    sid,
+                    i64::try_from(errors).unwrap_or(i64::MAX),
+                    i64::from(panicked)
+                ],
+            )
+            .map_err(write_err(&self.path))?;
+        Ok(())
+    }
+
+    /// Up to `max` session updates, oldest first: `(rowid, payload)`.
+    pub(crate) fn pending_session_updates(
+        &self,
+        max: usize,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, payload FROM session_updates ORDER BY id LIMIT ?1")
+            .map_err(|e| self.write_error(e))?;
+        let rows = stmt
+            .query_map([i64::try_from(max).unwrap_or(i64::MAX)], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.write_error(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.write_error(e))?;
+        Ok(rows)
+    }
+
+    /// Deletes shipped (or refused) session updates.
+    pub(crate) fn delete_session_updates(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+        let err = write_err(&self.path);
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM session_updates WHERE id = ?1")
+                .map_err(err)?;
+            for id in ids {
+                stmt.execute([id]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
     }
 }
 

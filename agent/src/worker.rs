@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub(crate) use crate::assemble::{Payload, Record};
 use crate::assemble::{build_event, os_context};
+use crate::session::{SessionOp, Tracker};
 use crate::shared::Shared;
 use crate::store::{Bounds, Discards, MemoryStore, Row, SqliteStore, StoreError};
 use crate::storm::CountRecord;
@@ -46,6 +47,8 @@ pub(crate) enum Msg {
     Flush(Sender<()>),
     /// Like `Flush`, then close the outbox and stop.
     Shutdown(Sender<()>),
+    /// End this run's session with this status, then answer once it is committed.
+    EndSession(&'static str, Sender<()>),
 }
 
 /// Starts the agent's thread; `None` (with a warning) if the OS refuses a thread.
@@ -134,6 +137,7 @@ struct Batch {
     acks: Vec<Sender<()>>,
     flushes: Vec<Sender<()>>,
     shutdown: Option<Sender<()>>,
+    session: Option<SessionOp>,
 }
 
 impl Batch {
@@ -153,6 +157,11 @@ impl Batch {
                 self.shutdown = Some(ack);
                 true
             }
+            Msg::EndSession(status, ack) => {
+                self.session = Some(SessionOp::End(status));
+                self.flushes.push(ack);
+                true
+            }
         }
     }
 }
@@ -165,6 +174,8 @@ struct Job {
     discards: Discards,
     acks: Vec<Sender<()>>,
     shutdown: Option<Sender<()>>,
+    /// Written after the job's rows.
+    session: Option<SessionOp>,
 }
 
 /// The builder: drains the queue, turns records into rows, hands them to the writer.
@@ -187,7 +198,7 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
     let mut resolver = Resolver::new(shared.in_app.clone(), shared.init_trace.clone());
     let os = os_context();
     // What a fatal signal left in an earlier run, committed before anything of this one.
-    crate::crash_report::deliver(shared, &mut resolver, &os, |rows| {
+    let crashed_runs = crate::crash_report::deliver(shared, &mut resolver, &os, |rows| {
         let (ack, done) = crossbeam_channel::bounded(1);
         let job = Job {
             rows,
@@ -196,6 +207,14 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
         };
         jobs_tx.send(job).is_ok() && done.recv().is_ok()
     });
+    // Then the sessions earlier runs left open, and this run's.
+    let start = Job {
+        session: Some(SessionOp::Start { crashed_runs }),
+        ..Job::default()
+    };
+    if jobs_tx.send(start).is_err() {
+        return;
+    }
     loop {
         let mut batch = Batch::default();
         let disconnected = match rx.recv_timeout(TICK) {
@@ -239,12 +258,14 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
         job.acks.append(&mut batch.acks);
         job.acks.append(&mut batch.flushes);
         job.shutdown = batch.shutdown.take();
+        job.session = batch.session.take();
         let stop = job.shutdown.is_some() || disconnected;
         let idle = job.rows.is_empty()
             && job.counts.is_empty()
             && job.discards.is_empty()
             && job.acks.is_empty()
-            && job.shutdown.is_none();
+            && job.shutdown.is_none()
+            && job.session.is_none();
         if !idle && jobs_tx.send(job).is_err() {
             // The writer is gone (it only stops on shutdown): nothing left to do.
             return;
@@ -259,9 +280,17 @@ fn run(shared: &Arc<Shared>, rx: &Receiver<Msg>) {
 fn write_loop(shared: &Shared, jobs: &Receiver<Job>) {
     IS_WORKER.with(|w| w.set(true));
     let mut outbox = Outbox::open(shared);
+    let mut session = Tracker::default();
     while let Ok(mut job) = jobs.recv() {
         let written = catch_unwind(AssertUnwindSafe(|| {
             write_job(shared, &mut outbox, &mut job);
+            // Sessions need the file: a degraded outbox keeps none.
+            if let Outbox::Sqlite(store) = &mut outbox {
+                if let Some(op) = job.session.take() {
+                    session.apply(shared, store, op);
+                }
+                session.note(shared, store);
+            }
         }));
         if written.is_err() {
             warn(format_args!(
@@ -386,6 +415,7 @@ mod tests {
             server_name: Some("host-1".to_owned()),
             scrubber: crate::scrub::Scrubber::new(&options.scrub_keys),
             init_trace: RawTrace::default(),
+            run_id: "run".to_owned(),
             options,
         }
     }

@@ -27,6 +27,7 @@
 //!   throttling, invites, the audit log, and the permission check of every API route;
 //! - [`minidump`]: minidumps processed into native events, the raw dumps kept;
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
+//! - [`releases`]: release health (session items, the releases API);
 //! - [`alerts`]: alert rules, their decision on ingest and their background delivery;
 //! - [`dashboard`]: the embedded web UI;
 //! - [`serve`]: the HTTP/1.1 server loop, the connection cap and the deadlines for slow
@@ -46,6 +47,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod minidump;
 pub mod quota;
+pub mod releases;
 pub mod serve;
 pub mod state;
 pub mod store;
@@ -154,7 +156,15 @@ pub fn api_routes() -> auth::Routes {
                 .put(write(rule).audited("rule.update"), alerts::api::update_rule)
                 .delete(write(rule).audited("rule.delete"), alerts::api::delete_rule),
         );
-    let routes = auth::api::routes(routes);
+    let routes = auth::api::routes(routes)
+        .route(
+            "/api/0/projects/{pid}/releases/",
+            get(read(pid), releases::api::list_releases),
+        )
+        .route(
+            "/api/0/projects/{pid}/releases/{version}/",
+            get(read(pid), releases::api::get_release),
+        );
     difs::api::routes(routes)
 }
 

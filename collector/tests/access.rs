@@ -226,6 +226,14 @@ fn specs() -> HashMap<(&'static str, &'static str), Spec> {
             ("GET", "/api/0/projects/{pid}/tags/{key}/values/"),
             s("project:read", &[200]),
         ),
+        (
+            ("GET", "/api/0/projects/{pid}/releases/"),
+            s("project:read", &[200]),
+        ),
+        (
+            ("GET", "/api/0/projects/{pid}/releases/{version}/"),
+            s("project:read", &[200]),
+        ),
         (("GET", "/api/0/issues/{id}/"), s("project:read", &[200])),
         (("PUT", "/api/0/issues/{id}/"), s("project:write", &[200])),
         (
@@ -350,6 +358,7 @@ async fn prepare(
         .replace("{org}", "errscope")
         .replace("{event_id}", &f.event)
         .replace("{key}", "environment")
+        .replace("{version}", "shop@1.0")
         .replace("{id}", &id.to_string());
     let path = if method == "DELETE" && template.ends_with("/dsyms/") {
         format!("{path}?id=999999")

@@ -2,6 +2,7 @@
 
 mod access;
 mod alerts;
+mod releases;
 mod symbolication;
 mod util;
 
@@ -147,9 +148,11 @@ async fn retries_are_not_counted_twice_and_batches_are_accepted() {
     let (_, stats) = s.api("/api/0/projects/1/stats/").await;
     assert_eq!(stats["events"], 3 + 1000, "{stats}");
     assert_eq!(stats["issues"], 2);
+    // The malformed `session` item is dropped alone, counted once per delivery.
     assert_eq!(
         stats["discarded"],
-        json!([{"reason": "queue_overflow", "category": "error", "quantity": 24}])
+        json!([{"reason": "invalid", "category": "session", "quantity": 2},
+               {"reason": "queue_overflow", "category": "error", "quantity": 24}])
     );
     let (_, issues) = s.api("/api/0/projects/1/issues/?sort=count").await;
     assert_eq!(issues["data"][0]["count"], 1002);

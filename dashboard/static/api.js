@@ -88,4 +88,5 @@ export const api = {
   deleteAlert: (id) => request('DELETE', `/api/0/alerts/${enc(id)}/`),
   testAlert: (id) => request('POST', `/api/0/alerts/${enc(id)}/test/`, {}),
   alertDeliveries: (id) => get(`/api/0/alerts/${enc(id)}/deliveries/`),
+  releases: (pid, params) => get(`/api/0/projects/${enc(pid)}/releases/${qs(params)}`),
 };

@@ -19,6 +19,7 @@ const views = {
   projects: lazy(() => import('./views/projects.js'), 'projectsView'),
   difs: lazy(() => import('./views/difs.js'), 'difsView'),
   alerts: lazy(() => import('./views/alerts.js'), 'alertsView'),
+  releases: lazy(() => import('./views/releases.js'), 'releasesView'),
 };
 
 const routes = [
@@ -31,6 +32,7 @@ const routes = [
   { re: /^\/projects\/?$/, load: views.projects, nav: 'projects' },
   { re: /^\/debug-files\/?$/, load: views.difs, nav: 'difs' },
   { re: /^\/alerts\/?$/, load: views.alerts, nav: 'alerts' },
+  { re: /^\/releases\/?$/, load: views.releases, nav: 'releases' },
 ];
 
 function notFound(ctx) {

@@ -85,3 +85,52 @@ export function hourlyBars(values, { end = new Date(), height = 110 } = {}) {
     svg,
     labels);
 }
+
+/**
+ * Crash-free sessions over time, one line per series: `series` is
+ * [{ name, points: [{ at: Date, rate: 0..1 | null, sessions }] }]. The y axis
+ * runs from the lowest rate shown (at most 90%) to 100%. Each point has a
+ * <title> tooltip; a legend names the lines.
+ */
+export function crashFreeLines(series, { width = 600, height = 160 } = {}) {
+  const all = series.flatMap((s) => s.points.filter((p) => p.rate !== null));
+  const times = all.map((p) => p.at.getTime());
+  const t0 = Math.min(...times);
+  const t1 = Math.max(...times);
+  const low = Math.min(0.9, ...all.map((p) => p.rate));
+  const pad = 6;
+  const x = (t) => (t1 > t0 ? pad + ((t - t0) / (t1 - t0)) * (width - 2 * pad) : width / 2);
+  const y = (r) => pad + ((1 - r) / (1 - low || 1)) * (height - 2 * pad);
+  const pct = (r) => `${(r * 100).toFixed(r === 1 ? 0 : 2)}%`;
+  const svg = s('svg', {
+    class: 'lines',
+    viewBox: `0 0 ${width} ${height}`,
+    preserveAspectRatio: 'none',
+    height,
+    role: 'img',
+    'aria-label': `Crash-free sessions of ${series.length} release${series.length === 1 ? '' : 's'}, from ${pct(low)} to 100%`,
+  });
+  for (const r of [1, (1 + low) / 2, low]) {
+    svg.appendChild(s('line', { class: 'bars-grid', x1: 0, x2: width, y1: y(r).toFixed(1), y2: y(r).toFixed(1) }));
+  }
+  const legend = h('ul', { class: 'lines-legend' });
+  series.forEach((one, i) => {
+    const pts = one.points.filter((p) => p.rate !== null);
+    const cls = `line-${i % 6}`;
+    svg.appendChild(s('polyline', {
+      class: ['line', cls],
+      points: pts.map((p) => `${x(p.at.getTime()).toFixed(1)},${y(p.rate).toFixed(1)}`).join(' '),
+    }));
+    for (const p of pts) {
+      // A round-capped stub: a dot that the stretched viewBox does not distort.
+      const px = x(p.at.getTime());
+      svg.appendChild(s('line', { class: ['line-dot', cls], x1: px.toFixed(2), x2: (px + 0.01).toFixed(2), y1: y(p.rate).toFixed(1), y2: y(p.rate).toFixed(1) },
+        s('title', null, `${one.name}, ${p.at.toISOString().slice(0, 10)}: ${pct(p.rate)} crash-free of ${int(p.sessions)} session${p.sessions === 1 ? '' : 's'}`)));
+    }
+    legend.appendChild(h('li', null, h('span', { class: ['swatch', cls], 'aria-hidden': 'true' }), one.name));
+  });
+  return h('figure', { class: 'chart' },
+    h('div', { class: 'chart-head' }, h('span', { class: 'chart-max' }, `${pct(low)} to 100%`)),
+    svg,
+    legend);
+}

@@ -242,6 +242,7 @@ export function renderHeader(active) {
   replace(header.nav,
     link('/', 'Classes', 'classes'),
     link('/issues', 'Issues', 'issues'),
+    link('/releases', 'Releases', 'releases'),
     link('/debug-files', 'Debug files', 'difs'),
     link('/alerts', 'Alerts', 'alerts'),
     link('/projects', 'Setup', 'projects'));

@@ -3,7 +3,11 @@
 //! The agent is one per process: tests that run it in this process take [`AGENT`];
 //! tests that kill or restart a host run `e2e-host` as a child process.
 //! [`symbolication`]: a stripped host (the agent's child fixture) and its uploaded debug file.
+//! [`sessions`]: release health, the child fixture's sessions ending in every way.
 
+#[path = "../../agent/tests/fixtures/child_builds.rs"]
+mod child_builds;
+mod sessions;
 mod symbolication;
 
 use std::collections::HashSet;

@@ -195,6 +195,20 @@ pub async fn get_issue(
         m.insert("hourly_14d".into(), json!(d.hourly));
         m.insert("tags".into(), json!(d.tags));
         m.insert("latest_event_id".into(), json!(d.latest_event_id));
+        // Release health: the releases the issue was seen in (its `release` tag values,
+        // most events first) and the one it first appeared in.
+        let releases: Vec<Value> = d
+            .tags
+            .get("release")
+            .map(|vs| {
+                vs.iter()
+                    .map(|t| json!({"version": t.value, "count": t.count}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.insert("releases".into(), json!(releases));
+        let first = state.store.first_release(id).await?;
+        m.insert("first_release".into(), json!(first));
     }
     Ok(Json(v).into_response())
 }

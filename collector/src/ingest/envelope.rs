@@ -38,6 +38,9 @@ pub struct EnvelopeHeader {
     /// The DSN the SDK was configured with.
     #[serde(default)]
     pub dsn: Option<String>,
+    /// When the SDK sent the envelope (keys aggregate sessions, `releases/`).
+    #[serde(default)]
+    pub sent_at: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,13 @@ use super::{IngestError, MAX_ENVELOPE, MAX_EVENT, MAX_WIRE};
 use crate::budget::Reservation;
 
 /// The item types whose payloads are kept; the others are skipped as they stream past.
-pub const KEPT_ITEMS: &[&str] = &["event", "client_report", "errscope.counts"];
+pub const KEPT_ITEMS: &[&str] = &[
+    "event",
+    "client_report",
+    "errscope.counts",
+    "session",
+    "sessions",
+];
 /// Inflated bytes handed to the framer at a time.
 const PIECE: usize = 32 * 1024;
 /// What any request holds besides its items: a wire frame, buffers, a zlib window.

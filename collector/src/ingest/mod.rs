@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::grouping;
 use crate::metrics::Reject;
+use crate::releases::Sessions;
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::{CountRecord, Discard, IngestJob, PreparedEvent};
@@ -335,7 +336,8 @@ async fn ingest(
     held.cover(2 * size + 64 * 1024)
         .await
         .map_err(|_| IngestError::MemoryBusy)?;
-    let work = move || -> Result<(Option<String>, IngestJob, Waiting), IngestError> {
+    let work = move || -> Result<(Option<String>, IngestJob, Waiting, Sessions), IngestError> {
+        let mut sessions = Sessions::default();
         let sym = Some(&*symbolicator);
         let mut waiting = Vec::new();
         let mut job = IngestJob {
@@ -375,14 +377,18 @@ async fn ingest(
                         "errscope.counts" => job
                             .counts
                             .extend(parse_counts(&item.payload).map_err(|e| prefix(e, n))?),
+                        ty @ ("session" | "sessions") => {
+                            sessions.take(ty, &item.payload, n, header.sent_at.as_deref(), received)
+                        }
                         _ => {}
                     }
                 }
             }
         }
-        Ok((dsn_key, job, waiting))
+        job.discards.extend(sessions.discards());
+        Ok((dsn_key, job, waiting, sessions))
     };
-    let (dsn_key, job, waiting) = if inline {
+    let (dsn_key, job, waiting, sessions) = if inline {
         work()?
     } else {
         tokio::task::spawn_blocking(work)
@@ -392,13 +398,20 @@ async fn ingest(
     if request_key.is_none() {
         authenticate(state, dsn_key, project_id).await?;
     }
-    let n = job.events.len() as u64;
+    // Session updates take their share of the project's rate limit.
+    let n = job.events.len() as u64 + sessions.len();
     if n > 0
         && let Some(wait) = state.rate_limited(project_id, n).await?
     {
         return Err(IngestError::RateLimited(wait));
     }
     let ids: Vec<String> = job.events.iter().map(|e| e.event_id.clone()).collect();
+    if !sessions.is_empty() {
+        state
+            .store
+            .ingest_sessions(project_id, sessions.updates, sessions.aggregates)
+            .await?;
+    }
     if job.events.is_empty() && job.discards.is_empty() && job.counts.is_empty() {
         return Ok(ids);
     }

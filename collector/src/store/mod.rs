@@ -5,6 +5,7 @@
 //! bounds (`model.rs`): samples per issue, the dedup window, tag values, the alert queue.
 
 pub mod accounts;
+pub mod health;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use accounts::*;
+pub use health::*;
 pub use model::*;
 
 use crate::alerts::Alerts;
@@ -395,6 +397,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn insert_audit(&self, entry: AuditRow, keep: i64) -> Result<(), StoreError>;
     /// The newest audit entries with an id below `before`.
     async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+
+    // --- release health (issue 15): sessions, releases ---------------------------------
+
+    /// Stores session updates (one row per sid, the final status wins) and aggregates
+    /// (one row per key; a key seen before is ignored) in one transaction.
+    async fn ingest_sessions(
+        &self,
+        project_id: i64,
+        updates: Vec<SessionUpdate>,
+        aggregates: Vec<SessionAggregate>,
+    ) -> Result<(), StoreError>;
+    /// Sessions by release, environment and hour of their start.
+    async fn session_buckets(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<SessionBucket>, StoreError>;
+    /// Distinct ids (`did`) per release among the sessions the query covers.
+    async fn release_users(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<(String, i64)>, StoreError>;
+    /// The issues whose first stored event carries a release, newest first, at most
+    /// `limit`.
+    async fn new_issues(&self, project_id: i64, limit: i64) -> Result<Vec<NewIssue>, StoreError>;
+    /// The release of an issue's first stored event.
+    async fn first_release(&self, issue_id: i64) -> Result<Option<String>, StoreError>;
 }
 
 /// A database URL fit for messages and logs: its password replaced by `***`.

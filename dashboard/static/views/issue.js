@@ -134,7 +134,20 @@ export async function issueView(ctx) {
         h('div', null, h('dt', null, 'Events'), h('dd', { class: 'num', title: int(issue.count) }, int(issue.count))),
         h('div', null, h('dt', null, 'Last 24 h'), h('dd', { class: 'num' }, compact(last24))),
         h('div', null, h('dt', null, 'First seen'), h('dd', null, timeAgo(issue.first_seen))),
-        h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen))))));
+        h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen)))),
+      releasesLine()));
+  }
+
+  // Release health: the releases this issue was seen in (most events first) and
+  // the one it first appeared in.
+  function releasesLine() {
+    const list = issue.releases || [];
+    if (!list.length) return null;
+    return h('p', { class: 'issue-releases', 'aria-label': 'Releases' },
+      h('span', { class: 'muted' }, 'Seen in releases: '),
+      list.map((r) => h('span', { class: 'mono', 'data-release': r.version, title: `${int(r.count)} event${r.count === 1 ? '' : 's'}` },
+        `${r.version} (${int(r.count)})`)),
+      issue.first_release ? h('span', { class: 'muted' }, ` · first seen in ${issue.first_release}`) : null);
   }
 
   let chartRange = '14d';

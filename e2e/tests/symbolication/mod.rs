@@ -1,8 +1,7 @@
 //! The errscope agent's stripped host, its debug file uploaded with the real `sentry-cli`,
 //! symbolicated by the real collector: uploaded first, and uploaded after the events came.
 
-#[path = "../../../agent/tests/fixtures/child_builds.rs"]
-mod child_builds;
+use crate::child_builds;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -277,6 +277,40 @@ const TABLES: &[Table] = {
             ],
             true,
         ),
+        // Release health (store/*/health.rs).
+        (
+            "release_sessions",
+            &[
+                ("project_id", Int),
+                ("sid", Text),
+                ("did", Text),
+                ("release", Text),
+                ("environment", Text),
+                ("started", Int),
+                ("timestamp", Int),
+                ("status", Text),
+                ("errors", Int),
+                ("seq", Int),
+                ("terminal", Int),
+            ],
+            false,
+        ),
+        (
+            "session_aggregates",
+            &[
+                ("project_id", Int),
+                ("key", Text),
+                ("release", Text),
+                ("environment", Text),
+                ("started", Int),
+                ("did", Text),
+                ("exited", Int),
+                ("errored", Int),
+                ("abnormal", Int),
+                ("crashed", Int),
+            ],
+            false,
+        ),
     ]
 };
 

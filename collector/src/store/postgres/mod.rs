@@ -10,6 +10,7 @@ mod alerts;
 mod basics;
 pub mod copy;
 mod difs;
+mod health;
 mod ingest;
 mod minidumps;
 mod reads;
@@ -39,6 +40,7 @@ use crate::store::{
     IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats,
     Store, StoreError, TagValue, Waiting, WaitingEvent, redact_url,
 };
+use crate::store::{NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate};
 
 /// Connections each collector keeps to the database at most.
 pub const MAX_CONNECTIONS: usize = 16;
@@ -287,6 +289,39 @@ impl Store for PgStore {
 
     async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         access::audit(self, before, limit).await
+    }
+
+    async fn ingest_sessions(
+        &self,
+        project_id: i64,
+        updates: Vec<SessionUpdate>,
+        aggregates: Vec<SessionAggregate>,
+    ) -> Result<(), StoreError> {
+        health::ingest(self, project_id, updates, aggregates).await
+    }
+
+    async fn session_buckets(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<SessionBucket>, StoreError> {
+        health::buckets(self, project_id, query).await
+    }
+
+    async fn release_users(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        health::users(self, project_id, query).await
+    }
+
+    async fn new_issues(&self, project_id: i64, limit: i64) -> Result<Vec<NewIssue>, StoreError> {
+        health::new_issues(self, project_id, limit).await
+    }
+
+    async fn first_release(&self, issue_id: i64) -> Result<Option<String>, StoreError> {
+        health::first_release(self, issue_id).await
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {

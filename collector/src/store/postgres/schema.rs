@@ -224,4 +224,6 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 6: kept minidumps (store/postgres/minidumps.rs).
     super::minidumps::MIGRATION,
+    // 7: release health: sessions and session aggregates (store/postgres/health.rs).
+    super::health::MIGRATION,
 ];

@@ -9,6 +9,7 @@ mod access;
 pub mod alerts;
 mod apply;
 pub mod difs;
+pub mod health;
 mod minidumps;
 pub mod queries;
 mod store;
@@ -216,6 +217,8 @@ const MIGRATIONS: &[&str] = &[
     "DROP TABLE sessions;",
     // 8: kept minidumps (collector/src/minidump/): the dumps live under <data>/minidumps/.
     minidumps::MIGRATION,
+    // 9: release health: sessions and session aggregates (store/sqlite/health.rs).
+    health::MIGRATION,
 ];
 
 /// Opens a connection with the collector's pragmas.

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
 use super::writer::Writer;
-use super::{ReadPool, alerts as q, difs, minidumps, queries, symbolication as sym};
+use super::{ReadPool, alerts as q, difs, health, minidumps, queries, symbolication as sym};
 use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
@@ -25,6 +25,7 @@ use crate::store::{
     IssueDetail, IssueFilter, MinidumpRow, Outcome, ProjectRow, Retention, Rewrite, Sort, Stats,
     Store, StoreError, TagValue, Waiting, WaitingEvent,
 };
+use crate::store::{NewIssue, SessionAggregate, SessionBucket, SessionQuery, SessionUpdate};
 
 /// The embedded SQLite database under `--data`.
 pub struct SqliteStore {
@@ -661,5 +662,49 @@ impl Store for SqliteStore {
 
     async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         self.a_audit(before, limit).await
+    }
+
+    async fn ingest_sessions(
+        &self,
+        project_id: i64,
+        updates: Vec<SessionUpdate>,
+        aggregates: Vec<SessionAggregate>,
+    ) -> Result<(), StoreError> {
+        let now = crate::time::now_ms();
+        self.writer
+            .exec(move |tx| health::ingest(tx, project_id, &updates, &aggregates, now))
+            .await
+    }
+
+    async fn session_buckets(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<SessionBucket>, StoreError> {
+        self.reads
+            .run(move |c| health::buckets(c, project_id, &query))
+            .await
+    }
+
+    async fn release_users(
+        &self,
+        project_id: i64,
+        query: SessionQuery,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        self.reads
+            .run(move |c| health::users(c, project_id, &query))
+            .await
+    }
+
+    async fn new_issues(&self, project_id: i64, limit: i64) -> Result<Vec<NewIssue>, StoreError> {
+        self.reads
+            .run(move |c| health::new_issues(c, project_id, limit))
+            .await
+    }
+
+    async fn first_release(&self, issue_id: i64) -> Result<Option<String>, StoreError> {
+        self.reads
+            .run(move |c| health::first_release(c, issue_id))
+            .await
     }
 }
