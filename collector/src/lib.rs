@@ -25,6 +25,7 @@
 //! - [`api`]: the dashboard's JSON API;
 //! - [`auth`]: users, roles, project membership, scoped tokens, sessions, login
 //!   throttling, invites, the audit log, and the permission check of every API route;
+//! - [`workflow`]: the issue workflow (assignees, comments);
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
 //! - [`alerts`]: alert rules, their decision on ingest and their background delivery;
 //! - [`dashboard`]: the embedded web UI;
@@ -48,6 +49,7 @@ pub mod state;
 pub mod store;
 pub mod symbolicate;
 pub mod time;
+pub mod workflow;
 
 pub use state::{AppState, Config, Started, start};
 
@@ -148,6 +150,7 @@ pub fn api_routes() -> auth::Routes {
                 .delete(write(rule).audited("rule.delete"), alerts::api::delete_rule),
         );
     let routes = auth::api::routes(routes);
+    let routes = workflow::routes(routes);
     difs::api::routes(routes)
 }
 

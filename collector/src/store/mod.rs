@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
+pub mod workflow;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use serde_json::Value;
 
 pub use accounts::*;
 pub use model::*;
+pub use workflow::*;
 
 use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
@@ -362,6 +364,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn insert_audit(&self, entry: AuditRow, keep: i64) -> Result<(), StoreError>;
     /// The newest audit entries with an id below `before`.
     async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+
+    // --- the issue workflow (store/workflow.rs): assignees and comments --------------
+
+    /// Assigns an issue to an enabled user (`None`: unassigns it), checking both in the
+    /// same transaction.
+    async fn assign_issue(
+        &self,
+        issue_id: i64,
+        user_id: Option<i64>,
+        now: i64,
+    ) -> Result<Assigned, StoreError>;
+    /// An issue's newest `limit` comments, oldest first.
+    async fn comments(&self, issue_id: i64, limit: i64) -> Result<Vec<CommentRow>, StoreError>;
+    /// Adds a comment; `None` if there is no such issue.
+    async fn insert_comment(
+        &self,
+        issue_id: i64,
+        user_id: i64,
+        body: &str,
+        now: i64,
+    ) -> Result<Option<CommentRow>, StoreError>;
+    /// One comment of an issue.
+    async fn comment(&self, issue_id: i64, id: i64) -> Result<Option<CommentRow>, StoreError>;
+    /// Deletes a comment of an issue; whether it existed.
+    async fn delete_comment(&self, issue_id: i64, id: i64) -> Result<bool, StoreError>;
 }
 
 /// A database URL fit for messages and logs: its password replaced by `***`.

@@ -278,6 +278,23 @@ const TABLES: &[Table] = {
             ],
             true,
         ),
+        // The issue workflow (store/*/workflow.rs).
+        (
+            "issue_assignees",
+            &[("issue_id", Int), ("user_id", Int), ("assigned", Int)],
+            false,
+        ),
+        (
+            "issue_comments",
+            &[
+                ("id", Int),
+                ("issue_id", Int),
+                ("user_id", Int),
+                ("body", Text),
+                ("created", Int),
+            ],
+            true,
+        ),
     ]
 };
 

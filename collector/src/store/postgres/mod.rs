@@ -14,6 +14,7 @@ mod ingest;
 mod reads;
 pub mod schema;
 mod symbolication;
+mod workflow;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -29,7 +30,7 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
+    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
     UserUpdate,
 };
 use crate::store::{
@@ -285,6 +286,39 @@ impl Store for PgStore {
 
     async fn audit(&self, before: Option<i64>, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
         access::audit(self, before, limit).await
+    }
+
+    // --- the issue workflow (store/postgres/workflow.rs) ---
+
+    async fn assign_issue(
+        &self,
+        issue_id: i64,
+        user_id: Option<i64>,
+        now: i64,
+    ) -> Result<Assigned, StoreError> {
+        workflow::assign_issue(self, issue_id, user_id, now).await
+    }
+
+    async fn comments(&self, issue_id: i64, limit: i64) -> Result<Vec<CommentRow>, StoreError> {
+        workflow::comments(self, issue_id, limit).await
+    }
+
+    async fn insert_comment(
+        &self,
+        issue_id: i64,
+        user_id: i64,
+        body: &str,
+        now: i64,
+    ) -> Result<Option<CommentRow>, StoreError> {
+        workflow::insert_comment(self, issue_id, user_id, body, now).await
+    }
+
+    async fn comment(&self, issue_id: i64, id: i64) -> Result<Option<CommentRow>, StoreError> {
+        workflow::comment(self, issue_id, id).await
+    }
+
+    async fn delete_comment(&self, issue_id: i64, id: i64) -> Result<bool, StoreError> {
+        workflow::delete_comment(self, issue_id, id).await
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {

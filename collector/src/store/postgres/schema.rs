@@ -201,4 +201,6 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
     // 3: teams and access (store/postgres/access.rs).
     super::access::MIGRATION,
+    // 4: the issue workflow: assignees and comments (store/postgres/workflow.rs).
+    super::workflow::MIGRATION,
 ];

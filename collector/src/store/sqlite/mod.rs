@@ -13,6 +13,7 @@ pub mod queries;
 mod store;
 pub mod symbolication;
 pub mod writer;
+mod workflow;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -211,6 +212,8 @@ const MIGRATIONS: &[&str] = &[
     // 6: teams and access: users, memberships, API tokens, user sessions, invites, login
     // throttle windows, the audit log (store/sqlite/access.rs).
     access::MIGRATION,
+    // 7: the issue workflow: assignees and comments (store/sqlite/workflow.rs).
+    workflow::MIGRATION,
 ];
 
 /// Opens a connection with the collector's pragmas.
