@@ -175,8 +175,8 @@ describe('teams and access', () => {
     await page.goto(`${collector.base}/users`);
     await page.getByRole('heading', { name: 'Users', level: 1 }).waitFor();
     await page.locator('tr[data-username="mia"]').waitFor();
-    await page.getByLabel('Username').fill('nia');
-    await page.getByLabel('Role').selectOption('viewer');
+    await page.getByLabel('Username', { exact: true }).fill('nia');
+    await page.getByLabel('Role', { exact: true }).selectOption('viewer');
     await page.getByRole('button', { name: 'Create invite' }).click();
     const link = page.locator('.invite-url');
     await link.waitFor();

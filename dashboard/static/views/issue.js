@@ -304,9 +304,8 @@ export async function issueView(ctx) {
   if (!ctx.alive()) return {};
   renderEvents();
   replace(ctx.main, h('div', { class: 'page issue-page' },
-    headSlot, chartSlot,
-    h('div', { class: 'issue-grid' }, eventSlot, h('div', { class: 'issue-aside' }, tagsSlot, eventsSlot)),
-    commentsSlot));
+    headSlot, chartSlot, commentsSlot,
+    h('div', { class: 'issue-grid' }, eventSlot, h('div', { class: 'issue-aside' }, tagsSlot, eventsSlot))));
 
   return {
     async refresh() {
