@@ -1025,3 +1025,87 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
+    use errscope_collector::store::{UserChanged, UserUpdate};
+    let s = server().await;
+    let (ann_id, _) = invited(&s, "ann", "owner", json!([])).await;
+    let (_, me) = call(&s, &admin(), "GET", "/api/0/user/", None).await;
+    let admin_id = me["id"].as_i64().unwrap();
+    let store = s.state.store.clone();
+    let demote = |role: &str| UserUpdate {
+        role: Some(role.into()),
+        ..Default::default()
+    };
+    let owners = || {
+        let store = store.clone();
+        async move {
+            store
+                .users()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|u| u.role == "owner" && !u.disabled)
+                .map(|u| u.username)
+                .collect::<Vec<_>>()
+        }
+    };
+    for round in 0..20 {
+        // Each demotes the other at the same moment (one disables instead, every other round).
+        let other = if round % 2 == 0 {
+            demote("member")
+        } else {
+            UserUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            }
+        };
+        let (a, b) = tokio::join!(
+            store.update_user(ann_id, demote("viewer")),
+            store.update_user(admin_id, other),
+        );
+        let mut got = [a.unwrap(), b.unwrap()];
+        got.sort_by_key(|c| *c == UserChanged::LastOwner);
+        assert_eq!(
+            got,
+            [UserChanged::Done, UserChanged::LastOwner],
+            "round {round}"
+        );
+        let left = owners().await;
+        assert_eq!(left.len(), 1, "round {round}: {left:?}");
+        // Back to two owners for the next round.
+        let back = UserUpdate {
+            role: Some("owner".into()),
+            disabled: Some(false),
+            ..Default::default()
+        };
+        let demoted = if left[0] == "ann" { admin_id } else { ann_id };
+        assert_eq!(
+            store.update_user(demoted, back).await.unwrap(),
+            UserChanged::Done
+        );
+    }
+    // Over HTTP: the last owner cannot demote herself (409), and the detail says why.
+    let (st, _) = call(
+        &s,
+        &admin(),
+        "PUT",
+        &format!("/api/0/users/{ann_id}/"),
+        Some(json!({"role": "member"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, got) = call(
+        &s,
+        &admin(),
+        "PUT",
+        &format!("/api/0/users/{admin_id}/"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(st, 409, "{got}");
+    assert!(got["detail"].as_str().unwrap().contains("last enabled owner"), "{got}");
+    assert_eq!(owners().await, vec!["admin".to_owned()]);
+    s.stop().await;
+}

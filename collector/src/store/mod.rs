@@ -311,9 +311,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError>;
     /// Adds a user; `None` if the name is taken.
     async fn insert_user(&self, user: NewUser) -> Result<Option<UserRow>, StoreError>;
-    /// Changes a user; disabling ends their sessions in the same transaction. Whether the
-    /// user exists.
-    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError>;
+    /// Changes a user; disabling ends their sessions in the same transaction. A change
+    /// that would leave no enabled owner is refused, checked in that transaction too (two
+    /// owners demoting each other at once leave one).
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<UserChanged, StoreError>;
     /// The projects a user belongs to.
     async fn memberships(&self, user_id: i64) -> Result<Vec<i64>, StoreError>;
     /// Replaces the projects a user belongs to.

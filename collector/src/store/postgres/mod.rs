@@ -30,7 +30,7 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
+    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserChanged, UserRow,
     UserUpdate,
 };
 use crate::store::{
@@ -198,7 +198,11 @@ impl Store for PgStore {
         access::insert_user(self, user).await
     }
 
-    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError> {
+    async fn update_user(
+        &self,
+        id: i64,
+        update: UserUpdate,
+    ) -> Result<UserChanged, StoreError> {
         access::update_user(self, id, update).await
     }
 
