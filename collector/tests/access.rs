@@ -840,14 +840,7 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
             .await;
         assert_eq!(r.status(), 200);
     }
-    let (_, list) = call(
-        &s,
-        &admin(),
-        "GET",
-        "/api/0/projects/1/issues/",
-        None,
-    )
-    .await;
+    let (_, list) = call(&s, &admin(), "GET", "/api/0/projects/1/issues/", None).await;
     let ids: Vec<i64> = list["data"]
         .as_array()
         .unwrap()
@@ -879,7 +872,14 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
     let mine = |who: Who, q: &'static str| {
         let s = &s;
         async move {
-            let (st, l) = call(s, &who, "GET", &format!("/api/0/projects/1/issues/?{q}"), None).await;
+            let (st, l) = call(
+                s,
+                &who,
+                "GET",
+                &format!("/api/0/projects/1/issues/?{q}"),
+                None,
+            )
+            .await;
             assert_eq!(st, 200, "{l}");
             l["data"]
                 .as_array()
@@ -902,7 +902,10 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
     )
     .await;
     assert_eq!(st, 400);
-    assert!(bad["detail"].as_str().unwrap().contains("assigned"), "{bad}");
+    assert!(
+        bad["detail"].as_str().unwrap().contains("assigned"),
+        "{bad}"
+    );
 
     // Only owners and members of the project can be assigned.
     for (who, why) in [
@@ -915,18 +918,36 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
         assert_eq!(st, 400, "{got}");
         assert!(got["detail"].as_str().unwrap().contains(why), "{got}");
     }
-    let (st, got) = call(&s, &admin(), "PUT", &format!("/api/0/issues/{two}/assignee/"), assignee(json!(mia_id))).await;
-    assert_eq!((st, got["assignee"]["id"].clone()), (200, json!(mia_id)), "{got}");
+    let (st, got) = call(
+        &s,
+        &admin(),
+        "PUT",
+        &format!("/api/0/issues/{two}/assignee/"),
+        assignee(json!(mia_id)),
+    )
+    .await;
+    assert_eq!(
+        (st, got["assignee"]["id"].clone()),
+        (200, json!(mia_id)),
+        "{got}"
+    );
     assert_eq!(mine(mia.clone(), "assigned=me").await.len(), 2);
 
     // A viewer reads but cannot assign or comment: 403 naming the scope.
     for (method, p, body) in [
         ("PUT", path.clone(), assignee(json!("me"))),
-        ("POST", format!("/api/0/issues/{one}/comments/"), Some(json!({"body": "x"}))),
+        (
+            "POST",
+            format!("/api/0/issues/{one}/comments/"),
+            Some(json!({"body": "x"})),
+        ),
     ] {
         let (st, got) = call(&s, &vic, method, &p, body).await;
         assert_eq!(st, 403, "{method} {p}: {got}");
-        assert!(got["detail"].as_str().unwrap().contains("project:write"), "{got}");
+        assert!(
+            got["detail"].as_str().unwrap().contains("project:write"),
+            "{got}"
+        );
     }
     let comments = format!("/api/0/issues/{one}/comments/");
     assert_eq!(call(&s, &vic, "GET", &comments, None).await.0, 200);
@@ -944,9 +965,19 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
     let text = "<img src=x onerror=alert(1)> **bold**\nsecond line";
     let (st, c1) = call(&s, &mia, "POST", &comments, Some(json!({"body": text}))).await;
     assert_eq!(st, 201, "{c1}");
-    assert_eq!((c1["body"].as_str(), c1["author"]["username"].as_str()), (Some(text), Some("mia")));
+    assert_eq!(
+        (c1["body"].as_str(), c1["author"]["username"].as_str()),
+        (Some(text), Some("mia"))
+    );
     assert!(c1["created"].as_str().unwrap().ends_with('Z'), "{c1}");
-    let (_, c2) = call(&s, &admin(), "POST", &comments, Some(json!({"body": "  owner note  "}))).await;
+    let (_, c2) = call(
+        &s,
+        &admin(),
+        "POST",
+        &comments,
+        Some(json!({"body": "  owner note  "})),
+    )
+    .await;
     assert_eq!(c2["body"], "owner note");
     let (_, listed) = call(&s, &vic, "GET", &comments, None).await;
     let bodies: Vec<&str> = listed
@@ -972,9 +1003,19 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
     assert_eq!(call(&s, &mia, "DELETE", &del(&c1["id"]), None).await.0, 204);
     assert_eq!(call(&s, &mia, "DELETE", &del(&c1["id"]), None).await.0, 404);
     // The comment is of issue one, not of issue two.
-    let (st, _) = call(&s, &admin(), "DELETE", &format!("/api/0/issues/{two}/comments/{}/", c2["id"]), None).await;
+    let (st, _) = call(
+        &s,
+        &admin(),
+        "DELETE",
+        &format!("/api/0/issues/{two}/comments/{}/", c2["id"]),
+        None,
+    )
+    .await;
     assert_eq!(st, 404);
-    assert_eq!(call(&s, &admin(), "DELETE", &del(&c2["id"]), None).await.0, 204);
+    assert_eq!(
+        call(&s, &admin(), "DELETE", &del(&c2["id"]), None).await.0,
+        204
+    );
     let (_, listed) = call(&s, &vic, "GET", &comments, None).await;
     assert_eq!(listed, json!([]));
 
@@ -990,11 +1031,20 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| (m["username"].as_str().unwrap().to_owned(), m["assignable"].as_bool().unwrap()))
+        .map(|m| {
+            (
+                m["username"].as_str().unwrap().to_owned(),
+                m["assignable"].as_bool().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         names,
-        vec![("admin".into(), true), ("mia".into(), true), ("vic".into(), false)]
+        vec![
+            ("admin".into(), true),
+            ("mia".into(), true),
+            ("vic".into(), false)
+        ]
     );
 
     let (_, log) = call(&s, &admin(), "GET", "/api/0/audit/?limit=500", None).await;
@@ -1015,11 +1065,21 @@ async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders(
         ("admin", "issue.assign", "to mia".to_owned()),
         ("mia", "issue.assign", "unassigned".to_owned()),
         ("mia", "comment.create", format!("comment {}", c1["id"])),
-        ("mia", "comment.delete", format!("comment {} by mia", c1["id"])),
-        ("admin", "comment.delete", format!("comment {} by admin", c2["id"])),
+        (
+            "mia",
+            "comment.delete",
+            format!("comment {} by mia", c1["id"]),
+        ),
+        (
+            "admin",
+            "comment.delete",
+            format!("comment {} by admin", c2["id"]),
+        ),
     ] {
         assert!(
-            entries.iter().any(|(a, b, c)| (a.as_str(), b.as_str(), c) == (want.0, want.1, &want.2)),
+            entries
+                .iter()
+                .any(|(a, b, c)| (a.as_str(), b.as_str(), c) == (want.0, want.1, &want.2)),
             "{want:?} in {entries:?}"
         );
     }
@@ -1105,7 +1165,13 @@ async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
     )
     .await;
     assert_eq!(st, 409, "{got}");
-    assert!(got["detail"].as_str().unwrap().contains("last enabled owner"), "{got}");
+    assert!(
+        got["detail"]
+            .as_str()
+            .unwrap()
+            .contains("last enabled owner"),
+        "{got}"
+    );
     assert_eq!(owners().await, vec!["admin".to_owned()]);
     s.stop().await;
 }

@@ -82,11 +82,7 @@ pub fn routes(routes: Routes) -> Routes {
     routes
         .route(
             "/api/0/issues/{id}/assignee/",
-            put(
-                Need::on(Scope::ProjectWrite, issue),
-                assign,
-            )
-            .limit(16 * 1024),
+            put(Need::on(Scope::ProjectWrite, issue), assign).limit(16 * 1024),
         )
         .route(
             "/api/0/issues/{id}/comments/",
@@ -170,7 +166,9 @@ pub async fn assign(
                 .user(u)
                 .await?
                 .filter(|u| !u.disabled)
-                .ok_or_else(|| WorkflowError::BadRequest(format!("no enabled user with the id {u}")))?;
+                .ok_or_else(|| {
+                    WorkflowError::BadRequest(format!("no enabled user with the id {u}"))
+                })?;
             if !works_on(&state, &user, issue.project_id).await? {
                 return Err(WorkflowError::BadRequest(format!(
                     "`{}` ({}) cannot work on this project's issues: assign an owner or a member of the project",
@@ -237,7 +235,9 @@ pub async fn add_comment(
         .map_err(|e| WorkflowError::BadRequest(format!("expected {{\"body\": \"...\"}}: {e}")))?;
     let body = n.body.trim();
     if body.is_empty() {
-        return Err(WorkflowError::BadRequest("body: a comment needs some text".into()));
+        return Err(WorkflowError::BadRequest(
+            "body: a comment needs some text".into(),
+        ));
     }
     let chars = body.chars().count();
     if chars > MAX_COMMENT_CHARS {
@@ -307,8 +307,8 @@ pub async fn members(
         if u.disabled {
             continue;
         }
-        let sees = u.role == Role::Owner.as_str()
-            || state.store.memberships(u.id).await?.contains(&pid);
+        let sees =
+            u.role == Role::Owner.as_str() || state.store.memberships(u.id).await?.contains(&pid);
         if !sees {
             continue;
         }

@@ -14,9 +14,9 @@ mod ingest;
 mod reads;
 pub mod schema;
 mod symbolication;
-mod workflow;
 #[cfg(test)]
 pub(crate) mod testing;
+mod workflow;
 
 use std::collections::HashMap;
 use std::str::FromStr as _;
@@ -30,8 +30,8 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserChanged, UserRow,
-    UserUpdate,
+    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow,
+    TokenRow, UserChanged, UserRow, UserUpdate,
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
@@ -198,11 +198,7 @@ impl Store for PgStore {
         access::insert_user(self, user).await
     }
 
-    async fn update_user(
-        &self,
-        id: i64,
-        update: UserUpdate,
-    ) -> Result<UserChanged, StoreError> {
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<UserChanged, StoreError> {
         access::update_user(self, id, update).await
     }
 

@@ -25,7 +25,8 @@ pub(super) const MIGRATION: &str = r#"
     CREATE INDEX issue_comments_issue ON issue_comments (issue_id, id);
     "#;
 
-const COMMENT_SELECT: &str = "SELECT c.id, c.issue_id, u.id, u.username, u.display_name, c.body, c.created
+const COMMENT_SELECT: &str =
+    "SELECT c.id, c.issue_id, u.id, u.username, u.display_name, c.body, c.created
      FROM issue_comments c JOIN users u ON u.id = c.user_id";
 
 fn comment_row(r: &Row) -> CommentRow {
@@ -52,9 +53,13 @@ pub(super) async fn assign_issue(
         let mut c = s.conn().await?;
         let tx = c.transaction().await?;
         // The issue's row is locked, so an assignment and a concurrent one queue.
-        if row(&tx, "SELECT 1 FROM issues WHERE id = $1 FOR UPDATE", &[&issue_id])
-            .await?
-            .is_none()
+        if row(
+            &tx,
+            "SELECT 1 FROM issues WHERE id = $1 FOR UPDATE",
+            &[&issue_id],
+        )
+        .await?
+        .is_none()
         {
             return Ok(Assigned::NoIssue);
         }
@@ -140,12 +145,7 @@ pub(super) async fn insert_comment(
             )
             .await?
             .get(0);
-        let r = row(
-            &tx,
-            &format!("{COMMENT_SELECT} WHERE c.id = $1"),
-            &[&id],
-        )
-        .await?;
+        let r = row(&tx, &format!("{COMMENT_SELECT} WHERE c.id = $1"), &[&id]).await?;
         tx.commit().await?;
         Ok(r.as_ref().map(comment_row))
     })
@@ -170,7 +170,11 @@ pub(super) async fn comment(
     .await
 }
 
-pub(super) async fn delete_comment(s: &PgStore, issue_id: i64, id: i64) -> Result<bool, StoreError> {
+pub(super) async fn delete_comment(
+    s: &PgStore,
+    issue_id: i64,
+    id: i64,
+) -> Result<bool, StoreError> {
     retry(|| async move {
         let c = s.conn().await?;
         let n = c

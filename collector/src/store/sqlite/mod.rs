@@ -12,8 +12,8 @@ pub mod difs;
 pub mod queries;
 mod store;
 pub mod symbolication;
-pub mod writer;
 mod workflow;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -96,7 +96,8 @@ pub fn issues(
     now: i64,
 ) -> Result<(Vec<Issue>, Option<String>), StoreError> {
     let col = sort.column();
-    let mut sql = format!("SELECT {ISSUE_COLUMNS}, i.{col} FROM {ISSUE_FROM} WHERE i.project_id = ?");
+    let mut sql =
+        format!("SELECT {ISSUE_COLUMNS}, i.{col} FROM {ISSUE_FROM} WHERE i.project_id = ?");
     let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(project_id)];
     if let Some(s) = &filter.status {
         sql.push_str(" AND i.status = ?");

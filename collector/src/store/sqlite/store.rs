@@ -17,8 +17,8 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserChanged, UserRow,
-    UserUpdate,
+    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow,
+    TokenRow, UserChanged, UserRow, UserUpdate,
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
@@ -556,11 +556,7 @@ impl Store for SqliteStore {
         self.a_insert_user(user).await
     }
 
-    async fn update_user(
-        &self,
-        id: i64,
-        update: UserUpdate,
-    ) -> Result<UserChanged, StoreError> {
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<UserChanged, StoreError> {
         self.a_update_user(id, update).await
     }
 

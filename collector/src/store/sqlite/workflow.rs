@@ -25,7 +25,8 @@ pub(super) const MIGRATION: &str = r#"
     CREATE INDEX issue_comments_issue ON issue_comments (issue_id, id);
     "#;
 
-const COMMENT_SELECT: &str = "SELECT c.id, c.issue_id, u.id, u.username, u.display_name, c.body, c.created
+const COMMENT_SELECT: &str =
+    "SELECT c.id, c.issue_id, u.id, u.username, u.display_name, c.body, c.created
      FROM issue_comments c JOIN users u ON u.id = c.user_id";
 
 fn comment_row(r: &Row<'_>) -> rusqlite::Result<CommentRow> {
@@ -52,9 +53,11 @@ fn comment_where(c: &Connection, issue_id: i64, id: i64) -> Result<Option<Commen
 }
 
 fn issue_exists(c: &Connection, issue_id: i64) -> Result<bool, StoreError> {
-    Ok(c.query_row("SELECT 1 FROM issues WHERE id = ?1", [issue_id], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(
+        c.query_row("SELECT 1 FROM issues WHERE id = ?1", [issue_id], |_| Ok(()))
+            .optional()?
+            .is_some(),
+    )
 }
 
 impl SqliteStore {
@@ -70,7 +73,10 @@ impl SqliteStore {
                     return Ok(Assigned::NoIssue);
                 }
                 let Some(user) = user_id else {
-                    tx.execute("DELETE FROM issue_assignees WHERE issue_id = ?1", [issue_id])?;
+                    tx.execute(
+                        "DELETE FROM issue_assignees WHERE issue_id = ?1",
+                        [issue_id],
+                    )?;
                     return Ok(Assigned::Done);
                 };
                 let enabled = tx
@@ -146,7 +152,11 @@ impl SqliteStore {
             .await
     }
 
-    pub(super) async fn w_delete_comment(&self, issue_id: i64, id: i64) -> Result<bool, StoreError> {
+    pub(super) async fn w_delete_comment(
+        &self,
+        issue_id: i64,
+        id: i64,
+    ) -> Result<bool, StoreError> {
         self.writer
             .exec(move |tx| {
                 Ok(tx.execute(
