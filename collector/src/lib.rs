@@ -26,6 +26,7 @@
 //! - [`auth`]: users, roles, project membership, scoped tokens, sessions, login
 //!   throttling, invites, the audit log, and the permission check of every API route;
 //! - [`minidump`]: minidumps processed into native events, the raw dumps kept;
+//! - [`workflow`]: the issue workflow (assignees, comments);
 //! - [`difs`]: debug files (sentry-cli uploads, storage, lookup for symbolication);
 //! - [`releases`]: release health (session items, the releases API);
 //! - [`alerts`]: alert rules, their decision on ingest and their background delivery;
@@ -53,6 +54,7 @@ pub mod state;
 pub mod store;
 pub mod symbolicate;
 pub mod time;
+pub mod workflow;
 
 pub use state::{AppState, Config, Started, start};
 
@@ -156,7 +158,7 @@ pub fn api_routes() -> auth::Routes {
                 .put(write(rule).audited("rule.update"), alerts::api::update_rule)
                 .delete(write(rule).audited("rule.delete"), alerts::api::delete_rule),
         );
-    let routes = auth::api::routes(routes)
+    let routes = workflow::routes(auth::api::routes(routes))
         .route(
             "/api/0/projects/{pid}/releases/",
             get(read(pid), releases::api::list_releases),

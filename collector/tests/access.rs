@@ -262,6 +262,26 @@ fn specs() -> HashMap<(&'static str, &'static str), Spec> {
             ("DELETE", "/api/0/alerts/{id}/"),
             s("project:write", &[204]),
         ),
+        (
+            ("PUT", "/api/0/issues/{id}/assignee/"),
+            s("project:write", &[200]),
+        ),
+        (
+            ("GET", "/api/0/issues/{id}/comments/"),
+            s("project:read", &[200]),
+        ),
+        (
+            ("POST", "/api/0/issues/{id}/comments/"),
+            s("project:write", &[201]),
+        ),
+        (
+            ("DELETE", "/api/0/issues/{id}/comments/{comment}/"),
+            s("project:write", &[204]),
+        ),
+        (
+            ("GET", "/api/0/projects/{pid}/members/"),
+            s("project:read", &[200]),
+        ),
         (("GET", "/api/0/users/"), s("org:admin", &[200])),
         (("POST", "/api/0/users/"), s("org:admin", &[201])),
         (("PUT", "/api/0/users/{id}/"), s("org:admin", &[200])),
@@ -352,6 +372,26 @@ async fn prepare(
             .as_i64()
             .unwrap();
     }
+    let mut comment = 0;
+    if template == "/api/0/issues/{id}/comments/{comment}/" {
+        // A comment of the caller's own to delete (an admin's for a caller who cannot
+        // write: the check refuses them before the handler looks).
+        let author = if who.scopes.contains(&"project:write") && (!who.only_a || f.pid == 1) {
+            who.clone()
+        } else {
+            admin()
+        };
+        let (st, c) = call(
+            s,
+            &author,
+            "POST",
+            &format!("/api/0/issues/{}/comments/", f.issue),
+            Some(json!({"body": "to delete"})),
+        )
+        .await;
+        assert_eq!(st, 201, "{c}");
+        comment = c["id"].as_i64().unwrap();
+    }
     let path = template
         .replace("{pid}/{project}", &format!("errscope/{}", f.pid))
         .replace("{pid}", &f.pid.to_string())
@@ -359,6 +399,7 @@ async fn prepare(
         .replace("{event_id}", &f.event)
         .replace("{key}", "environment")
         .replace("{version}", "shop@1.0")
+        .replace("{comment}", &comment.to_string())
         .replace("{id}", &id.to_string());
     let path = if method == "DELETE" && template.ends_with("/dsyms/") {
         format!("{path}?id=999999")
@@ -368,6 +409,8 @@ async fn prepare(
     let body = match (method, template) {
         ("POST", "/api/0/projects/") => json!({"name": format!("p{n}")}),
         ("PUT", "/api/0/issues/{id}/") => json!({"status": "resolved"}),
+        ("PUT", "/api/0/issues/{id}/assignee/") => json!({"assignee": "me"}),
+        ("POST", "/api/0/issues/{id}/comments/") => json!({"body": "**looked at it**"}),
         ("POST", "/api/0/users/") => json!({"username": format!("u{n}"), "role": "viewer"}),
         ("PUT", "/api/0/users/{id}/") => json!({"display_name": format!("V{n}")}),
         ("PUT", "/api/0/user/password/") => {
@@ -573,6 +616,9 @@ async fn every_route_with_every_role_and_token_scope() {
         "rule.delete",
         "login",
         "session.revoke",
+        "issue.assign",
+        "comment.create",
+        "comment.delete",
     ] {
         assert!(actions.contains(&a), "{a} in {actions:?}");
     }
@@ -784,5 +830,371 @@ async fn the_user_command_works_while_serving_and_disabling_ends_sessions() {
         .to_owned();
     assert_eq!(login(&s, "admin", PASSWORD).await.status(), 401);
     assert_eq!(login(&s, "admin", &pw).await.status(), 204);
+    s.stop().await;
+}
+
+fn session(name: &str, cookie: String, scopes: Vec<&'static str>) -> Who {
+    Who {
+        name: name.into(),
+        bearer: None,
+        cookie: Some(cookie),
+        username: name.into(),
+        password: "secret-pass-1".into(),
+        scopes,
+        only_a: true,
+    }
+}
+
+#[tokio::test]
+async fn issues_are_assigned_and_commented_by_members_not_viewers_nor_outsiders() {
+    let s = server().await;
+    let (st, b) = call(
+        &s,
+        &admin(),
+        "POST",
+        "/api/0/projects/",
+        Some(json!({"name": "b"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{b}");
+    for (n, f) in [(1, "checkout"), (2, "refund")] {
+        let r = s
+            .post_envelope(envelope(&[event(&event_id(n), f, "boom")]))
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let (_, list) = call(&s, &admin(), "GET", "/api/0/projects/1/issues/", None).await;
+    let ids: Vec<i64> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(list["data"][0]["assignee"].is_null(), "{list}");
+    let (one, two) = (ids[0], ids[1]);
+    let (mia_id, mia) = invited(&s, "mia", "member", json!([1])).await;
+    let (vic_id, vic) = invited(&s, "vic", "viewer", json!([1])).await;
+    let (bob_id, bob) = invited(&s, "bob", "member", json!(["b"])).await;
+    let mia = session("mia", mia, vec!["project:read", "project:write"]);
+    let vic = session("vic", vic, vec!["project:read"]);
+    let bob = session("bob", bob, vec!["project:read", "project:write"]);
+    let assignee = |u: Value| Some(json!({ "assignee": u }));
+
+    // A member assigns an issue of her project to herself; the issue says so.
+    let path = format!("/api/0/issues/{one}/assignee/");
+    let (st, got) = call(&s, &mia, "PUT", &path, assignee(json!("me"))).await;
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(
+        got["assignee"],
+        json!({"id": mia_id, "username": "mia", "display_name": "mia"})
+    );
+    let (_, issue) = call(&s, &vic, "GET", &format!("/api/0/issues/{one}/"), None).await;
+    assert_eq!(issue["assignee"]["username"], "mia", "{issue}");
+    // "Assigned to me" lists it, and only it; by id too; nobody else's list has it.
+    let mine = |who: Who, q: &'static str| {
+        let s = &s;
+        async move {
+            let (st, l) = call(
+                s,
+                &who,
+                "GET",
+                &format!("/api/0/projects/1/issues/?{q}"),
+                None,
+            )
+            .await;
+            assert_eq!(st, 200, "{l}");
+            l["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["id"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(mine(mia.clone(), "assigned=me").await, vec![one]);
+    assert_eq!(mine(vic.clone(), "assigned=me").await, Vec::<i64>::new());
+    let by_id: &'static str = Box::leak(format!("assigned={mia_id}&status=all").into_boxed_str());
+    assert_eq!(mine(admin(), by_id).await, vec![one]);
+    let (st, bad) = call(
+        &s,
+        &mia,
+        "GET",
+        "/api/0/projects/1/issues/?assigned=someone",
+        None,
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(
+        bad["detail"].as_str().unwrap().contains("assigned"),
+        "{bad}"
+    );
+
+    // Only owners and members of the project can be assigned.
+    for (who, why) in [
+        (json!(vic_id), "viewer"),
+        (json!(bob_id), "member"),
+        (json!(999_999), "no enabled user"),
+        (json!(true), "assignee must be"),
+    ] {
+        let (st, got) = call(&s, &admin(), "PUT", &path, assignee(who)).await;
+        assert_eq!(st, 400, "{got}");
+        assert!(got["detail"].as_str().unwrap().contains(why), "{got}");
+    }
+    let (st, got) = call(
+        &s,
+        &admin(),
+        "PUT",
+        &format!("/api/0/issues/{two}/assignee/"),
+        assignee(json!(mia_id)),
+    )
+    .await;
+    assert_eq!(
+        (st, got["assignee"]["id"].clone()),
+        (200, json!(mia_id)),
+        "{got}"
+    );
+    assert_eq!(mine(mia.clone(), "assigned=me").await.len(), 2);
+
+    // A viewer reads but cannot assign or comment: 403 naming the scope.
+    for (method, p, body) in [
+        ("PUT", path.clone(), assignee(json!("me"))),
+        (
+            "POST",
+            format!("/api/0/issues/{one}/comments/"),
+            Some(json!({"body": "x"})),
+        ),
+    ] {
+        let (st, got) = call(&s, &vic, method, &p, body).await;
+        assert_eq!(st, 403, "{method} {p}: {got}");
+        assert!(
+            got["detail"].as_str().unwrap().contains("project:write"),
+            "{got}"
+        );
+    }
+    let comments = format!("/api/0/issues/{one}/comments/");
+    assert_eq!(call(&s, &vic, "GET", &comments, None).await.0, 200);
+    // A member of another project: not found, whatever she asks.
+    for (method, p, body) in [
+        ("GET", comments.clone(), None),
+        ("POST", comments.clone(), Some(json!({"body": "x"}))),
+        ("PUT", path.clone(), assignee(json!("me"))),
+    ] {
+        let (st, got) = call(&s, &bob, method, &p, body).await;
+        assert_eq!(st, 404, "{method} {p}: {got}");
+    }
+
+    // Comments: stored as written (the dashboard renders them safely), listed oldest first.
+    let text = "<img src=x onerror=alert(1)> **bold**\nsecond line";
+    let (st, c1) = call(&s, &mia, "POST", &comments, Some(json!({"body": text}))).await;
+    assert_eq!(st, 201, "{c1}");
+    assert_eq!(
+        (c1["body"].as_str(), c1["author"]["username"].as_str()),
+        (Some(text), Some("mia"))
+    );
+    assert!(c1["created"].as_str().unwrap().ends_with('Z'), "{c1}");
+    let (_, c2) = call(
+        &s,
+        &admin(),
+        "POST",
+        &comments,
+        Some(json!({"body": "  owner note  "})),
+    )
+    .await;
+    assert_eq!(c2["body"], "owner note");
+    let (_, listed) = call(&s, &vic, "GET", &comments, None).await;
+    let bodies: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec![text, "owner note"]);
+    for (body, why) in [
+        (json!("   "), "needs some text"),
+        (json!("x".repeat(10_001)), "at most 10000"),
+        (json!(5), "expected"),
+    ] {
+        let (st, got) = call(&s, &mia, "POST", &comments, Some(json!({"body": body}))).await;
+        assert_eq!(st, 400, "{got}");
+        assert!(got["detail"].as_str().unwrap().contains(why), "{got}");
+    }
+    // Only the author or an owner deletes a comment.
+    let del = |id: &Value| format!("/api/0/issues/{one}/comments/{id}/");
+    let (st, got) = call(&s, &mia, "DELETE", &del(&c2["id"]), None).await;
+    assert_eq!(st, 403, "{got}");
+    assert_eq!(call(&s, &mia, "DELETE", &del(&c1["id"]), None).await.0, 204);
+    assert_eq!(call(&s, &mia, "DELETE", &del(&c1["id"]), None).await.0, 404);
+    // The comment is of issue one, not of issue two.
+    let (st, _) = call(
+        &s,
+        &admin(),
+        "DELETE",
+        &format!("/api/0/issues/{two}/comments/{}/", c2["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(st, 404);
+    assert_eq!(
+        call(&s, &admin(), "DELETE", &del(&c2["id"]), None).await.0,
+        204
+    );
+    let (_, listed) = call(&s, &vic, "GET", &comments, None).await;
+    assert_eq!(listed, json!([]));
+
+    // Unassigned: off the list.
+    let (st, got) = call(&s, &mia, "PUT", &path, assignee(Value::Null)).await;
+    assert_eq!((st, got["assignee"].clone()), (200, Value::Null), "{got}");
+    assert_eq!(mine(mia.clone(), "assigned=me").await, vec![two]);
+
+    // Who can be assigned in project 1: the owner and the member; the viewer is listed,
+    // not assignable; the member of B is not listed.
+    let (_, members) = call(&s, &mia, "GET", "/api/0/projects/1/members/", None).await;
+    let names: Vec<(String, bool)> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["username"].as_str().unwrap().to_owned(),
+                m["assignable"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("admin".into(), true),
+            ("mia".into(), true),
+            ("vic".into(), false)
+        ]
+    );
+
+    let (_, log) = call(&s, &admin(), "GET", "/api/0/audit/?limit=500", None).await;
+    let entries: Vec<(String, String, String)> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or("").to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("mia", "issue.assign", "to mia".to_owned()),
+        ("admin", "issue.assign", "to mia".to_owned()),
+        ("mia", "issue.assign", "unassigned".to_owned()),
+        ("mia", "comment.create", format!("comment {}", c1["id"])),
+        (
+            "mia",
+            "comment.delete",
+            format!("comment {} by mia", c1["id"]),
+        ),
+        (
+            "admin",
+            "comment.delete",
+            format!("comment {} by admin", c2["id"]),
+        ),
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|(a, b, c)| (a.as_str(), b.as_str(), c) == (want.0, want.1, &want.2)),
+            "{want:?} in {entries:?}"
+        );
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn two_owners_demoting_each_other_at_once_leave_one_owner() {
+    use errscope_collector::store::{UserChanged, UserUpdate};
+    let s = server().await;
+    let (ann_id, _) = invited(&s, "ann", "owner", json!([])).await;
+    let (_, me) = call(&s, &admin(), "GET", "/api/0/user/", None).await;
+    let admin_id = me["id"].as_i64().unwrap();
+    let store = s.state.store.clone();
+    let demote = |role: &str| UserUpdate {
+        role: Some(role.into()),
+        ..Default::default()
+    };
+    let owners = || {
+        let store = store.clone();
+        async move {
+            store
+                .users()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|u| u.role == "owner" && !u.disabled)
+                .map(|u| u.username)
+                .collect::<Vec<_>>()
+        }
+    };
+    for round in 0..20 {
+        // Each demotes the other at the same moment (one disables instead, every other round).
+        let other = if round % 2 == 0 {
+            demote("member")
+        } else {
+            UserUpdate {
+                disabled: Some(true),
+                ..Default::default()
+            }
+        };
+        let (a, b) = tokio::join!(
+            store.update_user(ann_id, demote("viewer")),
+            store.update_user(admin_id, other),
+        );
+        let mut got = [a.unwrap(), b.unwrap()];
+        got.sort_by_key(|c| *c == UserChanged::LastOwner);
+        assert_eq!(
+            got,
+            [UserChanged::Done, UserChanged::LastOwner],
+            "round {round}"
+        );
+        let left = owners().await;
+        assert_eq!(left.len(), 1, "round {round}: {left:?}");
+        // Back to two owners for the next round.
+        let back = UserUpdate {
+            role: Some("owner".into()),
+            disabled: Some(false),
+            ..Default::default()
+        };
+        let demoted = if left[0] == "ann" { admin_id } else { ann_id };
+        assert_eq!(
+            store.update_user(demoted, back).await.unwrap(),
+            UserChanged::Done
+        );
+    }
+    // Over HTTP: the last owner cannot demote herself (409), and the detail says why.
+    let (st, _) = call(
+        &s,
+        &admin(),
+        "PUT",
+        &format!("/api/0/users/{ann_id}/"),
+        Some(json!({"role": "member"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, got) = call(
+        &s,
+        &admin(),
+        "PUT",
+        &format!("/api/0/users/{admin_id}/"),
+        Some(json!({"disabled": true})),
+    )
+    .await;
+    assert_eq!(st, 409, "{got}");
+    assert!(
+        got["detail"]
+            .as_str()
+            .unwrap()
+            .contains("last enabled owner"),
+        "{got}"
+    );
+    assert_eq!(owners().await, vec!["admin".to_owned()]);
     s.stop().await;
 }

@@ -20,10 +20,18 @@ const views = {
   difs: lazy(() => import('./views/difs.js'), 'difsView'),
   alerts: lazy(() => import('./views/alerts.js'), 'alertsView'),
   releases: lazy(() => import('./views/releases.js'), 'releasesView'),
+  invite: lazy(() => import('./views/invite.js'), 'inviteView'),
+  settings: lazy(() => import('./views/settings.js'), 'settingsView'),
+  users: lazy(() => import('./views/users.js'), 'usersView'),
+  audit: lazy(() => import('./views/audit.js'), 'auditView'),
 };
 
 const routes = [
   { re: /^\/login\/?$/, load: views.login, bare: true },
+  { re: /^\/invite\/([0-9a-fA-F]+)\/?$/, load: views.invite, bare: true, keys: ['token'] },
+  { re: /^\/settings\/?$/, load: views.settings, nav: 'settings' },
+  { re: /^\/users\/?$/, load: views.users, nav: 'users' },
+  { re: /^\/audit\/?$/, load: views.audit, nav: 'audit' },
   { re: /^\/$/, load: views.classes, nav: 'classes' },
   { re: /^\/issues\/?$/, load: views.issues, nav: 'issues' },
   { re: /^\/issues\/(\d+)\/?$/, load: views.issue, nav: 'issues', keys: ['id'] },
@@ -58,6 +66,7 @@ setNavigate(navigate);
 
 setUnauthorizedHandler(() => {
   state.user = null;
+  state.me = null;
   if (location.pathname !== '/login') {
     navigate(`/login?next=${encodeURIComponent(location.pathname + location.search)}`, { replace: true });
   }
@@ -66,8 +75,9 @@ setUnauthorizedHandler(() => {
 async function ensureSession() {
   if (state.user) return true;
   try {
-    const [session, projects] = await Promise.all([api.session(), api.projects()]);
-    state.user = session && session.username ? session.username : 'admin';
+    const [me, projects] = await Promise.all([api.me(), api.projects()]);
+    state.me = me;
+    state.user = me && me.username ? me.username : 'admin';
     state.projects = projects || [];
     const stored = storedProject();
     state.pid = state.projects.some((p) => String(p.id) === stored) ? stored

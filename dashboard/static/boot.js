@@ -22,12 +22,12 @@
     link.href = '/assets/views/' + page[i] + '.js';
     document.head.appendChild(link);
   }
-  if (!window.fetch || /^\/login\/?$/.test(path)) return;
+  if (!window.fetch || /^\/(login|invite)\b/.test(path)) return;
   var get = function (path) {
     return fetch(path, { credentials: 'same-origin', cache: 'no-store', headers: { Accept: 'application/json' } });
   };
   window.__errscopePrefetch = {
-    '/api/0/session/': get('/api/0/session/'),
+    '/api/0/user/': get('/api/0/user/'),
     '/api/0/projects/': get('/api/0/projects/'),
   };
 })();

@@ -6,9 +6,20 @@ import { ago, absolute } from './format.js';
 
 export const state = {
   user: null,
+  me: null, // GET /api/0/user/: {id, username, display_name, role, scopes, projects}
   projects: [],
   pid: null,
 };
+
+/** Whether the signed-in user's role carries a scope (`project:write`, `org:admin`, ...). */
+export function can(scope) {
+  return Boolean(state.me && Array.isArray(state.me.scopes) && state.me.scopes.includes(scope));
+}
+
+/** An epoch-milliseconds time (the access routes' unit) as RFC 3339, for timeAgo. */
+export function fromMs(ms) {
+  return typeof ms === 'number' ? new Date(ms).toISOString() : null;
+}
 
 let navigateImpl = () => {};
 export function setNavigate(fn) { navigateImpl = fn; }
@@ -245,7 +256,9 @@ export function renderHeader(active) {
     link('/releases', 'Releases', 'releases'),
     link('/debug-files', 'Debug files', 'difs'),
     link('/alerts', 'Alerts', 'alerts'),
-    link('/projects', 'Setup', 'projects'));
+    link('/projects', 'Setup', 'projects'),
+    can('org:admin') ? link('/users', 'Users', 'users') : null,
+    can('org:admin') ? link('/audit', 'Audit log', 'audit') : null);
   if (state.projects.length > 1) {
     const sel = h('select', { class: 'project-select', 'aria-label': 'Project' },
       state.projects.map((p) => h('option', { value: String(p.id), selected: String(p.id) === String(state.pid) }, p.name)));
@@ -263,9 +276,15 @@ export function renderHeader(active) {
     out.addEventListener('click', async () => {
       try { await api.logout(); } catch { /* the session is gone either way */ }
       state.user = null;
+      state.me = null;
       navigate('/login');
     });
-    replace(header.userSlot, h('span', { class: 'user muted' }, state.user), out);
+    const me = state.me;
+    const who = me
+      ? h('a', { class: 'user', href: '/settings', title: 'Your account: password, API tokens, sessions', 'aria-current': a === 'settings' ? 'page' : null },
+        me.display_name || me.username, ' ', h('span', { class: 'badge badge-quiet role-badge', 'data-role': me.role }, me.role))
+      : h('span', { class: 'user muted' }, state.user);
+    replace(header.userSlot, who, out);
   } else {
     header.userSlot.replaceChildren();
   }

@@ -34,3 +34,27 @@ describe('format', () => {
     assert.equal(clock(1763806500.5), '10:15:00.500');
   });
 });
+
+describe('markdown of comments', async () => {
+  const { parse, inline } = await import('../static/markdown.js');
+  it('keeps HTML as text and finds the few inline forms', () => {
+    assert.deepEqual(inline('<img src=x onerror=alert(1)> **bold** and *it* `a<b>`'), [
+      { t: 'text', v: '<img src=x onerror=alert(1)> ' },
+      { t: 'strong', v: 'bold' },
+      { t: 'text', v: ' and ' },
+      { t: 'em', v: 'it' },
+      { t: 'text', v: ' ' },
+      { t: 'code', v: 'a<b>' },
+    ]);
+  });
+  it('links only to http and https', () => {
+    assert.deepEqual(inline('[docs](https://example.com/x)'), [{ t: 'link', v: 'docs', href: 'https://example.com/x' }]);
+    assert.deepEqual(inline('[x](javascript:alert(1))'), [{ t: 'text', v: '[x](javascript:alert(1))' }]);
+  });
+  it('splits paragraphs, lines and fenced code', () => {
+    const b = parse('one\ntwo\n\n```\n<b>raw</b>\n```\nthree');
+    assert.deepEqual(b.map((x) => x.t), ['p', 'code', 'p']);
+    assert.equal(b[0].lines.length, 2);
+    assert.equal(b[1].v, '<b>raw</b>');
+  });
+});

@@ -145,10 +145,18 @@ fn opt(p: &HashMap<String, String>, k: &str) -> Option<String> {
 /// `GET /api/0/projects/{pid}/issues/`.
 pub async fn list_issues(
     State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     Path(pid): Path<String>,
     Query(p): Params,
 ) -> Result<Response, ApiError> {
     let pr = project(&state, &pid).await?;
+    let assigned_to = match opt(&p, "assigned").as_deref() {
+        None => None,
+        Some("me") => Some(caller.user.id),
+        Some(a) => Some(a.parse::<i64>().ok().filter(|u| *u > 0).ok_or_else(|| {
+            ApiError::BadRequest(format!("assigned must be `me` or a user id, not `{a}`"))
+        })?),
+    };
     let filter = IssueFilter {
         status: status_param(&p, "unresolved")?,
         class: opt(&p, "class"),
@@ -156,6 +164,7 @@ pub async fn list_issues(
         environment: opt(&p, "environment"),
         release: opt(&p, "release"),
         query: opt(&p, "query"),
+        assigned_to,
     };
     let sort = match opt(&p, "sort") {
         None => Sort::LastSeen,

@@ -1,7 +1,7 @@
 //! Users as the API and the command line change them: names and passwords checked,
 //! invites made, memberships set, the last owner kept.
 
-use crate::store::{InviteRow, NewUser, Store, StoreError, UserRow, UserUpdate};
+use crate::store::{InviteRow, NewUser, Store, StoreError, UserChanged, UserRow, UserUpdate};
 use crate::time::now_ms;
 
 use super::{Role, new_secret, secret_hash};
@@ -129,32 +129,6 @@ pub async fn invite(store: &dyn Store, user_id: i64) -> Result<(String, i64), St
     Ok((secret, expires))
 }
 
-/// Refuses a change that leaves no enabled owner.
-pub async fn keep_an_owner(
-    store: &dyn Store,
-    user: &UserRow,
-    update: &UserUpdate,
-) -> Result<(), UserError> {
-    let stays_owner = update.role.as_deref().unwrap_or(&user.role) == "owner"
-        && !update.disabled.unwrap_or(user.disabled);
-    if stays_owner || user.role != "owner" || user.disabled {
-        return Ok(());
-    }
-    let others = store
-        .users()
-        .await?
-        .iter()
-        .filter(|u| u.id != user.id && u.role == "owner" && !u.disabled)
-        .count();
-    if others == 0 {
-        return Err(UserError::Conflict(format!(
-            "`{}` is the last enabled owner; make another owner first",
-            user.username
-        )));
-    }
-    Ok(())
-}
-
 /// Changes a user (disabling ends their sessions at once), keeping an owner.
 pub async fn update(
     store: &dyn Store,
@@ -164,9 +138,13 @@ pub async fn update(
     if let Some(r) = &update.role {
         check_role(r)?;
     }
-    keep_an_owner(store, user, &update).await?;
-    if !store.update_user(user.id, update).await? {
-        return Err(UserError::NotFound(format!("no user `{}`", user.username)));
+    // The store checks for the last owner inside the change's transaction.
+    match store.update_user(user.id, update).await? {
+        UserChanged::Done => Ok(()),
+        UserChanged::NoUser => Err(UserError::NotFound(format!("no user `{}`", user.username))),
+        UserChanged::LastOwner => Err(UserError::Conflict(format!(
+            "`{}` is the last enabled owner; make another owner first",
+            user.username
+        ))),
     }
-    Ok(())
 }

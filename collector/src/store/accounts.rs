@@ -57,6 +57,22 @@ pub struct UserUpdate {
     pub password_hash: Option<String>,
 }
 
+/// What [`Store::update_user`](super::Store::update_user) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChanged {
+    /// Changed.
+    Done,
+    /// There is no such user.
+    NoUser,
+    /// Refused: it would demote or disable the last enabled owner.
+    LastOwner,
+}
+
+/// Whether a user, as `update` leaves them, is an enabled owner.
+pub fn stays_owner(role: &str, disabled: bool, update: &UserUpdate) -> bool {
+    update.role.as_deref().unwrap_or(role) == "owner" && !update.disabled.unwrap_or(disabled)
+}
+
 /// An API token (only the SHA-256 of the secret is stored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenRow {

@@ -9,6 +9,7 @@ pub mod health;
 pub mod model;
 pub mod postgres;
 pub mod sqlite;
+pub mod workflow;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde_json::Value;
 pub use accounts::*;
 pub use health::*;
 pub use model::*;
+pub use workflow::*;
 
 use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
@@ -344,9 +346,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, StoreError>;
     /// Adds a user; `None` if the name is taken.
     async fn insert_user(&self, user: NewUser) -> Result<Option<UserRow>, StoreError>;
-    /// Changes a user; disabling ends their sessions in the same transaction. Whether the
-    /// user exists.
-    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError>;
+    /// Changes a user; disabling ends their sessions in the same transaction. A change
+    /// that would leave no enabled owner is refused, checked in that transaction too (two
+    /// owners demoting each other at once leave one).
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<UserChanged, StoreError>;
     /// The projects a user belongs to.
     async fn memberships(&self, user_id: i64) -> Result<Vec<i64>, StoreError>;
     /// Replaces the projects a user belongs to.
@@ -425,6 +428,31 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn new_issues(&self, project_id: i64, limit: i64) -> Result<Vec<NewIssue>, StoreError>;
     /// The release of an issue's first stored event.
     async fn first_release(&self, issue_id: i64) -> Result<Option<String>, StoreError>;
+
+    // --- the issue workflow (store/workflow.rs): assignees and comments --------------
+
+    /// Assigns an issue to an enabled user (`None`: unassigns it), checking both in the
+    /// same transaction.
+    async fn assign_issue(
+        &self,
+        issue_id: i64,
+        user_id: Option<i64>,
+        now: i64,
+    ) -> Result<Assigned, StoreError>;
+    /// An issue's newest `limit` comments, oldest first.
+    async fn comments(&self, issue_id: i64, limit: i64) -> Result<Vec<CommentRow>, StoreError>;
+    /// Adds a comment; `None` if there is no such issue.
+    async fn insert_comment(
+        &self,
+        issue_id: i64,
+        user_id: i64,
+        body: &str,
+        now: i64,
+    ) -> Result<Option<CommentRow>, StoreError>;
+    /// One comment of an issue.
+    async fn comment(&self, issue_id: i64, id: i64) -> Result<Option<CommentRow>, StoreError>;
+    /// Deletes a comment of an issue; whether it existed.
+    async fn delete_comment(&self, issue_id: i64, id: i64) -> Result<bool, StoreError>;
 }
 
 /// A database URL fit for messages and logs: its password replaced by `***`.

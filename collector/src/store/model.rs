@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::StoreError;
+use super::{StoreError, UserRef};
 use crate::alerts::rules::Channel;
 use crate::difs::{DifKind, Features};
 use crate::time::{HOUR_MS, hour_of};
@@ -59,6 +59,8 @@ pub struct Issue {
     pub is_regression: bool,
     /// 24 hourly counts, oldest first, last = current hour.
     pub hourly: Vec<i64>,
+    /// Who the issue is assigned to, if anyone.
+    pub assignee: Option<UserRef>,
     #[serde(skip)]
     /// The value the list is sorted on (for its cursor).
     pub sort_value: i64,
@@ -111,6 +113,8 @@ pub struct IssueFilter {
     pub release: Option<String>,
     /// Case-insensitive substring of title, culprit or class.
     pub query: Option<String>,
+    /// Assigned to this user.
+    pub assigned_to: Option<i64>,
 }
 
 /// A keyset cursor: the sort value and id of the last row of the previous page.

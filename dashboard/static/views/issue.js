@@ -6,8 +6,9 @@ import { hourlyBars } from '../charts.js';
 import { int, compact } from '../format.js';
 import {
   state, href, kindBadge, levelBadge, regressionBadge, timeAgo,
-  errorBox, toast, selectProject, renderHeader, live,
+  errorBox, toast, selectProject, renderHeader, live, can,
 } from '../shell.js';
+import { render as markdown } from '../markdown.js';
 import { renderEvent } from './event.js';
 
 const TAG_ORDER = ['environment', 'release', 'server_name', 'domain'];
@@ -104,6 +105,7 @@ export async function issueView(ctx) {
   }
 
   function actionButtons() {
+    if (!can('project:write')) return [];
     const b = (label, status, cls) => {
       const btn = h('button', { type: 'button', class: ['btn', cls], 'data-action': status, 'data-key': `action:${label}` }, label);
       btn.addEventListener('click', () => setStatus(status, btn));
@@ -134,7 +136,9 @@ export async function issueView(ctx) {
         h('div', null, h('dt', null, 'Events'), h('dd', { class: 'num', title: int(issue.count) }, int(issue.count))),
         h('div', null, h('dt', null, 'Last 24 h'), h('dd', { class: 'num' }, compact(last24))),
         h('div', null, h('dt', null, 'First seen'), h('dd', null, timeAgo(issue.first_seen))),
-        h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen)))),
+        h('div', null, h('dt', null, 'Last seen'), h('dd', null, timeAgo(issue.last_seen))),
+        h('div', { class: 'assignee-fact' }, h('dt', null, can('project:write') ? h('label', { for: 'assignee' }, 'Assigned to') : 'Assigned to'),
+          h('dd', null, assigneeControl()))),
       releasesLine()));
   }
 
@@ -148,6 +152,90 @@ export async function issueView(ctx) {
       list.map((r) => h('span', { class: 'mono', 'data-release': r.version, title: `${int(r.count)} event${r.count === 1 ? '' : 's'}` },
         `${r.version} (${int(r.count)})`)),
       issue.first_release ? h('span', { class: 'muted' }, ` · first seen in ${issue.first_release}`) : null);
+  }
+
+  // ---- assignee and comments (the issue workflow) ----
+  let members = null; // who can be assigned in the issue's project
+  function who(u) {
+    return u ? (u.display_name && u.display_name !== u.username ? `${u.display_name} (${u.username})` : u.username) : 'Nobody';
+  }
+  function assigneeControl() {
+    const a = issue.assignee;
+    if (!can('project:write') || !members) return h('span', { class: 'assignee-name' }, who(a));
+    const me = state.me;
+    const opts = members.filter((m) => m.assignable || (a && m.id === a.id));
+    if (a && !opts.some((m) => m.id === a.id)) opts.push({ ...a, assignable: true });
+    const sel = h('select', { id: 'assignee', name: 'assignee', 'data-key': 'assignee' },
+      h('option', { value: '', selected: !a }, 'Nobody'),
+      opts.map((m) => h('option', { value: String(m.id), selected: a && a.id === m.id },
+        me && m.id === me.id ? `${who(m)} — me` : who(m))));
+    sel.addEventListener('change', async () => {
+      sel.disabled = true;
+      try {
+        const updated = await api.assign(id, sel.value ? Number(sel.value) : null);
+        issue = { ...issue, assignee: updated.assignee };
+        toast(updated.assignee ? `Assigned to ${who(updated.assignee)}.` : 'Unassigned.');
+      } catch (e) {
+        if (e.status !== 401) toast(`Could not assign: ${e.detail || e.message}`, 'toast-error');
+      }
+      renderHead();
+    });
+    return sel;
+  }
+  async function loadMembers() {
+    if (!can('project:write')) return;
+    try { members = await api.members(issue.project_id); } catch (e) { if (e.status === 401) throw e; members = null; }
+  }
+
+  const commentsSlot = h('section', { class: 'card comments-card', 'aria-labelledby': 'comments-h' });
+  let comments = [];
+  function renderComments() {
+    const me = state.me || {};
+    const list = comments.length
+      ? h('ol', { class: 'comment-list' }, comments.map((c) => {
+        const mayDelete = can('project:write') && (c.author.id === me.id || me.role === 'owner');
+        const del = mayDelete ? h('button', { type: 'button', class: 'btn btn-small btn-quiet', 'aria-label': `Delete the comment of ${who(c.author)}` }, 'Delete') : null;
+        if (del) {
+          del.addEventListener('click', async () => {
+            del.disabled = true;
+            try { await api.deleteComment(id, c.id); comments = comments.filter((x) => x.id !== c.id); renderComments(); } catch (e) {
+              if (e.status !== 401) toast(`Could not delete: ${e.detail || e.message}`, 'toast-error');
+              del.disabled = false;
+            }
+          });
+        }
+        return h('li', { class: 'comment', 'data-comment-id': String(c.id) },
+          h('div', { class: 'comment-head' }, h('strong', null, who(c.author)), ' ', timeAgo(c.created), del),
+          markdown(c.body));
+      }))
+      : h('p', { class: 'muted' }, 'No comments yet.');
+    let form = null;
+    if (can('project:write')) {
+      const text = h('textarea', { id: 'comment-body', name: 'body', rows: 3, maxlength: 10000, placeholder: 'Markdown: **bold**, *italic*, `code`, ``` blocks, [links](https://…)' });
+      const msg = h('p', { class: 'form-error', role: 'alert' });
+      const post = h('button', { type: 'submit', class: 'btn btn-primary' }, 'Comment');
+      form = h('form', { class: 'comment-form', novalidate: true },
+        h('label', { for: 'comment-body' }, 'Add a comment'), text, msg, h('div', { class: 'actions' }, post));
+      form.addEventListener('submit', async (e) => {
+        e.preventDefault();
+        msg.textContent = '';
+        if (!text.value.trim()) { msg.textContent = 'Write something first.'; text.focus(); return; }
+        post.disabled = true;
+        try {
+          comments = comments.concat([await api.addComment(id, text.value)]);
+          renderComments();
+          commentsSlot.querySelector('#comment-body')?.focus();
+        } catch (err) {
+          if (err.status !== 401) msg.textContent = err.detail || 'Could not post the comment.';
+          post.disabled = false;
+        }
+      });
+    }
+    replace(commentsSlot, h('h2', { id: 'comments-h', class: 'card-title' }, `Comments${comments.length ? ` (${comments.length})` : ''}`), list, form);
+  }
+  async function loadComments() {
+    try { comments = await api.comments(id); } catch (e) { if (e.status === 401) throw e; replace(commentsSlot, errorBox(e)); return; }
+    if (ctx.alive()) renderComments();
   }
 
   let chartRange = '14d';
@@ -221,14 +309,15 @@ export async function issueView(ctx) {
     }
     throw e;
   }
+  await loadMembers();
   renderHead();
   renderChart();
   replace(tagsSlot, h('h2', { class: 'card-title' }, 'Top values'), tagSummary(issue.tags));
-  await Promise.all([loadEvent(), loadEvents()]);
+  await Promise.all([loadEvent(), loadEvents(), loadComments()]);
   if (!ctx.alive()) return {};
   renderEvents();
   replace(ctx.main, h('div', { class: 'page issue-page' },
-    headSlot, chartSlot,
+    headSlot, chartSlot, commentsSlot,
     h('div', { class: 'issue-grid' }, eventSlot, h('div', { class: 'issue-aside' }, tagsSlot, eventsSlot))));
 
   return {

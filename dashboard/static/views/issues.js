@@ -12,7 +12,7 @@ import {
 const STATUSES = [['unresolved', 'Unresolved'], ['resolved', 'Resolved'], ['muted', 'Muted'], ['all', 'All']];
 const SORTS = [['last_seen', 'Last seen'], ['first_seen', 'First seen'], ['count', 'Events']];
 const LEVELS = ['fatal', 'error', 'warning', 'info', 'debug'];
-const FILTER_KEYS = ['status', 'class', 'level', 'environment', 'release', 'query', 'sort'];
+const FILTER_KEYS = ['status', 'class', 'level', 'environment', 'release', 'query', 'sort', 'assigned'];
 
 // Cursor bookkeeping so "Previous" works: next cursor -> [previous cursor, page number].
 const pages = new Map();
@@ -47,9 +47,12 @@ export async function issuesView(ctx) {
   const environment = mkSelect('environment', 'Environment', [['', 'Any environment']]);
   const release = mkSelect('release', 'Release', [['', 'Any release']]);
   const sort = mkSelect('sort', 'Sort by', SORTS.map(([k, t]) => [k, `Sort: ${t}`]));
+  const mine = h('input', { type: 'checkbox', id: 'assigned-me', name: 'assigned', value: 'me' });
+  const mineLabel = h('label', { for: 'assigned-me', class: 'check' }, mine, ' Assigned to me');
+  mine.addEventListener('change', () => apply({ assigned: mine.checked ? 'me' : '', query: search.value.trim() }));
   const clear = h('a', { class: 'btn btn-quiet', href: '/issues' }, 'Clear');
   const filters = h('form', { class: 'filters', role: 'search' },
-    search, level, environment, release, sort,
+    search, level, environment, release, sort, mineLabel,
     h('button', { type: 'submit', class: 'btn' }, 'Filter'), clear);
   const listSlot = h('div', { class: 'list-slot', 'aria-live': 'off' });
   const classSlot = h('div', { class: 'class-summary' });
@@ -115,7 +118,8 @@ export async function issuesView(ctx) {
       sel.value = params[k];
     }
     sort.value = params.sort;
-    clear.hidden = !['level', 'environment', 'release', 'query'].some((k) => params[k]);
+    mine.checked = params.assigned === 'me';
+    clear.hidden = !['level', 'environment', 'release', 'query', 'assigned'].some((k) => params[k]);
     clear.setAttribute('href', toUrl({ status: params.status, class: params.class, sort: params.sort }));
   }
 
@@ -141,7 +145,7 @@ export async function issuesView(ctx) {
   }
 
   function filtered() {
-    return ['class', 'level', 'environment', 'release', 'query'].some((k) => params[k]) || params.status !== 'unresolved';
+    return ['class', 'level', 'environment', 'release', 'query', 'assigned'].some((k) => params[k]) || params.status !== 'unresolved';
   }
 
   function renderList(issues, next) {
@@ -174,7 +178,8 @@ export async function issuesView(ctx) {
       h('div', { class: 'issue-meta' },
         kindBadge(i.kind),
         h('a', { class: 'class-chip mono', href: toUrl({ ...params, class: i.class }, { cursor: '' }), title: `Only ${i.class}`, 'data-key': `chip:${i.id}` }, i.class),
-        i.culprit ? h('span', { class: 'culprit mono', title: 'Top in-app frame' }, i.culprit) : null)),
+        i.culprit ? h('span', { class: 'culprit mono', title: 'Top in-app frame' }, i.culprit) : null,
+        i.assignee ? h('span', { class: 'assignee-chip', title: `Assigned to ${i.assignee.username}` }, '→ ', i.assignee.display_name || i.assignee.username) : null)),
     h('td', { class: 'level-cell' }, levelBadge(i.level)),
     h('td', { class: 'r num count-cell', title: `${int(i.count)} events` }, compact(i.count)),
     h('td', { class: 'when' }, h('span', { class: 'when-label' }, 'last '), timeAgo(i.last_seen)),

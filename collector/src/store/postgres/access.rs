@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use super::PgStore;
 use crate::store::{
     AuditRow, InviteRow, NewUser, SessionRow, StoreError, ThrottleFn, ThrottleRow, TokenRow,
-    UserRow, UserUpdate,
+    UserChanged, UserRow, UserUpdate, stays_owner,
 };
 
 /// The migration that adds the tables (appended to `schema::MIGRATIONS`).
@@ -181,9 +181,44 @@ pub(super) async fn insert_user(s: &PgStore, u: NewUser) -> Result<Option<UserRo
     Ok(r.as_ref().map(user_row))
 }
 
-pub(super) async fn update_user(s: &PgStore, id: i64, u: UserUpdate) -> Result<bool, StoreError> {
+/// `pg_advisory_xact_lock` key held by a change that may demote or disable an owner, so
+/// that such changes on any node run one after the other and each sees the others' result.
+const OWNERS_LOCK: i64 = 0x6f_77_6e_65_72_73; // "owners"
+
+pub(super) async fn update_user(
+    s: &PgStore,
+    id: i64,
+    u: UserUpdate,
+) -> Result<UserChanged, StoreError> {
     let mut c = s.conn().await?;
     let tx = c.transaction().await?;
+    if u.role.is_some() || u.disabled.is_some() {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&OWNERS_LOCK])
+            .await?;
+    }
+    let Some(was) = tx
+        .query_opt(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"),
+            &[&id],
+        )
+        .await?
+        .as_ref()
+        .map(user_row)
+    else {
+        return Ok(UserChanged::NoUser);
+    };
+    if was.role == "owner" && !was.disabled && !stays_owner(&was.role, was.disabled, &u) {
+        let others: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM users WHERE role = 'owner' AND NOT disabled AND id <> $1",
+                &[&id],
+            )
+            .await?
+            .get(0);
+        if others == 0 {
+            return Ok(UserChanged::LastOwner);
+        }
+    }
     let email_set = u.email.is_some();
     let email = u.email.clone().flatten();
     let n = tx
@@ -213,7 +248,11 @@ pub(super) async fn update_user(s: &PgStore, id: i64, u: UserUpdate) -> Result<b
             .await?;
     }
     tx.commit().await?;
-    Ok(n > 0)
+    Ok(if n > 0 {
+        UserChanged::Done
+    } else {
+        UserChanged::NoUser
+    })
 }
 
 pub(super) async fn memberships(s: &PgStore, user_id: i64) -> Result<Vec<i64>, StoreError> {

@@ -311,6 +311,23 @@ const TABLES: &[Table] = {
             ],
             false,
         ),
+        // The issue workflow (store/*/workflow.rs).
+        (
+            "issue_assignees",
+            &[("issue_id", Int), ("user_id", Int), ("assigned", Int)],
+            false,
+        ),
+        (
+            "issue_comments",
+            &[
+                ("id", Int),
+                ("issue_id", Int),
+                ("user_id", Int),
+                ("body", Text),
+                ("created", Int),
+            ],
+            true,
+        ),
     ]
 };
 

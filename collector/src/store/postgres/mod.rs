@@ -18,6 +18,7 @@ pub mod schema;
 mod symbolication;
 #[cfg(test)]
 pub(crate) mod testing;
+mod workflow;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,8 +33,8 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
-    UserUpdate,
+    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow,
+    TokenRow, UserChanged, UserRow, UserUpdate,
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
@@ -201,7 +202,7 @@ impl Store for PgStore {
         access::insert_user(self, user).await
     }
 
-    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError> {
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<UserChanged, StoreError> {
         access::update_user(self, id, update).await
     }
 
@@ -322,6 +323,39 @@ impl Store for PgStore {
 
     async fn first_release(&self, issue_id: i64) -> Result<Option<String>, StoreError> {
         health::first_release(self, issue_id).await
+    }
+
+    // --- the issue workflow (store/postgres/workflow.rs) ---
+
+    async fn assign_issue(
+        &self,
+        issue_id: i64,
+        user_id: Option<i64>,
+        now: i64,
+    ) -> Result<Assigned, StoreError> {
+        workflow::assign_issue(self, issue_id, user_id, now).await
+    }
+
+    async fn comments(&self, issue_id: i64, limit: i64) -> Result<Vec<CommentRow>, StoreError> {
+        workflow::comments(self, issue_id, limit).await
+    }
+
+    async fn insert_comment(
+        &self,
+        issue_id: i64,
+        user_id: i64,
+        body: &str,
+        now: i64,
+    ) -> Result<Option<CommentRow>, StoreError> {
+        workflow::insert_comment(self, issue_id, user_id, body, now).await
+    }
+
+    async fn comment(&self, issue_id: i64, id: i64) -> Result<Option<CommentRow>, StoreError> {
+        workflow::comment(self, issue_id, id).await
+    }
+
+    async fn delete_comment(&self, issue_id: i64, id: i64) -> Result<bool, StoreError> {
+        workflow::delete_comment(self, issue_id, id).await
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -12,11 +12,14 @@ use super::PgStore;
 use super::basics::{retry, row, rows};
 use crate::store::{
     Class, Cursor, EventSummary, Issue, IssueDetail, IssueFilter, Sort, StoreError, TagValue,
-    decode_event,
+    UserRef, decode_event,
 };
 use crate::time::{hour_of, rfc3339};
 
-const ISSUE_COLUMNS: &str = "id, project_id, title, class, kind, culprit, level, status, count, first_seen, last_seen, is_regression";
+const ISSUE_COLUMNS: &str = "i.id, i.project_id, i.title, i.class, i.kind, i.culprit, i.level, i.status, i.count, i.first_seen, i.last_seen, i.is_regression, u.id, u.username, u.display_name";
+
+/// Issues with their assignee (`i`, `u`).
+const ISSUE_FROM: &str = "issues i LEFT JOIN issue_assignees a ON a.issue_id = i.id LEFT JOIN users u ON u.id = a.user_id";
 
 fn issue_of(r: &Row) -> Issue {
     Issue {
@@ -33,6 +36,11 @@ fn issue_of(r: &Row) -> Issue {
         last_seen: rfc3339(r.get(10)),
         is_regression: r.get(11),
         hourly: Vec::new(),
+        assignee: r.get::<_, Option<i64>>(12).map(|id| UserRef {
+            id,
+            username: r.get(13),
+            display_name: r.get(14),
+        }),
         sort_value: 0,
     }
 }
@@ -173,20 +181,21 @@ pub(super) async fn issues(
     let col = sort.column();
     // The SQL and its parameters (each `?` of a clause is the parameter pushed with it);
     // one cached statement per combination of filters.
-    let mut sql = format!("SELECT {ISSUE_COLUMNS}, {col} FROM issues i WHERE project_id = $1");
+    let mut sql =
+        format!("SELECT {ISSUE_COLUMNS}, i.{col} FROM {ISSUE_FROM} WHERE i.project_id = $1");
     let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(project_id)];
     let mut push = |sql: &mut String, clause: &str, v: Box<dyn ToSql + Sync + Send>| {
         args.push(v);
         sql.push_str(&clause.replace('?', &format!("${}", args.len())));
     };
     if let Some(v) = &filter.status {
-        push(&mut sql, " AND status = ?", Box::new(v.clone()));
+        push(&mut sql, " AND i.status = ?", Box::new(v.clone()));
     }
     if let Some(v) = &filter.class {
-        push(&mut sql, " AND class = ?", Box::new(v.clone()));
+        push(&mut sql, " AND i.class = ?", Box::new(v.clone()));
     }
     if let Some(v) = &filter.level {
-        push(&mut sql, " AND level = ?", Box::new(v.clone()));
+        push(&mut sql, " AND i.level = ?", Box::new(v.clone()));
     }
     for (key, value) in [
         ("environment", &filter.environment),
@@ -201,24 +210,27 @@ pub(super) async fn issues(
             push(&mut sql, " AND t.value = ?)", Box::new(v.clone()));
         }
     }
+    if let Some(u) = filter.assigned_to {
+        push(&mut sql, " AND a.user_id = ?", Box::new(u));
+    }
     if let Some(q) = &filter.query {
         push(
             &mut sql,
-            " AND (strpos(lower(title), ?) > 0 OR strpos(lower(culprit), ?) > 0 OR strpos(lower(class), ?) > 0)",
+            " AND (strpos(lower(i.title), ?) > 0 OR strpos(lower(i.culprit), ?) > 0 OR strpos(lower(i.class), ?) > 0)",
             Box::new(q.to_lowercase()),
         );
     }
     if let Some(c) = cursor {
         push(
             &mut sql,
-            &format!(" AND ({col}, id) < (?"),
+            &format!(" AND (i.{col}, i.id) < (?"),
             Box::new(c.value),
         );
         push(&mut sql, ", ?)", Box::new(c.id));
     }
     push(
         &mut sql,
-        &format!(" ORDER BY {col} DESC, id DESC LIMIT ?"),
+        &format!(" ORDER BY i.{col} DESC, i.id DESC LIMIT ?"),
         Box::new(limit + 1),
     );
     let (sql, args) = (&sql, &args);
@@ -232,7 +244,7 @@ pub(super) async fn issues(
             .await?
             .iter()
             .map(|r| Issue {
-                sort_value: r.get(12),
+                sort_value: r.get(15),
                 ..issue_of(r)
             })
             .collect();
@@ -263,7 +275,7 @@ pub(super) async fn issue(s: &PgStore, id: i64, now: i64) -> Result<Option<Issue
         let c = s.conn().await?;
         let Some(r) = row(
             &c,
-            &format!("SELECT {ISSUE_COLUMNS} FROM issues WHERE id = $1"),
+            &format!("SELECT {ISSUE_COLUMNS} FROM {ISSUE_FROM} WHERE i.id = $1"),
             &[&id],
         )
         .await?

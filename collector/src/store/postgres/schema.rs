@@ -226,4 +226,6 @@ pub const MIGRATIONS: &[&str] = &[
     super::minidumps::MIGRATION,
     // 7: release health: sessions and session aggregates (store/postgres/health.rs).
     super::health::MIGRATION,
+    // 8: the issue workflow: assignees and comments (store/postgres/workflow.rs).
+    super::workflow::MIGRATION,
 ];

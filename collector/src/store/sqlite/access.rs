@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use super::store::SqliteStore;
 use crate::store::{
     AuditRow, InviteRow, NewUser, SessionRow, StoreError, ThrottleFn, ThrottleRow, TokenRow,
-    UserRow, UserUpdate,
+    UserChanged, UserRow, UserUpdate, stays_owner,
 };
 
 /// The migration that adds the tables (appended to `MIGRATIONS`).
@@ -179,9 +179,29 @@ impl SqliteStore {
             .await
     }
 
-    pub(super) async fn a_update_user(&self, id: i64, u: UserUpdate) -> Result<bool, StoreError> {
+    pub(super) async fn a_update_user(
+        &self,
+        id: i64,
+        u: UserUpdate,
+    ) -> Result<UserChanged, StoreError> {
         self.writer
             .exec(move |tx| {
+                // One writer: the check and the change are in one transaction, which no
+                // other change to users can interleave with (another process's waits
+                // for the write lock, or fails with a busy snapshot and retries).
+                let Some(was) = user_where(tx, "id = ?1", &id)? else {
+                    return Ok(UserChanged::NoUser);
+                };
+                if was.role == "owner" && !was.disabled && !stays_owner(&was.role, was.disabled, &u) {
+                    let others: i64 = tx.query_row(
+                        "SELECT count(*) FROM users WHERE role = 'owner' AND disabled = 0 AND id <> ?1",
+                        [id],
+                        |r| r.get(0),
+                    )?;
+                    if others == 0 {
+                        return Ok(UserChanged::LastOwner);
+                    }
+                }
                 let n = tx.execute(
                     "UPDATE users SET
                         display_name = COALESCE(?2, display_name),
@@ -204,7 +224,11 @@ impl SqliteStore {
                     tx.execute("DELETE FROM user_sessions WHERE user_id = ?1", [id])?;
                     tx.execute("DELETE FROM invites WHERE user_id = ?1", [id])?;
                 }
-                Ok(n > 0)
+                Ok(if n > 0 {
+                    UserChanged::Done
+                } else {
+                    UserChanged::NoUser
+                })
             })
             .await
     }

@@ -14,6 +14,7 @@ mod minidumps;
 pub mod queries;
 mod store;
 pub mod symbolication;
+mod workflow;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -219,6 +220,8 @@ const MIGRATIONS: &[&str] = &[
     minidumps::MIGRATION,
     // 9: release health: sessions and session aggregates (store/sqlite/health.rs).
     health::MIGRATION,
+    // 10: the issue workflow: assignees and comments (store/sqlite/workflow.rs).
+    workflow::MIGRATION,
 ];
 
 /// Opens a connection with the collector's pragmas.

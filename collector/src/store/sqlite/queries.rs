@@ -9,11 +9,14 @@ use serde_json::Value;
 
 use crate::store::{
     Class, Cursor, DiscardRow, EventSummary, Issue, IssueFilter, Sort, Stats, StoreError, TagValue,
-    decode_event,
+    UserRef, decode_event,
 };
 use crate::time::{hour_of, rfc3339};
 
-const ISSUE_COLUMNS: &str = "id, project_id, title, class, kind, culprit, level, status, count, first_seen, last_seen, is_regression";
+const ISSUE_COLUMNS: &str = "i.id, i.project_id, i.title, i.class, i.kind, i.culprit, i.level, i.status, i.count, i.first_seen, i.last_seen, i.is_regression, u.id, u.username, u.display_name";
+
+/// Issues with their assignee (`i`, `u`).
+const ISSUE_FROM: &str = "issues i LEFT JOIN issue_assignees a ON a.issue_id = i.id LEFT JOIN users u ON u.id = a.user_id";
 
 fn issue_from_row(r: &Row<'_>) -> rusqlite::Result<Issue> {
     Ok(Issue {
@@ -30,6 +33,14 @@ fn issue_from_row(r: &Row<'_>) -> rusqlite::Result<Issue> {
         last_seen: rfc3339(r.get(10)?),
         is_regression: r.get(11)?,
         hourly: Vec::new(),
+        assignee: match r.get::<_, Option<i64>>(12)? {
+            Some(id) => Some(UserRef {
+                id,
+                username: r.get(13)?,
+                display_name: r.get(14)?,
+            }),
+            None => None,
+        },
         sort_value: 0,
     })
 }
@@ -60,7 +71,9 @@ pub fn issue_hourly(
 /// One issue.
 pub fn issue(conn: &Connection, id: i64, now: i64) -> Result<Option<Issue>, StoreError> {
     let found = conn
-        .prepare_cached(&format!("SELECT {ISSUE_COLUMNS} FROM issues WHERE id = ?1"))?
+        .prepare_cached(&format!(
+            "SELECT {ISSUE_COLUMNS} FROM {ISSUE_FROM} WHERE i.id = ?1"
+        ))?
         .query_row([id], issue_from_row)
         .optional()?;
     match found {
@@ -83,18 +96,19 @@ pub fn issues(
     now: i64,
 ) -> Result<(Vec<Issue>, Option<String>), StoreError> {
     let col = sort.column();
-    let mut sql = format!("SELECT {ISSUE_COLUMNS}, {col} FROM issues i WHERE project_id = ?");
+    let mut sql =
+        format!("SELECT {ISSUE_COLUMNS}, i.{col} FROM {ISSUE_FROM} WHERE i.project_id = ?");
     let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(project_id)];
     if let Some(s) = &filter.status {
-        sql.push_str(" AND status = ?");
+        sql.push_str(" AND i.status = ?");
         args.push(Box::new(s.clone()));
     }
     if let Some(c) = &filter.class {
-        sql.push_str(" AND class = ?");
+        sql.push_str(" AND i.class = ?");
         args.push(Box::new(c.clone()));
     }
     if let Some(l) = &filter.level {
-        sql.push_str(" AND level = ?");
+        sql.push_str(" AND i.level = ?");
         args.push(Box::new(l.clone()));
     }
     for (key, value) in [
@@ -107,26 +121,30 @@ pub fn issues(
             args.push(Box::new(v.clone()));
         }
     }
+    if let Some(u) = filter.assigned_to {
+        sql.push_str(" AND a.user_id = ?");
+        args.push(Box::new(u));
+    }
     if let Some(q) = &filter.query {
-        sql.push_str(" AND (instr(lower(title), ?) > 0 OR instr(lower(culprit), ?) > 0 OR instr(lower(class), ?) > 0)");
+        sql.push_str(" AND (instr(lower(i.title), ?) > 0 OR instr(lower(i.culprit), ?) > 0 OR instr(lower(i.class), ?) > 0)");
         let q = q.to_lowercase();
         for _ in 0..3 {
             args.push(Box::new(q.clone()));
         }
     }
     if let Some(c) = cursor {
-        sql.push_str(&format!(" AND ({col}, id) < (?, ?)"));
+        sql.push_str(&format!(" AND (i.{col}, i.id) < (?, ?)"));
         args.push(Box::new(c.value));
         args.push(Box::new(c.id));
     }
-    sql.push_str(&format!(" ORDER BY {col} DESC, id DESC LIMIT ?"));
+    sql.push_str(&format!(" ORDER BY i.{col} DESC, i.id DESC LIMIT ?"));
     args.push(Box::new(limit + 1));
     let mut stmt = conn.prepare_cached(&sql)?;
     let refs: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
     let mut rows = stmt
         .query_map(refs.as_slice(), |r| {
             let mut i = issue_from_row(r)?;
-            i.sort_value = r.get(12)?;
+            i.sort_value = r.get(15)?;
             Ok(i)
         })?
         .collect::<Result<Vec<_>, _>>()?;

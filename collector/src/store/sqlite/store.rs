@@ -17,8 +17,8 @@ use crate::alerts::Alerts;
 use crate::alerts::rules::{Rule, RuleSpec};
 use crate::metrics::Metrics;
 use crate::store::{
-    AuditRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow, TokenRow, UserRow,
-    UserUpdate,
+    Assigned, AuditRow, CommentRow, InviteRow, NewUser, SessionRow, ThrottleFn, ThrottleRow,
+    TokenRow, UserChanged, UserRow, UserUpdate,
 };
 use crate::store::{
     Class, Cursor, DeliveryRow, DifInsert, DifRow, Due, EventSummary, IngestJob, Issue,
@@ -574,7 +574,7 @@ impl Store for SqliteStore {
         self.a_insert_user(user).await
     }
 
-    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<bool, StoreError> {
+    async fn update_user(&self, id: i64, update: UserUpdate) -> Result<UserChanged, StoreError> {
         self.a_update_user(id, update).await
     }
 
@@ -706,5 +706,38 @@ impl Store for SqliteStore {
         self.reads
             .run(move |c| health::first_release(c, issue_id))
             .await
+    }
+
+    // --- the issue workflow (store/sqlite/workflow.rs) ---
+
+    async fn assign_issue(
+        &self,
+        issue_id: i64,
+        user_id: Option<i64>,
+        now: i64,
+    ) -> Result<Assigned, StoreError> {
+        self.w_assign_issue(issue_id, user_id, now).await
+    }
+
+    async fn comments(&self, issue_id: i64, limit: i64) -> Result<Vec<CommentRow>, StoreError> {
+        self.w_comments(issue_id, limit).await
+    }
+
+    async fn insert_comment(
+        &self,
+        issue_id: i64,
+        user_id: i64,
+        body: &str,
+        now: i64,
+    ) -> Result<Option<CommentRow>, StoreError> {
+        self.w_insert_comment(issue_id, user_id, body, now).await
+    }
+
+    async fn comment(&self, issue_id: i64, id: i64) -> Result<Option<CommentRow>, StoreError> {
+        self.w_comment(issue_id, id).await
+    }
+
+    async fn delete_comment(&self, issue_id: i64, id: i64) -> Result<bool, StoreError> {
+        self.w_delete_comment(issue_id, id).await
     }
 }
