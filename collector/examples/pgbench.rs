@@ -21,56 +21,20 @@ use errscope_collector::metrics::Metrics;
 use errscope_collector::store::postgres::PgStore;
 use errscope_collector::store::sqlite::SqliteStore;
 use errscope_collector::store::{IngestJob, Retention, Store, StoreError};
-use serde_json::{Value, json};
+
+mod support;
 
 const SENDERS: usize = 16;
 const FINGERPRINTS: u64 = 50;
 const MODES: [&str; 3] = ["sqlite", "postgres", "postgres-2-nodes"];
 
-/// A 15 KB event of fingerprint `fp` (the loadgen example's shape).
+/// A 15 KB event of fingerprint `fp` (the load generator's).
 fn event_json(id: u64, fp: u64) -> Vec<u8> {
-    let mut frames: Vec<Value> = (0..30)
-        .map(|i| {
-            json!({
-                "function": format!("shop::handlers::step_{i}"),
-                "module": "shop::handlers",
-                "filename": "src/handlers.rs",
-                "abs_path": "/srv/shop/src/handlers.rs",
-                "lineno": 100 + i,
-                "colno": 9,
-                "in_app": i > 3,
-                "context_line": "    let order = repo.load(order_id).await.context(\"loading the order\")?;",
-                "pre_context": ["    // find the order", "    let repo = state.repo();"],
-                "post_context": ["    Ok(order)", "}"]
-            })
-        })
-        .collect();
-    frames.push(json!({"function": format!("shop::ldap::bind_{fp}"), "module": "shop::ldap", "lineno": 42, "in_app": true}));
-    let crumbs: Vec<Value> = (0..40)
-        .map(|i| json!({"timestamp": 1.7e9 + i as f64, "category": "http", "message": format!("GET /api/orders/{i} -> 200"), "level": "info"}))
-        .collect();
-    let mut ev = json!({
-        "event_id": format!("{id:032x}"),
-        "platform": "native",
-        "level": "error",
-        "environment": "production",
-        "release": "shop@2.3.1",
-        "server_name": "web-3",
-        "tags": {"domain": "ldap", "region": "eu-west-1"},
-        "exception": {"values": [{
-            "type": "std::io::Error",
-            "value": "connection reset by peer (os error 104)",
-            "mechanism": {"type": "errscope", "handled": true},
-            "stacktrace": {"frames": frames}
-        }]},
-        "breadcrumbs": {"values": crumbs},
-        "contexts": {"os": {"name": "Linux", "version": "6.1"}},
-    });
-    let size = ev.to_string().len();
-    if size < 15_000 {
-        ev["extra"] = json!({"padding": "p".repeat(15_000 - size - 20)});
-    }
-    ev.to_string().into_bytes()
+    let envelope = support::event_template(fp as usize);
+    let event = envelope.lines().nth(2).expect("the envelope's event");
+    event
+        .replace("EVENTIDEVENTIDEVENTIDEVENTIDEVEN", &format!("{id:032x}"))
+        .into_bytes()
 }
 
 fn vm_hwm_kib() -> u64 {

@@ -336,25 +336,12 @@ impl Difs {
     /// information over a symbol table only, the newest first. Source bundles are not
     /// object files: see [`Difs::find_sources`].
     pub fn find(&self, debug_id: &str, code_id: Option<&str>) -> Option<DifMatch> {
-        let ix = self.0.index.read().unwrap_or_else(|e| e.into_inner());
-        let by_debug = normalize_debug_id(debug_id)
-            .and_then(|d| ix.by_debug_id.get(&d))
-            .into_iter()
-            .flatten();
-        let code = code_id.map(|c| c.trim().to_ascii_lowercase());
-        let by_code = code
-            .as_ref()
-            .and_then(|c| ix.by_code_id.get(c))
-            .into_iter()
-            .flatten();
-        let best = by_debug
-            .chain(by_code)
-            .filter(|e| e.row.kind != DifKind::SourceBundle)
-            .max_by_key(|e| {
-                let f = e.row.features;
-                (f.debug, f.symtab, e.row.uploaded, e.row.id)
-            })?;
-        Some(self.matched(&best.row))
+        self.best(
+            debug_id,
+            code_id,
+            |r| r.kind != DifKind::SourceBundle,
+            |r| (r.features.debug, r.features.symtab, r.uploaded, r.id),
+        )
     }
 
     /// The newest file of one kind for an image (by debug id, or code id).
@@ -363,6 +350,23 @@ impl Difs {
         debug_id: &str,
         code_id: Option<&str>,
         kind: DifKind,
+    ) -> Option<DifMatch> {
+        self.best(
+            debug_id,
+            code_id,
+            |r| r.kind == kind,
+            |r| (r.uploaded, r.id),
+        )
+    }
+
+    /// Of the files matching the debug id or the code id that `keep` takes, the one
+    /// `rank` puts highest.
+    fn best<K: Ord>(
+        &self,
+        debug_id: &str,
+        code_id: Option<&str>,
+        keep: impl Fn(&DifRow) -> bool,
+        rank: impl Fn(&DifRow) -> K,
     ) -> Option<DifMatch> {
         let ix = self.0.index.read().unwrap_or_else(|e| e.into_inner());
         let by_debug = normalize_debug_id(debug_id)
@@ -377,8 +381,8 @@ impl Difs {
             .flatten();
         let best = by_debug
             .chain(by_code)
-            .filter(|e| e.row.kind == kind)
-            .max_by_key(|e| (e.row.uploaded, e.row.id))?;
+            .filter(|e| keep(&e.row))
+            .max_by_key(|e| rank(&e.row))?;
         Some(self.matched(&best.row))
     }
 
