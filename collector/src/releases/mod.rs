@@ -232,11 +232,15 @@ pub fn parse_session(payload: &[u8], now: i64) -> Result<SessionUpdate, SessionE
 
 /// The key of the `index`th bucket of an aggregate item: a hash of the envelope's
 /// `sent_at` and the item's bytes. A retried envelope has the same bytes and so the same
-/// keys; SDKs stamp `sent_at` on each envelope they send (Python's session flusher does
-/// not: two of its flushes with byte-identical aggregates collapse into one).
+/// keys. Without `sent_at` (Python's session flusher sends none) a retry cannot be told
+/// from a later flush that happens to carry the same counts, so each delivery gets keys
+/// of its own and counts, as Sentry adds aggregates up.
 pub fn aggregate_key(sent_at: Option<&str>, payload: &[u8], index: usize) -> String {
     let mut h = Sha256::new();
-    h.update(sent_at.unwrap_or("").as_bytes());
+    match sent_at {
+        Some(s) => h.update(s.as_bytes()),
+        None => h.update(crate::state::random_secret().as_bytes()),
+    }
     h.update([0]);
     h.update(payload);
     let digest = h.finalize();
@@ -332,12 +336,17 @@ mod tests {
     #[test]
     fn aggregate_keys_are_stable_per_delivery() {
         let p = br#"{"attrs":{"release":"r"},"aggregates":[{"started":"2026-11-30T10:00:00Z","exited":2},{"started":"2026-11-30T10:01:00Z","crashed":1}]}"#;
-        let a = parse_aggregates(p, 1, None, NOW).unwrap();
-        let b = parse_aggregates(p, 1, None, NOW).unwrap();
-        assert_eq!(a, b);
+        let sent = Some("2026-11-30T10:02:00Z");
+        let a = parse_aggregates(p, 1, sent, NOW).unwrap();
+        let b = parse_aggregates(p, 1, sent, NOW).unwrap();
+        assert_eq!(a, b, "a retry");
         assert_ne!(a[0].key, a[1].key);
-        let c = parse_aggregates(p, 1, Some("2026-11-30T10:02:00Z"), NOW).unwrap();
-        assert_ne!(a[0].key, c[0].key);
+        let c = parse_aggregates(p, 1, Some("2026-11-30T10:03:00Z"), NOW).unwrap();
+        assert_ne!(a[0].key, c[0].key, "a later flush");
+        // Without sent_at, every delivery counts.
+        let d = parse_aggregates(p, 1, None, NOW).unwrap();
+        let e = parse_aggregates(p, 1, None, NOW).unwrap();
+        assert_ne!(d[0].key, e[0].key);
         assert_eq!((a[0].exited, a[1].crashed), (2, 1));
     }
 }
