@@ -715,6 +715,10 @@ fn api_routes() -> Vec<(String, String)> {
 type Headers = Vec<(&'static str, String)>;
 
 /// A concrete URL path for a route template.
+/// Route parts naming what the walk does not create: with the token such a route answers
+/// 404 (no such thing) or 400 (the walk's body is not one), past authentication.
+const ABSENT: &[&str] = &["/attachments/minidump/"];
+
 fn fill(template: &str) -> String {
     template
         .replace("{pid}", "1")
@@ -814,6 +818,7 @@ async fn every_api_route_refuses_requests_without_a_token_or_session() {
         ),
     ];
     let mut refused = 0;
+    let mut real = Vec::new();
     for (method, template) in &routes {
         let path = fill(template);
         let method: reqwest::Method = method.parse().unwrap();
@@ -859,12 +864,14 @@ async fn every_api_route_refuses_requests_without_a_token_or_session() {
             .send()
             .await
             .unwrap();
-        assert!(
-            r.status().is_success(),
-            "{method} {path} with the token: {}",
-            r.status()
-        );
+        let st = r.status();
+        // Routes of things the walk does not create answer for the thing, not for the caller.
+        let absent = ABSENT.iter().any(|a| template.contains(a));
+        if !(st.is_success() || absent && matches!(st.as_u16(), 400 | 404)) {
+            real.push(format!("{method} {path} with the token: {st}"));
+        }
     }
+    assert!(real.is_empty(), "{real:#?}");
     // Nothing was changed by the refused requests.
     let (_, projects) = s.api("/api/0/projects/").await;
     assert!(
