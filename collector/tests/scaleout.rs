@@ -417,26 +417,52 @@ async fn four_collectors_on_one_postgres_count_exactly_through_kills_and_a_datab
     run(4).await;
 }
 
-/// `migrate --from-sqlite`: an installation used on SQLite (events, a resolved issue, a
-/// regression, tags) answers the same on PostgreSQL after the copy, and goes on counting.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limit_holds_across_two_collectors() {
+/// A PostgreSQL server of the test's own, a fresh database on it, and `n` collectors on
+/// that database, each with a data directory of its own and `args`.
+async fn postgres_nodes(
+    n: usize,
+    args: &[&str],
+) -> (Cluster, String, Vec<tempfile::TempDir>, Vec<Node>) {
     let cluster = tokio::task::spawn_blocking(Cluster::start)
         .await
         .unwrap()
         .expect("start PostgreSQL");
     let database = cluster.fresh_database().expect("a database");
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Vec::new();
     for d in &dirs {
         let listen = "127.0.0.1:0".parse().unwrap();
-        let args = ["--rate-limit", "300"];
         nodes.push(
-            start_with(d.path(), Some(&database), listen, &args)
+            start_with(d.path(), Some(&database), listen, args)
                 .await
                 .unwrap(),
         );
     }
+    (cluster, database, dirs, nodes)
+}
+
+/// Uploads a debug file to `addr` as `curl -F file=@hello.debug` would; the stored files.
+async fn upload_debug_file(http: &reqwest::Client, addr: SocketAddr, bytes: &[u8]) -> Value {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes.to_vec()).file_name("hello.debug"),
+    );
+    let r = http
+        .post(format!(
+            "http://{addr}/api/0/projects/any/default/files/dsyms/"
+        ))
+        .bearer_auth(TOKEN)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_two_collectors() {
+    let (cluster, _, _dirs, nodes) = postgres_nodes(2, &["--rate-limit", "300"]).await;
     let http = reqwest::Client::new();
     let key = default_key(&http, nodes[0].addr).await;
     // The limit is per minute of the wall clock: start early in one.
@@ -527,39 +553,11 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_debug_file_uploaded_to_one_collector_reaches_the_others() {
-    let cluster = tokio::task::spawn_blocking(Cluster::start)
-        .await
-        .unwrap()
-        .expect("start PostgreSQL");
-    let database = cluster.fresh_database().expect("a database");
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut nodes = Vec::new();
-    for d in &dirs {
-        nodes.push(
-            start_node(d.path(), &database, "127.0.0.1:0".parse().unwrap())
-                .await
-                .unwrap(),
-        );
-    }
+    let (cluster, database, dirs, mut nodes) = postgres_nodes(2, &[]).await;
     let work = tempfile::tempdir().unwrap();
     let bytes = debug_file(work.path());
     let http = reqwest::Client::new();
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes.clone()).file_name("hello.debug"),
-    );
-    let r = http
-        .post(format!(
-            "http://{}/api/0/projects/any/default/files/dsyms/",
-            nodes[0].addr
-        ))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let uploaded: Value = r.json().await.unwrap();
+    let uploaded = upload_debug_file(&http, nodes[0].addr, &bytes).await;
     let id = uploaded[0]["id"].as_str().unwrap().to_owned();
 
     // The other node lists it and holds a copy of the same bytes, fetched from the database.
@@ -616,6 +614,8 @@ async fn a_debug_file_uploaded_to_one_collector_reaches_the_others() {
     drop(cluster);
 }
 
+/// `migrate --from-sqlite`: an installation used on SQLite (events, a resolved issue, a
+/// regression, tags) answers the same on PostgreSQL after the copy, and goes on counting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
     let data = tempfile::tempdir().unwrap();
@@ -664,21 +664,7 @@ async fn migrate_copies_an_sqlite_installation_with_exact_counts() {
     // A debug file, whose bytes the copy takes into the database.
     let work = tempfile::tempdir().unwrap();
     let dif = debug_file(work.path());
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(dif.clone()).file_name("hello.debug"),
-    );
-    let r = http
-        .post(format!(
-            "http://{}/api/0/projects/any/default/files/dsyms/",
-            lite.addr
-        ))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    upload_debug_file(&http, lite.addr, &dif).await;
     let mut before = Vec::new();
     for p in paths {
         before.push(get(&http, lite.addr, p).await);
