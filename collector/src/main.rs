@@ -326,9 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("binding {listen}"))?;
+                let listener = serve::bind(listen).with_context(|| format!("binding {listen}"))?;
                 let addr = listener.local_addr()?;
                 let mut config = Config::new(data);
                 config.database = database;
