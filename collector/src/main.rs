@@ -156,7 +156,9 @@ impl MinidumpFlags {
 #[derive(clap::Args)]
 struct AlertFlags {
     /// SMTP server for alert emails: `smtp://user:pass@host:port` (STARTTLS when the server
-    /// offers it; `?tls=required` to insist) or `smtps://` for TLS from the start.
+    /// offers it; `?tls=required` to insist) or `smtps://` for TLS from the start. The
+    /// server's certificate is checked against the system's roots (`SSL_CERT_FILE` to
+    /// trust a private CA's PEM file instead).
     #[arg(long, env = "ERRSCOPE_SMTP_URL")]
     smtp_url: Option<String>,
     /// Sender address of alert emails (`errscope <alerts@example.com>`).
@@ -324,9 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(listen)
-                    .await
-                    .with_context(|| format!("binding {listen}"))?;
+                let listener = serve::bind(listen).with_context(|| format!("binding {listen}"))?;
                 let addr = listener.local_addr()?;
                 let mut config = Config::new(data);
                 config.database = database;

@@ -6,7 +6,8 @@
 //! timer and [`Config::header_timeout`](crate::Config::header_timeout), which bounds both
 //! the time to send a request head and the idle time between keep-alive requests.
 //! [`body_deadline`] (a layer of [`app`](crate::app)) bounds the time to send a body, and
-//! [`serve_with`] caps the connections open at once, closing idle ones first.
+//! [`serve_with`] caps the connections open at once, closing idle ones first; [`bind`]
+//! makes a listener whose backlog holds a burst past that cap.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,9 +26,34 @@ use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::state::AppState;
+
+/// The listen backlog [`bind`] asks for: connections the kernel completes and queues
+/// before the collector accepts them (Linux caps it at `net.core.somaxconn`, 4096 by
+/// default since 5.4).
+///
+/// tokio's `TcpListener::bind` asks for 1,024. A burst past that (idle sockets hoarded
+/// while clients send events) overflows the queue, and Linux then drops the handshake's
+/// last ACK: the client believes it is connected and has sent its request, the collector
+/// gets the connection only after retransmissions, seconds later, and until that request
+/// arrives it looks idle and is the first closed to make room.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR` on Unix, as
+/// tokio's own `bind`); must be called within a tokio runtime.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How [`serve_with`] runs.
 #[derive(Debug, Clone, Copy)]
@@ -41,6 +67,8 @@ pub struct ServeOptions {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// the requests in flight finish and returns when every connection has closed.
+///
+/// Bind `listener` with [`bind`] to take bursts of connections past the cap.
 ///
 /// A request head (or the next one on a keep-alive connection) must arrive within
 /// `header_timeout`, or the connection is closed without an answer. At most 1,024

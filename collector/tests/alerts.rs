@@ -20,6 +20,7 @@ pub(crate) struct Got {
     headers: HeaderMap,
     body: Vec<u8>,
     answered: u16,
+    at: std::time::Instant,
 }
 
 impl Got {
@@ -42,6 +43,8 @@ struct Script {
     answers: HashMap<String, VecDeque<u16>>,
     /// Per path: answer this forever (after the scripted ones).
     always: HashMap<String, u16>,
+    /// Per path: the `Retry-After` header of the answers that are not 200.
+    retry_after: HashMap<String, String>,
 }
 
 /// An HTTP server on 127.0.0.1:0 that records every request.
@@ -64,13 +67,19 @@ async fn record(
         .and_then(VecDeque::pop_front)
         .or_else(|| s.always.get(&path).copied())
         .unwrap_or(200);
+    let mut resp = (StatusCode::from_u16(code).unwrap(), "ok").into_response();
+    if let Some(v) = s.retry_after.get(&path).filter(|_| code != 200) {
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v.parse().unwrap());
+    }
     s.got.push(Got {
         path,
         headers,
         body: body.to_vec(),
         answered: code,
+        at: std::time::Instant::now(),
     });
-    (StatusCode::from_u16(code).unwrap(), "ok").into_response()
+    resp
 }
 
 impl Receiver {
@@ -91,6 +100,11 @@ impl Receiver {
             .unwrap()
             .answers
             .insert(path.into(), codes.iter().copied().collect());
+    }
+
+    fn retry_after(&self, path: &str, value: &str) {
+        let mut s = self.script.lock().unwrap();
+        s.retry_after.insert(path.into(), value.into());
     }
 
     fn always(&self, path: &str, code: Option<u16>) {
@@ -135,22 +149,32 @@ impl Receiver {
     }
 }
 
+// With a certificate and key (argv 2 and 3), the server offers STARTTLS and takes neither
+// AUTH nor MAIL before it; each mail records the TLS version its session used (or null).
 const SMTP_SERVER: &str = r#"
-import json, sys
+import json, logging, ssl, sys
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 class Handler:
     async def handle_DATA(self, server, session, envelope):
-        print(json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos,
+        tls = session.ssl["cipher"][1] if session.ssl else None
+        print(json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos, "tls": tls,
                           "data": envelope.content.decode("utf-8", "replace")}), flush=True)
         return "250 OK"
 
 def auth(server, session, envelope, mechanism, data):
     return AuthResult(success=data.login == b"alerts" and data.password == b"s3cret")
 
+# Refused handshakes are expected; the tests read what arrived, not the server's log.
+logging.getLogger("mail.log").setLevel(logging.CRITICAL)
+tls = {}
+if len(sys.argv) > 3:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    tls = dict(tls_context=ctx, require_starttls=True)
 c = Controller(Handler(), hostname="127.0.0.1", port=int(sys.argv[1]), authenticator=auth,
-               auth_required=True, auth_require_tls=False)
+               auth_required=True, auth_require_tls=bool(tls), **tls)
 c.start()
 print("ready", flush=True)
 sys.stdin.read()
@@ -158,6 +182,7 @@ c.stop()
 "#;
 
 /// aiosmtpd on 127.0.0.1, requiring the login `alerts`/`s3cret`; mails arrive as JSON lines.
+/// [`Smtp::start_tls`] offers (and requires) STARTTLS.
 pub(crate) struct Smtp {
     pub(crate) url: String,
     mails: Arc<Mutex<Vec<Value>>>,
@@ -166,6 +191,15 @@ pub(crate) struct Smtp {
 
 impl Smtp {
     pub(crate) async fn start() -> Smtp {
+        Smtp::spawn(&[]).await
+    }
+
+    /// With the server certificate (PEM) and its key at these paths.
+    async fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Smtp {
+        Smtp::spawn(&[cert, key]).await
+    }
+
+    async fn spawn(tls: &[&std::path::Path]) -> Smtp {
         use tokio::io::AsyncBufReadExt;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -174,6 +208,7 @@ impl Smtp {
             .port();
         let mut child = tokio::process::Command::new("python3")
             .args(["-W", "ignore", "-c", SMTP_SERVER, &port.to_string()])
+            .args(tls)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -508,6 +543,211 @@ async fn retries_until_delivered_and_marks_failed_after_the_horizon() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(recv.got("/down").len(), n, "no attempt after failing");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_its_retry_after_and_delivered_once() {
+    let recv = Receiver::start().await;
+    recv.answer("/busy", &[429]);
+    recv.retry_after("/busy", "2");
+    // A 50 ms backoff: a wait of seconds can only come from the receiver's Retry-After.
+    let s = server_with(|c| c.alerts.retry_base = Duration::from_millis(50)).await;
+    let rule = create_rule(
+        &s.http,
+        &s.base,
+        json!({"name": "busy", "trigger": "new_issue",
+        "channel": {"type": "webhook", "url": format!("{}/busy", recv.base)}}),
+    )
+    .await;
+    send(&s, 1..2, "busy").await;
+    // Between the two attempts the log shows the 429 and the retry to come.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let d = deliveries(&s.http, &s.base, rule).await;
+        if d.first().is_some_and(|d| d["attempts"] == 1) {
+            break d[0].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    assert_eq!(waiting["response_status"], 429, "{waiting}");
+    assert!(
+        waiting["error"].as_str().unwrap().contains("429"),
+        "{waiting}"
+    );
+    assert!(waiting["next_attempt"].is_string(), "{waiting}");
+    recv.wait_ok("/busy", 1).await;
+    let got = recv.got("/busy");
+    assert_eq!(
+        got.iter().map(|g| g.answered).collect::<Vec<_>>(),
+        [429, 200]
+    );
+    let waited = got[1].at - got[0].at;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "retried {waited:?} after a `Retry-After: 2`"
+    );
+    assert_eq!(
+        got[0].header("x-errscope-delivery"),
+        got[1].header("x-errscope-delivery")
+    );
+    let d = deliveries(&s.http, &s.base, rule).await;
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(
+        (
+            d[0]["status"].as_str(),
+            d[0]["attempts"].as_i64(),
+            d[0]["response_status"].as_i64()
+        ),
+        (Some("sent"), Some(2), Some(200)),
+        "{d:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(recv.got("/busy").len(), 2, "delivered once");
+    s.stop().await;
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, as PEM files in `dir`: the CA's
+/// certificate, the server's certificate and the server's key.
+fn test_certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "errscope test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
+    let key = KeyPair::generate().unwrap();
+    let cert_pem = server.signed_by(&key, &issuer).unwrap().pem();
+    let paths = ["ca.pem", "server.pem", "server.key"].map(|f| dir.join(f));
+    for (path, pem) in paths.iter().zip([ca_pem, cert_pem, key.serialize_pem()]) {
+        std::fs::write(path, pem).unwrap();
+    }
+    paths
+}
+
+/// Polls the delivery log of `rule` until its newest delivery passes `done`.
+async fn wait_delivery(
+    http: &reqwest::Client,
+    base: &str,
+    rule: i64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = deliveries(http, base, rule).await;
+        if let Some(first) = d.first().filter(|d| done(d)) {
+            return first.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn email_goes_over_starttls_to_a_server_the_collector_trusts() {
+    let certs = tempfile::tempdir().unwrap();
+    let [ca, cert, key] = test_certificates(certs.path());
+    // Offers STARTTLS, and takes neither the login nor a mail before it.
+    let smtp = Smtp::start_tls(&cert, &key).await;
+    let rule = json!({"name": "mail", "trigger": "new_issue",
+        "channel": {"type": "email", "to": ["oncall@shop.test"]}});
+    let from = "errscope <alerts@errscope.test>";
+
+    // The system's roots do not know the test CA: the certificate is refused, nothing is
+    // sent, and the log says why (a TLS failure is retried later).
+    let smtp_url = smtp.url.clone();
+    let s = server_with(move |c| {
+        c.alerts.smtp_url = Some(smtp_url);
+        c.alerts.smtp_from = Some(from.into());
+    })
+    .await;
+    let untrusted = create_rule(&s.http, &s.base, rule.clone()).await;
+    send(&s, 1..2, "tls").await;
+    let d = wait_delivery(&s.http, &s.base, untrusted, |d| d["attempts"] == 1).await;
+    assert_eq!(d["status"], "queued", "{d}");
+    assert!(d["error"].as_str().unwrap().contains("certificate"), "{d}");
+    s.stop().await;
+
+    // A collector whose roots are the test CA (`SSL_CERT_FILE`, which the platform
+    // verifier reads on Linux) upgrades the session and delivers.
+    let data = tempfile::tempdir().unwrap();
+    let c = spawn_binary_with(
+        data.path(),
+        &["--smtp-url", &smtp.url, "--smtp-from", from],
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let trusted = create_rule(&http, &c.base, rule).await;
+    let key = c.dsn.as_deref().unwrap()["http://".len()..]
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = http
+        .post(format!("{}/api/1/envelope/?sentry_key={key}", c.base))
+        .body(envelope(&[event(&event_id(1), "tls", "v")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mails = smtp.wait(1).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(
+        mails[0]["tls"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLSv1.")),
+        "the session was not encrypted: {}",
+        mails[0]["tls"]
+    );
+    assert_eq!(mails[0]["to"], json!(["oncall@shop.test"]));
+    let data = mails[0]["data"].as_str().unwrap();
+    assert!(
+        data.contains("Subject: [errscope] New issue in default: KeyError"),
+        "{data}"
+    );
+    let d = wait_delivery(&http, &c.base, trusted, |d| d["status"] != "queued").await;
+    assert_eq!(
+        (d["status"].as_str(), d["attempts"].as_i64()),
+        (Some("sent"), Some(1)),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn email_that_requires_tls_is_never_sent_in_clear() {
+    // No STARTTLS on offer, and the URL insists on it.
+    let smtp = Smtp::start().await;
+    let smtp_url = format!("{}?tls=required", smtp.url);
+    let s = server_with(move |c| {
+        c.alerts.smtp_url = Some(smtp_url);
+        c.alerts.smtp_from = Some("alerts@errscope.test".into());
+    })
+    .await;
+    let rule = create_rule(
+        &s.http,
+        &s.base,
+        json!({"name": "mail", "trigger": "new_issue",
+        "channel": {"type": "email", "to": ["oncall@shop.test"]}}),
+    )
+    .await;
+    send(&s, 1..2, "clear").await;
+    let d = wait_delivery(&s.http, &s.base, rule, |d| d["status"] != "queued").await;
+    assert_eq!(
+        (d["status"].as_str(), d["attempts"].as_i64()),
+        (Some("failed"), Some(1)),
+        "{d}"
+    );
+    assert!(d["error"].as_str().unwrap().contains("STARTTLS"), "{d}");
+    assert!(smtp.mails().is_empty(), "{:?}", smtp.mails());
     s.stop().await;
 }
 

@@ -216,11 +216,21 @@ pub(crate) struct Child {
 /// Starts `errscope-collector serve --listen 127.0.0.1:0` on `data`, waiting for its
 /// `listening on` line.
 pub(crate) async fn spawn_binary(data: &std::path::Path, extra: &[&str]) -> Child {
+    spawn_binary_with(data, extra, &[]).await
+}
+
+/// [`spawn_binary`] with these environment variables set for the collector.
+pub(crate) async fn spawn_binary_with(
+    data: &std::path::Path,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Child {
     use tokio::io::AsyncBufReadExt;
     let mut child = collector_command(data)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .args(extra)
+        .envs(env.iter().copied())
         .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
         .env("ERRSCOPE_ADMIN_PASSWORD", PASSWORD)
         .stdout(std::process::Stdio::piped())

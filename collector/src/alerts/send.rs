@@ -2,7 +2,8 @@
 //! records each attempt; failed attempts are retried with backoff for up to a day.
 //!
 //! Retried: timeouts, connection errors, HTTP 408, 429 (after its `Retry-After`) and
-//! 5xx, SMTP transient (4xx) replies. Other answers fail the delivery at once.
+//! 5xx, SMTP transient (4xx) replies and TLS failures. Other answers fail the delivery at
+//! once, among them an SMTP server that does not offer STARTTLS when the URL requires it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -352,7 +353,11 @@ impl Sender {
             },
             Err(e) => {
                 let status = e.status().and_then(|c| c.to_string().parse().ok());
-                Attempt::failed(!e.is_permanent(), status, format!("SMTP: {e}"))
+                // A client error is lettre refusing to go on with this server as it is
+                // (`?tls=required` and no STARTTLS offered, no common AUTH mechanism):
+                // retrying cannot help, and the message is never sent in clear.
+                let transient = !(e.is_permanent() || e.is_client());
+                Attempt::failed(transient, status, format!("SMTP: {e}"))
             }
         }
     }
