@@ -393,7 +393,8 @@ fn domain_entry(dir: &Path) {
     let mut figures: [Vec<f64>; 6] = Default::default();
     for _ in 0..rounds {
         figures[0].push(ns_per_call(n, &mut |i| {
-            black_box((|| black_box(i))());
+            let call = || black_box(i);
+            black_box(black_box(&call)());
         }));
         figures[1].push(ns_per_call(n, &mut |i| {
             black_box(domain.run_sync(|| black_box(i)).is_ok());

@@ -344,7 +344,11 @@ impl Domain {
     /// The domain's source, if it has one.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn source(&self) -> Option<Arc<dyn Source>> {
-        let guard = self.inner.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self
+            .inner
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         guard.lazy.as_ref().map(|l| Arc::clone(&l.source))
     }
 
@@ -355,12 +359,22 @@ impl Domain {
     }
 
     fn update(&self, f: impl FnOnce(&mut DomainData)) {
-        let mut guard = self.inner.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .inner
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f(Arc::make_mut(&mut guard));
     }
 
     pub(crate) fn snapshot(&self) -> Arc<DomainData> {
-        Arc::clone(&self.inner.data.lock().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .inner
+                .data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Whether both handles are clones of one domain.
@@ -853,7 +867,9 @@ mod tests {
 
         let named = Domain::with_source(Arc::new(Request), &[], &[]);
         let mut name = [0u8; 32];
-        let id = named.run_sync(|| signal_safe_current(&mut name)).expect("no panic");
+        let id = named
+            .run_sync(|| signal_safe_current(&mut name))
+            .expect("no panic");
         assert_eq!(id, named.inner.mark.id);
         assert_eq!(&name[..16], b"GET /orders/{id}");
     }

@@ -829,11 +829,9 @@ impl SqliteStore {
             )
             .map_err(err)?;
         self.conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'install_id'",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT value FROM meta WHERE key = 'install_id'", [], |r| {
+                r.get(0)
+            })
             .map_err(err)
     }
 

@@ -322,7 +322,10 @@ fn a_segfault_on_the_main_thread_dies_as_before_and_is_delivered_by_the_next_run
         newest_in_app["function"],
         "errscope_child::write_through_null"
     );
-    assert!(event["contexts"].get("domain").is_none(), "outside any domain");
+    assert!(
+        event["contexts"].get("domain").is_none(),
+        "outside any domain"
+    );
     assert!(event.get("tags").is_none_or(|t| t.get("domain").is_none()));
 }
 

@@ -394,8 +394,7 @@ async fn concurrent_uploads_are_processed_at_most_workers_at_a_time_and_all_answ
     // Waiting for a worker (10 s by default): every upload is processed, two at a time.
     let s = server_with(|c| c.minidumps.workers = 2).await;
     let raw = dump("linux-mini.dmp");
-    let answers =
-        futures_util::future::join_all((0..8).map(|_| post_raw(&s, raw.clone()))).await;
+    let answers = futures_util::future::join_all((0..8).map(|_| post_raw(&s, raw.clone()))).await;
     let mut ids = std::collections::HashSet::new();
     for (status, _, body) in &answers {
         assert_eq!(*status, 200, "{body}");
@@ -417,8 +416,7 @@ async fn concurrent_uploads_are_processed_at_most_workers_at_a_time_and_all_answ
         c.minidumps.queue_wait = Duration::ZERO;
     })
     .await;
-    let answers =
-        futures_util::future::join_all((0..8).map(|_| post_raw(&s, raw.clone()))).await;
+    let answers = futures_util::future::join_all((0..8).map(|_| post_raw(&s, raw.clone()))).await;
     let (mut accepted, mut refused) = (Vec::new(), 0);
     for (status, retry, body) in answers {
         match status {
@@ -432,7 +430,11 @@ async fn concurrent_uploads_are_processed_at_most_workers_at_a_time_and_all_answ
             other => panic!("{other}: {body}"),
         }
     }
-    assert!(!accepted.is_empty() && refused > 0, "{} accepted", accepted.len());
+    assert!(
+        !accepted.is_empty() && refused > 0,
+        "{} accepted",
+        accepted.len()
+    );
     assert_eq!(s.state.minidumps.peak_processing(), 1);
     for _ in 0..refused {
         let (status, _, body) = post_raw(&s, raw.clone()).await;
@@ -457,7 +459,9 @@ async fn a_dump_goes_with_its_event_when_the_sample_cap_prunes_it() {
     }
     // One crash, one issue: the third event pushed the second out of the samples (the
     // first and the newest are kept).
-    let (st, _) = s.api(&format!("/api/0/projects/1/events/{}/", ids[1])).await;
+    let (st, _) = s
+        .api(&format!("/api/0/projects/1/events/{}/", ids[1]))
+        .await;
     assert_eq!(st, 404);
     let file = |id: &str| s.data_dir().join("minidumps/1").join(format!("{id}.dmp"));
     assert!(file(&ids[1]).exists(), "the disk budget alone left it");

@@ -90,7 +90,10 @@ fn sessions_end_exited_crashed_or_abnormal_and_count_errors() {
         (&3.into(), &1.into()),
         "{r}"
     );
-    assert_eq!(r["users"], 2, "the restart of outbox b is the same user: {r}");
+    assert_eq!(
+        r["users"], 2,
+        "the restart of outbox b is the same user: {r}"
+    );
 
     // SIGKILL: nothing runs at all; the next run finds the session open and not its own.
     let c = outbox(dir.path(), "c");

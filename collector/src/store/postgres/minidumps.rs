@@ -63,10 +63,7 @@ pub(super) async fn minidump(
 
 /// Deletes up to `limit` rows whose event is gone and returns them (under the index's
 /// lock, so the budget's accounting in `insert_minidump` sees it whole).
-pub(super) async fn take_orphans(
-    s: &PgStore,
-    limit: i64,
-) -> Result<Vec<MinidumpRow>, StoreError> {
+pub(super) async fn take_orphans(s: &PgStore, limit: i64) -> Result<Vec<MinidumpRow>, StoreError> {
     retry(|| async move {
         let mut c = s.conn().await?;
         let tx = c.transaction().await?;
