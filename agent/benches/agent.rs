@@ -347,6 +347,93 @@ fn init_cost(dir: &Path) {
     report("init", &mut samples);
 }
 
+/// Nanoseconds per call of `op` over `n` calls, on this thread's CPU clock.
+fn ns_per_call(n: u64, op: &mut dyn FnMut(u64)) -> f64 {
+    let start = thread_cpu();
+    for i in 0..n {
+        op(i);
+    }
+    (thread_cpu() - start).as_secs_f64() * 1e9 / n as f64
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a local.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Entering a domain: `run_sync` of a trivial closure, and one `poll` of a `Domain::run`
+/// future (a future that stays pending, so every poll enters and leaves the domain),
+/// each against the bare call and against sentry's peer (`Hub::run`, a `bind_hub`
+/// future), in interleaved rounds. CPU time of this thread per call.
+fn domain_entry(dir: &Path) {
+    use sentry::SentryFutureExt as _;
+    use std::future::Future as _;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+
+    let guard = errscope::init(errscope::Options::new().database(dir.join("domain.db")));
+    let hub = Arc::new(sentry::Hub::new_from_top(sentry::Hub::current()));
+    let domain = errscope::Domain::new("job: reindex").tag("shard", 3);
+    let n = scale(2_000_000, 1_000) as u64;
+    let rounds = scale(7, 1);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut bare_fut = pin!(std::future::pending::<()>());
+    let mut ours_fut = pin!(domain.run(std::future::pending::<()>()));
+    let mut sentry_fut = pin!(std::future::pending::<()>().bind_hub(Arc::clone(&hub)));
+    let mut figures: [Vec<f64>; 6] = Default::default();
+    for _ in 0..rounds {
+        figures[0].push(ns_per_call(n, &mut |i| {
+            let call = || black_box(i);
+            black_box(black_box(&call)());
+        }));
+        figures[1].push(ns_per_call(n, &mut |i| {
+            black_box(domain.run_sync(|| black_box(i)).is_ok());
+        }));
+        figures[2].push(ns_per_call(n, &mut |i| {
+            black_box(sentry::Hub::run(Arc::clone(&hub), || black_box(i)));
+        }));
+        figures[3].push(ns_per_call(n, &mut |_| {
+            black_box(bare_fut.as_mut().poll(&mut cx).is_pending());
+        }));
+        figures[4].push(ns_per_call(n, &mut |_| {
+            black_box(ours_fut.as_mut().poll(&mut cx).is_pending());
+        }));
+        figures[5].push(ns_per_call(n, &mut |_| {
+            black_box(sentry_fut.as_mut().poll(&mut cx).is_pending());
+        }));
+    }
+    let labels = [
+        "bare closure call",
+        "Domain::run_sync",
+        "sentry Hub::run",
+        "poll of a pending future",
+        "poll of Domain::run(pending)",
+        "poll of bind_hub(pending) (sentry)",
+    ];
+    for (k, label) in labels.iter().enumerate() {
+        let m = median(figures[k].clone());
+        let peer = median(figures[if k < 3 { 0 } else { 3 }].clone());
+        let rounds: Vec<String> = figures[k].iter().map(|x| format!("{x:.1}")).collect();
+        println!(
+            "{:<58} median {m:>7.1} ns  ({:.2}x bare; rounds {})",
+            format!("domain entry: {label}"),
+            m / peer,
+            rounds.join(" ")
+        );
+    }
+    drop(guard);
+}
+
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     // A silent previous hook: the benchmark panics on purpose.
@@ -367,6 +454,10 @@ fn main() {
             throughputs(dir.path());
             return;
         }
+        Ok("domain") => {
+            domain_entry(dir.path());
+            return;
+        }
         Ok(_) => return,
         Err(_) => {}
     }
@@ -382,4 +473,5 @@ fn main() {
     panic_cost(dir.path(), true);
     throughputs(dir.path());
     storm(dir.path());
+    domain_entry(dir.path());
 }

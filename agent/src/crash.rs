@@ -30,7 +30,9 @@ mod imp {
 
     /// At most this many instruction pointers are recorded.
     pub(crate) const MAX_FRAMES: usize = 128;
-    const MAGIC: [u8; 8] = *b"ESCRASH1";
+    /// Bytes of the current domain's name a record keeps.
+    pub(crate) const DOMAIN_NAME_LEN: usize = 64;
+    const MAGIC: [u8; 8] = *b"ESCRASH2";
     const SIGNALS: [c_int; 6] = [
         libc::SIGSEGV,
         libc::SIGBUS,
@@ -68,6 +70,10 @@ mod imp {
         /// The kernel's name of the thread (15 bytes at most, NUL-padded); `main` for the
         /// main thread.
         pub(crate) thread_name: [u8; 16],
+        /// The id of the domain current on the crashing thread (0: none), and its name
+        /// (cut at `DOMAIN_NAME_LEN` bytes, NUL-padded).
+        pub(crate) domain_id: u64,
+        domain_name: [u8; DOMAIN_NAME_LEN],
         frame_count: u32,
         _pad: u32,
         /// Instruction pointers from inside the handler outwards, through the signal
@@ -88,6 +94,8 @@ mod imp {
             time_sec: 0,
             time_nsec: 0,
             thread_name: [0; 16],
+            domain_id: 0,
+            domain_name: [0; DOMAIN_NAME_LEN],
             frame_count: 0,
             _pad: 0,
             frames: [0; MAX_FRAMES],
@@ -117,6 +125,34 @@ mod imp {
             std::str::from_utf8(&self.thread_name[..end])
                 .ok()
                 .filter(|s| !s.is_empty())
+        }
+
+        /// The crashing thread's domain: its id and name (a name cut inside a character
+        /// ends before it).
+        pub(crate) fn domain(&self) -> Option<(u64, &str)> {
+            if self.domain_id == 0 {
+                return None;
+            }
+            let end = self
+                .domain_name
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(DOMAIN_NAME_LEN);
+            let bytes = &self.domain_name[..end];
+            let name = match std::str::from_utf8(bytes) {
+                Ok(name) => name,
+                // Cut inside a character: the part before it.
+                Err(e) => std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default(),
+            };
+            Some((self.domain_id, name))
+        }
+
+        #[cfg(test)]
+        pub(crate) fn with_domain(mut self, id: u64, name: &[u8]) -> Self {
+            self.domain_id = id;
+            let n = name.len().min(DOMAIN_NAME_LEN);
+            self.domain_name[..n].copy_from_slice(&name[..n]);
+            self
         }
 
         #[cfg(test)]
@@ -359,6 +395,10 @@ mod imp {
         }
         rec.time_sec = now.tv_sec;
         rec.time_nsec = now.tv_nsec;
+        // A load from a const-initialized thread-local and a copy of bytes fixed when the
+        // domain was made (see `domain::signal_safe_current`): no allocation, no lock.
+        rec.domain_name = [0; DOMAIN_NAME_LEN];
+        rec.domain_id = crate::domain::signal_safe_current(&mut rec.domain_name);
         rec.frame_count = 0;
         write_record(rec);
         let mut count = 0usize;

@@ -322,6 +322,16 @@ fn crash_event(
         "process".to_owned(),
         json!({"type": "process", "pid": header.pid, "started": header.started}),
     );
+    // As events captured inside a domain carry it (API.md): the tag `domain` and
+    // `contexts.domain`; the handler knows the name and the run's id of the domain, not
+    // its tags and data (they sit behind the domain's lock).
+    if let Some((id, name)) = rec.domain() {
+        event.contexts.insert(
+            "domain".to_owned(),
+            json!({"type": "domain", "name": name, "id": id, "tags": {}, "data": {}}),
+        );
+        event.tags.insert("domain".to_owned(), name.to_owned());
+    }
     Some(event)
 }
 
@@ -621,6 +631,17 @@ mod tests {
             "out of memory"
         );
         assert_eq!(classify(&abort, &oom[..1], "t", "SIGABRT", None).0, "abort");
+    }
+
+    #[test]
+    fn a_records_domain_name_is_cut_on_a_character_boundary() {
+        let rec = CrashRecord::for_test(libc::SIGSEGV, 1, 0, 0, &[1]);
+        assert_eq!(rec.domain(), None);
+        let name = format!("a{}", "é".repeat(40));
+        let rec = rec.with_domain(7, name.as_bytes());
+        let (id, cut) = rec.domain().expect("a domain");
+        assert_eq!(id, 7);
+        assert_eq!(cut, &name[..63], "64 bytes end inside an `é`");
     }
 
     #[test]

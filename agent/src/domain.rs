@@ -6,14 +6,16 @@
 //! [`DomainExt::in_current_domain`] set for the duration of each `poll` (the way
 //! `tracing`'s `Instrumented` enters a span). This works on any executor, follows a task
 //! across the worker threads of a multi-threaded runtime, and always makes the innermost
-//! domain the current one.
+//! domain the current one. Beside it, a plain pointer to the domain's [`Mark`] (its id and
+//! name, fixed at creation) is what the fatal-signal handler reads (`signal_safe_current`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering, compiler_fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -25,8 +27,16 @@ use crate::event::{Breadcrumb, EventId, Level};
 /// Breadcrumbs kept per domain; older ones are dropped.
 const MAX_BREADCRUMBS: usize = 100;
 
+/// The id the next domain gets (ids count from 1 in each process).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
 thread_local! {
     static CURRENT: RefCell<Option<Domain>> = const { RefCell::new(None) };
+    /// The [`Mark`] of the domain in `CURRENT`, or null: set after a domain is made current
+    /// and put back before it stops being current, so it never points at a freed `Mark`.
+    /// Const-initialized and without destructor: reading it in a signal handler is a plain
+    /// load from thread-local storage (no lazy set-up, no destructor registration).
+    static MARK: Cell<*const Mark> = const { Cell::new(std::ptr::null()) };
     /// The id of the last panic the hook recorded on this thread, for `DomainPanic`.
     static LAST_PANIC: std::cell::Cell<Option<EventId>> = const { std::cell::Cell::new(None) };
 }
@@ -35,7 +45,7 @@ thread_local! {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct DomainData {
     /// The name given to [`Domain::new`]; empty when the [`Lazy`] source names the domain.
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) context: BTreeMap<String, Value>,
     pub(crate) breadcrumbs: VecDeque<Crumb>,
@@ -158,6 +168,10 @@ pub(crate) trait Source: Send + Sync + 'static {
     fn tags(&self, status: Option<u16>, add: &mut dyn FnMut(&'static str, String));
     /// Adds the source's context entries with `add`.
     fn context(&self, add: &mut dyn FnMut(&'static str, Value));
+    /// Gives the parts of [`name`](Self::name) to `add`, in order, from data fixed when the
+    /// source was made. Called by the fatal-signal handler: must not allocate, lock or
+    /// panic. Without it a crash record names no domain of this source.
+    fn name_parts(&self, _add: &mut dyn FnMut(&str)) {}
     /// A task was spawned with [`spawn`] inside the domain (before it first runs).
     fn task_spawned(&self) {}
     /// A task spawned with [`spawn`] inside the domain panicked (called on the task's
@@ -170,7 +184,7 @@ impl DomainData {
     pub(crate) fn name(&self) -> String {
         match &self.lazy {
             Some(lazy) if lazy.names => lazy.source.name(),
-            _ => self.name.clone(),
+            _ => self.name.to_string(),
         }
     }
 
@@ -228,7 +242,23 @@ impl DomainData {
 /// ```
 #[derive(Clone)]
 pub struct Domain {
-    data: Arc<Mutex<Arc<DomainData>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mark: Mark,
+    data: Mutex<Arc<DomainData>>,
+}
+
+/// What identifies a domain to the fatal-signal handler, fixed at creation: read through
+/// `MARK` while the domain is current, with no lock.
+pub(crate) struct Mark {
+    /// Unique in the process, from 1.
+    id: u64,
+    /// The name given to [`Domain::new`] (shared with the data's), or empty.
+    name: Arc<str>,
+    /// The source that names the domain, if one does (see [`Source::name_parts`]).
+    source: Option<Arc<dyn Source>>,
 }
 
 impl fmt::Debug for Domain {
@@ -248,7 +278,7 @@ impl Domain {
         let mut data = current()
             .map(|parent| DomainData::clone(&parent.snapshot()))
             .unwrap_or_default();
-        data.name = name.into();
+        data.name = Arc::from(name.into());
         if let Some(lazy) = &mut data.lazy {
             lazy.names = false;
         }
@@ -268,7 +298,7 @@ impl Domain {
             None => DomainData::default(),
             Some(parent) => {
                 let mut data = DomainData::clone(&parent.snapshot());
-                data.name.clear();
+                data.name = Arc::default();
                 data.tags.retain(|k, _| !tag_keys.contains(&k.as_str()));
                 data.context
                     .retain(|k, _| !context_keys.contains(&k.as_str()));
@@ -284,8 +314,20 @@ impl Domain {
     }
 
     fn from_data(data: DomainData) -> Self {
+        let mark = Mark {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: Arc::clone(&data.name),
+            source: data
+                .lazy
+                .as_ref()
+                .filter(|l| l.names)
+                .map(|l| Arc::clone(&l.source)),
+        };
         Self {
-            data: Arc::new(Mutex::new(Arc::new(data))),
+            inner: Arc::new(Inner {
+                mark,
+                data: Mutex::new(Arc::new(data)),
+            }),
         }
     }
 
@@ -302,7 +344,11 @@ impl Domain {
     /// The domain's source, if it has one.
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn source(&self) -> Option<Arc<dyn Source>> {
-        let guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self
+            .inner
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         guard.lazy.as_ref().map(|l| Arc::clone(&l.source))
     }
 
@@ -313,18 +359,28 @@ impl Domain {
     }
 
     fn update(&self, f: impl FnOnce(&mut DomainData)) {
-        let mut guard = self.data.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self
+            .inner
+            .data
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         f(Arc::make_mut(&mut guard));
     }
 
     pub(crate) fn snapshot(&self) -> Arc<DomainData> {
-        Arc::clone(&self.data.lock().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .inner
+                .data
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Whether both handles are clones of one domain.
     #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) fn ptr_eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.data, &other.data)
+        Arc::ptr_eq(&self.inner, &other.inner)
     }
 
     /// The domain's name.
@@ -458,30 +514,81 @@ pub(crate) fn current() -> Option<Domain> {
         .flatten()
 }
 
+/// For the fatal-signal handler: the current domain's id (0: none), its name copied into
+/// `out` (cut at `out.len()` bytes; the rest of `out` is left as it was). Async-signal-safe:
+/// a load from a const-initialized thread-local, then bytes of a [`Mark`] that its `Enter`
+/// keeps alive; no allocation, no lock.
+pub(crate) fn signal_safe_current(out: &mut [u8]) -> u64 {
+    let Ok(ptr) = MARK.try_with(Cell::get) else {
+        return 0;
+    };
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: `MARK` is non-null only between `Enter::new` making the domain current and
+    // its `Drop` putting the previous one back; all that time `CURRENT` (or the `Enter`
+    // itself) holds a clone of the domain, so its `Inner`, and the `Mark` in it, is alive.
+    // The `Mark` is never written after creation.
+    let mark = unsafe { &*ptr };
+    let mut at = 0;
+    let mut put = |part: &str| {
+        for &b in part.as_bytes() {
+            if let Some(slot) = out.get_mut(at) {
+                *slot = b;
+                at += 1;
+            }
+        }
+    };
+    match &mark.source {
+        Some(source) => source.name_parts(&mut put),
+        None => put(&mark.name),
+    }
+    mark.id
+}
+
 /// Makes a domain current until dropped, then restores the previous one.
 struct Enter {
-    prev: Option<Domain>,
+    /// `None` when the domain could not be made current (the thread is ending).
+    prev: Option<Option<Domain>>,
 }
 
 impl Enter {
     fn new(domain: Domain) -> Self {
+        let mark: *const Mark = &raw const domain.inner.mark;
         let prev = CURRENT
             .try_with(|c| c.try_borrow_mut().ok().map(|mut c| c.replace(domain)))
             .ok()
-            .flatten()
             .flatten();
+        if prev.is_some() {
+            // After the domain is in `CURRENT` (which keeps it alive), as a signal handler
+            // interrupting this thread sees it.
+            compiler_fence(Ordering::SeqCst);
+            let _ = MARK.try_with(|m| m.set(mark));
+        }
         Self { prev }
     }
 }
 
 impl Drop for Enter {
     fn drop(&mut self) {
-        let prev = self.prev.take();
-        let _ = CURRENT.try_with(|c| {
+        let Some(prev) = self.prev.take() else {
+            return;
+        };
+        let restored = CURRENT.try_with(|c| {
             if let Ok(mut c) = c.try_borrow_mut() {
+                let mark = prev
+                    .as_ref()
+                    .map_or(std::ptr::null(), |d| &raw const d.inner.mark);
+                let _ = MARK.try_with(|m| m.set(mark));
+                // Before this domain leaves `CURRENT` (and may be freed).
+                compiler_fence(Ordering::SeqCst);
                 *c = prev;
             }
         });
+        if restored.is_err() {
+            // The thread is ending and `CURRENT` is gone with the domain it held.
+            let _ = MARK.try_with(|m| m.set(std::ptr::null()));
+        }
     }
 }
 
@@ -667,7 +774,7 @@ mod tests {
                 .run_sync(|| {
                     let d = current().map(|d| d.snapshot());
                     let d = d.as_deref().cloned().unwrap_or_default();
-                    assert_eq!(d.name, "inner");
+                    assert_eq!(&*d.name, "inner");
                     assert_eq!(d.tags.get("a").map(String::as_str), Some("1"));
                     assert_eq!(d.tags.get("b").map(String::as_str), Some("y"));
                 })
@@ -720,6 +827,51 @@ mod tests {
         fn context(&self, add: &mut dyn FnMut(&'static str, Value)) {
             add("request", serde_json::json!({"path": "/orders/7"}));
         }
+
+        fn name_parts(&self, add: &mut dyn FnMut(&str)) {
+            add("GET ");
+            add("/orders/{id}");
+        }
+    }
+
+    /// What the fatal-signal handler reads: (id, name) of the current domain.
+    fn signal_view() -> Option<(u64, String)> {
+        let mut name = [0u8; 12];
+        let id = signal_safe_current(&mut name);
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        (id != 0).then(|| (id, String::from_utf8_lossy(&name[..end]).into_owned()))
+    }
+
+    #[test]
+    fn the_signal_view_follows_the_current_domain_and_is_bounded() {
+        assert_eq!(signal_view(), None);
+        let outer = Domain::new("outer");
+        let inner = Domain::new("a long inner name");
+        assert_ne!(outer.inner.mark.id, inner.inner.mark.id);
+        let seen = outer
+            .run_sync(|| {
+                let before = signal_view();
+                let nested = inner.run_sync(signal_view).expect("no panic");
+                (before, nested, signal_view())
+            })
+            .expect("no panic");
+        let outer_view = Some((outer.inner.mark.id, "outer".to_owned()));
+        assert_eq!(seen.0, outer_view);
+        assert_eq!(
+            seen.1,
+            Some((inner.inner.mark.id, "a long inner".to_owned())),
+            "cut at the buffer's length"
+        );
+        assert_eq!(seen.2, outer_view, "restored on leaving the inner one");
+        assert_eq!(signal_view(), None);
+
+        let named = Domain::with_source(Arc::new(Request), &[], &[]);
+        let mut name = [0u8; 32];
+        let id = named
+            .run_sync(|| signal_safe_current(&mut name))
+            .expect("no panic");
+        assert_eq!(id, named.inner.mark.id);
+        assert_eq!(&name[..16], b"GET /orders/{id}");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //!
 //! The open session lives in the outbox (`open_sessions`), its error count and panic flag
 //! noted as the writer commits. A run that died without ending it is found by the next
-//! `init`: `crashed` if it left a crash record or recorded a panic, else `abnormal`. Updates
-//! wait in `session_updates` and go out with the shipper's other items.
+//! `init`: `crashed` if it left a crash record or recorded a panic, else `abnormal`. The
+//! run's first error sends an update at once (`ok`, `errors` ≥ 1), as Sentry's SDKs do, so
+//! the server counts the session errored while the process runs. Every update carries the
+//! installation's `did` (the outbox's install id). Updates wait in `session_updates` and go
+//! out with the shipper's other items.
 
 use std::sync::atomic::Ordering;
 
@@ -27,7 +30,15 @@ pub(crate) enum SessionOp {
 #[derive(Default)]
 pub(crate) struct Tracker {
     open: Option<OpenSession>,
+    /// The installation's distinct id (see `SqliteStore::install_id`).
+    did: Option<String>,
 }
+
+/// An update's place among the updates of one session (`seq`): the server keeps the one
+/// with the highest (a final status wins over any `ok` regardless).
+const SEQ_INIT: u64 = 0;
+const SEQ_FIRST_ERROR: u64 = 1;
+const SEQ_FINAL: u64 = 2;
 
 /// Whether this run tracks a session: sessions on and a release set (a session without a
 /// release means nothing to a server).
@@ -64,13 +75,29 @@ pub(crate) fn rfc3339(epoch: f64) -> String {
     )
 }
 
+/// One session update: what it says of a session at one moment.
+struct Update<'a> {
+    init: bool,
+    status: &'a str,
+    errors: u64,
+    seq: u64,
+    now: f64,
+}
+
 /// A session update's JSON (Sentry's `session` item).
-fn update(s: &OpenSession, init: bool, status: &str, errors: u64, seq: u64, now: f64) -> Vec<u8> {
+fn update(s: &OpenSession, did: Option<&str>, u: &Update<'_>) -> Vec<u8> {
+    let Update {
+        init,
+        status,
+        errors,
+        seq,
+        now,
+    } = *u;
     let mut attrs = json!({ "release": s.release });
     if let Some(env) = &s.environment {
         attrs["environment"] = json!(env);
     }
-    let body = json!({
+    let mut body = json!({
         "sid": s.sid,
         "init": init,
         "started": rfc3339(s.started),
@@ -81,6 +108,9 @@ fn update(s: &OpenSession, init: bool, status: &str, errors: u64, seq: u64, now:
         "seq": seq,
         "attrs": attrs,
     });
+    if let Some(did) = did {
+        body["did"] = json!(did);
+    }
     body.to_string().into_bytes()
 }
 
@@ -106,6 +136,12 @@ impl Tracker {
     ) -> Result<(), crate::store::StoreError> {
         let now = crate::time::now_epoch();
         let database = shared.options.database_path();
+        // Without an install id the sessions go without `did`; they still count.
+        self.did = store
+            .install_id()
+            .map_err(|e| warn(format_args!("cannot read the install id: {e}")))
+            .ok();
+        let did = self.did.as_deref();
         let mut closed = Vec::new();
         for s in store.open_sessions()? {
             // Another process sharing the outbox, still running, keeps its session.
@@ -117,7 +153,17 @@ impl Tracker {
             } else {
                 "abnormal"
             };
-            let payload = update(&s, false, status, s.errors, 1, now);
+            let payload = update(
+                &s,
+                did,
+                &Update {
+                    init: false,
+                    status,
+                    errors: s.errors,
+                    seq: SEQ_FINAL,
+                    now,
+                },
+            );
             closed.push((s.sid.clone(), payload));
         }
         let open = enabled(shared).then(|| OpenSession {
@@ -129,14 +175,25 @@ impl Tracker {
             release: shared.options.release.clone().unwrap_or_default(),
             environment: shared.options.environment.clone(),
         });
-        let first = open.as_ref().map(|s| (s, update(s, true, "ok", 0, 0, now)));
+        let first = open.as_ref().map(|s| {
+            let init = Update {
+                init: true,
+                status: "ok",
+                errors: 0,
+                seq: SEQ_INIT,
+                now,
+            };
+            (s, update(s, did, &init))
+        });
         store.session_changes(&closed, first)?;
         self.open = open;
         Ok(())
     }
 
     /// After each commit: notes new errors and a recorded panic on the open session, so a
-    /// run that dies next leaves them for the next `init`.
+    /// run that dies next leaves them for the next `init`. The first errors of the run
+    /// also queue an update (`ok` with the count so far, usually 1); later ones wait for
+    /// the final update.
     pub(crate) fn note(&mut self, shared: &Shared, store: &mut SqliteStore) {
         let Some(open) = self.open.as_mut() else {
             return;
@@ -147,7 +204,17 @@ impl Tracker {
         if errors == open.errors && panicked == open.panicked {
             return;
         }
-        match store.note_session(&open.sid, errors, panicked) {
+        let first_error = (open.errors == 0 && errors > 0).then(|| {
+            let u = Update {
+                init: false,
+                status: "ok",
+                errors,
+                seq: SEQ_FIRST_ERROR,
+                now: crate::time::now_epoch(),
+            };
+            update(open, self.did.as_deref(), &u)
+        });
+        match store.note_session(&open.sid, errors, panicked, first_error.as_deref()) {
             Ok(()) => {
                 open.errors = errors;
                 open.panicked = panicked;
@@ -166,7 +233,14 @@ impl Tracker {
             return Ok(());
         };
         let errors = shared.counters.session_errors.load(Ordering::Relaxed);
-        let payload = update(&open, false, status, errors, 1, crate::time::now_epoch());
+        let u = Update {
+            init: false,
+            status,
+            errors,
+            seq: SEQ_FINAL,
+            now: crate::time::now_epoch(),
+        };
+        let payload = update(&open, self.did.as_deref(), &u);
         store.session_changes(&[(open.sid.clone(), payload)], None)
     }
 }
@@ -225,6 +299,9 @@ mod tests {
         a.counters.session_errors.store(3, Ordering::Relaxed);
         ta.note(&a, &mut store);
         assert_eq!(store.open_sessions().expect("open")[0].errors, 3);
+        // Later errors update the open session, and queue nothing until its end.
+        a.counters.session_errors.store(4, Ordering::Relaxed);
+        ta.note(&a, &mut store);
         // Run b ends it abnormal (no crash record, no panic), and dies by a signal.
         let b = shared(&db, "run-b");
         Tracker::default().apply(
@@ -245,7 +322,16 @@ mod tests {
             },
         );
         tc.apply(&c, &mut store, SessionOp::End("exited"));
-        let got: Vec<(bool, String, u64)> = updates(&store)
+        let all = updates(&store);
+        let did = all[0]["did"].as_str().expect("a did").to_owned();
+        assert_eq!(did.len(), 32, "{did}");
+        assert!(
+            all.iter().all(|u| u["did"] == did.as_str()),
+            "one installation, one did: {all:#?}"
+        );
+        let seqs: Vec<u64> = all.iter().filter_map(|u| u["seq"].as_u64()).collect();
+        assert_eq!(seqs, [0, 1, 2, 0, 2, 0, 2]);
+        let got: Vec<(bool, String, u64)> = all
             .iter()
             .map(|u| {
                 assert_eq!(
@@ -261,7 +347,8 @@ mod tests {
             .collect();
         let expect = [
             (true, "ok", 0),
-            (false, "abnormal", 3),
+            (false, "ok", 3),
+            (false, "abnormal", 4),
             (true, "ok", 0),
             (false, "crashed", 0),
             (true, "ok", 0),

@@ -780,24 +780,59 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Notes an open session's error count and whether a panic was recorded.
+    /// Notes an open session's error count and whether a panic was recorded, and queues
+    /// `update` (the first error's) in the same transaction.
     pub(crate) fn note_session(
         &mut self,
         sid: &str,
         errors: u64,
         panicked: bool,
+        update: Option<&[u8]>,
     ) -> Result<(), StoreError> {
+        let err = write_err(&self.path);
+        let tx = self.conn.transaction().map_err(err)?;
+        tx.execute(
+            "UPDATE open_sessions SET errors = ?2, panicked = ?3 WHERE sid = ?1",
+            params![
+                sid,
+                i64::try_from(errors).unwrap_or(i64::MAX),
+                i64::from(panicked)
+            ],
+        )
+        .map_err(err)?;
+        if let Some(payload) = update {
+            tx.execute(
+                "INSERT INTO session_updates (payload) VALUES (?1)",
+                [payload],
+            )
+            .map_err(err)?;
+            tx.execute(
+                "DELETE FROM session_updates WHERE id <= (SELECT max(id) FROM session_updates) - ?1",
+                [MAX_SESSION_UPDATES],
+            )
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(())
+    }
+
+    /// This installation's distinct id for release health (`did`): 32 random hex digits
+    /// made by the first run and kept in `meta`, so every run of one installation (every
+    /// process sharing this outbox) reports the same one.
+    pub(crate) fn install_id(&mut self) -> Result<String, StoreError> {
+        let err = write_err(&self.path);
+        let fresh = crate::rand::uuid_v4().simple().to_string();
         self.conn
             .execute(
-                "UPDATE open_sessions SET errors = ?2, panicked = ?3 WHERE sid = ?1",
-                params![
-                    sid,
-                    i64::try_from(errors).unwrap_or(i64::MAX),
-                    i64::from(panicked)
-                ],
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('install_id', ?1)",
+                [fresh],
             )
-            .map_err(write_err(&self.path))?;
-        Ok(())
+            .map_err(err)?;
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'install_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)
     }
 
     /// Up to `max` session updates, oldest first: `(rowid, payload)`.

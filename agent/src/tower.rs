@@ -430,6 +430,14 @@ impl Source for RequestScope {
         }
     }
 
+    fn name_parts(&self, add: &mut dyn FnMut(&str)) {
+        // `Method::as_str`, `MatchedPath::as_str` and `Uri::path` borrow what the request
+        // brought: no allocation.
+        add(self.method.as_str());
+        add(" ");
+        add(self.route());
+    }
+
     fn context(&self, add: &mut dyn FnMut(&'static str, Value)) {
         let headers: serde_json::Map<String, Value> = self
             .headers

@@ -322,6 +322,31 @@ fn a_segfault_on_the_main_thread_dies_as_before_and_is_delivered_by_the_next_run
         newest_in_app["function"],
         "errscope_child::write_through_null"
     );
+    assert!(
+        event["contexts"].get("domain").is_none(),
+        "outside any domain"
+    );
+    assert!(event.get("tags").is_none_or(|t| t.get("domain").is_none()));
+}
+
+#[test]
+fn a_segfault_inside_a_domain_names_the_domain() {
+    let (out, event) = dies_the_same_and_is_delivered("segv-domain", None);
+    assert_eq!(out.status.signal(), Some(libc::SIGSEGV));
+    assert_signal_event(
+        &event,
+        "SIGSEGV",
+        libc::SIGSEGV,
+        "SIGSEGV",
+        "write_through_null",
+        "main",
+    );
+    // The domain of the poll that crashed, not the inner one it had left.
+    assert_eq!(event["tags"]["domain"], "job: reprice", "{event:#}");
+    let domain = &event["contexts"]["domain"];
+    assert_eq!(domain["type"], "domain");
+    assert_eq!(domain["name"], "job: reprice");
+    assert!(domain["id"].as_u64().is_some_and(|id| id > 0), "{domain}");
 }
 
 #[test]

@@ -64,6 +64,7 @@ pub use state::{AppState, Config, Started, start};
 pub fn spawn_background(state: &AppState) -> Result<(), alerts::AlertError> {
     alerts::spawn(state)?;
     symbolicate::spawn_reprocessing(state);
+    minidump::spawn_sweeper(&state.minidumps);
     Ok(())
 }
 

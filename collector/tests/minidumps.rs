@@ -352,3 +352,126 @@ async fn bad_minidumps_are_refused_or_stored_as_unprocessable() {
     assert_eq!(r.bytes().await.unwrap().to_vec(), junk);
     s.stop().await;
 }
+
+/// `POST`s `data` as Crashpad does; the status, `Retry-After` and body.
+async fn post_raw(s: &Server, data: Vec<u8>) -> (u16, Option<String>, String) {
+    let form = reqwest::multipart::Form::new().part(
+        "upload_file_minidump",
+        reqwest::multipart::Part::bytes(data).file_name("crash.dmp"),
+    );
+    let r = s
+        .http
+        .post(format!("{}/api/1/minidump/?sentry_key={}", s.base, s.key))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let retry = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (r.status().as_u16(), retry, r.text().await.unwrap())
+}
+
+/// The kept dump of an event, as the event page's link downloads it.
+async fn download(s: &Server, id: &str) -> (u16, Vec<u8>) {
+    let r = s
+        .http
+        .get(format!(
+            "{}/api/0/projects/1/events/{id}/attachments/minidump/",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test]
+async fn concurrent_uploads_are_processed_at_most_workers_at_a_time_and_all_answered() {
+    // Waiting for a worker (10 s by default): every upload is processed, two at a time.
+    let s = server_with(|c| c.minidumps.workers = 2).await;
+    let raw = dump("linux-mini.dmp");
+    let answers = futures_util::future::join_all((0..8).map(|_| post_raw(&s, raw.clone()))).await;
+    let mut ids = std::collections::HashSet::new();
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        ids.insert(body.clone());
+    }
+    assert_eq!(ids.len(), 8, "{answers:?}");
+    for id in &ids {
+        assert_eq!(stored(&s, id).await["level"], "fatal");
+        assert_eq!(download(&s, id).await, (200, raw.clone()));
+    }
+    let peak = s.state.minidumps.peak_processing();
+    assert!((1..=2).contains(&peak), "at most 2 at once, saw {peak}");
+    s.stop().await;
+
+    // No wait at all: an upload that finds the one worker taken is answered 503 with
+    // Retry-After, and goes through when the client retries.
+    let s = server_with(|c| {
+        c.minidumps.workers = 1;
+        c.minidumps.queue_wait = Duration::ZERO;
+    })
+    .await;
+    let answers = futures_util::future::join_all((0..8).map(|_| post_raw(&s, raw.clone()))).await;
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for (status, retry, body) in answers {
+        match status {
+            200 => accepted.push(body),
+            503 => {
+                refused += 1;
+                assert_eq!(retry.as_deref(), Some("1"));
+                let detail: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(detail["detail"], "the collector is busy; retry after 1 s");
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(
+        !accepted.is_empty() && refused > 0,
+        "{} accepted",
+        accepted.len()
+    );
+    assert_eq!(s.state.minidumps.peak_processing(), 1);
+    for _ in 0..refused {
+        let (status, _, body) = post_raw(&s, raw.clone()).await;
+        assert_eq!(status, 200, "{body}");
+        accepted.push(body);
+    }
+    for id in &accepted {
+        assert_eq!(download(&s, id).await, (200, raw.clone()));
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_dump_goes_with_its_event_when_the_sample_cap_prunes_it() {
+    let s = server_with(|c| c.retention.max_events_per_issue = 2).await;
+    let raw = dump("linux-mini.dmp");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, _, id) = post_raw(&s, raw.clone()).await;
+        assert_eq!(status, 200, "{id}");
+        ids.push(id);
+    }
+    // One crash, one issue: the third event pushed the second out of the samples (the
+    // first and the newest are kept).
+    let (st, _) = s
+        .api(&format!("/api/0/projects/1/events/{}/", ids[1]))
+        .await;
+    assert_eq!(st, 404);
+    let file = |id: &str| s.data_dir().join("minidumps/1").join(format!("{id}.dmp"));
+    assert!(file(&ids[1]).exists(), "the disk budget alone left it");
+    assert_eq!(s.state.minidumps.sweep().await.unwrap(), 1);
+    assert!(!file(&ids[1]).exists());
+    assert_eq!(download(&s, &ids[1]).await.0, 404);
+    for id in [&ids[0], &ids[2]] {
+        assert!(file(id).exists());
+        assert_eq!(download(&s, id).await, (200, raw.clone()));
+    }
+    assert_eq!(s.state.minidumps.sweep().await.unwrap(), 0, "nothing more");
+    s.stop().await;
+}

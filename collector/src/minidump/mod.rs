@@ -5,14 +5,17 @@
 //! into event fields ([`process`]) on at most [`MinidumpConfig::workers`] blocking threads
 //! at once, each under a deadline; [`Minidumps::keep`] writes the dump under
 //! `<data>/minidumps/<project>/<event id>.dmp` and indexes it through the store, dropping
-//! the oldest dumps past [`MinidumpConfig::disk_bytes`]. Ingestion (`ingest::minidump`)
-//! calls these; the API serves the kept dump ([`api`]).
+//! the oldest dumps past [`MinidumpConfig::disk_bytes`]; [`Minidumps::sweep`] (every
+//! minute, [`spawn_sweeper`]) removes the dumps whose event the store no longer has
+//! (retention, the per-issue sample cap). Ingestion (`ingest::minidump`) calls these; the
+//! API serves the kept dump ([`api`]).
 
 pub mod api;
 pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -33,6 +36,9 @@ pub struct MinidumpConfig {
     pub workers: usize,
     /// Wall time one processing may take (`--minidump-timeout-secs`).
     pub timeout: Duration,
+    /// How long a dump waits for a free worker before its upload is answered 503 with
+    /// `Retry-After` (10 s).
+    pub queue_wait: Duration,
     /// Threads kept in an event.
     pub threads: usize,
     /// Frames kept per thread.
@@ -46,6 +52,7 @@ impl Default for MinidumpConfig {
             disk_bytes: 1 << 30,
             workers: 2,
             timeout: Duration::from_secs(20),
+            queue_wait: Duration::from_secs(10),
             threads: 64,
             frames: 256,
         }
@@ -103,6 +110,46 @@ struct Shared {
     store: Arc<dyn Store>,
     lookup: Arc<dyn DebugFileLookup>,
     workers: Arc<tokio::sync::Semaphore>,
+    /// Dumps being processed now, and the most there ever were at once.
+    busy: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+/// Counts one processing in `busy` (and `peak`) while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn start(busy: &Arc<AtomicUsize>, peak: &AtomicUsize) -> Busy {
+        let now = busy.fetch_add(1, Ordering::AcqRel) + 1;
+        peak.fetch_max(now, Ordering::AcqRel);
+        Busy(busy.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How often [`spawn_sweeper`] removes the dumps of events that are gone.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Index rows one sweep step removes.
+const SWEEP_BATCH: i64 = 500;
+
+/// Every [`SWEEP_EVERY`], removes the dumps whose event is gone (see [`Minidumps::sweep`]).
+pub fn spawn_sweeper(minidumps: &Minidumps) {
+    let m = minidumps.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = m.sweep().await {
+                tracing::warn!("minidumps: cannot remove the dumps of pruned events: {e}");
+            }
+        }
+    });
 }
 
 impl std::fmt::Debug for Minidumps {
@@ -131,6 +178,8 @@ impl Minidumps {
         std::fs::create_dir_all(&dir).map_err(|e| MinidumpError::Io(dir.clone(), e))?;
         Ok(Minidumps(Arc::new(Shared {
             workers: Arc::new(tokio::sync::Semaphore::new(config.workers.max(1))),
+            busy: Arc::default(),
+            peak: Arc::default(),
             config,
             dir,
             store,
@@ -157,12 +206,19 @@ impl Minidumps {
         Ok(())
     }
 
+    /// The most dumps that were ever processed at once (at most
+    /// [`MinidumpConfig::workers`]).
+    pub fn peak_processing(&self) -> usize {
+        self.0.peak.load(Ordering::Acquire)
+    }
+
     /// Processes a checked dump on a blocking thread, one of at most
-    /// [`MinidumpConfig::workers`] at once (waiting up to 10 s for one), under the
+    /// [`MinidumpConfig::workers`] at once (waiting up to
+    /// [`MinidumpConfig::queue_wait`] for one, else [`MinidumpError::Busy`]), under the
     /// deadline. A dump the processor cannot read is [`Outcome::Unprocessable`].
     pub async fn process(&self, bytes: Arc<Vec<u8>>) -> Result<Outcome, MinidumpError> {
         let permit = tokio::time::timeout(
-            Duration::from_secs(10),
+            self.0.config.queue_wait,
             self.0.workers.clone().acquire_owned(),
         )
         .await
@@ -177,9 +233,11 @@ impl Minidumps {
         };
         let lookup = self.0.lookup.clone();
         let rt = tokio::runtime::Handle::current();
+        let busy = Busy::start(&self.0.busy, &self.0.peak);
         let done = tokio::task::spawn_blocking(move || {
             // The permit is held until the processing has really ended.
             let _permit = permit;
+            let _busy = busy;
             process::process(&bytes, lookup, bounds, &rt)
         })
         .await
@@ -248,6 +306,35 @@ impl Minidumps {
             let _ = std::fs::remove_file(self.path_of(old.project_id, &old.event_id));
         }
         Ok(true)
+    }
+
+    /// Removes the dumps whose event the store no longer has (past retention, dropped by
+    /// the per-issue sample cap): their index rows, then their files. Returns how many.
+    pub async fn sweep(&self) -> Result<usize, MinidumpError> {
+        let mut removed = 0;
+        loop {
+            let rows = self.0.store.take_orphan_minidumps(SWEEP_BATCH).await?;
+            let n = rows.len();
+            let paths: Vec<PathBuf> = rows
+                .iter()
+                .map(|r| self.path_of(r.project_id, &r.event_id))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                for p in paths {
+                    let _ = std::fs::remove_file(p);
+                }
+            })
+            .await
+            .map_err(|e| MinidumpError::Task(e.to_string()))?;
+            removed += n;
+            if (n as i64) < SWEEP_BATCH {
+                break;
+            }
+        }
+        if removed > 0 {
+            tracing::info!("minidumps: removed {removed} dumps whose events were pruned");
+        }
+        Ok(removed)
     }
 
     /// The kept dump of an event: its index row and bytes.

@@ -323,6 +323,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         project_id: i64,
         event_id: &str,
     ) -> Result<Option<MinidumpRow>, StoreError>;
+    /// Removes from the index up to `limit` dumps whose event is no longer stored (past
+    /// retention, dropped by the per-issue sample cap, deleted) and returns them, so that
+    /// their files go too.
+    async fn take_orphan_minidumps(&self, limit: i64) -> Result<Vec<MinidumpRow>, StoreError>;
 
     // --- checks ----------------------------------------------------------------------
 

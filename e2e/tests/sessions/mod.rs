@@ -1,6 +1,7 @@
 //! Release health end to end: the agent's child fixture (`panic = "abort"`) shipping its
 //! session to the real collector; a run that panicked or was SIGKILLed has its session
-//! ended (`crashed`, `abnormal`) by the next run.
+//! ended (`crashed`, `abnormal`) by the next run; a running one counts errored from its
+//! first error; each outbox is one user (`did`), however often it restarts.
 
 use crate::child_builds;
 
@@ -64,6 +65,7 @@ fn sessions_end_exited_crashed_or_abnormal_and_count_errors() {
         "{r}"
     );
     assert_eq!(r["crash_free_rate"], 1.0);
+    assert_eq!(r["users"], 1, "{r}");
 
     // A panic aborts the process: its session can only be ended by the next run.
     let b = outbox(dir.path(), "b");
@@ -88,6 +90,10 @@ fn sessions_end_exited_crashed_or_abnormal_and_count_errors() {
         (&3.into(), &1.into()),
         "{r}"
     );
+    assert_eq!(
+        r["users"], 2,
+        "the restart of outbox b is the same user: {r}"
+    );
 
     // SIGKILL: nothing runs at all; the next run finds the session open and not its own.
     let c = outbox(dir.path(), "c");
@@ -103,6 +109,14 @@ fn sessions_end_exited_crashed_or_abnormal_and_count_errors() {
         Some("flushed=true")
     );
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    // Still running, its session already counts errored (the first error's update).
+    let r = release(&collector, |r| r["errored"] == 2 && r["sessions"] == 4);
+    assert_eq!(
+        (&r["sessions"], &r["errored"], &r["users"]),
+        (&4.into(), &2.into(), &3.into()),
+        "while the run is alive: {r}"
+    );
+    assert!(hang.try_wait().expect("wait").is_none(), "still running");
     hang.kill().expect("SIGKILL");
     let _ = hang.wait();
     let out = run("deliver", &c, &collector);
@@ -114,6 +128,7 @@ fn sessions_end_exited_crashed_or_abnormal_and_count_errors() {
         "{r}"
     );
     assert_eq!(r["crash_free_rate"], 0.8, "{r}");
+    assert_eq!(r["users"], 3, "five sessions of three installations: {r}");
     // Each outbox is empty: every update was shipped.
     for db in [&a, &b, &c] {
         assert_eq!(errscope_e2e::count_rows(db, "session_updates"), Some(0));

@@ -5,7 +5,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::PgStore;
-use super::basics::{exec, retry, row};
+use super::basics::{exec, retry, row, rows};
 use crate::store::{MinidumpRow, StoreError};
 
 /// `pg_advisory_xact_lock` key of the transactions that add rows, so that nodes dropping
@@ -59,6 +59,32 @@ pub(super) async fn minidump(
     event_id: &str,
 ) -> Result<Option<MinidumpRow>, StoreError> {
     retry(|| async move { get(&s.conn().await?, project_id, event_id).await }).await
+}
+
+/// Deletes up to `limit` rows whose event is gone and returns them (under the index's
+/// lock, so the budget's accounting in `insert_minidump` sees it whole).
+pub(super) async fn take_orphans(s: &PgStore, limit: i64) -> Result<Vec<MinidumpRow>, StoreError> {
+    retry(|| async move {
+        let mut c = s.conn().await?;
+        let tx = c.transaction().await?;
+        exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&INDEX_LOCK]).await?;
+        let taken = rows(
+            &tx,
+            &format!(
+                "DELETE FROM minidumps WHERE (project_id, event_id) IN (
+                     SELECT m.project_id, m.event_id FROM minidumps m WHERE NOT EXISTS (
+                         SELECT 1 FROM events e
+                         WHERE e.project_id = m.project_id AND e.event_id = m.event_id)
+                     LIMIT $1)
+                 RETURNING {COLUMNS}"
+            ),
+            &[&limit],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(taken.iter().map(of).collect())
+    })
+    .await
 }
 
 /// Inserts (or replaces) a row, then drops the oldest others past `max_bytes`: one

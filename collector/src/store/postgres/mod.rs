@@ -617,6 +617,10 @@ impl Store for PgStore {
         minidumps::minidump(self, project_id, event_id).await
     }
 
+    async fn take_orphan_minidumps(&self, limit: i64) -> Result<Vec<MinidumpRow>, StoreError> {
+        minidumps::take_orphans(self, limit).await
+    }
+
     async fn event_copies(&self) -> Result<HashMap<String, u64>, StoreError> {
         ingest::event_copies(self).await
     }

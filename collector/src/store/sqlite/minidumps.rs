@@ -47,6 +47,21 @@ pub(super) fn get(
         .optional()?)
 }
 
+/// Deletes up to `limit` rows whose event is gone and returns them.
+pub(super) fn take_orphans(conn: &Connection, limit: i64) -> Result<Vec<MinidumpRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "DELETE FROM minidumps WHERE rowid IN (
+             SELECT m.rowid FROM minidumps m WHERE NOT EXISTS (
+                 SELECT 1 FROM events e WHERE e.project_id = m.project_id AND e.event_id = m.event_id)
+             LIMIT ?1)
+         RETURNING {COLUMNS}"
+    ))?;
+    let rows = stmt
+        .query_map([limit], row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 /// Inserts (or replaces) a row, then drops the oldest others past `max_bytes`.
 pub(super) fn insert(
     conn: &Connection,

@@ -528,6 +528,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn take_orphan_minidumps(&self, limit: i64) -> Result<Vec<MinidumpRow>, StoreError> {
+        self.writer
+            .exec(move |tx| minidumps::take_orphans(tx, limit))
+            .await
+    }
+
     async fn event_copies(&self) -> Result<HashMap<String, u64>, StoreError> {
         self.reads
             .run(|conn| {
