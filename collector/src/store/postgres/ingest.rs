@@ -4,7 +4,7 @@
 //! Requests hand a job to a bounded queue (`try_send`: a full queue is a 503) and wait for
 //! the answer. A writer task takes one job, drains up to [`MAX_BATCH_JOBS`] more, runs them
 //! in one transaction (`ingest/apply.rs`), and answers each only after the commit, so an
-//! answered event survives a killed collector; [`WRITERS`] of them share the queue, so one
+//! answered event survives a killed collector; [`DEFAULT_WRITERS`] of them (`--pg-writers`) share the queue, so one
 //! fills and writes a batch while another waits for its commit. Every node does this
 //! against one database:
 //!
@@ -62,11 +62,12 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// `pg_try_advisory_lock` key of the pruning node ("errprune").
 const PRUNE_LOCK: i64 = 0x65_72_72_70_72_75_6e_65;
 
-/// Writer tasks per collector, each with a transaction of its own in flight. One writer
-/// spends most of its time waiting for its commit's WAL flush; a second fills a batch and
-/// writes it meanwhile. They take rows in the same order as other nodes' writers do, so
-/// two writers of one node are no different from two nodes.
-const WRITERS: usize = 2;
+/// Writer tasks per collector unless `--pg-writers` says otherwise, each with a
+/// transaction of its own in flight. One writer spends most of its time waiting for its
+/// commit's WAL flush; a second fills a batch and writes it meanwhile. They take rows in
+/// the same order as other nodes' writers do, so two writers of one node are no
+/// different from two nodes.
+pub const DEFAULT_WRITERS: usize = 2;
 
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
@@ -85,7 +86,7 @@ pub(super) struct Ingestor {
 }
 
 impl Ingestor {
-    /// Starts [`WRITERS`] writers on `pool` (each under a task that restarts it should a
+    /// Starts `writers` writers on `pool` (each under a task that restarts it should a
     /// batch panic).
     pub(super) fn start(
         pool: Pool,
@@ -93,11 +94,12 @@ impl Ingestor {
         retention: Retention,
         metrics: Arc<Metrics>,
         alerts: Option<Arc<Alerts>>,
+        writers: usize,
     ) -> Ingestor {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let depth = Arc::new(AtomicI64::new(0));
         let rx = Arc::new(Mutex::new(rx));
-        let tasks = (0..WRITERS)
+        let tasks = (0..writers)
             .map(|_| {
                 let (pool, rx, alerts) = (pool.clone(), rx.clone(), alerts.clone());
                 let (d, m) = (depth.clone(), metrics.clone());
@@ -158,14 +160,14 @@ impl Ingestor {
     /// queued before it (a writer takes no job after its `Shutdown`).
     pub(super) async fn close(&self) {
         self.closed.store(true, Relaxed);
-        for _ in 0..WRITERS {
-            let _ = self.tx.send(Msg::Shutdown).await;
-        }
         let tasks = self
             .tasks
             .lock()
             .map(|mut t| std::mem::take(&mut *t))
             .unwrap_or_default();
+        for _ in 0..tasks.len() {
+            let _ = self.tx.send(Msg::Shutdown).await;
+        }
         for task in tasks {
             let _ = task.await;
         }
