@@ -1,5 +1,6 @@
-//! Ingest over HTTP on one collector with SQLite, one with PostgreSQL and two with
-//! PostgreSQL, interleaved in rounds on the same machine.
+//! Ingest over HTTP on one collector with SQLite, one with PostgreSQL (with one writer
+//! task and with the default two) and two with PostgreSQL, interleaved in rounds on the
+//! same machine.
 //!
 //! ```text
 //! cargo run --release -p errscope-collector --example scalebench -- [seconds] [rounds] [connections]
@@ -29,11 +30,13 @@ use support::*;
 
 const TOKEN: &str = "scalebench-token";
 
-/// The configurations, in the order each round runs them.
-const CONFIGS: [(&str, usize); 3] = [
-    ("SQLite", 0),
-    ("PostgreSQL, 1 node", 1),
-    ("PostgreSQL, 2 nodes", 2),
+/// The configurations, in the order each round runs them: name, nodes (0 = SQLite) and
+/// `--pg-writers`.
+const CONFIGS: [(&str, usize, u32); 4] = [
+    ("SQLite", 0, 2),
+    ("PostgreSQL, 1 node, 1 writer", 1, 1),
+    ("PostgreSQL, 1 node", 1, 2),
+    ("PostgreSQL, 2 nodes", 2, 2),
 ];
 
 struct Node {
@@ -43,7 +46,7 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
-async fn start_node(bin: &Path, database: Option<&str>) -> Node {
+async fn start_node(bin: &Path, database: Option<&str>, writers: u32) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(bin);
     match database {
@@ -53,6 +56,7 @@ async fn start_node(bin: &Path, database: Option<&str>) -> Node {
     let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.path())
+        .env("ERRSCOPE_PG_WRITERS", writers.to_string())
         .env("ERRSCOPE_ADMIN_TOKEN", TOKEN)
         .env("ERRSCOPE_ADMIN_PASSWORD", TOKEN)
         .stdout(std::process::Stdio::piped())
@@ -163,11 +167,17 @@ struct Run {
     bench_cpu: f64,
 }
 
-async fn run_once(bin: &Path, cluster: &Cluster, nodes: usize, secs: u64, conns: usize) -> Run {
+async fn run_once(
+    bin: &Path,
+    cluster: &Cluster,
+    (nodes, writers): (usize, u32),
+    secs: u64,
+    conns: usize,
+) -> Run {
     let database = (nodes > 0).then(|| cluster.fresh_database().expect("a database"));
     let mut started = Vec::new();
     for _ in 0..nodes.max(1) {
-        started.push(start_node(bin, database.as_deref()).await);
+        started.push(start_node(bin, database.as_deref(), writers).await);
     }
     let http = reqwest::Client::new();
     let key = dsn_key(&http, &started[0].base).await;
@@ -307,10 +317,10 @@ fn main() {
     );
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); CONFIGS.len()];
     for round in 1..=rounds {
-        for (i, (name, nodes)) in CONFIGS.iter().enumerate() {
-            let r = rt.block_on(run_once(&bin, &cluster, *nodes, secs, conns));
+        for (i, (name, nodes, writers)) in CONFIGS.iter().enumerate() {
+            let r = rt.block_on(run_once(&bin, &cluster, (*nodes, *writers), secs, conns));
             println!(
-                "round {round} {name:>20}: {:6.0} events/s, latency p50 {:5.1} / p99 {:6.1} ms, visible on {} p50 {:5.1} / p99 {:6.1} ms, peak RSS {:5.1} MB, CPU s: collectors {:5.1}, PostgreSQL {:5.1}, load generator {:4.1}",
+                "round {round} {name:>28}: {:6.0} events/s, latency p50 {:5.1} / p99 {:6.1} ms, visible on {} p50 {:5.1} / p99 {:6.1} ms, peak RSS {:5.1} MB, CPU s: collectors {:5.1}, PostgreSQL {:5.1}, load generator {:4.1}",
                 r.rate,
                 r.p50_ms,
                 r.p99_ms,
@@ -335,7 +345,7 @@ fn main() {
         "| configuration | events/s (median) | vs SQLite | latency p50 / p99 | visible p50 / p99 | peak RSS per node | CPU s per 1,000 events: collectors / PostgreSQL |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (i, (name, _)) in CONFIGS.iter().enumerate() {
+    for (i, (name, _, _)) in CONFIGS.iter().enumerate() {
         let m = |f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
         let rate = m(|r| r.rate);
         let per_k = |cpu: f64| cpu / (rate * secs as f64 / 1000.0);

@@ -53,6 +53,10 @@ enum Command {
         /// Requests the writer queue holds before answering 503.
         #[arg(long, env = "ERRSCOPE_QUEUE", default_value_t = 1024)]
         queue: usize,
+        /// With --database: writer tasks, each with a transaction in flight (1-8).
+        #[arg(long, env = "ERRSCOPE_PG_WRITERS", default_value_t = 2,
+              value_parser = clap::value_parser!(u64).range(1..=8))]
+        pg_writers: u64,
         /// Seconds a client has to send a request head; also the longest a keep-alive
         /// connection may stay idle. Slower connections are closed.
         #[arg(long, env = "ERRSCOPE_HEADER_TIMEOUT_SECS", default_value_t = 30,
@@ -299,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_events_per_issue,
             retention_days,
             queue,
+            pg_writers,
             header_timeout_secs,
             body_timeout_secs,
             max_inflight_mb,
@@ -340,6 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.max_inflight_bytes = (max_inflight_mb as usize).saturating_mul(1 << 20);
                 config.max_connections = max_connections;
                 config.queue_capacity = queue.max(1);
+                config.pg_writers = pg_writers as usize;
                 config.header_timeout = Duration::from_secs(header_timeout_secs);
                 config.body_timeout = Duration::from_secs(body_timeout_secs);
                 config.difs_max_bytes = difs_max_mb.saturating_mul(1 << 20);

@@ -28,6 +28,8 @@ pub struct Config {
     pub public_url: String,
     /// Writer queue capacity, in requests.
     pub queue_capacity: usize,
+    /// Writer tasks on PostgreSQL, each with a transaction in flight.
+    pub pg_writers: usize,
     /// Sample and age retention.
     pub retention: Retention,
     /// Events per minute per project; `None` = unlimited.
@@ -67,6 +69,7 @@ impl Config {
             database: None,
             public_url: "http://127.0.0.1:8000".into(),
             queue_capacity: 1024,
+            pg_writers: crate::store::postgres::DEFAULT_WRITERS,
             retention: Retention::default(),
             rate_limit_per_minute: None,
             admin_token: None,
@@ -326,12 +329,13 @@ pub async fn open_store(
             Ok(Arc::new(store))
         }
         Some(url) => Ok(Arc::new(
-            crate::store::postgres::PgStore::open(
+            crate::store::postgres::PgStore::open_with_writers(
                 url,
                 config.queue_capacity,
                 config.retention,
                 metrics,
                 Some(alerts),
+                config.pg_writers,
             )
             .await?,
         )),

@@ -1610,6 +1610,8 @@ fn bad_limits_stop_startup_naming_the_flag() {
         (&["--max-connections", "0"][..], None, "--max-connections"),
         (&["--max-connections=-5"][..], None, "--max-connections"),
         (&["--dedup-max-ids", "0"][..], None, "--dedup-max-ids"),
+        (&["--pg-writers", "0"][..], None, "--pg-writers"),
+        (&["--pg-writers", "9"][..], None, "--pg-writers"),
         (
             &[][..],
             Some(("ERRSCOPE_MAX_CONNECTIONS", "many")),

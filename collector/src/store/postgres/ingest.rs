@@ -2,9 +2,11 @@
 //! counts when the same event reaches several nodes, retried deadlocks and conflicts.
 //!
 //! Requests hand a job to a bounded queue (`try_send`: a full queue is a 503) and wait for
-//! the answer. A task takes one job, drains up to [`MAX_BATCH_JOBS`] more, runs them in one
-//! transaction (`ingest/apply.rs`), and answers each only after the commit, so an answered
-//! event survives a killed collector. Every node does this against one database:
+//! the answer. A writer task takes one job, drains up to [`MAX_BATCH_JOBS`] more, runs them
+//! in one transaction (`ingest/apply.rs`), and answers each only after the commit, so an
+//! answered event survives a killed collector; [`DEFAULT_WRITERS`] of them (`--pg-writers`) share the queue, so one
+//! fills and writes a batch while another waits for its commit. Every node does this
+//! against one database:
 //!
 //! - An event id is stored once: `event_ids` takes it with `ON CONFLICT DO NOTHING`, so of
 //!   two nodes racing on it, the second waits for the first to commit and sees a duplicate.
@@ -60,6 +62,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// `pg_try_advisory_lock` key of the pruning node ("errprune").
 const PRUNE_LOCK: i64 = 0x65_72_72_70_72_75_6e_65;
 
+/// Writer tasks per collector unless `--pg-writers` says otherwise, each with a
+/// transaction of its own in flight. One writer spends most of its time waiting for its
+/// commit's WAL flush; a second fills a batch and writes it meanwhile. They take rows in
+/// the same order as other nodes' writers do, so two writers of one node are no
+/// different from two nodes.
+pub const DEFAULT_WRITERS: usize = 2;
+
 type Ack = oneshot::Sender<Result<(), StoreError>>;
 
 enum Msg {
@@ -73,45 +82,54 @@ pub(super) struct Ingestor {
     depth: Arc<AtomicI64>,
     metrics: Arc<Metrics>,
     closed: AtomicBool,
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Ingestor {
-    /// Starts the writer on `pool` (a task that restarts it should a batch panic).
+    /// Starts `writers` writers on `pool` (each under a task that restarts it should a
+    /// batch panic).
     pub(super) fn start(
         pool: Pool,
         queue_capacity: usize,
         retention: Retention,
         metrics: Arc<Metrics>,
         alerts: Option<Arc<Alerts>>,
+        writers: usize,
     ) -> Ingestor {
         let (tx, rx) = mpsc::channel(queue_capacity.max(1));
         let depth = Arc::new(AtomicI64::new(0));
         let rx = Arc::new(Mutex::new(rx));
-        let (d, m) = (depth.clone(), metrics.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let w = Writer::new(
-                    pool.clone(),
-                    retention,
-                    m.clone(),
-                    d.clone(),
-                    alerts.clone(),
-                );
-                match tokio::spawn(w.run(rx.clone())).await {
-                    Err(e) if e.is_panic() => {
-                        tracing::error!("the PostgreSQL writer panicked on a batch; restarting it");
+        let tasks = (0..writers)
+            .map(|_| {
+                let (pool, rx, alerts) = (pool.clone(), rx.clone(), alerts.clone());
+                let (d, m) = (depth.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let w = Writer::new(
+                            pool.clone(),
+                            retention,
+                            m.clone(),
+                            d.clone(),
+                            alerts.clone(),
+                        );
+                        match tokio::spawn(w.run(rx.clone())).await {
+                            Err(e) if e.is_panic() => {
+                                tracing::error!(
+                                    "a PostgreSQL writer panicked on a batch; restarting it"
+                                );
+                            }
+                            _ => break,
+                        }
                     }
-                    _ => break,
-                }
-            }
-        });
+                })
+            })
+            .collect();
         Ingestor {
             tx,
             depth,
             metrics,
             closed: AtomicBool::new(false),
-            task: std::sync::Mutex::new(Some(task)),
+            tasks: std::sync::Mutex::new(tasks),
         }
     }
 
@@ -138,12 +156,19 @@ impl Ingestor {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Finishes the queued jobs and stops.
+    /// Finishes the queued jobs and stops: one `Shutdown` per writer, behind every job
+    /// queued before it (a writer takes no job after its `Shutdown`).
     pub(super) async fn close(&self) {
         self.closed.store(true, Relaxed);
-        let _ = self.tx.send(Msg::Shutdown).await;
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
-        if let Some(task) = task {
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for _ in 0..tasks.len() {
+            let _ = self.tx.send(Msg::Shutdown).await;
+        }
+        for task in tasks {
             let _ = task.await;
         }
     }
@@ -194,14 +219,17 @@ impl Writer {
         }
     }
 
+    /// Takes a batch from the queue (holding it only while it fills the batch, so the
+    /// other writers take the next while this one commits), commits it, and again.
     async fn run(mut self, rx: Arc<Mutex<mpsc::Receiver<Msg>>>) {
-        let mut rx = rx.lock().await;
         self.maybe_prune().await;
         loop {
+            let mut rx = rx.lock().await;
             let first = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(_) => {
+                    drop(rx);
                     if self.last_sweep.elapsed() >= SWEEP_EVERY {
                         self.process(Vec::new()).await;
                     }
@@ -230,6 +258,7 @@ impl Writer {
                     next = rx.try_recv().ok();
                 }
             }
+            drop(rx);
             let jobs_taken = taken - i64::from(shutdown);
             self.depth.fetch_sub(jobs_taken, Relaxed);
             self.metrics.queue_depth.fetch_sub(jobs_taken, Relaxed);

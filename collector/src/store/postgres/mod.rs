@@ -12,6 +12,7 @@ pub mod copy;
 mod difs;
 mod health;
 mod ingest;
+pub use ingest::DEFAULT_WRITERS;
 mod minidumps;
 mod reads;
 pub mod schema;
@@ -68,10 +69,37 @@ impl PgStore {
         metrics: Arc<Metrics>,
         alerts: Option<Arc<Alerts>>,
     ) -> Result<PgStore, StoreError> {
+        Self::open_with_writers(
+            url,
+            queue_capacity,
+            retention,
+            metrics,
+            alerts,
+            DEFAULT_WRITERS,
+        )
+        .await
+    }
+
+    /// [`open`](Self::open) with `writers` writer tasks (at least one), each with a
+    /// transaction of its own in flight.
+    pub async fn open_with_writers(
+        url: &str,
+        queue_capacity: usize,
+        retention: Retention,
+        metrics: Arc<Metrics>,
+        alerts: Option<Arc<Alerts>>,
+        writers: usize,
+    ) -> Result<PgStore, StoreError> {
         let pool = pool(url)?;
         migrate(&pool).await?;
-        let ingest =
-            ingest::Ingestor::start(pool.clone(), queue_capacity, retention, metrics, alerts);
+        let ingest = ingest::Ingestor::start(
+            pool.clone(),
+            queue_capacity,
+            retention,
+            metrics,
+            alerts,
+            writers.max(1),
+        );
         Ok(PgStore { pool, ingest })
     }
 
