@@ -147,6 +147,14 @@ fn mark(name: &str) -> u64 {
     1 + src.lines().position(|l| l.ends_with(&tag)).unwrap() as u64
 }
 
+/// The 1-based column of `text` on the line of `// MARK: <name>`: where the expression
+/// the DWARF line table or inlined call points at starts.
+fn col(name: &str, text: &str) -> u64 {
+    let src = std::fs::read_to_string(Path::new(FIXTURE).join("src/main.rs")).unwrap();
+    let line = src.lines().nth(mark(name) as usize - 1).unwrap();
+    1 + line.find(text).unwrap() as u64
+}
+
 /// The index of the host's own image in `debug_meta.images`.
 fn main_image(ev: &Value) -> usize {
     ev["debug_meta"]["images"]
@@ -241,12 +249,15 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
     let pos = |f: &Value| frames.iter().position(|x| x == f).unwrap();
     assert_eq!(pos(checkout) + 1, pos(validate), "{frames:#?}");
     assert!(pos(main) < pos(checkout));
-    for (f, line) in [
-        (validate, mark("capture")),
-        (checkout, mark("validate")),
-        (main, mark("main")),
+    // Columns: of the call that captured (the address's line-table row), of the call to
+    // the inlined `validate` (its DW_AT_call_column) and of the call to `checkout`.
+    for (f, line, column) in [
+        (validate, mark("capture"), col("capture", "sentry::capture_error")),
+        (checkout, mark("validate"), col("validate", "validate(order)")),
+        (main, mark("main"), col("main", "checkout(")),
     ] {
         assert_eq!(f["lineno"], line, "{f:#}");
+        assert_eq!(f["colno"], column, "{f:#}");
         assert_eq!(f["filename"], "src/main.rs", "{f:#}");
         assert!(
             f["abs_path"]
@@ -278,6 +289,7 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
     let frames = frames_of(&panic);
     let reconcile = find(&frames, "fixture_host::reconcile");
     assert_eq!(reconcile["lineno"], mark("panic"));
+    assert_eq!(reconcile["colno"], col("panic", "expect("), "{reconcile:#}");
     assert_eq!(reconcile["in_app"], true);
 
     // Grouping ran on the symbolicated frames: the culprits are the host's functions.

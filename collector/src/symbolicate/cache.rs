@@ -1,5 +1,6 @@
 //! "Cache it": each debug file is converted once into a SymCache (Sentry's compact lookup
-//! format), kept in memory in a least-recently-used cache bounded in entries and bytes.
+//! format) with its column table ([`Columns`]), kept in memory in a least-recently-used
+//! cache bounded in entries and bytes.
 //!
 //! A debug file is read (memory-mapped) only to build its SymCache, on the first event
 //! that needs it; one build runs per file however many events wait for it, and at most
@@ -15,6 +16,7 @@ use symbolic_debuginfo::{Object, ParseObjectOptions};
 use symbolic_symcache::{SymCache, SymCacheConverter};
 
 use super::SymbolicateError;
+use super::columns::Columns;
 use super::lookup::{DebugFileLookup, DifMatch};
 
 /// How long "no debug file for this image" is believed before the lookup is asked again.
@@ -57,6 +59,8 @@ pub struct SymFile {
     data: Vec<u8>,
     /// Whether the file had DWARF (else only symbol names come out of it).
     pub has_debug_info: bool,
+    /// Its DWARF's columns.
+    pub columns: Columns,
 }
 
 impl SymFile {
@@ -67,7 +71,7 @@ impl SymFile {
 
     /// Its size in memory.
     pub fn size(&self) -> usize {
-        self.data.len()
+        self.data.len() + self.columns.size()
     }
 }
 
@@ -372,5 +376,6 @@ pub fn build(found: &DifMatch) -> Result<SymFile, SymbolicateError> {
     Ok(SymFile {
         data,
         has_debug_info: object.has_debug_info(),
+        columns: Columns::of(&object),
     })
 }

@@ -3,13 +3,15 @@
 //!
 //! The seams are Symbolicator's: [`lookup`] finds the debug file of an image (the upload
 //! store implements [`DebugFileLookup`]), [`cache`] converts it once into a SymCache and
-//! keeps it, [`resolve`] looks an address up; [`event`] and [`rewrite`] read and rewrite
-//! the event, [`sources`] reads source bundles, [`inapp`] marks the application's frames.
+//! keeps it with the DWARF's [`columns`], [`resolve`] looks an address up; [`event`] and
+//! [`rewrite`] read and rewrite the event, [`sources`] reads source bundles, [`inapp`]
+//! marks the application's frames.
 //! Ingestion calls [`process`] per event; events that arrived before their debug file are
 //! rewritten by [`reprocess_image`] or when viewed ([`on_view`]).
 
 mod arrivals;
 pub mod cache;
+pub mod columns;
 pub mod event;
 pub mod inapp;
 pub mod lookup;
