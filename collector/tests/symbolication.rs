@@ -522,20 +522,23 @@ async fn an_uploaded_debug_file_symbolicates_the_events_that_waited_for_it() {
     };
     assert_eq!(waiting(&s).await, 1, "the event waits for its image's file");
 
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(std::fs::read(&host.debug_file).unwrap())
-            .file_name("fixture-host.debug"),
-    );
-    let r = s
-        .http
-        .post(format!("{}/api/0/projects/any/1/files/dsyms/", s.base))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let upload = || async {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(&host.debug_file).unwrap())
+                .file_name("fixture-host.debug"),
+        );
+        let r = s
+            .http
+            .post(format!("{}/api/0/projects/any/1/files/dsyms/", s.base))
+            .bearer_auth(TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    };
+    upload().await;
 
     // Rewritten in the background: poll the queue, not the event (a view would do it too).
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
@@ -549,5 +552,42 @@ async fn an_uploaded_debug_file_symbolicates_the_events_that_waited_for_it() {
         find(&frames_of(&ev), "fixture_host::validate")["lineno"],
         mark("capture")
     );
+
+    // Deleted: its SymCache leaves memory, and the next event of the image is stored as
+    // sent, listing the image as missing its debug file.
+    assert_eq!(s.state.symbolicator.cache_usage().0, 1);
+    let (_, files) = s.api("/api/0/projects/any/1/files/dsyms/").await;
+    let file_id = files[0]["id"].as_str().unwrap().to_owned();
+    let r = s
+        .http
+        .delete(format!(
+            "{}/api/0/projects/any/1/files/dsyms/?id={file_id}",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.state.symbolicator.cache_usage(), (0, 0));
+    let mut later = event_of(&envs[0]);
+    later["event_id"] = event_id(201).into();
+    let after_delete = stored(&s, &post(&s, envelope(&[later.clone()])).await).await;
+    assert!(unresolved(&after_delete), "{after_delete:#}");
+    let missing = after_delete["errscope"]["missing_debug_files"]
+        .as_array()
+        .unwrap();
+    assert_eq!(missing[0]["debug_id"], host.debug_id.as_str(), "{missing:?}");
+
+    // Uploaded again: the next event is symbolicated at ingest.
+    upload().await;
+    later["event_id"] = event_id(202).into();
+    let reuploaded = stored(&s, &post(&s, envelope(&[later])).await).await;
+    assert_eq!(
+        find(&frames_of(&reuploaded), "fixture_host::validate")["lineno"],
+        mark("capture"),
+        "{reuploaded:#}"
+    );
+    assert!(reuploaded.get("errscope").is_none(), "{reuploaded:#}");
     s.stop().await;
 }

@@ -97,6 +97,9 @@ struct Map {
     entries: HashMap<String, Entry>,
     bytes: usize,
     tick: u64,
+    /// Counts [`SymCaches::forget`]s: a lookup answered before one is asked again, so
+    /// that a file deleted meanwhile is not cached again.
+    forgotten: u64,
 }
 
 /// The SymCache cache.
@@ -151,6 +154,7 @@ impl SymCaches {
     /// Forgets what is known about an image (its file was uploaded, replaced or deleted).
     pub(crate) fn forget(&self, debug_id: &str) {
         let mut m = self.lock();
+        m.forgotten += 1;
         if let Some(e) = m.entries.remove(debug_id)
             && let Slot::File { size, .. } = e.slot
         {
@@ -169,14 +173,15 @@ impl SymCaches {
     ) -> Option<Arc<SymFile>> {
         enum Next {
             Wait(Cell, bool),
-            Ask,
+            Ask(u64),
         }
         let next = {
             let mut m = self.lock();
             m.tick += 1;
             let tick = m.tick;
+            let epoch = m.forgotten;
             match m.entries.get_mut(debug_id) {
-                None => Next::Ask,
+                None => Next::Ask(epoch),
                 Some(e) => {
                     e.used = tick;
                     match &mut e.slot {
@@ -184,7 +189,7 @@ impl SymCaches {
                             if misses == Misses::Trust && at.elapsed() < MISS_TTL {
                                 return None;
                             }
-                            Next::Ask
+                            Next::Ask(epoch)
                         }
                         Slot::File {
                             cell,
@@ -193,7 +198,7 @@ impl SymCaches {
                             ..
                         } => match cell.get() {
                             Some(Err(_)) if created.elapsed() < FAILED_TTL => return None,
-                            Some(Err(_)) => Next::Ask,
+                            Some(Err(_)) => Next::Ask(epoch),
                             _ => {
                                 let mark = last_marked.elapsed() >= MARK_USED_EVERY;
                                 if mark {
@@ -213,9 +218,15 @@ impl SymCaches {
                 }
                 cell
             }
-            Next::Ask => {
-                let found = lookup.find(debug_id, code_id);
-                let mut m = self.lock();
+            Next::Ask(mut epoch) => {
+                let (found, mut m) = loop {
+                    let found = lookup.find(debug_id, code_id);
+                    let m = self.lock();
+                    if m.forgotten == epoch {
+                        break (found, m);
+                    }
+                    epoch = m.forgotten;
+                };
                 m.tick += 1;
                 let used = m.tick;
                 let Some(found) = found else {

@@ -197,6 +197,19 @@ impl Symbolicator {
     }
 }
 
+/// Makes what is cached about an image go when a debug file of it enters or leaves
+/// `difs`' index (here, or on another node sharing the store, seen at its next refresh):
+/// the symbolicator's SymCache, columns and remembered miss.
+pub fn forget_on_change(difs: &crate::difs::Difs, sym: &Arc<Symbolicator>) {
+    // Weak: the symbolicator's lookup may be `difs` itself.
+    let sym = Arc::downgrade(sym);
+    difs.on_change(Box::new(move |debug_id| {
+        if let Some(sym) = sym.upgrade() {
+            sym.forget(debug_id);
+        }
+    }));
+}
+
 /// Whether a raw event may need symbolication at all (it has `debug_meta`): a substring
 /// search, for deciding to leave the async thread before [`process`].
 pub fn may_need(bytes: &[u8]) -> bool {
