@@ -191,6 +191,40 @@ async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() 
             .contains("crash.dmp")
     );
     assert_eq!(r.bytes().await.unwrap().to_vec(), raw);
+
+    // The `.sym` file was parsed once for the stackwalks: another dump of the same build
+    // parses nothing.
+    let symbols = s.state.minidumps.symbol_files();
+    assert_eq!(symbols.parses(), 1);
+    let (st, again) = post_minidump(&s, raw.clone(), &[]).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(
+        crash_frames(&stored(&s, &again).await).last().unwrap()["function"],
+        "`anonymous namespace'::CrashFunction"
+    );
+    assert_eq!(symbols.parses(), 1);
+    // Deleted: its parsed copy goes, and the next dump has addresses only.
+    let r = s
+        .http
+        .delete(format!(
+            "{}/api/0/projects/any/default/files/dsyms/?id={}",
+            s.base,
+            f["id"].as_str().unwrap()
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(symbols.usage(), (0, 0));
+    let (st, after) = post_minidump(&s, raw.clone(), &[]).await;
+    assert_eq!(st, 200, "{after}");
+    let ev = stored(&s, &after).await;
+    assert!(
+        crash_frames(&ev).last().unwrap()["function"].is_null(),
+        "{ev}"
+    );
+    assert_eq!(symbols.parses(), 1);
     s.stop().await;
 }
 

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod process;
+pub mod symbols;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use sha1::Digest as _;
 use crate::store::{MinidumpRow, Store, StoreError};
 use crate::symbolicate::DebugFileLookup;
 use process::Bounds;
+use symbols::SymbolFiles;
 
 /// How minidumps are bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,9 @@ pub struct MinidumpConfig {
     pub threads: usize,
     /// Frames kept per thread.
     pub frames: usize,
+    /// Bytes of Breakpad `.sym` files whose parsed form is kept between dumps (parsed,
+    /// a file takes a few times its size); the least recently used go first.
+    pub symbol_cache_bytes: u64,
 }
 
 impl Default for MinidumpConfig {
@@ -48,6 +53,7 @@ impl Default for MinidumpConfig {
             timeout: Duration::from_secs(20),
             threads: 64,
             frames: 256,
+            symbol_cache_bytes: 256 << 20,
         }
     }
 }
@@ -102,6 +108,7 @@ struct Shared {
     dir: PathBuf,
     store: Arc<dyn Store>,
     lookup: Arc<dyn DebugFileLookup>,
+    symbols: Arc<SymbolFiles>,
     workers: Arc<tokio::sync::Semaphore>,
 }
 
@@ -131,11 +138,17 @@ impl Minidumps {
         std::fs::create_dir_all(&dir).map_err(|e| MinidumpError::Io(dir.clone(), e))?;
         Ok(Minidumps(Arc::new(Shared {
             workers: Arc::new(tokio::sync::Semaphore::new(config.workers.max(1))),
+            symbols: Arc::new(SymbolFiles::new(config.symbol_cache_bytes)),
             config,
             dir,
             store,
             lookup,
         })))
+    }
+
+    /// The parsed Breakpad symbol files kept between dumps.
+    pub fn symbol_files(&self) -> Arc<SymbolFiles> {
+        self.0.symbols.clone()
     }
 
     /// The configured bounds.
@@ -176,11 +189,12 @@ impl Minidumps {
             sym_bytes: SYM_BYTES,
         };
         let lookup = self.0.lookup.clone();
+        let symbols = self.0.symbols.clone();
         let rt = tokio::runtime::Handle::current();
         let done = tokio::task::spawn_blocking(move || {
             // The permit is held until the processing has really ended.
             let _permit = permit;
-            process::process(&bytes, lookup, bounds, &rt)
+            process::process(&bytes, lookup, symbols, bounds, &rt)
         })
         .await
         .map_err(|e| MinidumpError::Task(e.to_string()))?;

@@ -199,14 +199,21 @@ impl Symbolicator {
 
 /// Makes what is cached about an image go when a debug file of it enters or leaves
 /// `difs`' index (here, or on another node sharing the store, seen at its next refresh):
-/// the symbolicator's SymCache, columns and remembered miss.
-pub fn forget_on_change(difs: &crate::difs::Difs, sym: &Arc<Symbolicator>) {
+/// the symbolicator's SymCache, columns and remembered miss, minidump processing's parsed
+/// Breakpad symbols.
+pub fn forget_on_change(
+    difs: &crate::difs::Difs,
+    sym: &Arc<Symbolicator>,
+    minidumps: &crate::minidump::Minidumps,
+) {
     // Weak: the symbolicator's lookup may be `difs` itself.
     let sym = Arc::downgrade(sym);
+    let symbols = minidumps.symbol_files();
     difs.on_change(Box::new(move |debug_id| {
         if let Some(sym) = sym.upgrade() {
             sym.forget(debug_id);
         }
+        symbols.forget(debug_id);
     }));
 }
 
