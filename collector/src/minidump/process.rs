@@ -492,7 +492,13 @@ mod tests {
                     frames: 256,
                     sym_bytes: 1 << 20,
                 };
-                process(&bytes, Arc::new(DirectoryLookup::default()), bounds, &rt)
+                process(
+                    &bytes,
+                    Arc::new(DirectoryLookup::default()),
+                    Arc::new(SymbolFiles::new(1 << 20)),
+                    bounds,
+                    &rt,
+                )
             })
         };
         let e = run(Duration::ZERO).await.unwrap().unwrap_err();
@@ -509,7 +515,13 @@ mod tests {
         let bytes = linux_dump();
         let ev = tokio::task::spawn_blocking(move || {
             let rt = tokio::runtime::Handle::current();
-            process(&bytes, Arc::new(DirectoryLookup::default()), bounds, &rt)
+            process(
+                &bytes,
+                Arc::new(DirectoryLookup::default()),
+                Arc::new(SymbolFiles::new(1 << 20)),
+                bounds,
+                &rt,
+            )
         })
         .await
         .unwrap()
