@@ -251,7 +251,13 @@ async fn a_linux_dump_of_a_live_process_is_symbolicated_with_its_elf_debug_file(
     let exe = dir.path().join("spin");
     let debug = dir.path().join("spin.debug");
     let built = Command::new("gcc")
-        .args(["-g", "-O0", "-fno-omit-frame-pointer", "-Wl,--build-id", "-o"])
+        .args([
+            "-g",
+            "-O0",
+            "-fno-omit-frame-pointer",
+            "-Wl,--build-id",
+            "-o",
+        ])
         .arg(&exe)
         .arg(fixture_c())
         .status()
@@ -264,7 +270,10 @@ async fn a_linux_dump_of_a_live_process_is_symbolicated_with_its_elf_debug_file(
             .status()
             .unwrap()
             .success();
-    assert!(built, "gcc and objcopy build the fixture and its debug file");
+    assert!(
+        built,
+        "gcc and objcopy build the fixture and its debug file"
+    );
 
     let mut child = tokio::process::Command::new(&exe)
         .stdout(std::process::Stdio::piped())
@@ -285,7 +294,10 @@ async fn a_linux_dump_of_a_live_process_is_symbolicated_with_its_elf_debug_file(
         if utime >= 5 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the fixture never spun");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fixture never spun"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let written = tokio::task::spawn_blocking(move || {
@@ -335,9 +347,15 @@ async fn a_linux_dump_of_a_live_process_is_symbolicated_with_its_elf_debug_file(
         );
         assert_eq!(f["data"]["symbolicator_status"], "symbolicated", "{f:#}");
     }
-    assert!(ev.get("errscope").is_none_or(|e| e.get("missing_debug_files").is_none_or(
-        |m| !m.as_array().unwrap().iter().any(|i| i["code_file"] == exe.to_str().unwrap())
-    )), "{ev:#}");
+    assert!(
+        ev.get("errscope")
+            .is_none_or(|e| e.get("missing_debug_files").is_none_or(|m| !m
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["code_file"] == exe.to_str().unwrap()))),
+        "{ev:#}"
+    );
     s.stop().await;
 }
 

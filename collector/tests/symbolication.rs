@@ -252,8 +252,16 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
     // Columns: of the call that captured (the address's line-table row), of the call to
     // the inlined `validate` (its DW_AT_call_column) and of the call to `checkout`.
     for (f, line, column) in [
-        (validate, mark("capture"), col("capture", "sentry::capture_error")),
-        (checkout, mark("validate"), col("validate", "validate(order)")),
+        (
+            validate,
+            mark("capture"),
+            col("capture", "sentry::capture_error"),
+        ),
+        (
+            checkout,
+            mark("validate"),
+            col("validate", "validate(order)"),
+        ),
         (main, mark("main"), col("main", "checkout(")),
     ] {
         assert_eq!(f["lineno"], line, "{f:#}");
@@ -577,7 +585,11 @@ async fn an_uploaded_debug_file_symbolicates_the_events_that_waited_for_it() {
     let missing = after_delete["errscope"]["missing_debug_files"]
         .as_array()
         .unwrap();
-    assert_eq!(missing[0]["debug_id"], host.debug_id.as_str(), "{missing:?}");
+    assert_eq!(
+        missing[0]["debug_id"],
+        host.debug_id.as_str(),
+        "{missing:?}"
+    );
 
     // Uploaded again: the next event is symbolicated at ingest.
     upload().await;

@@ -166,7 +166,10 @@ fn read<'d>(object: &impl Dwarf<'d>, load: u64) -> Result<Columns, gimli::Error>
                             .and_then(|v| v.udata_value())
                             .map_or(0, clamp)
                     };
-                    let (line, col) = (udata(gimli::DW_AT_call_line), udata(gimli::DW_AT_call_column));
+                    let (line, col) = (
+                        udata(gimli::DW_AT_call_line),
+                        udata(gimli::DW_AT_call_column),
+                    );
                     if col == 0 {
                         continue;
                     }
@@ -192,7 +195,8 @@ fn read<'d>(object: &impl Dwarf<'d>, load: u64) -> Result<Columns, gimli::Error>
         }
     }
     // At one address, a sequence's end before another's start.
-    out.rows.sort_by_key(|r| (r.addr, r.line != 0 || r.col != 0));
+    out.rows
+        .sort_by_key(|r| (r.addr, r.line != 0 || r.col != 0));
     out.rows.shrink_to_fit();
     for calls in &mut out.calls {
         calls.sort_by_key(|c| c.start);

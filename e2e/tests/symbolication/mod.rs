@@ -138,7 +138,9 @@ fn column_of(line: u64, text: &str) -> u64 {
     let src = std::fs::read_to_string(child_builds::fixture_dir().join("src/main.rs"))
         .expect("the child's source");
     let l = src.lines().nth(line as usize - 1).expect("the line");
-    1 + l.find(text).unwrap_or_else(|| panic!("no {text:?} on line {line}")) as u64
+    1 + l
+        .find(text)
+        .unwrap_or_else(|| panic!("no {text:?} on line {line}")) as u64
 }
 
 /// The executable's entry in `debug_meta.images`.
