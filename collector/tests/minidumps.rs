@@ -305,6 +305,7 @@ async fn a_linux_dump_of_a_live_process_is_symbolicated_with_its_elf_debug_file(
         minidump_writer::minidump_writer::MinidumpWriterConfig::new(pid, pid)
             .write(&mut file)
             .map(|_| file.into_inner())
+            .map_err(|e| e.to_string())
     })
     .await
     .unwrap();
