@@ -271,6 +271,7 @@ pub async fn start(config: Config) -> Result<Started, StoreError> {
                 crate::minidump::MinidumpError::Io(p, e) => StoreError::Io(p, e),
                 e => StoreError::Task(e.to_string()),
             })?;
+    crate::symbolicate::forget_on_change(&difs, &symbolicator, &minidumps);
     let inner = Inner {
         store,
         budget: Budget::new(config.max_inflight_bytes),

@@ -191,6 +191,172 @@ async fn a_windows_dump_is_symbolicated_with_the_sym_file_sentry_cli_uploaded() 
             .contains("crash.dmp")
     );
     assert_eq!(r.bytes().await.unwrap().to_vec(), raw);
+
+    // The `.sym` file was parsed once for the stackwalks: another dump of the same build
+    // parses nothing.
+    let symbols = s.state.minidumps.symbol_files();
+    assert_eq!(symbols.parses(), 1);
+    let (st, again) = post_minidump(&s, raw.clone(), &[]).await;
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(
+        crash_frames(&stored(&s, &again).await).last().unwrap()["function"],
+        "`anonymous namespace'::CrashFunction"
+    );
+    assert_eq!(symbols.parses(), 1);
+    // Deleted: its parsed copy goes, and the next dump has addresses only.
+    let r = s
+        .http
+        .delete(format!(
+            "{}/api/0/projects/any/default/files/dsyms/?id={}",
+            s.base,
+            f["id"].as_str().unwrap()
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(symbols.usage(), (0, 0));
+    let (st, after) = post_minidump(&s, raw.clone(), &[]).await;
+    assert_eq!(st, 200, "{after}");
+    let ev = stored(&s, &after).await;
+    assert!(
+        crash_frames(&ev).last().unwrap()["function"].is_null(),
+        "{ev}"
+    );
+    assert_eq!(symbols.parses(), 1);
+    s.stop().await;
+}
+
+/// The line of `MARK: <name>` in the Linux fixture's source.
+fn spin_line(name: &str) -> u64 {
+    let src = std::fs::read_to_string(fixture_c()).unwrap();
+    let tag = format!("MARK: {name} */");
+    1 + src.lines().position(|l| l.ends_with(&tag)).unwrap() as u64
+}
+
+fn fixture_c() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/minidump-host/spin.c")
+}
+
+/// A real Linux dump: a process of our own, built with DWARF, dumped by rust-minidump's
+/// `minidump-writer` (over ptrace) while it spins in a known function; its ELF debug file
+/// uploaded (the build id is the dump's code id); the dumped thread symbolicated from it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_linux_dump_of_a_live_process_is_symbolicated_with_its_elf_debug_file() {
+    use tokio::io::AsyncBufReadExt as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("spin");
+    let debug = dir.path().join("spin.debug");
+    let built = Command::new("gcc")
+        .args([
+            "-g",
+            "-O0",
+            "-fno-omit-frame-pointer",
+            "-Wl,--build-id",
+            "-o",
+        ])
+        .arg(&exe)
+        .arg(fixture_c())
+        .status()
+        .unwrap()
+        .success()
+        && Command::new("objcopy")
+            .arg("--only-keep-debug")
+            .arg(&exe)
+            .arg(&debug)
+            .status()
+            .unwrap()
+            .success();
+    assert!(
+        built,
+        "gcc and objcopy build the fixture and its debug file"
+    );
+
+    let mut child = tokio::process::Command::new(&exe)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), out.next_line()).await;
+    assert_eq!(ready.unwrap().unwrap().as_deref(), Some("ready"));
+    let pid = child.id().unwrap() as i32;
+    // Past "ready" it may still be returning from `write`: wait until it has spun for
+    // 50 ms of user time, which only the loop in `wait_here` can take.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let utime: u64 = after_name.split(' ').nth(11).unwrap().parse().unwrap();
+        if utime >= 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fixture never spun"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let written = tokio::task::spawn_blocking(move || {
+        let mut file = std::io::Cursor::new(Vec::new());
+        minidump_writer::minidump_writer::MinidumpWriterConfig::new(pid, pid)
+            .write(&mut file)
+            .map(|_| file.into_inner())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap();
+    child.kill().await.unwrap();
+    let raw = written.unwrap_or_else(|e| panic!("minidump-writer could not dump {pid}: {e}"));
+
+    let s = server().await;
+    let (st, body) = upload_multipart(
+        &s.http,
+        &s.base,
+        "spin.debug",
+        std::fs::read(&debug).unwrap(),
+    )
+    .await;
+    assert_eq!(st, 201, "{body}");
+    let (st, id) = post_minidump(&s, raw, &[]).await;
+    assert_eq!(st, 200, "{id}");
+    let ev = stored(&s, &id).await;
+    assert_eq!(ev["contexts"]["os"]["name"], "Linux", "{ev}");
+    let thread = ev["threads"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == pid)
+        .unwrap_or_else(|| panic!("no thread {pid}: {}", ev["threads"]));
+    let frames = thread["stacktrace"]["frames"].as_array().unwrap();
+    // Newest last: the spinning function, then its caller, named from the debug file.
+    let newest: Vec<&Value> = frames.iter().rev().take(2).collect();
+    for (f, function, line) in [
+        (newest[0], "wait_here", spin_line("spin")),
+        (newest[1], "main", spin_line("call")),
+    ] {
+        assert_eq!(f["function"], function, "{frames:#?}");
+        assert_eq!(f["lineno"], line, "{f:#}");
+        assert!(
+            f["abs_path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("minidump-host/spin.c")),
+            "{f:#}"
+        );
+        assert_eq!(f["data"]["symbolicator_status"], "symbolicated", "{f:#}");
+    }
+    assert!(
+        ev.get("errscope")
+            .is_none_or(|e| e.get("missing_debug_files").is_none_or(|m| !m
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["code_file"] == exe.to_str().unwrap()))),
+        "{ev:#}"
+    );
     s.stop().await;
 }
 

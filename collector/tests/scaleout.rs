@@ -530,6 +530,45 @@ fn debug_file(dir: &Path) -> Vec<u8> {
     std::fs::read(debug).unwrap()
 }
 
+/// A native event of the debug file's program (`bytes`), its one frame in `main`, as a
+/// stripped build sends it: an address and the image. Its id.
+async fn send_native(http: &reqwest::Client, addr: SocketAddr, bytes: &[u8], n: u64) -> String {
+    const BASE: u64 = 0x5555_0000_0000;
+    let obj = symbolic_debuginfo::Object::parse(bytes).unwrap();
+    let main = obj
+        .symbols()
+        .find(|s| s.name() == Some("main"))
+        .expect("main in the debug file");
+    let id = format!("{:032x}", 0xd1f_0000 + n);
+    let ev = json!({
+        "event_id": id,
+        "platform": "native",
+        "level": "error",
+        "exception": {"values": [{"type": "Crash", "value": "in main", "stacktrace": {"frames": [
+            {"function": "<unknown>", "instruction_addr":
+                format!("{:#x}", BASE + main.address - obj.load_address() + 4)}
+        ]}}]},
+        "debug_meta": {"images": [{
+            "type": "elf",
+            "debug_id": obj.debug_id().to_string(),
+            "code_id": obj.code_id().map(|c| c.to_string()),
+            "code_file": "/srv/hello",
+            "image_addr": format!("{BASE:#x}"),
+            "image_size": 0x10000
+        }]}
+    });
+    let key = default_key(http, addr).await;
+    let r = http
+        .post(format!("http://{addr}/api/1/store/?sentry_key={key}"))
+        .header("content-type", "application/json")
+        .body(ev.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    id
+}
+
 /// The files a node keeps under `<data>/difs/<project>/`.
 fn node_difs(data: &Path) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -582,6 +621,16 @@ async fn a_debug_file_uploaded_to_one_collector_reaches_the_others() {
         node_difs(dirs[1].path()) == [bytes.clone()]
     })
     .await;
+    // ...and symbolicates with it.
+    let first = send_native(&http, nodes[1].addr, &bytes, 1).await;
+    let ev = get(
+        &http,
+        nodes[1].addr,
+        &format!("/api/0/projects/1/events/{first}/"),
+    )
+    .await;
+    let frame = &ev["exception"]["values"][0]["stacktrace"]["frames"][0];
+    assert_eq!(frame["function"], "main", "{ev:#}");
 
     // A node that starts with an empty data directory fetches it too.
     let third = tempfile::tempdir().unwrap();
@@ -608,6 +657,35 @@ async fn a_debug_file_uploaded_to_one_collector_reaches_the_others() {
         node_difs(dirs[1].path()).is_empty() && node_difs(third.path()).is_empty()
     })
     .await;
+    // The other node dropped its SymCache too (in the refresh that stops listing the
+    // file): a new event of the image is stored as sent, listing the image as missing its
+    // debug file.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(
+        &http,
+        nodes[1].addr,
+        "/api/0/projects/any/default/files/dsyms/",
+    )
+    .await
+    .as_array()
+    .is_some_and(|l| !l.is_empty())
+    {
+        assert!(Instant::now() < deadline, "still listed on the other node");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let later = send_native(&http, nodes[1].addr, &bytes, 2).await;
+    let ev = get(
+        &http,
+        nodes[1].addr,
+        &format!("/api/0/projects/1/events/{later}/"),
+    )
+    .await;
+    let frame = &ev["exception"]["values"][0]["stacktrace"]["frames"][0];
+    assert_eq!(frame["function"], "<unknown>", "{ev:#}");
+    assert_eq!(
+        ev["errscope"]["missing_debug_files"][0]["code_file"], "/srv/hello",
+        "{ev:#}"
+    );
     for n in nodes.iter_mut().chain([&mut n3]) {
         n.child.kill().await.unwrap();
     }

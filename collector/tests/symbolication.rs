@@ -147,6 +147,14 @@ fn mark(name: &str) -> u64 {
     1 + src.lines().position(|l| l.ends_with(&tag)).unwrap() as u64
 }
 
+/// The 1-based column of `text` on the line of `// MARK: <name>`: where the expression
+/// the DWARF line table or inlined call points at starts.
+fn col(name: &str, text: &str) -> u64 {
+    let src = std::fs::read_to_string(Path::new(FIXTURE).join("src/main.rs")).unwrap();
+    let line = src.lines().nth(mark(name) as usize - 1).unwrap();
+    1 + line.find(text).unwrap() as u64
+}
+
 /// The index of the host's own image in `debug_meta.images`.
 fn main_image(ev: &Value) -> usize {
     ev["debug_meta"]["images"]
@@ -241,12 +249,23 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
     let pos = |f: &Value| frames.iter().position(|x| x == f).unwrap();
     assert_eq!(pos(checkout) + 1, pos(validate), "{frames:#?}");
     assert!(pos(main) < pos(checkout));
-    for (f, line) in [
-        (validate, mark("capture")),
-        (checkout, mark("validate")),
-        (main, mark("main")),
+    // Columns: of the call that captured (the address's line-table row), of the call to
+    // the inlined `validate` (its DW_AT_call_column) and of the call to `checkout`.
+    for (f, line, column) in [
+        (
+            validate,
+            mark("capture"),
+            col("capture", "sentry::capture_error"),
+        ),
+        (
+            checkout,
+            mark("validate"),
+            col("validate", "validate(order)"),
+        ),
+        (main, mark("main"), col("main", "checkout(")),
     ] {
         assert_eq!(f["lineno"], line, "{f:#}");
+        assert_eq!(f["colno"], column, "{f:#}");
         assert_eq!(f["filename"], "src/main.rs", "{f:#}");
         assert!(
             f["abs_path"]
@@ -278,6 +297,7 @@ async fn sentry_events_from_a_stripped_binary_are_symbolicated() {
     let frames = frames_of(&panic);
     let reconcile = find(&frames, "fixture_host::reconcile");
     assert_eq!(reconcile["lineno"], mark("panic"));
+    assert_eq!(reconcile["colno"], col("panic", "expect("), "{reconcile:#}");
     assert_eq!(reconcile["in_app"], true);
 
     // Grouping ran on the symbolicated frames: the culprits are the host's functions.
@@ -510,20 +530,23 @@ async fn an_uploaded_debug_file_symbolicates_the_events_that_waited_for_it() {
     };
     assert_eq!(waiting(&s).await, 1, "the event waits for its image's file");
 
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(std::fs::read(&host.debug_file).unwrap())
-            .file_name("fixture-host.debug"),
-    );
-    let r = s
-        .http
-        .post(format!("{}/api/0/projects/any/1/files/dsyms/", s.base))
-        .bearer_auth(TOKEN)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let upload = || async {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(&host.debug_file).unwrap())
+                .file_name("fixture-host.debug"),
+        );
+        let r = s
+            .http
+            .post(format!("{}/api/0/projects/any/1/files/dsyms/", s.base))
+            .bearer_auth(TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    };
+    upload().await;
 
     // Rewritten in the background: poll the queue, not the event (a view would do it too).
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
@@ -537,5 +560,46 @@ async fn an_uploaded_debug_file_symbolicates_the_events_that_waited_for_it() {
         find(&frames_of(&ev), "fixture_host::validate")["lineno"],
         mark("capture")
     );
+
+    // Deleted: its SymCache leaves memory, and the next event of the image is stored as
+    // sent, listing the image as missing its debug file.
+    assert_eq!(s.state.symbolicator.cache_usage().0, 1);
+    let (_, files) = s.api("/api/0/projects/any/1/files/dsyms/").await;
+    let file_id = files[0]["id"].as_str().unwrap().to_owned();
+    let r = s
+        .http
+        .delete(format!(
+            "{}/api/0/projects/any/1/files/dsyms/?id={file_id}",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.state.symbolicator.cache_usage(), (0, 0));
+    let mut later = event_of(&envs[0]);
+    later["event_id"] = event_id(201).into();
+    let after_delete = stored(&s, &post(&s, envelope(&[later.clone()])).await).await;
+    assert!(unresolved(&after_delete), "{after_delete:#}");
+    let missing = after_delete["errscope"]["missing_debug_files"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        missing[0]["debug_id"],
+        host.debug_id.as_str(),
+        "{missing:?}"
+    );
+
+    // Uploaded again: the next event is symbolicated at ingest.
+    upload().await;
+    later["event_id"] = event_id(202).into();
+    let reuploaded = stored(&s, &post(&s, envelope(&[later])).await).await;
+    assert_eq!(
+        find(&frames_of(&reuploaded), "fixture_host::validate")["lineno"],
+        mark("capture"),
+        "{reuploaded:#}"
+    );
+    assert!(reuploaded.get("errscope").is_none(), "{reuploaded:#}");
     s.stop().await;
 }

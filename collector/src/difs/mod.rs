@@ -167,6 +167,11 @@ pub struct NewDif {
     pub code_id: Option<String>,
 }
 
+/// Called with the debug id of each file that entered or left the index (uploaded,
+/// deleted or evicted, on this node or on another one sharing the store), once the index
+/// says so.
+pub type OnChange = Box<dyn Fn(&str) + Send + Sync>;
+
 /// An entry of the in-memory index.
 #[derive(Debug)]
 struct Entry {
@@ -221,6 +226,8 @@ struct Shared {
     dirty: Mutex<HashSet<i64>>,
     chunks: Chunks,
     news: tokio::sync::broadcast::Sender<NewDif>,
+    /// Told of files that entered or left the index (the caches built from them).
+    changed: RwLock<Vec<OnChange>>,
     /// Uploads in flight at once (each holds a request body or an assembled file).
     uploads: tokio::sync::Semaphore,
     /// Checksums being assembled now.
@@ -284,6 +291,7 @@ impl Difs {
             dirty: Mutex::new(HashSet::new()),
             chunks,
             news,
+            changed: RwLock::new(Vec::new()),
             uploads: tokio::sync::Semaphore::new(CONCURRENT_UPLOADS),
             assembling: Mutex::new(HashSet::new()),
             copied: AtomicI64::new(-1),
@@ -413,6 +421,18 @@ impl Difs {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(id);
         }
+    }
+
+    /// Calls `f` with the debug id of every file that enters or leaves the index from now
+    /// on (uploaded, deleted or evicted, by this process or another one on the same
+    /// store), before the upload or delete returns (another node's: at the refresh that
+    /// sees it): for dropping what was cached about the image.
+    pub fn on_change(&self, f: OnChange) {
+        self.0
+            .changed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
     }
 
     /// A receiver of every debug file stored from now on (by this process or another
@@ -653,8 +673,26 @@ impl Difs {
                 code_id: r.code_id.clone(),
             })
             .collect();
+        let kept: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let mut changed: Vec<String> = ix
+            .by_id
+            .values()
+            .filter(|e| !kept.contains(&e.row.id))
+            .map(|e| e.row.debug_id.clone())
+            .chain(new.iter().map(|n| n.debug_id.clone()))
+            .collect();
+        changed.sort();
+        changed.dedup();
         *ix = Index::build(rows, version, &ix);
         drop(ix);
+        if !changed.is_empty() {
+            let listeners = self.0.changed.read().unwrap_or_else(|e| e.into_inner());
+            for debug_id in &changed {
+                for f in listeners.iter() {
+                    f(debug_id);
+                }
+            }
+        }
         for n in new {
             let _ = self.0.news.send(n);
         }

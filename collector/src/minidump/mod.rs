@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod process;
+pub mod symbols;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use sha1::Digest as _;
 use crate::store::{MinidumpRow, Store, StoreError};
 use crate::symbolicate::DebugFileLookup;
 use process::Bounds;
+use symbols::SymbolFiles;
 
 /// How minidumps are bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,9 @@ pub struct MinidumpConfig {
     pub threads: usize,
     /// Frames kept per thread.
     pub frames: usize,
+    /// Bytes of Breakpad `.sym` files whose parsed form is kept between dumps (parsed,
+    /// a file takes a few times its size); the least recently used go first.
+    pub symbol_cache_bytes: u64,
 }
 
 impl Default for MinidumpConfig {
@@ -55,6 +60,7 @@ impl Default for MinidumpConfig {
             queue_wait: Duration::from_secs(10),
             threads: 64,
             frames: 256,
+            symbol_cache_bytes: 256 << 20,
         }
     }
 }
@@ -109,6 +115,7 @@ struct Shared {
     dir: PathBuf,
     store: Arc<dyn Store>,
     lookup: Arc<dyn DebugFileLookup>,
+    symbols: Arc<SymbolFiles>,
     workers: Arc<tokio::sync::Semaphore>,
     /// Dumps being processed now, and the most there ever were at once.
     busy: Arc<AtomicUsize>,
@@ -180,11 +187,17 @@ impl Minidumps {
             workers: Arc::new(tokio::sync::Semaphore::new(config.workers.max(1))),
             busy: Arc::default(),
             peak: Arc::default(),
+            symbols: Arc::new(SymbolFiles::new(config.symbol_cache_bytes)),
             config,
             dir,
             store,
             lookup,
         })))
+    }
+
+    /// The parsed Breakpad symbol files kept between dumps.
+    pub fn symbol_files(&self) -> Arc<SymbolFiles> {
+        self.0.symbols.clone()
     }
 
     /// The configured bounds.
@@ -232,13 +245,14 @@ impl Minidumps {
             sym_bytes: SYM_BYTES,
         };
         let lookup = self.0.lookup.clone();
+        let symbols = self.0.symbols.clone();
         let rt = tokio::runtime::Handle::current();
         let busy = Busy::start(&self.0.busy, &self.0.peak);
         let done = tokio::task::spawn_blocking(move || {
             // The permit is held until the processing has really ended.
             let _permit = permit;
             let _busy = busy;
-            process::process(&bytes, lookup, bounds, &rt)
+            process::process(&bytes, lookup, symbols, bounds, &rt)
         })
         .await
         .map_err(|e| MinidumpError::Task(e.to_string()))?;

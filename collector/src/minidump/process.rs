@@ -1,22 +1,21 @@
 //! One dump to event fields: rust-minidump's processor walks every thread's stack, with
-//! the Breakpad symbol files uploaded for its modules (CFI and names), under a deadline.
+//! the Breakpad symbol files uploaded for its modules (CFI and names, parsed once and kept
+//! in [`SymbolFiles`]), under a deadline.
 //!
 //! The result is Sentry's native shape (`exception` with the crashing thread's stack,
 //! `threads`, `debug_meta.images`, `contexts.os`/`device`); frames the `.sym` files did not
 //! name are left with their addresses for [`crate::symbolicate`] (ELF debug files).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use breakpad_symbols::{
-    FileError, FileKind, LocateSymbolsResult, Module, SymbolError, SymbolFile, SymbolSupplier,
-    Symbolizer,
-};
+use breakpad_symbols::{FileError, FileKind, Module, SymbolFile};
 use minidump::Minidump;
 use minidump::system_info::{Cpu, Os};
 use minidump_processor::ProcessState;
@@ -25,6 +24,7 @@ use minidump_unwind::{
 };
 use serde_json::{Map, Value, json};
 
+use super::symbols::SymbolFiles;
 use crate::symbolicate::DebugFileLookup;
 
 /// Bounds of one processing.
@@ -70,6 +70,7 @@ pub enum ProcessError {
 pub fn process(
     bytes: &[u8],
     lookup: Arc<dyn DebugFileLookup>,
+    cache: Arc<SymbolFiles>,
     bounds: Bounds,
     rt: &tokio::runtime::Handle,
 ) -> Result<Map<String, Value>, ProcessError> {
@@ -85,10 +86,12 @@ pub fn process(
         }
     }
     let provider = Bounded {
-        inner: Symbolizer::new(Supplier {
+        inner: Supplier {
             lookup,
+            cache,
             max_bytes: bounds.sym_bytes,
-        }),
+            seen: Mutex::new(HashMap::new()),
+        },
         deadline: Instant::now() + bounds.timeout,
     };
     let work = minidump_processor::process_minidump(&dump, &provider);
@@ -99,30 +102,52 @@ pub fn process(
     Ok(to_event(&state, bounds))
 }
 
-/// Finds the Breakpad symbol file of a module among the uploaded debug files.
+/// Finds the Breakpad symbol file of a module among the uploaded debug files, parsed
+/// through the shared [`SymbolFiles`] cache; remembers each module's for this dump.
 struct Supplier {
     lookup: Arc<dyn DebugFileLookup>,
+    cache: Arc<SymbolFiles>,
     max_bytes: u64,
+    /// The modules of this dump, by debug id: their symbols, or none.
+    seen: Mutex<HashMap<String, Option<Arc<SymbolFile>>>>,
 }
 
 impl Supplier {
-    fn path(&self, module: &(dyn Module + Sync)) -> Option<PathBuf> {
+    fn ids(module: &(dyn Module + Sync)) -> Option<(String, Option<String>)> {
         let debug_id = module.debug_identifier()?;
         let debug_id = crate::symbolicate::canonical_debug_id(&debug_id.to_string())?;
         let code_id = module
             .code_identifier()
             .map(|c| c.as_str().to_ascii_lowercase());
+        Some((debug_id, code_id))
+    }
+
+    fn path(&self, module: &(dyn Module + Sync)) -> Option<PathBuf> {
+        let (debug_id, code_id) = Self::ids(module)?;
         self.lookup.find_breakpad(&debug_id, code_id.as_deref())
     }
-}
 
-#[async_trait]
-impl SymbolSupplier for Supplier {
-    async fn locate_symbols(
-        &self,
-        module: &(dyn Module + Sync),
-    ) -> Result<LocateSymbolsResult, SymbolError> {
-        let path = self.path(module).ok_or(SymbolError::NotFound)?;
+    /// The module's parsed symbol file, if one was uploaded and could be read.
+    fn symbols(&self, module: &(dyn Module + Sync)) -> Option<Arc<SymbolFile>> {
+        let (debug_id, code_id) = Self::ids(module)?;
+        if let Some(known) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&debug_id)
+        {
+            return known.clone();
+        }
+        let found = self.load(&debug_id, code_id.as_deref());
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(debug_id, found.clone());
+        found
+    }
+
+    fn load(&self, debug_id: &str, code_id: Option<&str>) -> Option<Arc<SymbolFile>> {
+        let path = self.lookup.find_breakpad(debug_id, code_id)?;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if size > self.max_bytes {
             tracing::info!(
@@ -130,26 +155,17 @@ impl SymbolSupplier for Supplier {
                 path.display(),
                 self.max_bytes
             );
-            return Err(SymbolError::NotFound);
+            return None;
         }
-        let symbols = SymbolFile::from_file(&path)?;
-        if let Some(id) = module.debug_identifier() {
-            self.lookup.mark_used(&id.to_string().to_ascii_lowercase());
-        }
-        Ok(LocateSymbolsResult {
-            symbols,
-            extra_debug_info: None,
-        })
-    }
-
-    async fn locate_file(
-        &self,
-        module: &(dyn Module + Sync),
-        file_kind: FileKind,
-    ) -> Result<PathBuf, FileError> {
-        match file_kind {
-            FileKind::BreakpadSym => self.path(module).ok_or(FileError::NotFound),
-            _ => Err(FileError::NotFound),
+        match self.cache.get(debug_id, &path, size) {
+            Ok(symbols) => {
+                self.lookup.mark_used(debug_id);
+                Some(symbols)
+            }
+            Err(e) => {
+                tracing::warn!("minidumps: {}: {e}", path.display());
+                None
+            }
         }
     }
 }
@@ -158,7 +174,7 @@ impl SymbolSupplier for Supplier {
 /// answers again, so the timeout around the processor ends the walk (whose futures are
 /// otherwise ready at every step); before it, it yields once so the timeout can fire.
 struct Bounded {
-    inner: Symbolizer,
+    inner: Supplier,
     deadline: Instant,
 }
 
@@ -194,7 +210,9 @@ impl SymbolProvider for Bounded {
         frame: &mut (dyn FrameSymbolizer + Send),
     ) -> Result<(), FillSymbolError> {
         self.tick().await;
-        self.inner.fill_symbol(module, frame).await
+        let symbols = self.inner.symbols(module).ok_or(FillSymbolError {})?;
+        symbols.fill_symbol(module, frame);
+        Ok(())
     }
 
     async fn walk_frame(
@@ -203,7 +221,7 @@ impl SymbolProvider for Bounded {
         walker: &mut (dyn FrameWalker + Send),
     ) -> Option<()> {
         self.tick().await;
-        self.inner.walk_frame(module, walker).await
+        self.inner.symbols(module)?.walk_frame(module, walker)
     }
 
     async fn get_file_path(
@@ -211,11 +229,15 @@ impl SymbolProvider for Bounded {
         module: &(dyn Module + Sync),
         file_kind: FileKind,
     ) -> Result<PathBuf, FileError> {
-        self.inner.get_file_path(module, file_kind).await
+        match file_kind {
+            FileKind::BreakpadSym => self.inner.path(module).ok_or(FileError::NotFound),
+            _ => Err(FileError::NotFound),
+        }
     }
 
-    fn stats(&self) -> std::collections::HashMap<String, SymbolStats> {
-        self.inner.stats()
+    fn stats(&self) -> HashMap<String, SymbolStats> {
+        // The event does not report them.
+        HashMap::new()
     }
 }
 
@@ -470,7 +492,13 @@ mod tests {
                     frames: 256,
                     sym_bytes: 1 << 20,
                 };
-                process(&bytes, Arc::new(DirectoryLookup::default()), bounds, &rt)
+                process(
+                    &bytes,
+                    Arc::new(DirectoryLookup::default()),
+                    Arc::new(SymbolFiles::new(1 << 20)),
+                    bounds,
+                    &rt,
+                )
             })
         };
         let e = run(Duration::ZERO).await.unwrap().unwrap_err();
@@ -487,7 +515,13 @@ mod tests {
         let bytes = linux_dump();
         let ev = tokio::task::spawn_blocking(move || {
             let rt = tokio::runtime::Handle::current();
-            process(&bytes, Arc::new(DirectoryLookup::default()), bounds, &rt)
+            process(
+                &bytes,
+                Arc::new(DirectoryLookup::default()),
+                Arc::new(SymbolFiles::new(1 << 20)),
+                bounds,
+                &rt,
+            )
         })
         .await
         .unwrap()

@@ -1,5 +1,6 @@
 //! "Cache it": each debug file is converted once into a SymCache (Sentry's compact lookup
-//! format), kept in memory in a least-recently-used cache bounded in entries and bytes.
+//! format) with its column table ([`Columns`]), kept in memory in a least-recently-used
+//! cache bounded in entries and bytes.
 //!
 //! A debug file is read (memory-mapped) only to build its SymCache, on the first event
 //! that needs it; one build runs per file however many events wait for it, and at most
@@ -15,6 +16,7 @@ use symbolic_debuginfo::{Object, ParseObjectOptions};
 use symbolic_symcache::{SymCache, SymCacheConverter};
 
 use super::SymbolicateError;
+use super::columns::Columns;
 use super::lookup::{DebugFileLookup, DifMatch};
 
 /// How long "no debug file for this image" is believed before the lookup is asked again.
@@ -57,6 +59,8 @@ pub struct SymFile {
     data: Vec<u8>,
     /// Whether the file had DWARF (else only symbol names come out of it).
     pub has_debug_info: bool,
+    /// Its DWARF's columns.
+    pub columns: Columns,
 }
 
 impl SymFile {
@@ -67,7 +71,7 @@ impl SymFile {
 
     /// Its size in memory.
     pub fn size(&self) -> usize {
-        self.data.len()
+        self.data.len() + self.columns.size()
     }
 }
 
@@ -93,6 +97,9 @@ struct Map {
     entries: HashMap<String, Entry>,
     bytes: usize,
     tick: u64,
+    /// Counts [`SymCaches::forget`]s: a lookup answered before one is asked again, so
+    /// that a file deleted meanwhile is not cached again.
+    forgotten: u64,
 }
 
 /// The SymCache cache.
@@ -147,6 +154,7 @@ impl SymCaches {
     /// Forgets what is known about an image (its file was uploaded, replaced or deleted).
     pub(crate) fn forget(&self, debug_id: &str) {
         let mut m = self.lock();
+        m.forgotten += 1;
         if let Some(e) = m.entries.remove(debug_id)
             && let Slot::File { size, .. } = e.slot
         {
@@ -165,14 +173,15 @@ impl SymCaches {
     ) -> Option<Arc<SymFile>> {
         enum Next {
             Wait(Cell, bool),
-            Ask,
+            Ask(u64),
         }
         let next = {
             let mut m = self.lock();
             m.tick += 1;
             let tick = m.tick;
+            let epoch = m.forgotten;
             match m.entries.get_mut(debug_id) {
-                None => Next::Ask,
+                None => Next::Ask(epoch),
                 Some(e) => {
                     e.used = tick;
                     match &mut e.slot {
@@ -180,7 +189,7 @@ impl SymCaches {
                             if misses == Misses::Trust && at.elapsed() < MISS_TTL {
                                 return None;
                             }
-                            Next::Ask
+                            Next::Ask(epoch)
                         }
                         Slot::File {
                             cell,
@@ -189,7 +198,7 @@ impl SymCaches {
                             ..
                         } => match cell.get() {
                             Some(Err(_)) if created.elapsed() < FAILED_TTL => return None,
-                            Some(Err(_)) => Next::Ask,
+                            Some(Err(_)) => Next::Ask(epoch),
                             _ => {
                                 let mark = last_marked.elapsed() >= MARK_USED_EVERY;
                                 if mark {
@@ -209,9 +218,15 @@ impl SymCaches {
                 }
                 cell
             }
-            Next::Ask => {
-                let found = lookup.find(debug_id, code_id);
-                let mut m = self.lock();
+            Next::Ask(mut epoch) => {
+                let (found, mut m) = loop {
+                    let found = lookup.find(debug_id, code_id);
+                    let m = self.lock();
+                    if m.forgotten == epoch {
+                        break (found, m);
+                    }
+                    epoch = m.forgotten;
+                };
                 m.tick += 1;
                 let used = m.tick;
                 let Some(found) = found else {
@@ -372,5 +387,6 @@ pub fn build(found: &DifMatch) -> Result<SymFile, SymbolicateError> {
     Ok(SymFile {
         data,
         has_debug_info: object.has_debug_info(),
+        columns: Columns::of(&object),
     })
 }

@@ -3,13 +3,15 @@
 //!
 //! The seams are Symbolicator's: [`lookup`] finds the debug file of an image (the upload
 //! store implements [`DebugFileLookup`]), [`cache`] converts it once into a SymCache and
-//! keeps it, [`resolve`] looks an address up; [`event`] and [`rewrite`] read and rewrite
-//! the event, [`sources`] reads source bundles, [`inapp`] marks the application's frames.
+//! keeps it with the DWARF's [`columns`], [`resolve`] looks an address up; [`event`] and
+//! [`rewrite`] read and rewrite the event, [`sources`] reads source bundles, [`inapp`]
+//! marks the application's frames.
 //! Ingestion calls [`process`] per event; events that arrived before their debug file are
 //! rewritten by [`reprocess_image`] or when viewed ([`on_view`]).
 
 mod arrivals;
 pub mod cache;
+pub mod columns;
 pub mod event;
 pub mod inapp;
 pub mod lookup;
@@ -193,6 +195,26 @@ impl Symbolicator {
             },
         }
     }
+}
+
+/// Makes what is cached about an image go when a debug file of it enters or leaves
+/// `difs`' index (here, or on another node sharing the store, seen at its next refresh):
+/// the symbolicator's SymCache, columns and remembered miss, minidump processing's parsed
+/// Breakpad symbols.
+pub fn forget_on_change(
+    difs: &crate::difs::Difs,
+    sym: &Arc<Symbolicator>,
+    minidumps: &crate::minidump::Minidumps,
+) {
+    // Weak: the symbolicator's lookup may be `difs` itself.
+    let sym = Arc::downgrade(sym);
+    let symbols = minidumps.symbol_files();
+    difs.on_change(Box::new(move |debug_id| {
+        if let Some(sym) = sym.upgrade() {
+            sym.forget(debug_id);
+        }
+        symbols.forget(debug_id);
+    }));
 }
 
 /// Whether a raw event may need symbolication at all (it has `debug_meta`): a substring

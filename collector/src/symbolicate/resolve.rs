@@ -12,6 +12,8 @@ pub struct Resolved {
     pub abs_path: Option<String>,
     /// 1-based line.
     pub lineno: Option<u32>,
+    /// 1-based column (from [`super::columns`]: SymCache keeps none).
+    pub colno: Option<u32>,
 }
 
 /// The frames of `addr` (relative to the image's load address), outermost first: the
@@ -27,6 +29,7 @@ pub fn lookup(cache: &SymCache<'_>, addr: u64) -> Vec<Resolved> {
                 function: demangle(name),
                 abs_path: path,
                 lineno: Some(loc.line()).filter(|l| *l > 0),
+                colno: None,
             }
         })
         .filter(|r| !r.function.is_empty() && r.function != "?")

@@ -91,10 +91,11 @@ impl Symbolicator {
                                 Adjustment::AllButFirst => j != n,
                             };
                             let at = if adjust { rel.saturating_sub(1) } else { rel };
-                            let resolved = file
+                            let mut resolved = file
                                 .symcache()
                                 .map(|c| resolve::lookup(&c, at))
                                 .unwrap_or_default();
+                            file.columns.fill(at, &mut resolved);
                             if !resolved.is_empty() {
                                 let template = std::mem::take(&mut old[i]);
                                 for r in &resolved {
@@ -236,8 +237,11 @@ fn symbolicated(template: &Value, r: &Resolved, rules: &InAppRules) -> Value {
         Some(l) => f.insert("lineno".into(), l.into()),
         None => f.remove("lineno"),
     };
-    // SymCache keeps no columns; a column the SDK guessed would not match the line.
-    f.remove("colno");
+    // A column the SDK guessed would not match the line.
+    match r.colno {
+        Some(c) => f.insert("colno".into(), c.into()),
+        None => f.remove("colno"),
+    };
     f.remove("symbol");
     f.insert(
         "in_app".into(),

@@ -133,6 +133,16 @@ fn line_of(after: &str, text: &str) -> u64 {
     (start + at + 1) as u64
 }
 
+/// The 1-based column where `text` starts on line `line` of the child's main.rs.
+fn column_of(line: u64, text: &str) -> u64 {
+    let src = std::fs::read_to_string(child_builds::fixture_dir().join("src/main.rs"))
+        .expect("the child's source");
+    let l = src.lines().nth(line as usize - 1).expect("the line");
+    1 + l
+        .find(text)
+        .unwrap_or_else(|| panic!("no {text:?} on line {line}")) as u64
+}
+
 /// The executable's entry in `debug_meta.images`.
 fn executable_image<'e>(event: &'e Value, stripped: &Path) -> &'e Value {
     let images = event["debug_meta"]["images"].as_array().expect("images");
@@ -162,6 +172,12 @@ fn assert_symbolicated(event: &Value, stripped: &Path, function: &str, capture_l
         .find(|f| name(f).starts_with(&want))
         .unwrap_or_else(|| panic!("no {want} frame in {frames:#?}"));
     assert_eq!(captured["lineno"], capture_line, "{captured:#}");
+    // The column of the call that captured, from the DWARF line table or inlined call.
+    assert_eq!(
+        captured["colno"],
+        column_of(capture_line, "errscope::capture_error"),
+        "{captured:#}"
+    );
     assert_eq!(captured["filename"], "src/main.rs", "{captured:#}");
     assert!(
         captured["abs_path"]
