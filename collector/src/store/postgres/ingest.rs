@@ -938,7 +938,20 @@ mod tests {
     #[tokio::test]
     async fn a_job_is_answered_after_its_commit_and_a_full_queue_is_refused() {
         let url = testing::fresh_database().await;
-        let s = Arc::new(node(&url, Retention::default(), 1).await);
+        // One writer: it takes the first job and waits for the lock, and the next job then
+        // stays in the queue (with more writers, each would take one).
+        let s = Arc::new(
+            PgStore::open_with_writers(
+                &url,
+                1,
+                Retention::default(),
+                Arc::new(Metrics::default()),
+                None,
+                1,
+            )
+            .await
+            .expect("open the store"),
+        );
         add_project(&s).await;
         let now = now_ms();
         s.ingest(job(vec![ev(1, 0, now)])).await.unwrap();
