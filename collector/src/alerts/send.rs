@@ -30,7 +30,12 @@ pub struct Sender {
     state: AppState,
     http: reqwest::Client,
     smtp: Option<Smtp>,
+    /// Deliveries being attempted: a scan skips them.
     inflight: Mutex<HashSet<i64>>,
+    /// Deliveries whose attempt is recorded, leaving `inflight` at the next scan. Not at
+    /// once: a scan that read the queue before the record committed still lists them as
+    /// due, and would send them again.
+    finished: Mutex<Vec<i64>>,
 }
 
 /// What one attempt came to, before the retry policy.
@@ -145,6 +150,7 @@ impl Sender {
             http,
             smtp,
             inflight: Mutex::new(HashSet::new()),
+            finished: Mutex::new(Vec::new()),
         })
     }
 
@@ -160,6 +166,10 @@ impl Sender {
         ));
         let mut last_prune: Option<Instant> = None;
         loop {
+            // Recorded before this scan reads the queue, so it sees them as recorded.
+            let finished =
+                std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+            self.lock().retain(|row| !finished.contains(row));
             let now = now_ms();
             let next = match self.state.store.alerts_due(now, 64).await {
                 Ok((rows, next)) => {
@@ -175,7 +185,10 @@ impl Sender {
                             let row = d.delivery.row;
                             let outcome = s.policy(&d, s.attempt(&d).await);
                             s.record(row, outcome).await;
-                            s.lock().remove(&row);
+                            s.finished
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(row);
                             drop(permit);
                             s.state.alerts.wake();
                         });
