@@ -72,12 +72,13 @@ fn redo(sym: &Symbolicator, encoding: u8, data: &[u8]) -> Result<Redone, Symboli
 
 /// Symbolicates the retained events that wait for `debug_id`'s debug file and rewrites
 /// their stored JSON; returns how many were rewritten. Call when a debug file (or source
-/// bundle) was uploaded. Their grouping is kept: they stay in their issue.
+/// bundle) was uploaded: the upload has already made the symbolicator forget what it
+/// cached of the image ([`super::forget_on_change`]). Their grouping is kept: they stay
+/// in their issue.
 pub async fn reprocess_image(state: &AppState, debug_id: &str) -> Result<usize, SymbolicateError> {
     let sym = state.symbolicator.clone();
     let id = canonical_debug_id(debug_id)
         .ok_or_else(|| SymbolicateError::BadDebugId(debug_id.into()))?;
-    sym.forget(&id);
     let mut after = 0;
     let mut rewritten = 0;
     loop {
