@@ -277,13 +277,20 @@ pub(crate) fn collector_command(data: &std::path::Path) -> tokio::process::Comma
     collector_command_blocking(data).into()
 }
 
+/// The collector binary the tests run: this build's, or the one `ERRSCOPE_COLLECTOR_BIN`
+/// names (a release build, for the long runs of `ERRSCOPE_LONG=1`).
+fn collector_bin() -> std::ffi::OsString {
+    std::env::var_os("ERRSCOPE_COLLECTOR_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_errscope-collector").into())
+}
+
 /// [`collector_command`], blocking.
 #[allow(
     dead_code,
     reason = "not every test binary runs the command-line tools"
 )]
 pub(crate) fn collector_command_blocking(data: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_errscope-collector"));
+    let mut cmd = std::process::Command::new(collector_bin());
     match errscope_testkit::store::database_for(data) {
         Some(url) => cmd.env("ERRSCOPE_DATABASE_URL", url),
         None => cmd.env_remove("ERRSCOPE_DATABASE_URL"),
