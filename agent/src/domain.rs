@@ -72,7 +72,7 @@ enum CrumbKind {
     Given(Box<Breadcrumb>),
     #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     Traced {
-        timestamp: f64,
+        timestamp: crate::time::Stamp,
         level: Level,
         target: &'static str,
         fields: CrumbData,
@@ -98,7 +98,11 @@ thread_local! {
 /// when it has them (see [`SPARE`]), else new ones (no allocation until written).
 #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
 pub(crate) fn crumb_buffers() -> (String, CrumbData) {
-    SPARE.try_with(Cell::take).ok().flatten().unwrap_or_default()
+    SPARE
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 /// Keeps the buffers of a crumb that left a ring as this thread's spare ones.
@@ -128,7 +132,7 @@ impl Crumb {
         Self {
             message: Some(message),
             kind: CrumbKind::Traced {
-                timestamp: crate::time::now_epoch(),
+                timestamp: crate::time::Stamp::now(),
                 level,
                 target,
                 fields,
@@ -136,8 +140,8 @@ impl Crumb {
         }
     }
 
-    /// The breadcrumb an event carries.
-    pub(crate) fn to_breadcrumb(&self) -> Breadcrumb {
+    /// The breadcrumb an event carries; `now` turns its moment into wall-clock time.
+    pub(crate) fn to_breadcrumb(&self, now: &crate::time::Now) -> Breadcrumb {
         let mut crumb = match &self.kind {
             CrumbKind::Given(crumb) => Breadcrumb::clone(crumb),
             CrumbKind::Traced {
@@ -149,7 +153,7 @@ impl Crumb {
                 let mut crumb = Breadcrumb::new(String::new())
                     .category(*target)
                     .level(*level);
-                crumb.timestamp = *timestamp;
+                crumb.timestamp = now.epoch(*timestamp);
                 crumb.data = fields
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -965,6 +969,40 @@ mod tests {
         let inner = d.run_sync(|| Domain::new("job")).expect("no panic");
         assert_eq!(inner.name(), "job");
         assert_eq!(inner.snapshot().tag("status").as_deref(), Some("503"));
+    }
+
+    #[test]
+    fn a_full_ring_lends_its_oldest_buffers_and_no_data_goes_with_them() {
+        use std::fmt::Write as _;
+        let d = Domain::new("d");
+        for i in 0..250usize {
+            let (mut message, mut fields) = crumb_buffers();
+            if i >= MAX_BREADCRUMBS + 1 {
+                // The crumb pushed out by the last one lent its (emptied) buffers.
+                assert!(message.is_empty() && message.capacity() > 0, "crumb {i}");
+                assert!(fields.is_empty(), "crumb {i}");
+            }
+            let _ = write!(message, "step {i}");
+            for k in 0..i % 3 {
+                fields.push((["a", "b"][k], Value::from(i)));
+            }
+            d.add_crumb(Crumb::traced(message, Level::Warning, "shop::cart", fields));
+        }
+        let snap = d.snapshot();
+        assert_eq!(snap.breadcrumbs.len(), MAX_BREADCRUMBS);
+        let now = crate::time::Now::read();
+        for (crumb, i) in snap.breadcrumbs.iter().zip(150usize..) {
+            let crumb = crumb.to_breadcrumb(&now);
+            assert_eq!(crumb.message, Some(format!("step {i}")));
+            assert_eq!(crumb.category.as_deref(), Some("shop::cart"));
+            assert_eq!(crumb.level, Level::Warning);
+            let want: BTreeMap<String, Value> = ["a", "b"][..i % 3]
+                .iter()
+                .map(|k| ((*k).to_owned(), Value::from(i)))
+                .collect();
+            assert_eq!(crumb.data, want, "crumb {i}");
+            assert!((crumb.timestamp - crate::time::now_epoch()).abs() < 5.0);
+        }
     }
 
     #[test]
