@@ -83,7 +83,8 @@ impl Now {
             (Stamp::Tsc(t), Some((now, secs_per_tick))) => {
                 self.wall - now.saturating_sub(t) as f64 * secs_per_tick
             }
-            // The counter did not move since the anchor: the stamp is of now.
+            // No usable reading now (the counter did not move since the anchor, or it
+            // read backwards five times): the stamp is taken as of now.
             (Stamp::Tsc(_), None) => self.wall,
         }
     }
