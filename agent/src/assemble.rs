@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::domain::{Crumb, DomainData};
+use crate::domain::DomainData;
 use crate::event::{
     Errno, Event, EventId, Exception, Level, Mechanism, MechanismMeta, Stacktrace, Values,
 };
@@ -237,11 +237,12 @@ pub(crate) fn build_event(
         event.tags.extend(tags);
         event.tags.insert("domain".to_owned(), name);
         if !domain.breadcrumbs.is_empty() {
+            let now = crate::time::Now::read();
             event.breadcrumbs = Some(Values {
                 values: domain
                     .breadcrumbs
                     .iter()
-                    .map(Crumb::to_breadcrumb)
+                    .map(|crumb| crumb.to_breadcrumb(&now))
                     .collect(),
             });
         }

@@ -205,6 +205,12 @@ pub(crate) const MAX_MESSAGE: usize = 8 * 1024;
 
 /// Cuts a message to [`MAX_MESSAGE`] bytes at a character boundary, marking the cut.
 pub(crate) fn truncate(mut s: String) -> String {
+    truncate_in_place(&mut s);
+    s
+}
+
+/// [`truncate`] on a borrowed buffer.
+pub(crate) fn truncate_in_place(s: &mut String) {
     if s.len() > MAX_MESSAGE {
         let mut end = MAX_MESSAGE;
         while !s.is_char_boundary(end) {
@@ -213,7 +219,6 @@ pub(crate) fn truncate(mut s: String) -> String {
         s.truncate(end);
         s.push('…');
     }
-    s
 }
 
 /// For a source behind `&dyn Error` the concrete type is not available; its `Debug`

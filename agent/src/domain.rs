@@ -68,15 +68,56 @@ pub(crate) struct Crumb {
 
 #[derive(Clone, Debug)]
 enum CrumbKind {
-    /// Its message is in [`Crumb::message`].
-    Given(Breadcrumb),
+    /// Its message is in [`Crumb::message`]. Boxed: a ring of small crumbs moves less.
+    Given(Box<Breadcrumb>),
     #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     Traced {
-        timestamp: f64,
+        timestamp: crate::time::Stamp,
         level: Level,
         target: &'static str,
-        fields: Vec<(&'static str, Value)>,
+        fields: CrumbData,
     },
+}
+
+/// A `tracing` breadcrumb's fields, by the callsite's field names.
+pub(crate) type CrumbData = Vec<(&'static str, Value)>;
+
+/// The largest buffers kept for reuse (see [`crumb_buffers`]): a message that needed
+/// more (up to [`crate::capture::MAX_MESSAGE`]) gives its buffer back to the allocator.
+const SPARE_MESSAGE: usize = 1024;
+const SPARE_FIELDS: usize = 16;
+
+thread_local! {
+    /// The message and field buffers of the last breadcrumb this thread pushed out of a
+    /// full ring, emptied: the next `tracing` breadcrumb of the thread writes into them,
+    /// so a domain that keeps logging allocates and frees nothing per breadcrumb.
+    static SPARE: Cell<Option<(String, CrumbData)>> = const { Cell::new(None) };
+}
+
+/// Empty buffers for a breadcrumb's message and fields: the spare ones of this thread
+/// when it has them (see [`SPARE`]), else new ones (no allocation until written).
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn crumb_buffers() -> (String, CrumbData) {
+    SPARE
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+/// Keeps the buffers of a crumb that left a ring as this thread's spare ones.
+fn recycle(crumb: Crumb) {
+    let (Some(mut message), CrumbKind::Traced { mut fields, .. }) = (crumb.message, crumb.kind)
+    else {
+        return;
+    };
+    if message.capacity() > SPARE_MESSAGE || fields.capacity() > SPARE_FIELDS {
+        return;
+    }
+    message.clear();
+    // Drops the values (a string field's own buffer is not kept).
+    fields.clear();
+    let _ = SPARE.try_with(|s| s.set(Some((message, fields))));
 }
 
 impl Crumb {
@@ -86,12 +127,12 @@ impl Crumb {
         message: String,
         level: Level,
         target: &'static str,
-        fields: Vec<(&'static str, Value)>,
+        fields: CrumbData,
     ) -> Self {
         Self {
             message: Some(message),
             kind: CrumbKind::Traced {
-                timestamp: crate::time::now_epoch(),
+                timestamp: crate::time::Stamp::now(),
                 level,
                 target,
                 fields,
@@ -99,10 +140,10 @@ impl Crumb {
         }
     }
 
-    /// The breadcrumb an event carries.
-    pub(crate) fn to_breadcrumb(&self) -> Breadcrumb {
+    /// The breadcrumb an event carries; `now` turns its moment into wall-clock time.
+    pub(crate) fn to_breadcrumb(&self, now: &crate::time::Now) -> Breadcrumb {
         let mut crumb = match &self.kind {
-            CrumbKind::Given(crumb) => crumb.clone(),
+            CrumbKind::Given(crumb) => Breadcrumb::clone(crumb),
             CrumbKind::Traced {
                 timestamp,
                 level,
@@ -112,7 +153,7 @@ impl Crumb {
                 let mut crumb = Breadcrumb::new(String::new())
                     .category(*target)
                     .level(*level);
-                crumb.timestamp = *timestamp;
+                crumb.timestamp = now.epoch(*timestamp);
                 crumb.data = fields
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), v.clone()))
@@ -129,7 +170,7 @@ impl From<Breadcrumb> for Crumb {
     fn from(mut crumb: Breadcrumb) -> Self {
         Self {
             message: crumb.message.take(),
-            kind: CrumbKind::Given(crumb),
+            kind: CrumbKind::Given(Box::new(crumb)),
         }
     }
 }
@@ -436,12 +477,17 @@ impl Domain {
 
     /// Records a breadcrumb kept as a [`Crumb`].
     pub(crate) fn add_crumb(&self, crumb: Crumb) {
+        let mut evicted = None;
         self.update(|d| {
             if d.breadcrumbs.len() >= MAX_BREADCRUMBS {
-                d.breadcrumbs.pop_front();
+                evicted = d.breadcrumbs.pop_front();
             }
             d.breadcrumbs.push_back(crumb);
         });
+        // After the lock: the oldest crumb's buffers serve the thread's next one.
+        if let Some(old) = evicted {
+            recycle(old);
+        }
     }
 
     /// Runs `f` inside this domain. A panic in `f` is recorded (with this domain's data,
@@ -510,6 +556,24 @@ pub(crate) fn set_last_panic(id: EventId) {
 pub(crate) fn current() -> Option<Domain> {
     CURRENT
         .try_with(|c| c.try_borrow().ok()?.clone())
+        .ok()
+        .flatten()
+}
+
+/// Whether a domain is current (no reference count touched).
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn is_current() -> bool {
+    CURRENT
+        .try_with(|c| c.try_borrow().is_ok_and(|d| d.is_some()))
+        .unwrap_or(false)
+}
+
+/// Calls `f` with the current domain, borrowed from the thread-local (no clone). `f`
+/// must not run the host's code: a domain entered inside it would not become current.
+#[cfg_attr(not(feature = "tracing"), allow(dead_code))]
+pub(crate) fn with_current<R>(f: impl FnOnce(&Domain) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|c| c.try_borrow().ok()?.as_ref().map(f))
         .ok()
         .flatten()
 }
@@ -905,6 +969,40 @@ mod tests {
         let inner = d.run_sync(|| Domain::new("job")).expect("no panic");
         assert_eq!(inner.name(), "job");
         assert_eq!(inner.snapshot().tag("status").as_deref(), Some("503"));
+    }
+
+    #[test]
+    fn a_full_ring_lends_its_oldest_buffers_and_no_data_goes_with_them() {
+        use std::fmt::Write as _;
+        let d = Domain::new("d");
+        for i in 0..250usize {
+            let (mut message, mut fields) = crumb_buffers();
+            if i > MAX_BREADCRUMBS {
+                // The crumb pushed out by the last one lent its (emptied) buffers.
+                assert!(message.is_empty() && message.capacity() > 0, "crumb {i}");
+                assert!(fields.is_empty(), "crumb {i}");
+            }
+            let _ = write!(message, "step {i}");
+            for k in 0..i % 3 {
+                fields.push((["a", "b"][k], Value::from(i)));
+            }
+            d.add_crumb(Crumb::traced(message, Level::Warning, "shop::cart", fields));
+        }
+        let snap = d.snapshot();
+        assert_eq!(snap.breadcrumbs.len(), MAX_BREADCRUMBS);
+        let now = crate::time::Now::read();
+        for (crumb, i) in snap.breadcrumbs.iter().zip(150usize..) {
+            let crumb = crumb.to_breadcrumb(&now);
+            assert_eq!(crumb.message, Some(format!("step {i}")));
+            assert_eq!(crumb.category.as_deref(), Some("shop::cart"));
+            assert_eq!(crumb.level, Level::Warning);
+            let want: BTreeMap<String, Value> = ["a", "b"][..i % 3]
+                .iter()
+                .map(|k| ((*k).to_owned(), Value::from(i)))
+                .collect();
+            assert_eq!(crumb.data, want, "crumb {i}");
+            assert!((crumb.timestamp - crate::time::now_epoch()).abs() < 5.0);
+        }
     }
 
     #[test]

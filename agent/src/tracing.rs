@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::error::Error;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -26,8 +26,8 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::assemble::Custom;
-use crate::capture::{Link, truncate, walk_chain};
-use crate::domain::{self, Crumb, Domain};
+use crate::capture::{Link, truncate, truncate_in_place, walk_chain};
+use crate::domain::{self, Crumb, CrumbData, Domain};
 use crate::event::Level as EventLevel;
 use crate::integration;
 
@@ -142,50 +142,59 @@ impl Visit for Fields {
     }
 }
 
-/// A breadcrumb's fields: names as the callsite has them, no map.
-#[derive(Default)]
+/// A breadcrumb's fields: names as the callsite has them, no map; written into the
+/// buffers [`domain::crumb_buffers`] hands out (those of a crumb that left the ring).
 struct CrumbFields {
-    message: Option<String>,
-    fields: Vec<(&'static str, Value)>,
+    message: String,
+    fields: CrumbData,
+}
+
+impl CrumbFields {
+    fn push(&mut self, field: &Field, value: Value) {
+        self.fields.push((field.name(), value));
+    }
 }
 
 impl Visit for CrumbFields {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.fields.push((field.name(), json!(value)));
+        self.push(field, Value::from(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.fields.push((field.name(), json!(value)));
+        self.push(field, Value::from(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.fields.push((field.name(), json!(value)));
+        self.push(field, Value::from(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.fields.push((field.name(), json!(value)));
+        self.push(field, Value::from(value));
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        let value = truncate(value.to_owned());
         if field.name() == "message" {
-            self.message = Some(value);
+            self.message.clear();
+            self.message.push_str(value);
+            truncate_in_place(&mut self.message);
         } else {
-            self.fields.push((field.name(), Value::String(value)));
+            self.push(field, Value::String(truncate(value.to_owned())));
         }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn Error + 'static)) {
         let value = Value::String(truncate(value.to_string()));
-        self.fields.push((field.name(), value));
+        self.push(field, value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let text = truncate(format!("{value:?}"));
         if field.name() == "message" {
-            self.message = Some(text);
+            self.message.clear();
+            let _ = write!(self.message, "{value:?}");
+            truncate_in_place(&mut self.message);
         } else {
-            self.fields.push((field.name(), Value::String(text)));
+            let text = truncate(format!("{value:?}"));
+            self.push(field, Value::String(text));
         }
     }
 }
@@ -255,19 +264,22 @@ where
             return;
         }
         if level > self.event_level {
-            let Some(domain) = domain::current() else {
+            if !domain::is_current() {
                 return;
-            };
+            }
             // Kept as it came (target and field names are `&'static`): the breadcrumb
-            // JSON is made only if an event of the domain carries it.
-            let mut fields = CrumbFields::default();
+            // JSON is made only if an event of the domain carries it. The fields are
+            // visited (the host's `Debug` code) before the domain is borrowed.
+            let (message, fields) = domain::crumb_buffers();
+            let mut fields = CrumbFields { message, fields };
             event.record(&mut fields);
-            domain.add_crumb(Crumb::traced(
-                fields.message.unwrap_or_default(),
+            let crumb = Crumb::traced(
+                fields.message,
                 level_of(level),
                 meta.target(),
                 fields.fields,
-            ));
+            );
+            domain::with_current(|domain| domain.add_crumb(crumb));
             return;
         }
         let mut fields = Fields::default();
