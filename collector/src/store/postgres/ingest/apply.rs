@@ -152,6 +152,10 @@ impl EventCols<'_> {
     }
 }
 
+/// Columns of the tag deltas: issue, project, key, value, count.
+#[derive(Default)]
+struct TagDeltaCols<'a>(Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
+
 /// Columns of new pending counts.
 #[derive(Default)]
 struct PendingCols<'a> {
@@ -613,7 +617,7 @@ pub(super) async fn flush(
         h.1.push(*hour);
         h.2.push(*n);
     }
-    let mut t: (Vec<i64>, Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut t = TagDeltaCols::default();
     for ((i, k, v), n) in &batch.issue_tags {
         t.0.push(*i);
         t.1.push(batch.issues.get(i).map_or(0, |d| d.project_id));
