@@ -1,6 +1,6 @@
-//! Ingest over HTTP on one collector with SQLite, one with PostgreSQL (with one writer
-//! task and with the default two) and two with PostgreSQL, interleaved in rounds on the
-//! same machine.
+//! Ingest over HTTP on one collector with SQLite, one with PostgreSQL and two with
+//! PostgreSQL, interleaved in rounds on the same machine (and the same PostgreSQL runs of
+//! another build, `ERRSCOPE_BENCH_BASELINE=<its errscope-collector>`, to compare with).
 //!
 //! ```text
 //! cargo run --release -p errscope-collector --example scalebench -- [seconds] [rounds] [connections]
@@ -30,13 +30,15 @@ use support::*;
 
 const TOKEN: &str = "scalebench-token";
 
-/// The configurations, in the order each round runs them: name, nodes (0 = SQLite) and
-/// `--pg-writers`.
-const CONFIGS: [(&str, usize, u32); 4] = [
-    ("SQLite", 0, 2),
-    ("PostgreSQL, 1 node, 1 writer", 1, 1),
-    ("PostgreSQL, 1 node", 1, 2),
-    ("PostgreSQL, 2 nodes", 2, 2),
+/// The configurations, in the order each round runs them: name, nodes (0 = SQLite),
+/// `--pg-writers`, and whether it runs the binary of `ERRSCOPE_BENCH_BASELINE` (another
+/// build to compare with, skipped without it).
+const CONFIGS: [(&str, usize, u32, bool); 5] = [
+    ("SQLite", 0, 2, false),
+    ("PostgreSQL, 1 node", 1, 2, false),
+    ("PostgreSQL, 2 nodes", 2, 2, false),
+    ("PostgreSQL, 1 node, baseline", 1, 2, true),
+    ("PostgreSQL, 2 nodes, baseline", 2, 2, true),
 ];
 
 struct Node {
@@ -305,6 +307,7 @@ fn main() {
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3);
     let conns: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(16);
     let bin: PathBuf = server_binary();
+    let baseline: Option<PathBuf> = std::env::var_os("ERRSCOPE_BENCH_BASELINE").map(Into::into);
     let cluster = Cluster::start().expect("start PostgreSQL");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -317,8 +320,13 @@ fn main() {
     );
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); CONFIGS.len()];
     for round in 1..=rounds {
-        for (i, (name, nodes, writers)) in CONFIGS.iter().enumerate() {
-            let r = rt.block_on(run_once(&bin, &cluster, (*nodes, *writers), secs, conns));
+        for (i, (name, nodes, writers, before)) in CONFIGS.iter().enumerate() {
+            let bin = match (before, &baseline) {
+                (false, _) => &bin,
+                (true, Some(b)) => b,
+                (true, None) => continue,
+            };
+            let r = rt.block_on(run_once(bin, &cluster, (*nodes, *writers), secs, conns));
             println!(
                 "round {round} {name:>28}: {:6.0} events/s, latency p50 {:5.1} / p99 {:6.1} ms, visible on {} p50 {:5.1} / p99 {:6.1} ms, peak RSS {:5.1} MB, CPU s: collectors {:5.1}, PostgreSQL {:5.1}, load generator {:4.1}",
                 r.rate,
@@ -345,7 +353,10 @@ fn main() {
         "| configuration | events/s (median) | vs SQLite | latency p50 / p99 | visible p50 / p99 | peak RSS per node | CPU s per 1,000 events: collectors / PostgreSQL |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for (i, (name, _, _)) in CONFIGS.iter().enumerate() {
+    for (i, (name, _, _, _)) in CONFIGS.iter().enumerate() {
+        if runs[i].is_empty() {
+            continue;
+        }
         let m = |f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
         let rate = m(|r| r.rate);
         let per_k = |cpu: f64| cpu / (rate * secs as f64 / 1000.0);

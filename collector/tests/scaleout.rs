@@ -417,6 +417,109 @@ async fn four_collectors_on_one_postgres_count_exactly_through_kills_and_a_datab
     run(4).await;
 }
 
+/// A storm on one issue from four collectors (two writers each), every event with a
+/// tag value of its own: the counts, hours and tags that every batch of every node adds
+/// to (insert-only deltas, folded by one node at a time) come out exact, and the
+/// per-issue and per-project caps on tag values hold exactly across all writers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_on_one_issue_from_four_collectors_counts_exactly_and_caps_tags_exactly() {
+    let (cluster, database, _dirs, nodes) = postgres_nodes(4, &[]).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let key = default_key(&http, addrs[0]).await;
+    let total: u64 = 1_500;
+    let seen = Arc::new(Seen::default());
+    let clients = (0..CLIENTS).map(|c| {
+        let (http, addrs, key, seen) = (http.clone(), addrs.clone(), key.clone(), seen.clone());
+        async move {
+            let mut n = c;
+            while n < total {
+                // Bug 0 every time, and a value of `request` no other event has.
+                let (_, mut ev) = event(n * BUGS);
+                ev["tags"]["request"] = json!(format!("r{n}"));
+                let body = ev.to_string();
+                deliver(&http, &addrs, &key, n as usize % addrs.len(), &body, &seen).await;
+                n += CLIENTS;
+            }
+        }
+    });
+    futures_join(clients).await;
+    assert_eq!(seen.ok.load(Relaxed), total);
+    assert_eq!(seen.bad.load(Relaxed), 0);
+
+    // Every node reads the same exact counts (each read folds what is pending first).
+    let mut answers = Vec::new();
+    for a in &addrs {
+        let stats = get(&http, *a, "/api/0/projects/1/stats/").await;
+        assert_eq!(
+            (stats["events"].as_u64(), stats["issues"].as_u64()),
+            (Some(total), Some(1))
+        );
+        let issues = get(&http, *a, "/api/0/projects/1/issues/?status=all").await;
+        assert_eq!(issues["data"][0]["count"], total, "{a}: {issues}");
+        let id = &issues["data"][0]["id"];
+        let detail = get(&http, *a, &format!("/api/0/issues/{id}/")).await;
+        let hourly: u64 = detail["hourly_14d"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(hourly, total, "{detail}");
+        let tagged: u64 = detail["tags"]["node_test"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(tagged, total, "{detail}");
+        answers.push((issues, detail));
+    }
+    for a in &answers[1..] {
+        assert_eq!(a, &answers[0], "every node answers the same");
+    }
+    // The caps, from the database (folded by the reads above; nothing is in flight).
+    let (db, conn) = tokio_postgres::connect(&database, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the database");
+    tokio::spawn(conn);
+    let tags = |table: &'static str| {
+        let db = &db;
+        async move {
+            let r = db
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE value <> '(other)'), coalesce(sum(count) FILTER (WHERE value = '(other)'), 0)::int8, sum(count)::int8
+                         FROM {table} WHERE key = 'request'"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2))
+        }
+    };
+    // 100 values per issue and 1,000 per project (store::MAX_TAG_VALUES_*), the rest
+    // counted as `(other)`.
+    let t = total as i64;
+    assert_eq!(tags("issue_tags").await, (100, t - 100, t));
+    assert_eq!(tags("project_tags").await, (1000, t - 1000, t));
+    let pending: i64 = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM issue_deltas) + (SELECT count(*) FROM hourly_deltas) + (SELECT count(*) FROM tag_deltas)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, 0, "every delta folded");
+    drop(nodes);
+    drop(cluster);
+}
+
 /// A PostgreSQL server of the test's own, a fresh database on it, and `n` collectors on
 /// that database, each with a data directory of its own and `args`.
 async fn postgres_nodes(

@@ -314,7 +314,8 @@ pub(super) async fn set_issue_status(
     alerts: &Arc<Alerts>,
 ) -> Result<Option<usize>, StoreError> {
     retry(|| async move {
-        let mut c = s.conn().await?;
+        // Folded first: an unmute alert quotes the issue's count.
+        let mut c = super::fold::folded(s).await?;
         let tx = c.transaction().await?;
         let Some(was) = row(
             &tx,

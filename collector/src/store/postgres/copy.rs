@@ -417,7 +417,14 @@ pub async fn copy_from_sqlite(data_dir: &Path, url: &str) -> Result<CopyReport, 
     for (table, cols, identity) in TABLES {
         let names: Vec<&str> = cols.iter().map(|(n, _)| *n).collect();
         let list = names.join(", ");
-        let mut stmt = lite.prepare(&format!("SELECT {list} FROM {table}"))?;
+        // The dedup ids in insertion order, which numbers them (`event_ids.seq`) as the
+        // writers would have: the cap keeps the newest.
+        let order = if *table == "event_ids" {
+            " ORDER BY rowid"
+        } else {
+            ""
+        };
+        let mut stmt = lite.prepare(&format!("SELECT {list} FROM {table}{order}"))?;
         let mut rows = stmt.query([])?;
         let mut copied = 0u64;
         let mut batch: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();

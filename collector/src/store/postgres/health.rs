@@ -220,7 +220,7 @@ pub(super) async fn new_issues(
     limit: i64,
 ) -> Result<Vec<NewIssue>, StoreError> {
     retry(|| async move {
-        let c = s.conn().await?;
+        let c = super::fold::folded(s).await?;
         Ok(rows(
             &c,
             "SELECT e.release, i.id, i.title, i.first_seen FROM issues i

@@ -11,18 +11,20 @@
 //! - An event id is stored once: `event_ids` takes it with `ON CONFLICT DO NOTHING`, so of
 //!   two nodes racing on it, the second waits for the first to commit and sees a duplicate.
 //! - A fingerprint makes one issue: `INSERT ... ON CONFLICT DO NOTHING`, then a read.
-//! - Rows are locked in one order (new issues, dedup ids, then the touched issues by id,
-//!   then hours, tags, the project's counter slot), one UPDATE per issue per batch; the
-//!   project's counters are spread over `schema::COUNTER_SLOTS` rows, one picked per batch.
+//! - A batch locks no row another batch of a storm needs across its commit's WAL flush:
+//!   issue counts, hourly buckets and tag counts go out as insert-only deltas (`fold.rs`
+//!   folds them, one node at a time); the project's counters are spread over
+//!   `schema::COUNTER_SLOTS` rows, one picked per batch; a sample another writer is
+//!   deleting is skipped. Only a resolved issue's row is locked (to reopen it once).
 //! - Deadlocks (`40P01`) and serialization failures (`40001`) are retried here; a
 //!   database that cannot be reached is [`StoreError::Unavailable`] (a 503), and the pool
 //!   reconnects when it is back.
 //!
 //! The bounds are the SQLite writer's (`sqlite/writer.rs`): samples per issue, retention,
 //! dedup ids by age and count (pruned by one node at a time), tag caps with `(other)`.
-//! Unlike SQLite's writer, tag counts are written in their events' transaction: exact
-//! even when a node is killed (one UNNEST statement per table and batch). Aggregate
-//! counts racing their event on another node are applied by the next sweep (5 s).
+//! Unlike SQLite's writer, tag counts are written in their events' transaction (as
+//! deltas): exact even when a node is killed. Aggregate counts racing their event on
+//! another node are applied by the next sweep (5 s).
 
 mod apply;
 mod hook;
@@ -190,8 +192,10 @@ struct Writer {
     last_prune: Instant,
     last_hourly_prune: Instant,
     last_sweep: Instant,
-    /// Events stored since the dedup ids were last pruned.
-    ids_since_prune: i64,
+    /// The highest dedup-id number a committed batch of this writer took.
+    id_seq: i64,
+    /// [`Self::id_seq`] when this writer last pruned the dedup ids past their cap.
+    id_mark: i64,
 }
 
 impl Writer {
@@ -215,7 +219,8 @@ impl Writer {
             last_prune: long_ago,
             last_hourly_prune: long_ago,
             last_sweep: long_ago,
-            ids_since_prune: 0,
+            id_seq: 0,
+            id_mark: 0,
         }
     }
 
@@ -340,15 +345,22 @@ impl Writer {
         let mut batch = Batch::default();
         let sweep = self.last_sweep.elapsed() >= SWEEP_EVERY;
         apply::stage(&tx, jobs, &self.issue_ids, &mut batch, sweep).await?;
-        let facts = apply::lock_issues(&tx, &batch).await?;
+        let hook = !batch.issues.is_empty() && self.hook.active(&tx).await?;
+        let facts = if hook {
+            apply::issue_facts(&tx, &batch).await?
+        } else {
+            Default::default()
+        };
+        // Counts go out with their events (as deltas): a node killed after answering 200
+        // has lost none of them.
+        let regressed = apply::flush(&tx, jobs, &batch, &self.retention).await?;
         let mut alerts_queued = 0;
-        if !batch.issues.is_empty() && self.hook.active(&tx).await? {
-            alerts_queued = self.hook.decide(&tx, &facts, &batch, jobs).await?;
+        if hook {
+            alerts_queued = self
+                .hook
+                .decide(&tx, &facts, &regressed, &batch, jobs)
+                .await?;
         }
-        apply::flush(&tx, jobs, &batch, &self.retention).await?;
-        // Tag counts go out with their events, in one statement per table per batch: a
-        // node killed after answering 200 has lost none of them.
-        apply::write_tags(&tx, &batch.issue_tags, &batch.project_tags).await?;
         tx.commit().await?;
         if sweep {
             self.last_sweep = Instant::now();
@@ -375,7 +387,7 @@ impl Writer {
         self.metrics
             .events_duplicate
             .fetch_add(batch.duplicates, Relaxed);
-        self.ids_since_prune += batch.events_stored as i64;
+        self.id_seq = self.id_seq.max(batch.id_seq);
         if alerts_queued > 0 {
             self.hook.wake();
         }
@@ -383,7 +395,10 @@ impl Writer {
 
     async fn maybe_prune(&mut self) {
         let due = self.last_prune.elapsed() >= PRUNE_EVERY;
-        let cap_due = self.ids_since_prune >= (self.retention.dedup_max_ids / 10).max(1);
+        // Numbered by all nodes' inserts: whichever writer sees a tenth of the cap added
+        // since it last pruned prunes, so the ids exceed the cap by at most a tenth of it
+        // and the batches in flight, however many writers there are.
+        let cap_due = self.id_seq - self.id_mark >= (self.retention.dedup_max_ids / 10).max(1);
         if !due && !cap_due {
             return;
         }
@@ -395,7 +410,6 @@ impl Writer {
     /// Deletes the dedup ids past the cap and, with `all`, expired samples, dedup ids,
     /// counts and buckets; one node at a time (the others skip their turn).
     async fn prune(&mut self, all: bool) -> Result<(), StoreError> {
-        self.ids_since_prune = 0;
         if all {
             self.last_prune = Instant::now();
         }
@@ -409,11 +423,14 @@ impl Writer {
             .await?
             .get(0);
         if !locked {
+            // Another writer is pruning; this one tries again after its next batch.
             return Ok(());
         }
+        self.id_mark = self.id_seq;
         let r = async {
+            // The newest `dedup_max_ids` by insertion, whichever node inserted them.
             conn.execute(
-                "DELETE FROM event_ids WHERE received < (SELECT received FROM event_ids ORDER BY received DESC OFFSET $1 LIMIT 1)",
+                "DELETE FROM event_ids WHERE seq <= (SELECT max(seq) FROM event_ids) - $1",
                 &[&self.retention.dedup_max_ids],
             )
             .await?;
@@ -616,8 +633,9 @@ mod tests {
         }
     }
 
+    /// One value, read after folding the deltas (as the API reads do).
     async fn i64_of(s: &PgStore, sql: &str) -> i64 {
-        s.conn()
+        crate::store::postgres::fold::folded(s)
             .await
             .unwrap()
             .query_one(sql, &[])
@@ -626,9 +644,24 @@ mod tests {
             .get(0)
     }
 
+    /// Sessions of the test database waiting for a lock (read without folding, which
+    /// could wait for the locks the test holds).
+    async fn lock_waiters(s: &PgStore) -> i64 {
+        s.conn()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// `title -> count` of every issue, and `(key, value) -> count` of the project's tags.
     async fn pg_counts(s: &PgStore) -> (BTreeMap<String, i64>, BTreeMap<(String, String), i64>) {
-        let c = s.conn().await.unwrap();
+        let c = crate::store::postgres::fold::folded(s).await.unwrap();
         let issues = c
             .query("SELECT title, count FROM issues", &[])
             .await
@@ -822,6 +855,48 @@ mod tests {
         s.close().await;
     }
 
+    /// Four writers (two nodes of two) storing one event at a time: whichever writer sees
+    /// a tenth of the cap added since it last pruned prunes, so the dedup ids never pass
+    /// the cap by more than a tenth of it and the batch in flight (with each writer
+    /// counting only its own events, it was about a tenth per writer).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dedup_ids_stay_under_their_cap_across_writers() {
+        let cap = 100;
+        let url = testing::fresh_database().await;
+        let retention = Retention {
+            dedup_max_ids: cap,
+            ..Retention::default()
+        };
+        let a = node(&url, retention, 64).await;
+        add_project(&a).await;
+        let b = node(&url, retention, 64).await;
+        let now = now_ms();
+        let mut peak = 0;
+        for n in 1..=400u64 {
+            let s = if n % 2 == 0 { &a } else { &b };
+            s.ingest(job(vec![ev(n, 0, now)])).await.unwrap();
+            let ids: i64 = a
+                .conn()
+                .await
+                .unwrap()
+                .query_one("SELECT count(*) FROM event_ids", &[])
+                .await
+                .unwrap()
+                .get(0);
+            peak = peak.max(ids);
+        }
+        // The cap, a tenth of it, and the event just stored and the one before it (the
+        // writer that stored it prunes after answering).
+        assert!(peak <= cap + cap / 10 + 2, "peak {peak}");
+        assert!(peak > cap, "the ids reached the cap: {peak}");
+        // A retry of the newest event is still recognised, through either node.
+        a.ingest(job(vec![ev(400, 0, now)])).await.unwrap();
+        b.ingest(job(vec![ev(399, 0, now)])).await.unwrap();
+        assert_eq!(a.stats(1).await.unwrap().unwrap().events, 400);
+        a.close().await;
+        b.close().await;
+    }
+
     #[tokio::test]
     async fn tag_values_are_capped_with_other() {
         let s = testing::fresh_store().await;
@@ -917,14 +992,15 @@ mod tests {
         b.close().await;
     }
 
-    /// Holds the lock of issue 1 from another connection until the returned sender fires.
-    async fn hold_issue_lock(s: &PgStore) -> oneshot::Sender<()> {
+    /// Locks the project counters from another connection (every batch writes a slot)
+    /// until the returned sender fires.
+    async fn hold_counter_lock(s: &PgStore) -> oneshot::Sender<()> {
         let mut conn = s.conn().await.unwrap();
         let (release, wait) = oneshot::channel::<()>();
         let (locked_tx, locked) = oneshot::channel();
         tokio::spawn(async move {
             let tx = conn.transaction().await.unwrap();
-            tx.execute("SELECT 1 FROM issues WHERE id = 1 FOR UPDATE", &[])
+            tx.batch_execute("LOCK TABLE project_counters IN EXCLUSIVE MODE")
                 .await
                 .unwrap();
             let _ = locked_tx.send(());
@@ -955,13 +1031,13 @@ mod tests {
         add_project(&s).await;
         let now = now_ms();
         s.ingest(job(vec![ev(1, 0, now)])).await.unwrap();
-        let release = hold_issue_lock(&s).await;
+        let release = hold_counter_lock(&s).await;
         // The writer takes this job and waits for the lock; the next one fills the queue.
         let first = {
             let s = s.clone();
             tokio::spawn(async move { s.ingest(job(vec![ev(2, 0, now)])).await })
         };
-        while i64_of(&s, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").await == 0 {
+        while lock_waiters(&s).await == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let second = {
@@ -991,8 +1067,9 @@ mod tests {
         ));
     }
 
-    /// Another session and the writer lock two issues in opposite orders; PostgreSQL
-    /// aborts the writer's transaction (its deadlock check runs first), which retries.
+    /// Another session and the writer lock two resolved issues (which a batch reopens) in
+    /// opposite orders; PostgreSQL aborts the writer's transaction (its deadlock check
+    /// runs first), which retries.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_deadlock_is_retried_not_surfaced() {
         let s = Arc::new(testing::fresh_store().await);
@@ -1001,7 +1078,11 @@ mod tests {
         s.ingest(job(vec![ev(1, 0, now), ev(2, 1, now)]))
             .await
             .unwrap();
-        let mut conn = s.conn().await.unwrap();
+        // Folded now, so that no fold waits for the locks below.
+        let mut conn = crate::store::postgres::fold::folded(&s).await.unwrap();
+        conn.execute("UPDATE issues SET status = 'resolved'", &[])
+            .await
+            .unwrap();
         let tx = conn.transaction().await.unwrap();
         tx.batch_execute(
             "SET LOCAL deadlock_timeout = '10s'; SELECT 1 FROM issues WHERE id = 2 FOR UPDATE",
@@ -1012,7 +1093,7 @@ mod tests {
             let s = s.clone();
             tokio::spawn(async move { s.ingest(job(vec![ev(3, 0, now), ev(4, 1, now)])).await })
         };
-        while i64_of(&s, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").await == 0 {
+        while lock_waiters(&s).await == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Waits until the writer's transaction is rolled back (PostgreSQL checks for
@@ -1031,7 +1112,11 @@ mod tests {
             .unwrap()
             .expect("the deadlock is not the client's problem");
         assert_eq!(
-            i64_of(&s, "SELECT count(*) FROM issues WHERE count = 2").await,
+            i64_of(
+                &s,
+                "SELECT count(*) FROM issues WHERE count = 2 AND status = 'unresolved' AND is_regression"
+            )
+            .await,
             2
         );
         assert_eq!(s.event_copies().await.unwrap().len(), 4);

@@ -10,6 +10,7 @@ mod alerts;
 mod basics;
 pub mod copy;
 mod difs;
+mod fold;
 mod health;
 mod ingest;
 pub use ingest::DEFAULT_WRITERS;
@@ -51,6 +52,13 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub struct PgStore {
     pool: Pool,
     ingest: ingest::Ingestor,
+    folder: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.folder.abort();
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -100,7 +108,12 @@ impl PgStore {
             alerts,
             writers.max(1),
         );
-        Ok(PgStore { pool, ingest })
+        let folder = tokio::spawn(fold::run(pool.clone()));
+        Ok(PgStore {
+            pool,
+            ingest,
+            folder,
+        })
     }
 
     /// A pooled connection; an unreachable database is [`StoreError::Unavailable`].
@@ -210,6 +223,14 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.ingest.close().await;
+        self.folder.abort();
+        // What this node's writers committed last, folded now rather than by the next
+        // read or node.
+        if let Ok(mut c) = self.conn().await
+            && let Err(e) = fold::fold(&mut c, true).await
+        {
+            tracing::debug!("folding counts at shutdown failed: {e}");
+        }
     }
 
     // --- teams and access (store/postgres/access.rs) ---

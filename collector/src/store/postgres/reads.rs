@@ -103,7 +103,7 @@ pub(super) async fn classes(
 ) -> Result<Vec<Class>, StoreError> {
     let status = status.as_deref();
     retry(|| async move {
-        let c = s.conn().await?;
+        let c = super::fold::folded(s).await?;
         let (filter, first) = (
             if status.is_some() {
                 " AND status = $2"
@@ -235,7 +235,7 @@ pub(super) async fn issues(
     );
     let (sql, args) = (&sql, &args);
     retry(|| async move {
-        let c = s.conn().await?;
+        let c = super::fold::folded(s).await?;
         let params: Vec<&(dyn ToSql + Sync)> = args
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
@@ -272,7 +272,7 @@ pub(super) async fn issues(
 
 pub(super) async fn issue(s: &PgStore, id: i64, now: i64) -> Result<Option<Issue>, StoreError> {
     retry(|| async move {
-        let c = s.conn().await?;
+        let c = super::fold::folded(s).await?;
         let Some(r) = row(
             &c,
             &format!("SELECT {ISSUE_COLUMNS} FROM {ISSUE_FROM} WHERE i.id = $1"),
@@ -296,7 +296,7 @@ pub(super) async fn issue_detail(
     now: i64,
 ) -> Result<IssueDetail, StoreError> {
     retry(|| async move {
-        let c = s.conn().await?;
+        let c = super::fold::folded(s).await?;
         let mut tags: HashMap<String, Vec<TagValue>> = HashMap::new();
         for r in rows(
             &c,
@@ -433,7 +433,7 @@ pub(super) async fn project_tag_values(
 ) -> Result<Vec<TagValue>, StoreError> {
     retry(|| async move {
         Ok(rows(
-            &s.conn().await?,
+            &super::fold::folded(s).await?,
             "SELECT value, count FROM project_tags WHERE project_id = $1 AND key = $2
              ORDER BY count DESC, value COLLATE \"C\" LIMIT 100",
             &[&project_id, &key],

@@ -228,4 +228,7 @@ pub const MIGRATIONS: &[&str] = &[
     super::health::MIGRATION,
     // 8: the issue workflow: assignees and comments (store/postgres/workflow.rs).
     super::workflow::MIGRATION,
+    // 9: insert-only deltas of issue, hourly and tag counts, folded by one node at a time
+    // (store/postgres/fold.rs); the folded tables keep every count they had.
+    super::fold::MIGRATION,
 ];

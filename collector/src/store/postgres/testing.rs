@@ -94,6 +94,12 @@ impl Twin {
         use tokio_postgres::types::ToSql;
         let mut c = self.pg.conn().await.expect("a connection");
         let tx = c.transaction().await.expect("a transaction");
+        // Deltas of PostgreSQL's own ingest would be folded onto the copied rows.
+        tx.batch_execute(
+            "DELETE FROM issue_deltas; DELETE FROM hourly_deltas; DELETE FROM tag_deltas",
+        )
+        .await
+        .expect("empty the deltas");
         for (table, cols, kinds) in MIRRORED {
             let sql = format!("SELECT {cols} FROM {table}");
             let n = kinds.len();

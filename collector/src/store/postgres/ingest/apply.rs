@@ -1,5 +1,5 @@
-//! The SQL of one writer transaction on PostgreSQL: dedup, issue resolution, event rows
-//! and counts first, then the touched issues locked in id order and their counters.
+//! The SQL of one writer transaction on PostgreSQL: dedup, issue resolution, event rows,
+//! then the counts as insert-only deltas (`fold.rs`) in one statement.
 //!
 //! Every multi-row statement takes its rows from `UNNEST` arrays and inserts them in a
 //! stable order, so two nodes writing the same keys lock them in the same order.
@@ -10,15 +10,10 @@ use deadpool_postgres::Transaction;
 
 use super::super::schema::COUNTER_SLOTS;
 use crate::alerts::message::IssueFacts;
-use crate::store::{
-    IngestJob, MAX_TAG_VALUES_PER_ISSUE, MAX_TAG_VALUES_PER_PROJECT, PreparedEvent, Retention,
-    StoreError,
-};
+use crate::store::{IngestJob, PreparedEvent, Retention, StoreError};
 use crate::time::{HOUR_MS, hour_of, now_ms};
 
-const OTHER: &str = "(other)";
-
-/// Tag-value counts by `(issue or project, key, value)`.
+/// Tag-value counts by `(issue, key, value)`.
 pub(super) type TagCounts = HashMap<(i64, String, String), i64>;
 
 /// Issue ids by `(project, fingerprint)`.
@@ -62,13 +57,17 @@ struct ProjectDelta {
 pub(super) struct Batch {
     pub(super) issues: BTreeMap<i64, IssueDelta>,
     hourly: BTreeMap<(i64, i64), i64>,
-    pub(super) issue_tags: TagCounts,
-    pub(super) project_tags: TagCounts,
+    issue_tags: TagCounts,
     projects: BTreeMap<i64, ProjectDelta>,
     pub(super) events_stored: u64,
     pub(super) duplicates: u64,
     /// Issue ids looked up or created; cached once the transaction commits.
     pub(super) learned: Vec<((i64, String), i64)>,
+    /// The issues this transaction created (a new-issue alert fires for them).
+    pub(super) created: HashSet<i64>,
+    /// The highest `event_ids.seq` this batch took (0 if none): how many ids all nodes
+    /// have stored, give or take the batches in flight.
+    pub(super) id_seq: i64,
 }
 
 impl Batch {
@@ -97,6 +96,66 @@ impl Batch {
     }
 }
 
+/// The first statement of a batch with events: dedup ids (`kind` 0, with their number),
+/// the event rows stored (1), and the pending aggregate counts of those events taken
+/// (2, with count, start and end).
+const STAGE: &str = "WITH f AS (
+        INSERT INTO event_ids (project_id, event_id, issue_id, received)
+        SELECT p, e, i, r FROM UNNEST($1::int8[], $2::text[], $3::int8[], $5::int8[]) AS u(p, e, i, r)
+        ORDER BY p, e
+        ON CONFLICT DO NOTHING RETURNING project_id, event_id, seq),
+    s AS (
+        INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level, message, environment, release, encoding, data)
+        SELECT u.p, u.e, u.i, u.ts, u.rc, u.lv, u.msg, u.env, u.rel, u.enc, u.data
+        FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int2[], $11::bytea[])
+             WITH ORDINALITY AS u(p, e, i, ts, rc, lv, msg, env, rel, enc, data, n)
+        JOIN f ON f.project_id = u.p AND f.event_id = u.e
+        ORDER BY u.n
+        ON CONFLICT (project_id, event_id) DO NOTHING RETURNING project_id, event_id),
+    c AS (
+        DELETE FROM pending_counts pc USING s WHERE pc.project_id = s.project_id AND pc.event_id = s.event_id
+        RETURNING pc.project_id, pc.event_id, pc.count, pc.start_ms, pc.end_ms)
+    SELECT 0, project_id, event_id, seq, 0::int8, 0::int8 FROM f
+    UNION ALL SELECT 1, project_id, event_id, 0::int8, 0::int8, 0::int8 FROM s
+    UNION ALL SELECT 2, project_id, event_id, count, start_ms, end_ms FROM c";
+
+/// Columns of a batch's events, in [`STAGE`]'s parameter order.
+struct EventCols<'a> {
+    p: Vec<i64>,
+    e: Vec<&'a str>,
+    iss: Vec<i64>,
+    ts: Vec<i64>,
+    rc: Vec<i64>,
+    lv: Vec<&'a str>,
+    msg: Vec<&'a str>,
+    env: Vec<Option<&'a str>>,
+    rel: Vec<Option<&'a str>>,
+    enc: Vec<i16>,
+    data: Vec<&'a [u8]>,
+}
+
+impl EventCols<'_> {
+    fn with_capacity(n: usize) -> Self {
+        EventCols {
+            p: Vec::with_capacity(n),
+            e: Vec::with_capacity(n),
+            iss: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            rc: Vec::with_capacity(n),
+            lv: Vec::with_capacity(n),
+            msg: Vec::with_capacity(n),
+            env: Vec::with_capacity(n),
+            rel: Vec::with_capacity(n),
+            enc: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// Columns of the tag deltas: issue, project, key, value, count.
+#[derive(Default)]
+struct TagDeltaCols<'a>(Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
+
 /// Columns of new pending counts.
 #[derive(Default)]
 struct PendingCols<'a> {
@@ -121,10 +180,10 @@ struct IssueCols<'a>(
     Vec<i64>,
 );
 
-/// Columns of the issue UPDATE: id, count, last and first seen, then the newest
+/// Columns of the issue deltas: id, count, first and last seen, then the newest
 /// event's id, level, title and culprit.
 #[derive(Default)]
-struct UpdateCols<'a>(
+struct DeltaCols<'a>(
     Vec<i64>,
     Vec<i64>,
     Vec<i64>,
@@ -172,28 +231,51 @@ pub(super) async fn stage(
             .unwrap_or(0)
     };
 
-    // The dedup check and record in one statement: a row another node inserted and has
-    // not committed yet makes this one wait, then count as a duplicate.
-    let mut fresh = HashSet::new();
+    // The dedup ids, the event rows and the aggregate counts that arrived before their
+    // event, in one statement. An id another node inserted and has not committed yet
+    // makes this one wait, then count as a duplicate. Event rows go in arrival order;
+    // `DO NOTHING` there: a retry whose dedup entry was pruned while its sample is kept.
+    let (mut fresh, mut stored) = (HashSet::new(), HashSet::new());
+    let mut pending = Vec::new();
     if !evs.is_empty() {
-        let (mut p, mut e, mut iss, mut r) = (vec![], vec![], vec![], vec![]);
+        let n = evs.len();
+        let mut c = EventCols::with_capacity(n);
         for &at in &evs {
             let (pid, ev) = event(at);
-            p.push(pid);
-            e.push(ev.event_id.as_str());
-            iss.push(issue_of(pid, ev));
-            r.push(ev.received);
+            c.p.push(pid);
+            c.e.push(ev.event_id.as_str());
+            c.iss.push(issue_of(pid, ev));
+            c.ts.push(ev.timestamp);
+            c.rc.push(ev.received);
+            c.lv.push(ev.level.as_str());
+            c.msg.push(ev.grouping.message.as_str());
+            c.env.push(ev.environment.as_deref());
+            c.rel.push(ev.release.as_deref());
+            c.enc.push(i16::from(ev.encoding));
+            c.data.push(ev.data.as_slice());
         }
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO event_ids (project_id, event_id, issue_id, received)
-                 SELECT p, e, i, r FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[]) AS u(p, e, i, r)
-                 ORDER BY p, e
-                 ON CONFLICT DO NOTHING RETURNING project_id, event_id",
+        let stmt = tx.prepare_cached(STAGE).await?;
+        let rows = tx
+            .query(
+                &stmt,
+                &[
+                    &c.p, &c.e, &c.iss, &c.ts, &c.rc, &c.lv, &c.msg, &c.env, &c.rel, &c.enc,
+                    &c.data,
+                ],
             )
             .await?;
-        for row in tx.query(&stmt, &[&p, &e, &iss, &r]).await? {
-            fresh.insert((row.get::<_, i64>(0), row.get::<_, String>(1)));
+        for row in rows {
+            let key = (row.get::<_, i64>(1), row.get::<_, String>(2));
+            match row.get::<_, i32>(0) {
+                0 => {
+                    batch.id_seq = batch.id_seq.max(row.get(3));
+                    fresh.insert(key);
+                }
+                1 => {
+                    stored.insert(key);
+                }
+                _ => pending.push((key, row.get::<_, i64>(3), row.get(4), row.get(5))),
+            }
         }
     }
     let fresh_evs: Vec<(usize, usize)> = evs
@@ -205,58 +287,6 @@ pub(super) async fn stage(
         })
         .collect();
     batch.duplicates += (evs.len() - fresh_evs.len()) as u64;
-
-    // Event rows in arrival order. `DO NOTHING`: a retry whose dedup entry was pruned
-    // while its sample is still kept.
-    let mut stored = HashSet::new();
-    if !fresh_evs.is_empty() {
-        let n = fresh_evs.len();
-        let (mut p, mut e, mut iss, mut ts, mut rc) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut lv, mut msg, mut env, mut rel, mut enc, mut data) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for &at in &fresh_evs {
-            let (pid, ev) = event(at);
-            p.push(pid);
-            e.push(ev.event_id.as_str());
-            iss.push(issue_of(pid, ev));
-            ts.push(ev.timestamp);
-            rc.push(ev.received);
-            lv.push(ev.level.as_str());
-            msg.push(ev.grouping.message.as_str());
-            env.push(ev.environment.as_deref());
-            rel.push(ev.release.as_deref());
-            enc.push(i16::from(ev.encoding));
-            data.push(ev.data.as_slice());
-        }
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO events (project_id, event_id, issue_id, timestamp, received, level, message, environment, release, encoding, data)
-                 SELECT * FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[], $8::text[], $9::text[], $10::int2[], $11::bytea[])
-                 ON CONFLICT (project_id, event_id) DO NOTHING RETURNING project_id, event_id",
-            )
-            .await?;
-        for row in tx
-            .query(
-                &stmt,
-                &[&p, &e, &iss, &ts, &rc, &lv, &msg, &env, &rel, &enc, &data],
-            )
-            .await?
-        {
-            stored.insert((row.get::<_, i64>(0), row.get::<_, String>(1)));
-        }
-    }
     let mut stored_issue = HashMap::new();
     for &(j, i) in &fresh_evs {
         let (pid, ev) = event((j, i));
@@ -282,32 +312,16 @@ pub(super) async fn stage(
                 .issue_tags
                 .entry((issue_id, k.clone(), v.clone()))
                 .or_default() += 1;
-            *batch
-                .project_tags
-                .entry((pid, k.clone(), v.clone()))
-                .or_default() += 1;
         }
         let pd = batch.projects.entry(pid).or_default();
         pd.events += 1;
         pd.seq += 1;
         pd.last_seen = pd.last_seen.max(ev.timestamp);
     }
-
     // Aggregate counts that arrived before their event.
-    if !stored_issue.is_empty() {
-        let (p, e): (Vec<i64>, Vec<&str>) = stored_issue.keys().copied().unzip();
-        let stmt = tx
-            .prepare_cached(
-                "DELETE FROM pending_counts WHERE (project_id, event_id) IN (SELECT * FROM UNNEST($1::int8[], $2::text[]))
-                 RETURNING project_id, event_id, count, start_ms, end_ms",
-            )
-            .await?;
-        for row in tx.query(&stmt, &[&p, &e]).await? {
-            let pid: i64 = row.get(0);
-            let eid: String = row.get(1);
-            if let Some(&issue_id) = stored_issue.get(&(pid, eid.as_str())) {
-                batch.add_count(pid, issue_id, row.get(2), row.get(3), row.get(4));
-            }
+    for ((pid, eid), count, start, end) in pending {
+        if let Some(&issue_id) = stored_issue.get(&(pid, eid.as_str())) {
+            batch.add_count(pid, issue_id, count, start, end);
         }
     }
     if sweep {
@@ -485,6 +499,7 @@ async fn resolve_issues<'a>(
         .query(&stmt, &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7])
         .await?
     {
+        batch.created.insert(row.get(0));
         ids.insert((row.get(1), row.get(2)), row.get(0));
     }
     if ids.len() < need.len() {
@@ -504,9 +519,9 @@ async fn resolve_issues<'a>(
     Ok(ids)
 }
 
-/// Locks the issues the batch touches, in id order, and reads them as they were before
-/// it (what the alert hook decides on: a count of 0 is new, `resolved` a regression).
-pub(super) async fn lock_issues(
+/// The touched issues as they are before the batch (what the alert hook decides on),
+/// read without locking them: counts include the deltas not folded yet.
+pub(super) async fn issue_facts(
     tx: &Transaction<'_>,
     batch: &Batch,
 ) -> Result<BTreeMap<i64, IssueFacts>, StoreError> {
@@ -517,8 +532,12 @@ pub(super) async fn lock_issues(
     let ids: Vec<i64> = batch.issues.keys().copied().collect();
     let stmt = tx
         .prepare_cached(
-            "SELECT id, title, class, kind, culprit, level, status, count, first_seen, last_seen
-             FROM issues WHERE id = ANY($1::int8[]) ORDER BY id FOR UPDATE",
+            "SELECT i.id, i.title, i.class, i.kind, i.culprit, i.level, i.status,
+                    i.count + coalesce(d.n, 0)::int8, least(i.first_seen, d.fs), greatest(i.last_seen, d.ls)
+             FROM issues i LEFT JOIN (
+                SELECT issue_id, sum(count) AS n, min(first_seen) AS fs, max(last_seen) AS ls
+                FROM issue_deltas WHERE issue_id = ANY($1::int8[]) GROUP BY issue_id) d ON d.issue_id = i.id
+             WHERE i.id = ANY($1::int8[])",
         )
         .await?;
     for r in tx.query(&stmt, &[&ids]).await? {
@@ -539,207 +558,101 @@ pub(super) async fn lock_issues(
     Ok(facts)
 }
 
-/// Applies a batch's issue counters (one UPDATE for all its issues), the sample cap,
-/// the hourly buckets and the project's counter slot. Call after [`lock_issues`].
+/// Everything [`flush`] writes after the events, in one statement: the regressions of
+/// resolved issues (the only issue rows a batch locks), the issue, hourly and tag deltas
+/// (insert-only, folded by `fold.rs`), the project's counter slot, and the sample cap.
+const FLUSH: &str = "WITH r AS (
+        UPDATE issues SET is_regression = TRUE, status = 'unresolved'
+        WHERE id = ANY($1::int8[]) AND status = 'resolved' RETURNING id),
+    a AS (INSERT INTO issue_deltas (issue_id, count, first_seen, last_seen, latest_event_id, level, title, culprit)
+        SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])),
+    h AS (INSERT INTO hourly_deltas (issue_id, hour, count)
+        SELECT * FROM UNNEST($9::int8[], $10::int8[], $11::int8[])),
+    t AS (INSERT INTO tag_deltas (issue_id, project_id, key, value, count)
+        SELECT * FROM UNNEST($12::int8[], $13::int8[], $14::text[], $15::text[], $16::int8[])),
+    p AS (INSERT INTO project_counters (project_id, slot, events, seq, last_seen)
+        SELECT p, $21, e, s, NULLIF(l, 0)
+        FROM UNNEST($17::int8[], $18::int8[], $19::int8[], $20::int8[]) AS u(p, e, s, l) ORDER BY p
+        ON CONFLICT (project_id, slot) DO UPDATE SET
+            events = project_counters.events + excluded.events,
+            seq = project_counters.seq + excluded.seq,
+            last_seen = greatest(project_counters.last_seen, excluded.last_seen)),
+    x AS (DELETE FROM events WHERE id IN (
+        SELECT id FROM events WHERE id IN (
+            SELECT id FROM (
+                SELECT id, row_number() OVER (PARTITION BY issue_id ORDER BY id DESC) AS newer,
+                       min(id) OVER (PARTITION BY issue_id) AS first
+                FROM events WHERE issue_id = ANY($22::int8[])) s
+            WHERE newer >= $23 AND id <> first)
+        FOR UPDATE SKIP LOCKED))
+    SELECT id FROM r";
+
+/// Applies a batch's counts: deltas of its issues, hours and tags, the project's counter
+/// slot, regressions and the sample cap (a sample another writer is deleting is skipped,
+/// not waited for). Returns the resolved issues this batch made regressions.
 pub(super) async fn flush(
     tx: &Transaction<'_>,
     jobs: &[&IngestJob],
     batch: &Batch,
     retention: &Retention,
-) -> Result<(), StoreError> {
-    if !batch.issues.is_empty() {
-        let mut c = UpdateCols::default();
-        for (id, d) in &batch.issues {
-            let latest = d.latest.map(|(j, i)| &jobs[j].events[i]);
-            c.0.push(*id);
-            c.1.push(d.count);
-            c.2.push(d.last_seen);
-            c.3.push(d.first_seen.min(d.last_seen));
-            c.4.push(latest.map(|e| e.event_id.as_str()));
-            c.5.push(latest.map(|e| e.level.as_str()));
-            c.6.push(latest.map(|e| e.grouping.title.as_str()));
-            c.7.push(latest.map(|e| e.grouping.culprit.as_str()));
-        }
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE issues i SET
-                    count = i.count + u.n,
-                    last_seen = greatest(i.last_seen, u.ls),
-                    first_seen = least(i.first_seen, u.fs),
-                    latest_event_id = coalesce(u.le, i.latest_event_id),
-                    level = coalesce(u.lv, i.level),
-                    title = coalesce(u.ti, i.title),
-                    culprit = coalesce(u.cu, i.culprit),
-                    is_regression = (i.status = 'resolved') OR i.is_regression,
-                    status = CASE WHEN i.status = 'resolved' THEN 'unresolved' ELSE i.status END
-                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[], $8::text[])
-                      AS u(id, n, ls, fs, le, lv, ti, cu)
-                 WHERE i.id = u.id",
-            )
-            .await?;
-        tx.execute(&stmt, &[&c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7])
-            .await?;
-
-        // The first sample of each issue and its newest, `max_events_per_issue` in all.
-        let sampled: Vec<i64> = batch
-            .issues
-            .iter()
-            .filter(|(_, d)| d.samples)
-            .map(|(id, _)| *id)
-            .collect();
-        if !sampled.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "DELETE FROM events WHERE id IN (
-                        SELECT id FROM (
-                            SELECT id, row_number() OVER (PARTITION BY issue_id ORDER BY id DESC) AS newer,
-                                   min(id) OVER (PARTITION BY issue_id) AS first
-                            FROM events WHERE issue_id = ANY($1::int8[])) s
-                        WHERE newer >= $2 AND id <> first)",
-                )
-                .await?;
-            tx.execute(&stmt, &[&sampled, &retention.max_events_per_issue.max(1)])
-                .await?;
-        }
+) -> Result<HashSet<i64>, StoreError> {
+    if batch.issues.is_empty() && batch.projects.is_empty() {
+        return Ok(HashSet::new());
     }
-    if !batch.hourly.is_empty() {
-        let mut c: (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        for ((i, h), n) in &batch.hourly {
-            c.0.push(*i);
-            c.1.push(*h);
-            c.2.push(*n);
-        }
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO issue_hourly (issue_id, hour, count)
-                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[]) AS u(i, h, n) ORDER BY i, h
-                 ON CONFLICT (issue_id, hour) DO UPDATE SET count = issue_hourly.count + excluded.count",
-            )
-            .await?;
-        tx.execute(&stmt, &[&c.0, &c.1, &c.2]).await?;
+    let mut c = DeltaCols::default();
+    for (id, d) in &batch.issues {
+        let latest = d.latest.map(|(j, i)| &jobs[j].events[i]);
+        c.0.push(*id);
+        c.1.push(d.count);
+        c.2.push(d.first_seen.min(d.last_seen));
+        c.3.push(d.last_seen);
+        c.4.push(latest.map(|e| e.event_id.as_str()));
+        c.5.push(latest.map(|e| e.level.as_str()));
+        c.6.push(latest.map(|e| e.grouping.title.as_str()));
+        c.7.push(latest.map(|e| e.grouping.culprit.as_str()));
     }
-    if !batch.projects.is_empty() {
-        // One of the project's slots, at random: nodes rarely wait for each other here.
-        let slot: i32 = rand::random_range(0..COUNTER_SLOTS);
-        let mut c: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
-        for (p, d) in &batch.projects {
-            c.0.push(*p);
-            c.1.push(d.events);
-            c.2.push(d.seq);
-            c.3.push(d.last_seen);
-        }
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO project_counters (project_id, slot, events, seq, last_seen)
-                 SELECT p, $5, e, s, NULLIF(l, 0)
-                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS u(p, e, s, l) ORDER BY p
-                 ON CONFLICT (project_id, slot) DO UPDATE SET
-                    events = project_counters.events + excluded.events,
-                    seq = project_counters.seq + excluded.seq,
-                    last_seen = greatest(project_counters.last_seen, excluded.last_seen)",
-            )
-            .await?;
-        tx.execute(&stmt, &[&c.0, &c.1, &c.2, &c.3, &slot]).await?;
+    let mut h: (Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+    for ((i, hour), n) in &batch.hourly {
+        h.0.push(*i);
+        h.1.push(*hour);
+        h.2.push(*n);
     }
-    Ok(())
-}
-
-/// The statements of one tag-count table.
-struct TagTable {
-    existing: &'static str,
-    distinct: &'static str,
-    upsert: &'static str,
-    cap: i64,
-}
-
-const ISSUE_TAGS: TagTable = TagTable {
-    existing: "SELECT t.issue_id, t.key, t.value FROM issue_tags t
-               JOIN UNNEST($1::int8[], $2::text[], $3::text[]) AS u(o, k, v) ON t.issue_id = u.o AND t.key = u.k AND t.value = u.v",
-    distinct: "SELECT t.issue_id, t.key, count(*) FROM issue_tags t
-               JOIN (SELECT DISTINCT * FROM UNNEST($1::int8[], $2::text[])) AS u(o, k) ON t.issue_id = u.o AND t.key = u.k
-               GROUP BY t.issue_id, t.key",
-    upsert: "INSERT INTO issue_tags (issue_id, key, value, count)
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(o, k, v, n) ORDER BY o, k, v
-             ON CONFLICT (issue_id, key, value) DO UPDATE SET count = issue_tags.count + excluded.count",
-    cap: MAX_TAG_VALUES_PER_ISSUE,
-};
-
-const PROJECT_TAGS: TagTable = TagTable {
-    existing: "SELECT t.project_id, t.key, t.value FROM project_tags t
-               JOIN UNNEST($1::int8[], $2::text[], $3::text[]) AS u(o, k, v) ON t.project_id = u.o AND t.key = u.k AND t.value = u.v",
-    distinct: "SELECT t.project_id, t.key, count(*) FROM project_tags t
-               JOIN (SELECT DISTINCT * FROM UNNEST($1::int8[], $2::text[])) AS u(o, k) ON t.project_id = u.o AND t.key = u.k
-               GROUP BY t.project_id, t.key",
-    upsert: "INSERT INTO project_tags (project_id, key, value, count)
-             SELECT * FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::int8[]) AS u(o, k, v, n) ORDER BY o, k, v
-             ON CONFLICT (project_id, key, value) DO UPDATE SET count = project_tags.count + excluded.count",
-    cap: MAX_TAG_VALUES_PER_PROJECT,
-};
-
-/// Adds tag-value counts to both tables; a new value beyond a table's cap counts as
-/// `(other)`. (Nodes adding new values at the same moment may pass the cap by a batch.)
-pub(super) async fn write_tags(
-    tx: &Transaction<'_>,
-    issue: &TagCounts,
-    project: &TagCounts,
-) -> Result<(), StoreError> {
-    write_table(tx, &ISSUE_TAGS, issue).await?;
-    write_table(tx, &PROJECT_TAGS, project).await
-}
-
-async fn write_table(
-    tx: &Transaction<'_>,
-    t: &TagTable,
-    counts: &TagCounts,
-) -> Result<(), StoreError> {
-    if counts.is_empty() {
-        return Ok(());
+    let mut t = TagDeltaCols::default();
+    for ((i, k, v), n) in &batch.issue_tags {
+        t.0.push(*i);
+        t.1.push(batch.issues.get(i).map_or(0, |d| d.project_id));
+        t.2.push(k);
+        t.3.push(v);
+        t.4.push(*n);
     }
-    let mut sorted: Vec<(&(i64, String, String), &i64)> = counts.iter().collect();
-    sorted.sort_unstable();
-    let (mut o, mut k, mut v) = (vec![], vec![], vec![]);
-    for ((owner, key, value), _) in &sorted {
-        o.push(*owner);
-        k.push(key.as_str());
-        v.push(value.as_str());
+    // One of the project's slots, at random: nodes rarely wait for each other here.
+    let slot: i32 = rand::random_range(0..COUNTER_SLOTS);
+    let mut p: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+    for (pid, d) in &batch.projects {
+        p.0.push(*pid);
+        p.1.push(d.events);
+        p.2.push(d.seq);
+        p.3.push(d.last_seen);
     }
-    let stmt = tx.prepare_cached(t.existing).await?;
-    let existing: HashSet<(i64, String, String)> = tx
-        .query(&stmt, &[&o, &k, &v])
-        .await?
+    // The first sample of each issue and its newest, `max_events_per_issue` in all.
+    let sampled: Vec<i64> = batch
+        .issues
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .filter(|(_, d)| d.samples)
+        .map(|(id, _)| *id)
         .collect();
-    let stmt = tx.prepare_cached(t.distinct).await?;
-    let mut distinct: HashMap<(i64, String), i64> = tx
-        .query(&stmt, &[&o, &k])
-        .await?
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect();
-    let mut out: BTreeMap<(i64, &str, &str), i64> = BTreeMap::new();
-    for ((owner, key, value), n) in sorted {
-        let keep = existing.contains(&(*owner, key.clone(), value.clone())) || {
-            let d = distinct.entry((*owner, key.clone())).or_default();
-            let room = *d < t.cap;
-            if room {
-                *d += 1;
-            }
-            room
-        };
-        let value = if keep { value.as_str() } else { OTHER };
-        *out.entry((*owner, key.as_str(), value)).or_default() += n;
-    }
-    let mut c: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-    for ((owner, key, value), n) in out {
-        c.0.push(owner);
-        c.1.push(key);
-        c.2.push(value);
-        c.3.push(n);
-    }
-    let stmt = tx.prepare_cached(t.upsert).await?;
-    tx.execute(&stmt, &[&c.0, &c.1, &c.2, &c.3]).await?;
-    Ok(())
+    let cap = retention.max_events_per_issue.max(1);
+    let stmt = tx.prepare_cached(FLUSH).await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &c.0, &c.1, &c.2, &c.3, &c.4, &c.5, &c.6, &c.7, &h.0, &h.1, &h.2, &t.0, &t.1, &t.2,
+                &t.3, &t.4, &p.0, &p.1, &p.2, &p.3, &slot, &sampled, &cap,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// Hours of hourly buckets kept.

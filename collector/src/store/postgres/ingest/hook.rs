@@ -1,11 +1,11 @@
-//! The alert decisions of the PostgreSQL writer, made inside the ingest transaction while
-//! the touched issues are locked, queued into `alert_deliveries` with the events.
+//! The alert decisions of the PostgreSQL writer, made inside the ingest transaction (new
+//! and regressed issues as that transaction found them), queued with the events.
 //!
 //! The rules and the message are the backend-neutral ones of `crate::alerts`; this file
 //! mirrors the SQL of `sqlite/alerts.rs`. Frequency windows live in `issue_minutes`, so
 //! every node counts the events all nodes stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,12 +79,14 @@ impl Hook {
     }
 
     /// Decides which rules fire for the issues a batch touched (`facts`: each as it was
-    /// before the batch, locked) and queues their deliveries in the batch's transaction.
+    /// before the batch; new: created by this transaction; `regressed`: reopened by it,
+    /// which locked the row) and queues their deliveries in the batch's transaction.
     /// Returns how many were queued.
     pub(super) async fn decide(
         &mut self,
         tx: &Transaction<'_>,
         facts: &BTreeMap<i64, IssueFacts>,
+        regressed: &HashSet<i64>,
         batch: &Batch,
         jobs: &[&IngestJob],
     ) -> Result<usize, StoreError> {
@@ -105,8 +107,8 @@ impl Hook {
             if issue.status == "muted" {
                 continue;
             }
-            let new = issue.count == 0;
-            let regression = issue.status == "resolved";
+            let new = batch.created.contains(issue_id);
+            let regression = regressed.contains(issue_id);
             let ev = d.latest.map(|(j, i)| &jobs[j].events[i]);
             issue.count += d.count;
             if let Some(e) = ev {
