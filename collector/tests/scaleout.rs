@@ -352,18 +352,7 @@ async fn run(nodes_wanted: usize) {
     // Per issue: the hourly buckets and the tag counts add up to the count.
     let first = &answers[0]["data"][0];
     let detail = get(&http, addrs[0], &format!("/api/0/issues/{}/", first["id"])).await;
-    let hourly: u64 = detail["hourly_14d"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    let tagged: u64 = detail["tags"]["node_test"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["count"].as_u64().unwrap())
-        .sum();
+    let (hourly, tagged) = hourly_and_tagged(&detail);
     assert_eq!(tagged, total / BUGS, "{detail}");
     assert_eq!(hourly, total / BUGS, "{detail}");
 
@@ -394,6 +383,23 @@ async fn run(nodes_wanted: usize) {
 }
 
 /// Awaits every future, in order.
+/// An issue's detail JSON: the sum of its hourly buckets and of its `node_test` tag counts.
+fn hourly_and_tagged(detail: &Value) -> (u64, u64) {
+    let hourly = detail["hourly_14d"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    let tagged = detail["tags"]["node_test"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    (hourly, tagged)
+}
+
 async fn futures_join<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F: std::future::Future + Send + 'static,
@@ -462,19 +468,8 @@ async fn a_storm_on_one_issue_from_four_collectors_counts_exactly_and_caps_tags_
         assert_eq!(issues["data"][0]["count"], total, "{a}: {issues}");
         let id = &issues["data"][0]["id"];
         let detail = get(&http, *a, &format!("/api/0/issues/{id}/")).await;
-        let hourly: u64 = detail["hourly_14d"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
+        let (hourly, tagged) = hourly_and_tagged(&detail);
         assert_eq!(hourly, total, "{detail}");
-        let tagged: u64 = detail["tags"]["node_test"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["count"].as_u64().unwrap())
-            .sum();
         assert_eq!(tagged, total, "{detail}");
         answers.push((issues, detail));
     }

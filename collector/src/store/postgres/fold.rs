@@ -18,11 +18,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Object, Pool, Transaction};
-use tokio_postgres::error::SqlState;
-
 use super::PgStore;
+use super::basics::is_conflict;
 use crate::store::{MAX_TAG_VALUES_PER_ISSUE, MAX_TAG_VALUES_PER_PROJECT, StoreError};
+use deadpool_postgres::{Object, Pool, Transaction};
 
 /// How often each node folds the deltas (a read folds at once).
 pub(super) const FOLD_EVERY: Duration = Duration::from_millis(250);
@@ -122,7 +121,7 @@ pub(super) async fn fold(c: &mut Object, wait: bool) -> Result<bool, StoreError>
     let mut attempt = 1;
     loop {
         match fold_once(c, wait).await {
-            Err(e) if attempt < ATTEMPTS && conflict(&e) => {
+            Err(e) if attempt < ATTEMPTS && is_conflict(&e) => {
                 let ms = rand::random_range(1..=5 * u64::from(attempt.min(10)));
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 attempt += 1;
@@ -173,15 +172,6 @@ async fn fold_once(c: &mut Object, wait: bool) -> Result<bool, StoreError> {
     write_table(&tx, &PROJECT_TAGS, project).await?;
     tx.commit().await?;
     Ok(true)
-}
-
-fn conflict(e: &StoreError) -> bool {
-    match e {
-        StoreError::Postgres(e) => e.code().is_some_and(|c| {
-            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
-        }),
-        _ => false,
-    }
 }
 
 /// A tag-value count to add: `(owner, key, value)`, count, and the first delta's `seq`

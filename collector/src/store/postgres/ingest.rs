@@ -37,10 +37,10 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tokio_postgres::error::SqlState;
 
 use self::apply::{Batch, IssueIds};
 use super::PgStore;
+use super::basics::is_conflict;
 use crate::alerts::Alerts;
 use crate::metrics::Metrics;
 use crate::store::{
@@ -318,7 +318,7 @@ impl Writer {
                 Err(e) => {
                     attempt += 1;
                     let busy = e.is_busy();
-                    if (retryable(&e) && attempt < MAX_ATTEMPTS) || (busy && attempt < 2) {
+                    if (is_conflict(&e) && attempt < MAX_ATTEMPTS) || (busy && attempt < 2) {
                         tracing::debug!("retrying a writer transaction ({e})");
                         let jitter = rand::random_range(0..=attempt.min(10) * 5);
                         tokio::time::sleep(Duration::from_millis(u64::from(jitter))).await;
@@ -492,16 +492,6 @@ impl Writer {
         r?;
         unlocked?;
         Ok(())
-    }
-}
-
-/// Whether a transaction failed only because it lost a race with another one.
-fn retryable(e: &StoreError) -> bool {
-    match e {
-        StoreError::Postgres(e) => e.code().is_some_and(|c| {
-            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
-        }),
-        _ => false,
     }
 }
 
@@ -875,15 +865,7 @@ mod tests {
         for n in 1..=400u64 {
             let s = if n % 2 == 0 { &a } else { &b };
             s.ingest(job(vec![ev(n, 0, now)])).await.unwrap();
-            let ids: i64 = a
-                .conn()
-                .await
-                .unwrap()
-                .query_one("SELECT count(*) FROM event_ids", &[])
-                .await
-                .unwrap()
-                .get(0);
-            peak = peak.max(ids);
+            peak = peak.max(i64_of(&a, "SELECT count(*) FROM event_ids").await);
         }
         // The cap, a tenth of it, and the event just stored and the one before it (the
         // writer that stored it prunes after answering).
